@@ -1,0 +1,1 @@
+"""The shop: the business process the kit protects (brief section 4)."""
