@@ -517,10 +517,11 @@ def test_hitachi_refusals():
                    policy=pinned, taken_group_ids={5: "x"})
 
 
-def test_backend_annotation_switches_one_namespace_to_hitachi():
+def test_backend_annotation_switches_one_namespace_to_an_allowed_backend():
     c = Cluster(labels=LABEL)
     c.namespace["metadata"]["annotations"] = {BACKEND_ANNOTATION: "hitachi"}
-    c.converge()
+    assert_refused(c, "backend 'hitachi'", "is not enabled")
+    c.converge(Policy(allowed_backends=("hitachi",)))
     assert len(c.of("Replication")) == 2 and c.of("VolumeGroupReplication") == []
 
 
@@ -532,7 +533,7 @@ def test_long_names_are_shortened_stably():
 
 
 def test_policy_round_trips_through_dict():
-    p = Policy(backend="hitachi", delete_backup_on_unprotect=True,
+    p = Policy(backend="hitachi", delete_backup_on_unprotect=True, allowed_backends=("hitachi",),
                storage_classes={"x": ReplicationClass("rc", "prov", {"a": "1"}, "vrc")},
                hitachi=HitachiSettings(pvol_journal_id=3, consistency_group_ids=(1, 9)))
     assert Policy.from_dict(p.to_dict()) == p

@@ -72,6 +72,9 @@ class Policy:
     label_key: str = DEFAULT_LABEL_KEY
     label_value: str = DEFAULT_LABEL_VALUE
     backend: str = "csi-addons"
+    # Backends a namespace may choose with the annotation dr-kit.io/backend; the RBAC rules
+    # cover exactly these.  Empty means only ``backend``.
+    allowed_backends: tuple[str, ...] = ()
     # storage class name -> replication class.  A storage class missing here can still be
     # protected (csi-addons) when the cluster already has a VolumeGroupReplicationClass
     # with the storage class's provisioner; otherwise the namespace is refused.
@@ -90,11 +93,20 @@ class Policy:
             raise InvalidInput(
                 f"unknown operator backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
             )
+        for b in self.allowed_backends:
+            if b not in BACKENDS:
+                raise InvalidInput(f"unknown backend {b!r} in allowed_backends; choose from "
+                                   f"{', '.join(BACKENDS)}")
         if not self.label_key or not self.label_value:
             raise InvalidInput("the protection label key and value must not be empty")
         lo, hi = self.hitachi.consistency_group_ids
         if lo > hi or lo < 0:
             raise InvalidInput(f"hitachi consistency_group_ids range {lo}..{hi} is empty")
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Every backend this operator may use: the default first."""
+        return (self.backend, *(b for b in self.allowed_backends if b != self.backend))
 
     # -- naming: one place -------------------------------------------------------------
 
@@ -127,6 +139,8 @@ class Policy:
                                (value or {}).items()}
             elif key == "hitachi":
                 kwargs[key] = _hitachi(value or {})
+            elif key == "allowed_backends":
+                kwargs[key] = tuple(value or ())
             else:
                 kwargs[key] = value
         return cls(**kwargs)
@@ -157,6 +171,8 @@ class Policy:
                 value = {h.name: getattr(value, h.name) for h in fields(value)}
                 value["consistency_group_ids"] = list(value["consistency_group_ids"])
                 value["namespace_group_ids"] = dict(value["namespace_group_ids"])
+            elif f.name == "allowed_backends":
+                value = list(value)
             out[f.name] = value
         return out
 

@@ -221,6 +221,10 @@ def _protect(ctx: _Context, plan: Plan) -> None:
     if backend not in BACKENDS:
         raise _Refusal(f"unknown backend {backend!r} (annotation {BACKEND_ANNOTATION}); "
                        f"choose one of {', '.join(BACKENDS)}")
+    if backend not in policy.backends:
+        raise _Refusal(f"backend {backend!r} (annotation {BACKEND_ANNOTATION}) is not enabled "
+                       f"in the operator policy (allowed_backends: "
+                       f"{', '.join(policy.backends)})")
     _check_kinds(ctx, REQUIRED_KINDS[backend])
     group = policy.group_name(ctx.ns)
     live = sorted((p for p in ctx.pvcs if not p["metadata"].get("deletionTimestamp")),

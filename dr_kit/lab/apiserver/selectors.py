@@ -1,0 +1,168 @@
+"""Label and field selectors, in the string syntax of the Kubernetes API.
+
+``parse_label_selector("app=shop,tier in (db,cache),!legacy")`` returns a predicate on a
+labels dict; ``parse_field_selector("metadata.name=x")`` a predicate on a whole object.
+``match_selector`` evaluates the structured form (``matchLabels``/``matchExpressions``)
+that objects such as VolumeGroupReplication carry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+LabelPredicate = Callable[[Mapping[str, str]], bool]
+ObjectPredicate = Callable[[Mapping[str, Any]], bool]
+
+_KEY_RE = re.compile(r"^([A-Za-z0-9.\-]+/)?[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
+_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_SET_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
+_CMP_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s*(?P<op>==|!=|=|<|>)\s*(?P<value>[^\s!=<>(),]*)$")
+
+
+class SelectorError(ValueError):
+    """The selector string does not parse."""
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise SelectorError(f"unbalanced parenthesis in selector {text!r}")
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if depth:
+        raise SelectorError(f"unbalanced parenthesis in selector {text!r}")
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _check_key(key: str, text: str) -> str:
+    if not _KEY_RE.match(key):
+        raise SelectorError(f"invalid label key {key!r} in selector {text!r}")
+    return key
+
+
+def _check_value(value: str, text: str) -> str:
+    if len(value) > 63 or not _VALUE_RE.match(value):
+        raise SelectorError(f"invalid label value {value!r} in selector {text!r}")
+    return value
+
+
+def _requirement(req: str, text: str) -> LabelPredicate:
+    if req.startswith("!"):
+        key = _check_key(req[1:].strip(), text)
+        return lambda labels: key not in labels
+    m = _SET_RE.match(req)
+    if m:
+        key = _check_key(m.group("key"), text)
+        values = frozenset(
+            _check_value(v.strip(), text) for v in m.group("values").split(",") if v.strip()
+        )
+        if not values:
+            raise SelectorError(f"empty value set in selector {text!r}")
+        if m.group("op") == "in":
+            return lambda labels: labels.get(key) in values
+        return lambda labels: labels.get(key) not in values
+    m = _CMP_RE.match(req)
+    if m:
+        key = _check_key(m.group("key"), text)
+        op, value = m.group("op"), m.group("value")
+        if op in ("<", ">"):
+            try:
+                bound = int(value)
+            except ValueError:
+                raise SelectorError(f"{op} needs an integer in selector {text!r}") from None
+            return _numeric(key, op, bound)
+        value = _check_value(value, text)
+        if op == "!=":
+            return lambda labels: labels.get(key) != value
+        return lambda labels: key in labels and labels[key] == value
+    key = _check_key(req, text)
+    return lambda labels: key in labels
+
+
+def _numeric(key: str, op: str, bound: int) -> LabelPredicate:
+    def pred(labels: Mapping[str, str]) -> bool:
+        try:
+            n = int(labels[key])
+        except (KeyError, ValueError):
+            return False
+        return n > bound if op == ">" else n < bound
+
+    return pred
+
+
+def parse_label_selector(text: str | None) -> LabelPredicate:
+    """Compile a label selector string; an empty selector matches everything."""
+    if not text or not text.strip():
+        return lambda labels: True
+    preds = [_requirement(r, text) for r in _split_top_level(text)]
+    return lambda labels: all(p(labels) for p in preds)
+
+
+def _field_value(obj: Mapping[str, Any], path: str) -> str | None:
+    cur: Any = obj
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    if isinstance(cur, bool):
+        return "true" if cur else "false"
+    return None if cur is None else str(cur)
+
+
+def parse_field_selector(text: str | None) -> ObjectPredicate:
+    """Compile a field selector (``path=value``, ``path==value``, ``path!=value``).
+
+    Any dotted path is accepted; a missing field compares as the empty string, as the
+    real API does for the fields it supports.
+    """
+    if not text or not text.strip():
+        return lambda obj: True
+    preds: list[ObjectPredicate] = []
+    for req in _split_top_level(text):
+        m = re.match(r"^([A-Za-z0-9_.\-]+)\s*(==|!=|=)\s*(.*)$", req)
+        if not m:
+            raise SelectorError(f"invalid field selector {text!r}")
+        path, op, value = m.group(1), m.group(2), m.group(3).strip()
+
+        def pred(obj: Mapping[str, Any], path=path, op=op, value=value) -> bool:
+            actual = _field_value(obj, path) or ""
+            return actual != value if op == "!=" else actual == value
+
+        preds.append(pred)
+    return lambda obj: all(p(obj) for p in preds)
+
+
+def match_selector(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """Evaluate a structured ``LabelSelector`` (matchLabels + matchExpressions).
+
+    An empty selector matches everything (as for PVC selection); ``None`` matches nothing.
+    """
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            raise SelectorError(f"unknown selector operator {op!r}")
+    return True

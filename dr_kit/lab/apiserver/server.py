@@ -1,0 +1,414 @@
+"""The aiohttp application: authentication, discovery, REST routes, watch streams.
+
+URL layout is the real API server's::
+
+    /api/v1[/namespaces/{ns}]/{plural}[/{name}[/status]]
+    /apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/status]]
+
+Every request needs ``Authorization: Bearer <token>`` except the health probes
+(``/healthz``, ``/livez``, ``/readyz``), which the real API server also serves to anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from . import printing
+from .errors import ApiError, bad_request, status_body
+from .resources import Kind, Registry, default_registry
+from .store import Expired, Store
+from .verbs import Api
+
+log = logging.getLogger(__name__)
+
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-drkit-lab",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2025-01-01T00:00:00Z",
+    "goVersion": "go1.23",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+_HEALTH = ("/healthz", "/livez", "/readyz")
+_POLL = 1.0  # how often an idle watch checks for a gone client
+BOOKMARK_INTERVAL = 10.0
+
+API_KEY = web.AppKey("api", Api)
+TOKEN_KEY = web.AppKey("token", str)
+
+
+def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    headers = {}
+    if warnings:
+        headers["Warning"] = ", ".join(f'299 - "{w}"' for w in warnings)
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _json(e.status(), e.code)
+    except web.HTTPException:
+        raise
+    except Exception as e:  # one bad request must not take the site down
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _json(status_body(500, "InternalError", f"Internal error occurred: {e}"), 500)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path not in _HEALTH:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = request.app[TOKEN_KEY]
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            return _json(status_body(401, "Unauthorized", "Unauthorized"), 401)
+    return await handler(request)
+
+
+# -- discovery ---------------------------------------------------------------------------
+
+
+def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
+    entry: dict[str, Any] = {
+        "name": kind.plural,
+        "singularName": kind.singular,
+        "namespaced": kind.namespaced,
+        "kind": kind.kind,
+        "verbs": kind.verbs(),
+    }
+    if kind.short_names:
+        entry["shortNames"] = list(kind.short_names)
+    if kind.categories:
+        entry["categories"] = list(kind.categories)
+    entries = [entry]
+    if kind.status_subresource:
+        entries.append({
+            "name": kind.plural + "/status",
+            "singularName": "",
+            "namespaced": kind.namespaced,
+            "kind": kind.kind,
+            "verbs": ["get", "patch", "update"],
+        })
+    return entries
+
+
+def _group_doc(registry: Registry, group: str) -> dict[str, Any]:
+    versions = registry.group_versions(group)
+    gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+    return {"name": group, "versions": gvs, "preferredVersion": gvs[0]}
+
+
+def _resource_list(registry: Registry, group: str, version: str) -> dict[str, Any]:
+    kinds = registry.kinds_in(group, version)
+    if not kinds:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": [e for k in kinds for e in _resource_entries(k)],
+    }
+
+
+# -- request parsing ---------------------------------------------------------------------
+
+
+def _route(request: web.Request) -> tuple[Kind, str, str | None, str | None, str | None]:
+    """(kind, version, namespace, name, subresource) for a resource URL, or 404."""
+    parts = [p for p in request.path.split("/") if p]
+    registry = request.app[API_KEY].registry
+    if parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        raise _unknown()
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        raise _unknown()
+    kind = registry.lookup(group, version, rest[0])
+    if kind is None:
+        raise _unknown()
+    if namespace is not None and not kind.namespaced:
+        raise _unknown()
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    return kind, version, namespace, name, sub
+
+
+def _unknown() -> ApiError:
+    return ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        ctype = request.headers.get("Content-Type", "")
+        if "yaml" in ctype:
+            import yaml
+
+            try:
+                return yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise bad_request(f"the request body is not valid YAML: {e}") from None
+        raise bad_request("the request body is not valid JSON") from None
+
+
+def _flags(request: web.Request) -> dict[str, bool]:
+    q = request.query
+    return {
+        "dry_run": q.get("dryRun") == "All",
+        "strict": q.get("fieldValidation") == "Strict",
+    }
+
+
+def _wants_table(request: web.Request) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
+
+
+def _is_watch(request: web.Request) -> bool:
+    return request.query.get("watch", "").lower() in ("true", "1")
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+async def _resource(request: web.Request) -> web.StreamResponse:
+    api = request.app[API_KEY]
+    kind, version, namespace, name, sub = _route(request)
+    q = request.query
+    method = request.method
+    if sub not in (None, "status"):
+        raise _unknown()
+    if method == "GET":
+        if name is None:
+            if _is_watch(request):
+                return await _watch(request, api, kind, version, namespace)
+            listed = api.list(kind, version, namespace, q.get("labelSelector"),
+                              q.get("fieldSelector"))
+            if _wants_table(request):
+                return _json(printing.table(kind, version, listed["items"],
+                                            listed["metadata"]["resourceVersion"],
+                                            q.get("includeObject", "Metadata")))
+            return _json(listed)
+        obj = api.get(kind, version, namespace, name)
+        if sub == "status" and not kind.status_subresource:
+            raise _unknown()
+        if _wants_table(request):
+            return _json(printing.table(kind, version, [obj], obj["metadata"]["resourceVersion"],
+                                        q.get("includeObject", "Metadata")))
+        return _json(obj)
+    if method == "POST" and name is None:
+        obj, warnings = api.create(kind, version, namespace, await _body(request), **_flags(request))
+        return _json(obj, 201, warnings)
+    if method == "PUT" and name is not None:
+        obj, warnings = api.update(kind, version, namespace, name, await _body(request), sub,
+                                   **_flags(request))
+        return _json(obj, 200, warnings)
+    if method == "PATCH" and name is not None:
+        obj, warnings = api.patch(kind, version, namespace, name,
+                                  request.headers.get("Content-Type", ""), await _body(request),
+                                  sub, **_flags(request))
+        return _json(obj, 200, warnings)
+    if method == "DELETE" and sub is None:
+        dry_run = _flags(request)["dry_run"]
+        if name is None:
+            return _json(api.delete_collection(kind, version, namespace, q.get("labelSelector"),
+                                               q.get("fieldSelector"), dry_run))
+        return _json(api.delete(kind, version, namespace, name, await _body(request), dry_run))
+    raise ApiError(405, "MethodNotAllowed",
+                   f"the server does not allow this method on the requested resource")
+
+
+async def _watch(
+    request: web.Request, api: Api, kind: Kind, version: str, namespace: str | None
+) -> web.StreamResponse:
+    q = request.query
+    match = api.matcher(namespace, q.get("labelSelector"), q.get("fieldSelector"))
+    rv_param = q.get("resourceVersion", "")
+    since: int | None = None
+    if rv_param not in ("", "0"):
+        try:
+            since = int(rv_param)
+        except ValueError:
+            raise bad_request(f"invalid resourceVersion {rv_param!r}") from None
+    try:
+        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+    except ValueError:
+        raise bad_request("timeoutSeconds must be a number") from None
+    bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
+
+    resp = web.StreamResponse(status=200)
+    resp.content_type = "application/json"
+    resp.enable_chunked_encoding()
+    try:
+        watcher, backlog = api.store.subscribe(kind.key, since)
+    except Expired as e:
+        await resp.prepare(request)
+        err = {"type": "ERROR", "object": status_body(410, "Expired", str(e))}
+        await resp.write(json.dumps(err).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+    to_event = api.watch_events(kind, version, match)
+    initial = []
+    if since is None and kind.key != ("apiextensions.k8s.io", "customresourcedefinitions"):
+        initial = api.list(kind, version, namespace, q.get("labelSelector"),
+                           q.get("fieldSelector"))["items"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout else None
+    last_write = loop.time()
+
+    async def send(event: dict[str, Any]) -> None:
+        nonlocal last_write
+        await resp.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        last_write = loop.time()
+
+    try:
+        await resp.prepare(request)
+        for obj in initial:
+            await send({"type": "ADDED", "object": obj})
+        for change in backlog:
+            event = to_event(change)
+            if event:
+                await send(event)
+        while True:
+            wait = _POLL
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    break
+            try:
+                change = await asyncio.wait_for(watcher.queue.get(), wait)
+            except TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    break
+                if bookmarks and loop.time() - last_write >= BOOKMARK_INTERVAL:
+                    await send({"type": "BOOKMARK", "object": {
+                        "kind": kind.kind, "apiVersion": kind.api_version(version),
+                        "metadata": {"resourceVersion": str(api.store.rv)}}})
+                continue
+            if change is None:
+                break
+            event = to_event(change)
+            if event:
+                await send(event)
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        api.store.unsubscribe(watcher)
+    return resp
+
+
+async def _version(request: web.Request) -> web.Response:
+    return _json(SERVER_VERSION)
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _api_versions(request: web.Request) -> web.Response:
+    host = request.host
+    return _json({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+    })
+
+
+async def _core_resources(request: web.Request) -> web.Response:
+    return _json(_resource_list(request.app[API_KEY].registry, "", "v1"))
+
+
+async def _groups(request: web.Request) -> web.Response:
+    registry = request.app[API_KEY].registry
+    return _json({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group_doc(registry, g) for g in registry.groups()],
+    })
+
+
+async def _group(request: web.Request) -> web.Response:
+    registry = request.app[API_KEY].registry
+    group = request.match_info["group"]
+    if group not in registry.groups():
+        raise _unknown()
+    return _json({"kind": "APIGroup", "apiVersion": "v1", **_group_doc(registry, group)})
+
+
+async def _group_version(request: web.Request) -> web.Response:
+    registry = request.app[API_KEY].registry
+    return _json(_resource_list(registry, request.match_info["group"],
+                                request.match_info["version"]))
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    raise _unknown()
+
+
+def make_app(
+    store: Store, token: str, registry: Registry | None = None
+) -> web.Application:
+    """The aiohttp application serving ``store`` to clients that present ``token``."""
+    if not token:
+        raise ValueError("a non-empty token is required")
+    api = Api(registry or default_registry(), store)
+    seed_namespaces(api)
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=8 * 1024 * 1024)
+    app[API_KEY] = api
+    app[TOKEN_KEY] = token
+
+    async def stop_watches(app: web.Application) -> None:
+        store.stop_watches()
+
+    app.on_shutdown.append(stop_watches)
+    r = app.router
+    r.add_get("/version", _version)
+    for path in _HEALTH:
+        r.add_get(path, _health)
+    r.add_get("/api", _api_versions)
+    r.add_get("/api/v1", _core_resources)
+    r.add_get("/apis", _groups)
+    r.add_get("/apis/{group}", _group)
+    r.add_get("/apis/{group}/{version}", _group_version)
+    r.add_route("*", "/openapi/{tail:.*}", _not_found)
+    r.add_route("*", "/api/v1/{tail:.+}", _resource)
+    r.add_route("*", "/apis/{group}/{version}/{tail:.+}", _resource)
+    return app
+
+
+def seed_namespaces(api: Api) -> None:
+    """A fresh site has the namespaces every cluster has."""
+    ns_kind = api.registry.by_key(("", "namespaces"))
+    if api.store.count() == 0:
+        for name in ("default", "kube-system", "kube-public"):
+            api.create(ns_kind, "v1", None, {"metadata": {"name": name}})

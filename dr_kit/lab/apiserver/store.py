@@ -1,0 +1,280 @@
+"""Object storage: one copy per object, a global resourceVersion, a log on disk, watches.
+
+Every write gets the next resourceVersion (a global counter, like etcd's revision) and is
+appended as one JSON line to ``objects.log`` in the state directory, in a single
+``write`` call, before it becomes visible. On start the log is replayed; a torn last line
+(crash in the middle of a write) is dropped and the file healed. When the log has grown
+well past the live data it is compacted: a snapshot of all live objects is written to a
+temporary file, synced and renamed over the log, so a crash leaves either the old or the
+new log, never a mix.
+
+Watches: each committed change is kept in a bounded in-memory history and pushed to every
+subscribed :class:`Watcher`. A watch may start from any resourceVersion still covered by
+the history; an older one is *expired* (the server answers 410 Gone, as the real API does).
+The store is used from a single event loop thread and takes no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (group, plural)
+ObjKey = tuple[str, str]  # (namespace or "", name)
+Obj = dict[str, Any]
+
+LOG_NAME = "objects.log"
+LOCK_NAME = "lock"
+HISTORY = 10_000
+_COMPACT_MIN = 2_000
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change: ADDED, MODIFIED or DELETED, with the object before it."""
+
+    rv: int
+    type: str
+    key: Key
+    obj: Obj
+    old: Obj | None
+
+
+class Expired(Exception):
+    """The requested resourceVersion is older than the watch history."""
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(f"too old resource version: {requested} ({oldest})")
+        self.requested = requested
+        self.oldest = oldest
+
+
+class StateDirBusy(RuntimeError):
+    """Another server process holds the state directory."""
+
+
+class Watcher:
+    """A subscription: an unbounded queue of :class:`Change` (``None`` = server stopping)."""
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.queue: asyncio.Queue[Change | None] = asyncio.Queue()
+
+
+def _name_key(obj: Obj) -> ObjKey:
+    meta = obj["metadata"]
+    return (meta.get("namespace") or "", meta["name"])
+
+
+class Store:
+    def __init__(self, state_dir: str | os.PathLike[str], fsync: bool = False) -> None:
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / LOG_NAME
+        self.fsync = fsync
+        self.rv = 0
+        self._objects: dict[Key, dict[ObjKey, Obj]] = collections.defaultdict(dict)
+        self._history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
+        self._floor = 0  # changes with rv <= floor are no longer in the history
+        self._watchers: set[Watcher] = set()
+        self._log_records = 0
+        self._fd: int | None = None
+        self._lock_fd: int | None = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StateDirBusy(f"{self.dir} is in use by another API server process") from None
+        self._load()
+        self._floor = self.rv
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        if tmp.exists():
+            tmp.unlink()  # an interrupted compaction; the old log is intact
+        if not self.path.exists():
+            return
+        good = 0
+        with open(self.path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    break
+                self._replay(rec)
+                good += len(raw)
+                self._log_records += 1
+        size = self.path.stat().st_size
+        if good != size:
+            log.warning("%s: dropping %d bytes of a torn last record", self.path, size - good)
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+
+    def _replay(self, rec: dict[str, Any]) -> None:
+        op = rec["op"]
+        self.rv = max(self.rv, int(rec["rv"]))
+        if op == "put":
+            key = (rec["k"][0], rec["k"][1])
+            self._objects[key][_name_key(rec["obj"])] = rec["obj"]
+        elif op == "del":
+            key = (rec["k"][0], rec["k"][1])
+            self._objects[key].pop((rec["ns"], rec["name"]), None)
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        assert self._fd is not None, "store is closed"
+        data = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+        written = os.write(self._fd, data)
+        if written != len(data):  # pragma: no cover - disk full or similar
+            raise OSError(f"short write to {self.path}")
+        if self.fsync:
+            os.fsync(self._fd)
+        self._log_records += 1
+
+    def _maybe_compact(self) -> None:
+        if self._log_records > max(_COMPACT_MIN, 4 * self.count()):
+            self.compact()
+
+    def compact(self) -> None:
+        """Rewrite the log as a snapshot of the live objects (atomic rename)."""
+        tmp = self.path.with_suffix(".tmp")
+        records = 1
+        with open(tmp, "wb") as f:
+            f.write(json.dumps({"op": "rv", "rv": self.rv}).encode() + b"\n")
+            for key, objs in self._objects.items():
+                for obj in objs.values():
+                    rec = {"op": "put", "rv": int(obj["metadata"]["resourceVersion"]),
+                           "k": list(key), "obj": obj}
+                    f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+                    records += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.dir)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
+        self._log_records = records
+
+    def stop_watches(self) -> None:
+        """End every watch (each gets ``None``); used when the server shuts down."""
+        for w in list(self._watchers):
+            w.queue.put_nowait(None)
+        self._watchers.clear()
+
+    def close(self) -> None:
+        self.stop_watches()
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, key: Key, namespace: str | None, name: str) -> Obj | None:
+        return self._objects[key].get((namespace or "", name))
+
+    def list(self, key: Key, namespace: str | None = None) -> list[Obj]:
+        objs = self._objects[key].values()
+        if namespace:
+            return [o for o in objs if o["metadata"].get("namespace") == namespace]
+        return list(objs)
+
+    def count(self) -> int:
+        return sum(len(v) for v in self._objects.values())
+
+    def keys(self) -> Iterator[Key]:
+        return iter(list(self._objects))
+
+    # -- writes --------------------------------------------------------------------------
+
+    def next_rv(self) -> int:
+        return self.rv + 1
+
+    def put(self, key: Key, obj: Obj) -> Obj:
+        """Create or replace ``obj``; it gets the next resourceVersion. Returns it."""
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        nk = _name_key(obj)
+        old = self._objects[key].get(nk)
+        self._append({"op": "put", "rv": self.rv, "k": list(key), "obj": obj})
+        self._objects[key][nk] = obj
+        self._publish(Change(self.rv, "MODIFIED" if old else "ADDED", key, obj, old))
+        self._maybe_compact()
+        return obj
+
+    def delete(self, key: Key, obj: Obj) -> Obj:
+        """Remove the object named like ``obj``.
+
+        ``obj`` is its final state (the stored one, or an update that removed the last
+        finalizer); it is returned with the deletion's resourceVersion.
+        """
+        nk = _name_key(obj)
+        old = self._objects[key].get(nk)
+        if old is None:
+            raise KeyError(nk)
+        self.rv += 1
+        final = dict(obj)
+        final["metadata"] = dict(obj["metadata"], resourceVersion=str(self.rv))
+        self._append({"op": "del", "rv": self.rv, "k": list(key), "ns": nk[0], "name": nk[1]})
+        del self._objects[key][nk]
+        self._publish(Change(self.rv, "DELETED", key, final, old))
+        self._maybe_compact()
+        return final
+
+    # -- watches -------------------------------------------------------------------------
+
+    def _publish(self, change: Change) -> None:
+        if len(self._history) == self._history.maxlen:
+            self._floor = self._history[0].rv
+        self._history.append(change)
+        for w in self._watchers:
+            if w.key == change.key:
+                w.queue.put_nowait(change)
+
+    def subscribe(self, key: Key, since: int | None) -> tuple[Watcher, list[Change]]:
+        """Subscribe to changes of ``key``; with ``since``, also return the missed ones.
+
+        Raises :class:`Expired` when changes after ``since`` are no longer all known.
+        """
+        backlog: list[Change] = []
+        if since is not None:
+            if since < self._floor:
+                raise Expired(since, self._floor)
+            backlog = [c for c in self._history if c.rv > since and c.key == key]
+        w = Watcher(key)
+        self._watchers.add(w)
+        return w, backlog
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

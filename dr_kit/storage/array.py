@@ -1,0 +1,478 @@
+"""The array engine: volumes, consistency groups, snapshots and clones in one folder.
+
+Folder layout::
+
+    array.json                    the configuration (atomically rewritten on changes)
+    volumes/<name>.vol            volume data (sparse files)
+    groups/<name>/journal/        the group's journal segments
+    groups/<name>/...             dirty maps, positions
+    snapshots/<snap>/<volume>/    copy-on-write stores
+    clones/<name>/                writable clones (overlay + map)
+
+An array restarts from its folder without losing an acknowledged write: at the main site
+every retained journal record is re-applied to its volume (redo; idempotent in order), at
+the backup the applier resumes after the last applied sequence it recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dr_kit.errors import Conflict, InvalidInput, JournalError, NotFound
+from dr_kit.storage.blocks import CloneVolume, CowStore, FileVolume, SnapshotView
+from dr_kit.storage.groups import (
+    COPY,
+    ERROR,
+    PrimaryGroup,
+    SecondaryGroup,
+)
+from dr_kit.storage.journal import Journal
+from dr_kit.storage.position import JournalPosition
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+DEFAULT_JOURNAL = 64 << 20
+MIN_VOLUME = 1 << 20
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidInput(f"{kind} name {name!r} is not valid: use lower-case letters, digits, '-' "
+                           "and '.', at most 63 characters, starting and ending with a letter or digit")
+    return name
+
+
+@dataclass
+class Vol:
+    """A volume known to the array, with the snapshots that must be preserved on write."""
+
+    name: str
+    id: int
+    dev: Any  # FileVolume or CloneVolume
+    role: str  # data | secondary | clone
+    cows: list[CowStore] = field(default_factory=list)
+    primary: PrimaryGroup | None = None
+    secondary: SecondaryGroup | None = None
+
+    @property
+    def size(self) -> int:
+        return self.dev.size
+
+    def write(self, offset: int, data: bytes) -> None:
+        for s in self.cows:
+            s.preserve(offset, len(data))
+        self.dev.write(offset, data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.dev.read(offset, length)
+
+
+class Array:
+    """One storage array (a site's) living in a folder."""
+
+    def __init__(self, root: str | Path, name: str = "array", *, fsync: bool = False) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.lock = threading.RLock()  # structure: volumes, groups, snapshots
+        self._save_lock = threading.Lock()
+        for d in ("volumes", "groups", "snapshots", "clones"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        path = self.root / "array.json"
+        self.conf: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
+            "name": name, "next_volume_id": 1, "volumes": {}, "primary_groups": {},
+            "secondary_groups": {}, "snapshots": {}}
+        self.name = self.conf["name"]
+        self.volumes: dict[str, Vol] = {}
+        self.primary: dict[str, PrimaryGroup] = {}
+        self.secondary: dict[str, SecondaryGroup] = {}
+        self.snapshots: dict[str, dict[str, CowStore]] = {}
+        self.problems: list[str] = []
+        self._load()
+        self._save()
+
+    # -- persistence ----------------------------------------------------------------
+    def _save(self) -> None:
+        with self._save_lock:
+            tmp = self.root / "array.json.tmp"
+            tmp.write_text(json.dumps(self.conf, indent=1, sort_keys=True))
+            os.replace(tmp, self.root / "array.json")
+
+    def _load(self) -> None:
+        vconf = self.conf["volumes"]
+        for name, v in sorted(vconf.items(), key=lambda kv: kv[1]["id"]):
+            if v["role"] != "clone":
+                self.volumes[name] = Vol(name, v["id"], FileVolume(self.root / "volumes" / f"{name}.vol"), v["role"])
+        for snap, s in self.conf["snapshots"].items():
+            self.snapshots[snap] = {vn: CowStore(self.root / "snapshots" / snap / vn, self.volumes[vn].dev)
+                                    for vn in s["volumes"]}
+            for vn, store in self.snapshots[snap].items():
+                self.volumes[vn].cows.append(store)
+        for name, v in vconf.items():
+            if v["role"] == "clone":
+                store = self.snapshots[v["snapshot"]][v["source"]]
+                dev = CloneVolume(self.root / "clones" / name, SnapshotView(store))
+                self.volumes[name] = Vol(name, v["id"], dev, "clone")
+        for g, c in self.conf["primary_groups"].items():
+            try:
+                self._open_primary(g, c)
+            except JournalError as e:
+                self.problems.append(f"group {g}: {e}")
+                c["state"], c["message"] = ERROR, str(e)
+        for g, c in self.conf["secondary_groups"].items():
+            try:
+                self._open_secondary(g, c)
+            except JournalError as e:
+                self.problems.append(f"group {g}: {e}")
+                c["state"], c["message"] = ERROR, str(e)
+
+    def _open_primary(self, g: str, c: dict, create: bool = False) -> PrimaryGroup:
+        folder = self.root / "groups" / g
+        jdir = folder / "journal"
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            journal = Journal.create(jdir, c["journal_capacity"], fsync=self.fsync)
+        else:
+            journal = Journal.open(jdir, c["journal_capacity"], fsync=self.fsync)
+        members = {int(vid): self._by_id(int(vid)) for vid in c["members"]}
+        grp = PrimaryGroup(g, folder, members, {int(k): v for k, v in c["members"].items()}, c,
+                           journal=journal, save=self._save)
+        if not create:  # redo: every retained record reaches its volume again, in order
+            for r, _ in journal.iter_records(journal.first_seq):
+                members[r.volume].dev.write(r.offset, r.data)
+        for v in members.values():
+            v.primary = grp
+        self.primary[g] = grp
+        return grp
+
+    def _open_secondary(self, g: str, c: dict, create: bool = False) -> SecondaryGroup:
+        folder = self.root / "groups" / g
+        jdir = folder / "journal"
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            journal = Journal.create(jdir, c["journal_capacity"], generation=c.get("generation", 1),
+                                     fsync=self.fsync)
+        else:
+            journal = Journal.open(jdir, c["journal_capacity"], fsync=self.fsync)
+        members = {int(vid): self.volumes[name] for vid, name in c["members"].items()}
+        grp = SecondaryGroup(g, folder, members, c, journal=journal, save=self._save)
+        for v in members.values():
+            v.secondary = grp
+        self.secondary[g] = grp
+        return grp
+
+    def _by_id(self, vid: int) -> Vol:
+        for v in self.volumes.values():
+            if v.id == vid:
+                return v
+        raise NotFound(f"no volume with id {vid} on array {self.name}")
+
+    # -- volumes --------------------------------------------------------------------
+    def volume(self, name: str) -> Vol:
+        v = self.volumes.get(name)
+        if v is None:
+            raise NotFound(f"volume {name!r} does not exist on array {self.name}; "
+                           f"known: {', '.join(sorted(self.volumes)) or 'none'}")
+        return v
+
+    def create_volume(self, name: str, size: int, *, role: str = "data") -> Vol:
+        check_name("volume", name)
+        if not isinstance(size, int) or size < MIN_VOLUME:
+            raise InvalidInput(f"volume size must be an integer of at least {MIN_VOLUME} bytes (1 MiB), got {size!r}")
+        with self.lock:
+            if name in self.volumes:
+                raise Conflict(f"volume {name!r} already exists on array {self.name}")
+            vid = self.conf["next_volume_id"]
+            path = self.root / "volumes" / f"{name}.vol"
+            if path.exists():
+                path.unlink()
+            dev = FileVolume(path, size, create=True)
+            self.conf["next_volume_id"] = vid + 1
+            self.conf["volumes"][name] = {"id": vid, "size": size, "role": role}
+            self.volumes[name] = v = Vol(name, vid, dev, role)
+            self._save()
+            return v
+
+    def delete_volume(self, name: str) -> None:
+        with self.lock:
+            v = self.volume(name)
+            if v.primary or v.secondary:
+                raise Conflict(f"volume {name!r} is in consistency group "
+                               f"{(v.primary or v.secondary).name!r}; delete the group first")  # type: ignore[union-attr]
+            if v.cows:
+                raise Conflict(f"volume {name!r} has snapshots; delete them first")
+            del self.conf["volumes"][name]
+            del self.volumes[name]
+            self._save()
+            v.dev.close()
+            if v.role == "clone":
+                shutil.rmtree(self.root / "clones" / name, ignore_errors=True)
+            else:
+                (self.root / "volumes" / f"{name}.vol").unlink(missing_ok=True)
+
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        """The data path: acknowledged when this returns."""
+        v = self.volumes.get(name) or self.volume(name)
+        if v.secondary is not None:
+            raise Conflict(f"volume {name!r} is a secondary of group {v.secondary.name!r} and is "
+                           "read-only; promote the group to write to it")
+        if v.primary is not None:
+            v.primary.commit(v, offset, data)
+        else:
+            v.write(offset, data)
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        v = self.volumes.get(name) or self.volume(name)
+        return v.read(offset, length)
+
+    # -- consistency groups (main side) ---------------------------------------------
+    def create_primary_group(self, name: str, volumes: list[str], remote: str, *,
+                             remote_names: dict[str, str] | None = None, mode: str = "async",
+                             journal_capacity: int = DEFAULT_JOURNAL, transfer_interval_ms: float = 0.0,
+                             sync_timeout_s: float = 5.0) -> PrimaryGroup:
+        check_name("consistency group", name)
+        if mode not in ("async", "sync"):
+            raise InvalidInput(f"copy mode must be 'async' or 'sync', got {mode!r}")
+        if not volumes:
+            raise InvalidInput("a consistency group needs at least one volume")
+        if not isinstance(remote, str) or ":" not in remote:
+            raise InvalidInput(f"remote must be HOST:PORT of the backup array's replication port, got {remote!r}")
+        if transfer_interval_ms < 0:
+            raise InvalidInput("transfer_interval_ms must not be negative")
+        remote_names = dict(remote_names or {})
+        with self.lock:
+            if name in self.primary or name in self.secondary:
+                raise Conflict(f"consistency group {name!r} already exists on array {self.name}")
+            vols = [self.volume(v) for v in volumes]
+            for v in vols:
+                grp = v.primary or v.secondary
+                if grp is not None:
+                    raise Conflict(f"volume {v.name!r} is already in consistency group {grp.name!r}")
+                if v.role != "data":
+                    raise InvalidInput(f"volume {v.name!r} is a {v.role} volume and cannot be replicated")
+            Journal(self.root, journal_capacity)  # validates the capacity before anything changes
+            for v in volumes:
+                check_name("backup volume", remote_names.setdefault(v, v))
+            conf = {"members": {str(v.id): remote_names[v.name] for v in vols}, "mode": mode,
+                    "remote": remote, "journal_capacity": journal_capacity,
+                    "transfer_interval_ms": transfer_interval_ms, "sync_timeout_s": sync_timeout_s,
+                    "state": COPY, "message": "initial copy pending", "created": time.time(),
+                    "sizes": {str(v.id): v.size for v in vols}}
+            self.conf["primary_groups"][name] = conf
+            grp = self._open_primary(name, conf, create=True)
+            for m in grp.dirty.values():
+                m.set_all()  # the initial copy is a copy of every region
+            self._save()
+            return grp
+
+    def delete_primary_group(self, name: str) -> None:
+        with self.lock:
+            grp = self.group(name)
+            if not isinstance(grp, PrimaryGroup):
+                raise InvalidInput(f"group {name!r} is a backup-side group; delete it at the main site")
+            for v in grp.members.values():
+                v.primary = None
+            grp.close()
+            del self.primary[name]
+            del self.conf["primary_groups"][name]
+            shutil.rmtree(self.root / "groups" / name, ignore_errors=True)
+            self._save()
+
+    def group(self, name: str) -> PrimaryGroup | SecondaryGroup:
+        g = self.primary.get(name) or self.secondary.get(name)
+        if g is None:
+            known = sorted(self.primary) + sorted(self.secondary)
+            raise NotFound(f"consistency group {name!r} does not exist on array {self.name}; "
+                           f"known: {', '.join(known) or 'none'}")
+        return g
+
+    # -- consistency groups (backup side) -------------------------------------------
+    def ensure_secondary_group(self, name: str, members: dict[int, tuple[str, int]],
+                               journal_capacity: int, generation: int) -> SecondaryGroup:
+        """Create (once) the backup side of a group announced by a main array."""
+        with self.lock:
+            grp = self.secondary.get(name)
+            if grp is not None:
+                return grp
+            if name in self.primary:
+                raise Conflict(f"group {name!r} is a main-side group on array {self.name}")
+            for _vid, (vname, _size) in members.items():
+                if vname in self.volumes:
+                    v = self.volumes[vname]
+                    if v.primary or v.secondary or v.role != "secondary":
+                        raise Conflict(f"backup volume {vname!r} already exists and is in use")
+            for _vid, (vname, size) in members.items():
+                if vname not in self.volumes:
+                    self.create_volume(vname, size, role="secondary")
+            conf = {"members": {str(vid): vname for vid, (vname, _s) in members.items()},
+                    "journal_capacity": journal_capacity, "generation": generation,
+                    "state": COPY, "consistent": False, "copy_end_seq": None,
+                    "message": "initial copy", "created": time.time()}
+            self.conf["secondary_groups"][name] = conf
+            grp = self._open_secondary(name, conf, create=True)
+            self._save()
+            return grp
+
+    def delete_secondary_group(self, name: str, *, delete_volumes: bool = False) -> None:
+        with self.lock:
+            grp = self.group(name)
+            if not isinstance(grp, SecondaryGroup):
+                raise InvalidInput(f"group {name!r} is a main-side group")
+            for v in grp.members.values():
+                v.secondary = None
+                self.conf["volumes"][v.name]["role"] = "data"
+                v.role = "data"
+            grp.close()
+            del self.secondary[name]
+            del self.conf["secondary_groups"][name]
+            shutil.rmtree(self.root / "groups" / name, ignore_errors=True)
+            self._save()
+            if delete_volumes:
+                for v in list(grp.members.values()):
+                    self.delete_volume(v.name)
+
+    def promote(self, name: str) -> dict[str, Any]:
+        """Failover: stop applying, make the backup volumes writable data volumes."""
+        with self.lock:
+            grp = self.group(name)
+            if not isinstance(grp, SecondaryGroup):
+                raise InvalidInput(f"group {name!r} is already a main-side group")
+            grp.apply_available(max_records=1 << 30)
+            pos = {"sequence": grp.applied_seq, "time": grp.applied.time,
+                   "consistent": bool(grp.conf.get("consistent")), "state": grp.state}
+            self.delete_secondary_group(name)
+            return pos
+
+    # -- snapshots and clones -------------------------------------------------------
+    def create_snapshot(self, name: str, *, group: str | None = None,
+                        volumes: list[str] | None = None) -> dict[str, Any]:
+        """Freeze volumes at one point; for a backup group, all at one sequence number."""
+        check_name("snapshot", name)
+        with self.lock:
+            if name in self.conf["snapshots"]:
+                raise Conflict(f"snapshot {name!r} already exists on array {self.name}")
+            grp: SecondaryGroup | None = None
+            if group is not None:
+                g = self.group(group)
+                if not isinstance(g, SecondaryGroup):
+                    raise InvalidInput(f"snapshot groups are taken at the backup site; {group!r} is a "
+                                       "main-side group here")
+                grp = g
+                vols = list(grp.members.values())
+            elif volumes:
+                vols = [self.volume(v) for v in volumes]
+            else:
+                raise InvalidInput("name a consistency group or at least one volume to snapshot")
+            for v in vols:
+                if v.role == "clone":
+                    raise InvalidInput(f"volume {v.name!r} is a clone; snapshots of clones are not supported")
+            lock = grp.lock if grp else threading.RLock()
+            with lock:  # the applier is held: every member at the same sequence
+                folder = self.root / "snapshots" / name
+                folder.mkdir()
+                stores = {v.name: CowStore(folder / v.name, v.dev, create=True) for v in vols}
+                for v in vols:
+                    v.cows.append(stores[v.name])
+                info: dict[str, Any] = {"group": group, "volumes": sorted(stores), "created": time.time()}
+                if grp is not None:
+                    info.update(sequence=grp.applied_seq, generation=grp.journal.generation,
+                                time=grp.applied.time or None, consistent=bool(grp.conf.get("consistent")),
+                                state=grp.state, received=grp.received_seq,
+                                main_sequence=grp.main_head[0] or None)
+                self.conf["snapshots"][name] = info
+                self.snapshots[name] = stores
+                self._save()
+            return self.snapshot_info(name)
+
+    def snapshot_info(self, name: str) -> dict[str, Any]:
+        s = self.conf["snapshots"].get(name)
+        if s is None:
+            raise NotFound(f"snapshot {name!r} does not exist on array {self.name}; "
+                           f"known: {', '.join(sorted(self.conf['snapshots'])) or 'none'}")
+        out = dict(s, name=name)
+        if s.get("sequence") is not None:
+            out["position"] = str(JournalPosition(s.get("generation", 1), s["sequence"]))
+        return out
+
+    def delete_snapshot(self, name: str) -> None:
+        with self.lock:
+            self.snapshot_info(name)
+            users = [n for n, v in self.conf["volumes"].items() if v.get("snapshot") == name]
+            if users:
+                raise Conflict(f"snapshot {name!r} has clones ({', '.join(users)}); delete them first")
+            for vn, store in self.snapshots.pop(name).items():
+                self.volumes[vn].cows.remove(store)
+                store.close()
+            del self.conf["snapshots"][name]
+            shutil.rmtree(self.root / "snapshots" / name, ignore_errors=True)
+            self._save()
+
+    def create_clone(self, name: str, snapshot: str, volume: str) -> Vol:
+        """A writable volume showing ``volume`` as it was in ``snapshot``."""
+        check_name("volume", name)
+        with self.lock:
+            self.snapshot_info(snapshot)
+            stores = self.snapshots[snapshot]
+            if volume not in stores:
+                raise NotFound(f"snapshot {snapshot!r} has no volume {volume!r}; it has {', '.join(sorted(stores))}")
+            if name in self.volumes:
+                raise Conflict(f"volume {name!r} already exists on array {self.name}")
+            dev = CloneVolume(self.root / "clones" / name, SnapshotView(stores[volume]), create=True)
+            vid = self.conf["next_volume_id"]
+            self.conf["next_volume_id"] = vid + 1
+            self.conf["volumes"][name] = {"id": vid, "size": dev.size, "role": "clone",
+                                          "snapshot": snapshot, "source": volume}
+            self.volumes[name] = v = Vol(name, vid, dev, "clone")
+            self._save()
+            return v
+
+    # -- reporting ------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            vols = [{"name": v.name, "id": v.id, "size": v.size, "role": v.role,
+                     "group": (v.primary or v.secondary).name if (v.primary or v.secondary) else None,
+                     "snapshots": len(v.cows), **({"snapshot": self.conf["volumes"][v.name].get("snapshot"),
+                                                    "source": self.conf["volumes"][v.name].get("source")}
+                                                   if v.role == "clone" else {})}
+                    for v in self.volumes.values()]
+            groups = []
+            for g in self.primary.values():
+                lag = g.lag()
+                groups.append({"name": g.name, "side": "main", "mode": g.mode, "state": g.state,
+                               "message": lag.message, "remote": g.conf["remote"],
+                               "connected": g.connected,
+                               "members": {g.members[vid].name: rn for vid, rn in g.remote_names.items()},
+                               "journal": {"used_bytes": g.journal.used_bytes,
+                                           "capacity": g.journal.capacity},
+                               "copy": {"total": g.copy_total, "done": g.copy_done},
+                               "lag": lag.to_dict()})
+            for s in self.secondary.values():
+                groups.append({"name": s.name, "side": "backup", "state": s.state,
+                               "message": s.conf.get("message", ""), "consistent": bool(s.conf.get("consistent")),
+                               "members": {str(vid): v.name for vid, v in s.members.items()},
+                               "applied": str(JournalPosition(s.journal.generation, s.applied_seq)),
+                               "applied_time": s.applied.time or None,
+                               "received": s.received_seq, "apply_paused": s.paused,
+                               "journal": {"used_bytes": s.journal.used_bytes, "capacity": s.journal.capacity}})
+            snaps = [self.snapshot_info(n) for n in sorted(self.conf["snapshots"])]
+            return {"name": self.name, "pid": os.getpid(), "volumes": vols, "groups": groups,
+                    "snapshots": snaps, "problems": list(self.problems)}
+
+    def close(self) -> None:
+        with self.lock:
+            for g in self.primary.values():
+                g.close()
+            for s in self.secondary.values():
+                s.close()
+            for stores in self.snapshots.values():
+                for st in stores.values():
+                    st.close()
+            for v in self.volumes.values():
+                v.dev.close()
+            self._save()

@@ -1,0 +1,247 @@
+"""Clients of an array: the management API, the data path, and starting array processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
+from dr_kit.storage.position import LagReport
+from dr_kit.storage.server import CLOSE, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE
+
+_ERRORS: dict[str, type[DrKitError]] = {"InvalidInput": InvalidInput, "NotFound": NotFound,
+                                        "Conflict": Conflict, "JournalError": JournalError,
+                                        "Unavailable": Unavailable}
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise Unavailable("the array closed the data path connection (array down?)")
+        buf += chunk
+    return bytes(buf)
+
+
+class RemoteVolume:
+    """A volume reached over the array's data path; one connection, thread safe."""
+
+    def __init__(self, socket_path: str, name: str) -> None:
+        self.name = name
+        self.socket_path = socket_path
+        self._lock = threading.Lock()
+        try:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.connect(socket_path)
+        except OSError as e:
+            raise Unavailable(f"cannot reach the array data path at {socket_path}: {e.strerror}") from None
+        out = self._call(OPEN, 0, 0, name.encode())
+        self._handle, self.size = struct.unpack("<IQ", out)
+
+    def _call(self, op: int, offset: int, length: int, payload: bytes = b"") -> bytes:
+        with self._lock:
+            try:
+                h = getattr(self, "_handle", 0)
+                n = len(payload) if payload else length
+                self._sock.sendall(REQ.pack(op, h, offset, n) + payload)
+                status, rlen = RESP.unpack(_recv_exact(self._sock, RESP.size))
+                out = _recv_exact(self._sock, rlen) if rlen else b""
+            except OSError as e:
+                raise Unavailable(f"array data path failed for volume {self.name}: {e}") from None
+        if status == FAIL:
+            msg = out.decode()
+            if "read-only" in msg or "secondary" in msg:
+                raise Conflict(msg)
+            if "does not exist" in msg:
+                raise NotFound(msg)
+            raise InvalidInput(msg)
+        return out
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._call(READ, offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._call(WRITE, offset, len(data), bytes(data))
+
+    def sync(self) -> None:
+        self._call(SYNC, 0, 0)
+
+    def close(self) -> None:
+        try:
+            self._call(CLOSE, 0, 0)
+        except DrKitError:
+            pass
+        self._sock.close()
+
+
+class ArrayClient:
+    """The management API of one array (and its data path)."""
+
+    def __init__(self, mgmt_url: str, data_socket: str | None = None, *, timeout: float = 30.0) -> None:
+        self.url = mgmt_url.rstrip("/")
+        self.data_socket = data_socket
+        self.timeout = timeout
+
+    @classmethod
+    def from_ready_file(cls, path: str | Path) -> ArrayClient:
+        info = json.loads(Path(path).read_text())
+        return cls(info["mgmt_url"], info["data_socket"])
+
+    def _req(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                err = json.loads(e.read())
+            except ValueError:
+                raise Unavailable(f"array at {self.url} answered HTTP {e.code}") from None
+            raise _ERRORS.get(err.get("error", ""), DrKitError)(err.get("message", "")) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unavailable(f"array management API at {self.url} is unreachable ({reason})") from None
+
+    # -- calls ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return self._req("GET", "/v1/status")
+
+    def create_volume(self, name: str, size: int) -> dict[str, Any]:
+        return self._req("POST", "/v1/volumes", {"name": name, "size": size})
+
+    def delete_volume(self, name: str) -> None:
+        self._req("DELETE", f"/v1/volumes/{name}")
+
+    def create_group(self, name: str, volumes: list[str], remote: str, **opts: Any) -> dict[str, Any]:
+        return self._req("POST", "/v1/groups", {"name": name, "volumes": volumes, "remote": remote, **opts})
+
+    def delete_group(self, name: str, *, delete_volumes: bool = False) -> None:
+        self._req("DELETE", f"/v1/groups/{name}" + ("?delete_volumes=1" if delete_volumes else ""))
+
+    def group_action(self, name: str, action: str, **extra: Any) -> dict[str, Any]:
+        return self._req("POST", f"/v1/groups/{name}/actions", {"action": action, **extra})
+
+    def lag(self, group: str) -> LagReport:
+        return LagReport.from_dict(self._req("GET", f"/v1/groups/{group}/lag"))
+
+    def group_status(self, name: str) -> dict[str, Any]:
+        for g in self.status()["groups"]:
+            if g["name"] == name:
+                return g
+        raise NotFound(f"consistency group {name!r} does not exist on the array at {self.url}")
+
+    def create_snapshot(self, name: str, *, group: str | None = None,
+                        volumes: list[str] | None = None) -> dict[str, Any]:
+        return self._req("POST", "/v1/snapshots", {"name": name, "group": group, "volumes": volumes})
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        return self._req("GET", f"/v1/snapshots/{name}")
+
+    def delete_snapshot(self, name: str) -> None:
+        self._req("DELETE", f"/v1/snapshots/{name}")
+
+    def create_clone(self, name: str, snapshot: str, volume: str) -> dict[str, Any]:
+        return self._req("POST", "/v1/clones", {"name": name, "snapshot": snapshot, "volume": volume})
+
+    def open_volume(self, name: str) -> RemoteVolume:
+        if not self.data_socket:
+            raise InvalidInput("this array client has no data path socket")
+        return RemoteVolume(self.data_socket, name)
+
+    def wait_group(self, name: str, pred, *, timeout: float = 30.0, interval: float = 0.02,
+                   what: str = "the expected state") -> dict[str, Any]:
+        """Poll a group's status until ``pred(status)`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = self.group_status(name)
+                if pred(st):
+                    return st
+            except NotFound:
+                st = None
+            if time.monotonic() > deadline:
+                raise Unavailable(f"group {name!r} did not reach {what} within {timeout:.0f} s "
+                                  f"(last: {st and st.get('state')} {st and st.get('message')})")
+            time.sleep(interval)
+
+
+@dataclass
+class ArrayHandle:
+    """An array running in a child process."""
+
+    root: Path
+    name: str
+    proc: subprocess.Popen
+    info: dict[str, Any] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    @property
+    def client(self) -> ArrayClient:
+        return ArrayClient(self.info["mgmt_url"], self.info["data_socket"])
+
+    @property
+    def replication(self) -> str:
+        return self.info["replication"]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up, like a power cut of the array controller."""
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_array(root: str | Path, name: str, *, repl_port: int = 0, mgmt_port: int = 0,
+                fsync: bool = False, timeout: float = 20.0) -> ArrayHandle:
+    """Start an array process on ``root`` and wait until it listens."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ready = root / "ready.json"
+    ready.unlink(missing_ok=True)
+    log_path = root / "array.log"
+    cmd = [sys.executable, "-m", "dr_kit.storage.server", "--dir", str(root), "--name", name,
+           "--ready-file", str(ready), "--repl-port", str(repl_port), "--mgmt-port", str(mgmt_port)]
+    if fsync:
+        cmd.append("--fsync")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise Unavailable(f"array {name} exited at start (code {proc.returncode}): {tail[0]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise Unavailable(f"array {name} did not start within {timeout:.0f} s; see {log_path}")
+        time.sleep(0.02)
+    return ArrayHandle(root, name, proc, json.loads(ready.read_text()), log_path)

@@ -1,0 +1,364 @@
+"""Consistency groups: the commit path at the main site and the apply path at the backup.
+
+A :class:`PrimaryGroup` owns one journal shared by all its member volumes: a write takes
+the group's lock, gets the next sequence number, goes to the journal and then to the
+volume, and is acknowledged.  Nothing on this path touches the network in asynchronous
+mode; in synchronous mode the writer then waits for the backup's acknowledgement.
+
+A :class:`SecondaryGroup` receives the same records into its own journal and applies them
+strictly in sequence order; at every moment its volumes equal the main volumes after some
+prefix of the acknowledged writes.
+
+Pair states (one per group, shared by its pairs)::
+
+    copy       initial copy running: backup not yet consistent
+    pair       replicating; backup consistent at its applied position
+    suspended  journal full or link timed out in sync mode: changed regions are tracked
+    resync     changed regions being copied back: backup not consistent (guard snapshot kept)
+    error      a corrupt or missing entry was detected and refused: resync needed
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dr_kit.errors import JournalError
+from dr_kit.storage import record as rec
+from dr_kit.storage.blocks import CHUNK, ChunkMap, chunks_of
+from dr_kit.storage.journal import Journal
+from dr_kit.storage.position import JournalPosition, LagReport
+
+if TYPE_CHECKING:
+    from dr_kit.storage.array import Vol
+
+COPY, PAIR, SUSPENDED, RESYNC, ERROR = "copy", "pair", "suspended", "resync", "error"
+JOURNALING = (COPY, PAIR, RESYNC)
+_POS = struct.Struct("<QQd")  # sequence, generation, time
+
+
+class _PosFile:
+    """A tiny persistent (sequence, generation, time) triple, rewritten in place."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        raw = os.pread(self.fd, _POS.size, 0)
+        self.seq, self.gen, self.time = _POS.unpack(raw) if len(raw) == _POS.size else (0, 0, 0.0)
+
+    def store(self, seq: int, gen: int, t: float) -> None:
+        self.seq, self.gen, self.time = seq, gen, t
+        os.pwrite(self.fd, _POS.pack(seq, gen, t), 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class PrimaryGroup:
+    """Main-site side of a consistency group (or of one independent pair)."""
+
+    def __init__(self, name: str, folder: Path, members: dict[int, Vol], remote_names: dict[int, str],
+                 conf: dict, *, journal: Journal, save: Callable[[], None]) -> None:
+        self.name = name
+        self.folder = folder
+        self.members = members  # main volume id -> volume
+        self.remote_names = remote_names  # main volume id -> backup volume name
+        self.conf = conf  # persisted dict: mode, remote, state, generation, message, ...
+        self.journal = journal
+        self._save = save
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # new entries or acks
+        self.dirty = {vid: ChunkMap(folder / f"dirty-{vid}.map", (v.size + CHUNK - 1) // CHUNK,
+                                    create=not (folder / f"dirty-{vid}.map").exists())
+                      for vid, v in members.items()}
+        self.backup = _PosFile(folder / "backup-applied")
+        self.acked_seq = self.backup.seq  # received in the backup journal
+        self.applied_seq = self.backup.seq  # applied at the backup (last report)
+        self.applied_time = self.backup.time  # main time of that write
+        self.reported = False  # has the backup reported since this process started?
+        self.backup_state: str | None = None
+        self.backup_consistent: bool | None = None
+        self.copy_total = 0
+        self.copy_done = 0
+        self.connected = False
+        self.faults: dict[str, int] = {}
+
+    # -- persisted attributes -------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.conf["state"]
+
+    @property
+    def mode(self) -> str:
+        return self.conf.get("mode", "async")
+
+    @property
+    def generation(self) -> int:
+        return self.journal.generation
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.conf["state"] = state
+        self.conf["message"] = message
+        self.conf["state_since"] = time.time()
+        self._save()
+        self.changed.notify_all()
+
+    # -- the commit path ------------------------------------------------------------
+    def commit(self, vol: Vol, offset: int, data: bytes) -> None:
+        """Write to a member volume; returns when the write is acknowledged."""
+        wait_for = 0
+        with self.lock:
+            if self.conf["state"] in JOURNALING:
+                now = time.time()
+                raw = rec.encode(rec.KIND_WRITE, self.journal.generation, self.journal.next_seq,
+                                 now, vol.id, offset, data)
+                if self.journal.would_overflow(len(raw)):
+                    self._suspend_locked("journal full: the backup cannot keep up or cannot be "
+                                         "reached; changed regions are tracked, resync when the link is back")
+                else:
+                    self.journal.append(raw, now)
+                    vol.write(offset, data)
+                    self.changed.notify_all()
+                    if self.mode == "sync" and self.conf["state"] == PAIR:
+                        wait_for = self.journal.last_seq
+            if self.conf["state"] not in JOURNALING:
+                for c in chunks_of(offset, len(data)):
+                    self.dirty[vol.id].add(c)
+                if not self.conf.get("oldest_unreplicated"):
+                    self.conf["oldest_unreplicated"] = time.time()
+                    self._save()
+                vol.write(offset, data)
+            if wait_for:
+                deadline = time.monotonic() + float(self.conf.get("sync_timeout_s", 5.0))
+                while self.acked_seq < wait_for and self.conf["state"] == PAIR:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._suspend_locked("synchronous copy: the backup did not acknowledge within "
+                                             f"{self.conf.get('sync_timeout_s', 5.0)} s; pair suspended "
+                                             "so the main site keeps running")
+                        break
+                    self.changed.wait(left)
+
+    def _suspend_locked(self, why: str) -> None:
+        if self.conf["state"] in (SUSPENDED, ERROR):
+            return
+        t = self.journal.time_of(self.applied_seq + 1)
+        self.conf["oldest_unreplicated"] = t or time.time()
+        self._set_state(SUSPENDED, why)
+
+    def suspend(self, why: str = "suspended by request") -> None:
+        with self.lock:
+            self._suspend_locked(why)
+
+    def fail(self, why: str) -> None:
+        with self.lock:
+            if self.conf["state"] != ERROR:
+                if not self.conf.get("oldest_unreplicated"):
+                    t = self.journal.time_of(self.applied_seq + 1)
+                    self.conf["oldest_unreplicated"] = t or time.time()
+                self._set_state(ERROR, why)
+
+    # -- acknowledgements from the backup -------------------------------------------
+    def on_ack(self, received: int, applied: int, applied_time: float, state: str | None,
+               consistent: bool | None) -> None:
+        with self.lock:
+            self.reported = True
+            self.backup_state, self.backup_consistent = state, consistent
+            if received > self.acked_seq:
+                self.acked_seq = received
+            if applied >= self.applied_seq:
+                self.applied_seq, self.applied_time = applied, applied_time
+                self.backup.store(applied, self.journal.generation, applied_time)
+                self.journal.free_through(applied)
+            self.changed.notify_all()
+
+    # -- resync / initial copy (called by the sender) -------------------------------
+    def begin_copy(self) -> tuple[int, int, bool]:
+        """Switch to copy/resync: returns (generation, first sequence, initial?)."""
+        with self.lock:
+            initial = self.conf["state"] == COPY
+            if not initial:
+                # entries the backup has not applied are re-sent as copied regions
+                for r, _ in self.journal.iter_records(max(self.applied_seq + 1, self.journal.first_seq)):
+                    for c in chunks_of(r.offset, len(r.data)):
+                        self.dirty[r.volume].add(c)
+                self.journal.reset(self.journal.generation + 1)
+                self._set_state(RESYNC, "copying changed regions; the backup keeps its last "
+                                "consistent image in a guard snapshot until this ends")
+            self.copy_total = sum(m.count() for m in self.dirty.values())
+            self.copy_done = 0
+            return self.journal.generation, self.journal.next_seq, initial
+
+    def end_copy(self) -> int:
+        """All regions copied: the backup becomes consistent once it applies through the
+        returned sequence."""
+        with self.lock:
+            self.conf.pop("oldest_unreplicated", None)
+            self._set_state(PAIR)
+            return self.journal.last_seq
+
+    # -- lag ------------------------------------------------------------------------
+    def lag(self) -> LagReport:
+        with self.lock:
+            now = time.time()
+            state = self.conf["state"]
+            head = JournalPosition(self.journal.generation, self.journal.last_seq)
+            known = self.reported or self.backup.seq > 0 or self.applied_seq >= self.journal.last_seq
+            applied = JournalPosition(self.backup.gen or self.journal.generation, self.applied_seq) if known else None
+            consistent: bool | None = self.backup_consistent
+            seq_lag = byte_lag = None
+            tlag: float | None = None
+            if state == PAIR and known:
+                seq_lag = max(0, self.journal.last_seq - self.applied_seq)
+                byte_lag = self.journal.bytes_after(self.applied_seq)
+                if seq_lag == 0:
+                    tlag = 0.0
+                else:
+                    t = self.journal.time_of(self.applied_seq + 1)
+                    tlag = max(0.0, now - t) if t else None
+            elif state in (SUSPENDED, ERROR, RESYNC):
+                oldest = self.conf.get("oldest_unreplicated")
+                tlag = max(0.0, now - oldest) if oldest else None
+                byte_lag = sum(m.count() for m in self.dirty.values()) * CHUNK + \
+                    self.journal.bytes_after(self.applied_seq)
+                consistent = False if state == RESYNC else consistent
+            msg = self.conf.get("message", "")
+            if state in (COPY, RESYNC) and self.copy_total:
+                msg = f"{msg} ({self.copy_done}/{self.copy_total} regions copied)".strip()
+            return LagReport(group=self.name, state=state, main=head, applied=applied,
+                             sequence_lag=seq_lag, byte_lag=byte_lag, time_lag_s=tlag,
+                             consistent=consistent, measured_at=now, source="array", message=msg)
+
+    def close(self) -> None:
+        self.journal.close()
+        for m in self.dirty.values():
+            m.close()
+        self.backup.close()
+
+
+class SecondaryGroup:
+    """Backup-site side of a consistency group: receive, store, apply in order."""
+
+    def __init__(self, name: str, folder: Path, members: dict[int, Vol], conf: dict, *,
+                 journal: Journal, save: Callable[[], None]) -> None:
+        self.name = name
+        self.folder = folder
+        self.members = members  # main volume id -> local secondary volume
+        self.conf = conf  # persisted: state, consistent, copy_end_seq, message, generation
+        self.journal = journal
+        self._save = save
+        self.lock = threading.RLock()  # held while applying a batch and while snapshotting
+        self.cond = threading.Condition(threading.Lock())
+        self.applied = _PosFile(folder / "applied")
+        if self.applied.seq == 0 and journal.first_seq > 1:
+            self.applied.seq = journal.first_seq - 1
+        self.paused = False
+        self.listeners: list[Callable[[], None]] = []
+        self.main_head = (0, 0.0)  # (sequence, time) last heard from the main site
+
+    @property
+    def state(self) -> str:
+        return self.conf["state"]
+
+    @property
+    def applied_seq(self) -> int:
+        return self.applied.seq
+
+    @property
+    def received_seq(self) -> int:
+        return self.journal.last_seq
+
+    def set_state(self, state: str, message: str = "", consistent: bool | None = None) -> None:
+        self.conf["state"] = state
+        self.conf["message"] = message
+        if consistent is not None:
+            self.conf["consistent"] = consistent
+        self._save()
+
+    # -- receiving ------------------------------------------------------------------
+    def receive(self, batch: bytes) -> None:
+        """Store a batch of records from the main site; refuse the whole batch if any is bad."""
+        if self.conf["state"] == ERROR:
+            raise JournalError(self.conf.get("message") or "group is in error state")
+        records = []
+        expect = self.journal.next_seq
+        try:
+            for r, raw in rec.iter_records(batch):
+                if r.generation != self.journal.generation:
+                    raise JournalError(f"entry {r.sequence} belongs to generation {r.generation}, "
+                                       f"expected {self.journal.generation}")
+                if r.sequence != expect:
+                    raise JournalError(f"entry {expect} is missing (received {r.sequence} instead)")
+                if r.volume not in self.members:
+                    raise JournalError(f"entry {r.sequence} names volume {r.volume}, not a member")
+                records.append((r, raw))
+                expect += 1
+        except JournalError as e:
+            self.fail(f"refused a journal entry from the main site: {e}; nothing of it was applied; "
+                      "resync the pair")
+            raise
+        for r, raw in records:
+            if self.journal.would_overflow(len(raw)):
+                raise JournalError("backup journal full")
+            self.journal.append(raw, r.time)
+        with self.cond:
+            self.cond.notify_all()
+
+    def fail(self, why: str) -> None:
+        self.set_state(ERROR, why)
+        self._notify()
+
+    # -- applying -------------------------------------------------------------------
+    def apply_available(self, max_records: int = 512) -> int:
+        """Apply the next records in order (not during a copy); returns how many."""
+        with self.lock:
+            if self.paused or self.conf["state"] == ERROR:
+                return 0
+            start = self.applied.seq + 1
+            if start > self.journal.last_seq:
+                return 0
+            n = 0
+            last_t = self.applied.time
+            try:
+                for r, _ in self.journal.iter_records(start, through=min(self.journal.last_seq,
+                                                                         start + max_records - 1)):
+                    self.members[r.volume].write(r.offset, r.data)
+                    last_t = r.time
+                    n += 1
+            except JournalError as e:
+                self.fail(f"journal entry {start + n} at the backup is corrupt: {e}; it was not "
+                          "applied; resync the pair")
+            if n:
+                self.applied.store(start + n - 1, self.journal.generation, last_t)
+                self.journal.free_through(self.applied.seq)
+                target = self.conf.get("copy_end_seq")
+                if target is not None and self.applied.seq >= target:
+                    self.conf["copy_end_seq"] = None
+                    self.set_state(PAIR, "", consistent=True)
+        if n:
+            self._notify()
+        return n
+
+    def _notify(self) -> None:
+        for fn in list(self.listeners):
+            try:
+                fn()
+            except Exception:  # a listener of a dead connection
+                pass
+
+    def wait_for_records(self, timeout: float) -> None:
+        with self.cond:
+            if self.applied.seq >= self.journal.last_seq or self.paused:
+                self.cond.wait(timeout)
+
+    def kick(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.journal.close()
+        self.applied.close()

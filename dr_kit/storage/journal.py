@@ -1,0 +1,276 @@
+"""A journal volume: checksummed records in segment files, kept until applied at the backup.
+
+The journal of a consistency group holds every acknowledged write in one sequence.  It is
+a folder of segment files named by their first sequence number plus a small ``meta`` file
+(generation and the next sequence when the journal is empty).  Records are appended; whole
+segments are deleted once every record in them is applied at the backup.
+
+In memory the journal keeps, per retained record, only its time and its end offset (16
+bytes), so time lag and byte lag can be answered without reading the disk; memory is
+bounded by the journal's capacity, never by volume sizes.
+
+Recovery (``open``): every segment is scanned and verified.  A record cut short or failing
+its checksum at the very end of the last segment is a torn write that was never
+acknowledged: it is cut off.  Anything wrong elsewhere raises :class:`JournalError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dr_kit.errors import InvalidInput, JournalError
+from dr_kit.storage import record as rec
+
+MIN_CAPACITY = 1 << 20
+
+
+@dataclass
+class _Segment:
+    first_seq: int
+    path: Path
+    times: array = field(default_factory=lambda: array("d"))
+    ends: array = field(default_factory=lambda: array("Q"))  # end offset of each record
+
+    @property
+    def count(self) -> int:
+        return len(self.times)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+    @property
+    def size(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def start_of(self, seq: int) -> int:
+        i = seq - self.first_seq
+        return self.ends[i - 1] if i > 0 else 0
+
+
+class Journal:
+    """One journal volume.  Thread safe: one appender, any number of readers."""
+
+    def __init__(self, path: str | Path, capacity: int, *, fsync: bool = False,
+                 segment_size: int | None = None) -> None:
+        if capacity < MIN_CAPACITY:
+            raise InvalidInput(
+                f"journal capacity {capacity} bytes is too small to hold one entry; "
+                f"give at least {MIN_CAPACITY} bytes (1 MiB)")
+        self.path = Path(path)
+        self.capacity = capacity
+        self.fsync = fsync
+        self.segment_size = segment_size or max(256 * 1024, min(8 << 20, capacity // 8))
+        self._segments: list[_Segment] = []
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self.generation = 1
+        self.next_seq = 1
+        self.freed_through = 0
+
+    # -- opening and recovery -------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, capacity: int, *, generation: int = 1, next_seq: int = 1,
+               fsync: bool = False) -> Journal:
+        j = cls(path, capacity, fsync=fsync)
+        j.path.mkdir(parents=True, exist_ok=True)
+        for p in j.path.glob("*.seg"):
+            p.unlink()
+        j.generation, j.next_seq, j.freed_through = generation, next_seq, next_seq - 1
+        j._write_meta()
+        return j
+
+    @classmethod
+    def open(cls, path: str | Path, capacity: int, *, fsync: bool = False) -> Journal:
+        j = cls(path, capacity, fsync=fsync)
+        meta = json.loads((j.path / "meta").read_text())
+        j.generation, j.next_seq = int(meta["generation"]), int(meta["next_seq"])
+        j.freed_through = j.next_seq - 1
+        segs = sorted(j.path.glob("*.seg"), key=lambda p: int(p.stem))
+        for i, p in enumerate(segs):
+            seg = j._scan(p, last=(i == len(segs) - 1))
+            if j._segments and seg.first_seq != j._segments[-1].last_seq + 1:
+                raise JournalError(f"journal {j.path}: records {j._segments[-1].last_seq + 1}.."
+                                   f"{seg.first_seq - 1} are missing")
+            if seg.count:
+                j._segments.append(seg)
+            else:
+                p.unlink()
+        if j._segments:
+            j.freed_through = j._segments[0].first_seq - 1
+            j.next_seq = j._segments[-1].last_seq + 1
+        return j
+
+    def _scan(self, p: Path, last: bool) -> _Segment:
+        seg = _Segment(int(p.stem), p)
+        good = 0
+        expect = seg.first_seq
+        with p.open("rb") as f:
+            while True:
+                head = f.read(rec.HEADER_SIZE)
+                if not head:
+                    break
+                try:
+                    if len(head) < rec.HEADER_SIZE:
+                        raise JournalError("record header cut short")
+                    length = rec.decode_header(head)[6]
+                    r = rec.verify(head, f.read(length))
+                    if r.sequence != expect:
+                        raise JournalError(f"record {expect} expected, found {r.sequence}")
+                except JournalError as e:
+                    if last:  # a torn write at the tail: never acknowledged, cut it off
+                        with p.open("r+b") as w:
+                            w.truncate(good)
+                        break
+                    raise JournalError(f"journal {self.path}: segment {p.name}: {e}") from None
+                good += rec.HEADER_SIZE + length
+                seg.times.append(r.time)
+                seg.ends.append(good)
+                expect += 1
+        return seg
+
+    def _write_meta(self) -> None:
+        tmp = self.path / "meta.tmp"
+        tmp.write_text(json.dumps({"generation": self.generation, "next_seq": self.next_seq}))
+        os.replace(tmp, self.path / "meta")
+
+    # -- appending ------------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def would_overflow(self, nbytes: int) -> bool:
+        return self.used_bytes + nbytes > self.capacity
+
+    def append(self, raw: bytes, time: float) -> None:
+        """Append one encoded record whose sequence is ``next_seq`` (the caller checked)."""
+        with self._lock:
+            seg = self._segments[-1] if self._segments else None
+            if seg is None or seg.size + len(raw) > self.segment_size:
+                seg = self._roll()
+            assert self._fd is not None
+            os.write(self._fd, raw)
+            if self.fsync:
+                os.fdatasync(self._fd)
+            seg.times.append(time)
+            seg.ends.append(seg.size + len(raw))
+            self.next_seq += 1
+
+    def _roll(self) -> _Segment:
+        if self._fd is not None:
+            os.close(self._fd)
+        seg = _Segment(self.next_seq, self.path / f"{self.next_seq:020d}.seg")
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segments.append(seg)
+        return seg
+
+    # -- reading --------------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    @property
+    def first_seq(self) -> int:
+        return self._segments[0].first_seq if self._segments else self.next_seq
+
+    def _find(self, seq: int) -> _Segment | None:
+        for s in self._segments:
+            if s.first_seq <= seq <= s.last_seq:
+                return s
+        return None
+
+    def time_of(self, seq: int) -> float | None:
+        with self._lock:
+            s = self._find(seq)
+            return s.times[seq - s.first_seq] if s else None
+
+    def bytes_after(self, seq: int) -> int:
+        """Bytes of the records after ``seq`` still held in this journal."""
+        with self._lock:
+            total = 0
+            for s in self._segments:
+                if s.last_seq <= seq:
+                    continue
+                total += s.size - (s.start_of(seq + 1) if s.first_seq <= seq else 0)
+            return total
+
+    def read_batch(self, from_seq: int, max_bytes: int = 1 << 20, through: int | None = None) -> bytes:
+        """Raw encoded records from ``from_seq`` on (within one segment, at most ``max_bytes``
+        unless a single record is larger); empty when there is none yet."""
+        with self._lock:
+            s = self._find(from_seq)
+            if s is None:
+                if from_seq < self.first_seq:
+                    raise JournalError(f"journal {self.path.name}: record {from_seq} was already freed")
+                return b""
+            last = s.last_seq if through is None else min(s.last_seq, through)
+            if last < from_seq:
+                return b""
+            start = s.start_of(from_seq)
+            end = s.ends[last - s.first_seq]
+            if end - start > max_bytes:
+                i = from_seq - s.first_seq
+                j = i
+                while j + 1 <= last - s.first_seq and s.ends[j + 1] - start <= max_bytes:
+                    j += 1
+                end = s.ends[j]
+            path = s.path
+        with path.open("rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    def iter_records(self, from_seq: int, through: int | None = None):
+        """Verified records from ``from_seq`` through ``through`` (default: the last)."""
+        seq = from_seq
+        stop = self.last_seq if through is None else through
+        while seq <= stop:
+            buf = self.read_batch(seq, through=stop)
+            if not buf:
+                return
+            for r, raw in rec.iter_records(buf):
+                if r.sequence != seq:
+                    raise JournalError(f"journal {self.path.name}: record {seq} expected, found {r.sequence}")
+                yield r, raw
+                seq += 1
+
+    # -- freeing --------------------------------------------------------------------
+    def free_through(self, seq: int) -> None:
+        """Forget the records up to ``seq``: delete segments that hold only such records."""
+        with self._lock:
+            self.freed_through = max(self.freed_through, seq)
+            while len(self._segments) > 1 and self._segments[0].last_seq <= self.freed_through:
+                os.unlink(self._segments.pop(0).path)
+            if (len(self._segments) == 1 and self._segments[0].last_seq <= self.freed_through
+                    and self._segments[0].size >= self.segment_size // 2):
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                os.unlink(self._segments.pop(0).path)
+                self._write_meta()
+
+    def reset(self, generation: int, next_seq: int | None = None) -> None:
+        """Start a new generation: drop every record (a resync will copy what they held)."""
+        with self._lock:
+            if next_seq is not None:
+                self.next_seq = next_seq
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            for s in self._segments:
+                os.unlink(s.path)
+            self._segments.clear()
+            self.generation = generation
+            self.freed_through = self.next_seq - 1
+            self._write_meta()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._write_meta()
