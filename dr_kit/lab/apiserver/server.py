@@ -243,7 +243,7 @@ async def _resource(request: web.Request) -> web.StreamResponse:
                                                q.get("fieldSelector"), dry_run))
         return _json(api.delete(kind, version, namespace, name, await _body(request), dry_run))
     raise ApiError(405, "MethodNotAllowed",
-                   f"the server does not allow this method on the requested resource")
+                   "the server does not allow this method on the requested resource")
 
 
 async def _watch(
