@@ -290,6 +290,9 @@ class Runner:
         kinds = self.served_kinds()
         for backend in self.policy.backends:
             watched += [k for k in GROUP_KINDS[backend] if k in kinds]
+        for ns in self.kube.items("Namespace"):  # know the interesting ones before PVC events
+            if self._note_namespace(ns):
+                self.enqueue(ns["metadata"]["name"])
         for kind in watched:
             self._spawn(f"watch-{kind}", self._watch_loop, kind)
         self._spawn("reconcile", self._work_loop)

@@ -1,0 +1,368 @@
+"""Operator commands: ``operator run|manifests``, ``protect``, ``unprotect``, ``protection status``.
+
+The functions are the library surface (the lab and notebooks call them); :func:`add_parser`
+registers the commands on the main ``dr-kit`` parser.  Clusters are reached through a
+kubeconfig context: ``--kubeconfig K --context C``, or ``--dir DIR`` (default ``.dr-lab``)
+for the lab's ``DIR/kubeconfig`` with context ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from dr_kit.errors import DrKitError, InvalidInput, NotFound
+from dr_kit.operator import manifests
+from dr_kit.operator.policy import Policy
+from dr_kit.operator.reconcile import (
+    BACKEND_ANNOTATION,
+    DEGRADED,
+    PROTECTED,
+    REFUSED,
+    UNPROTECTED,
+    WAITING,
+)
+from dr_kit.operator.runner import Kube, Runner, permissions
+
+DEFAULT_LAB_DIR = ".dr-lab"
+LAB_MAIN_CONTEXT = "main"
+
+# -- connecting ---------------------------------------------------------------------------
+
+
+def api_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None,
+               lab_dir: str | os.PathLike | None = DEFAULT_LAB_DIR, *,
+               in_cluster: bool = False) -> k8s.ApiClient:
+    """An API client for one context.
+
+    Precedence: ``in_cluster``; an explicit ``kubeconfig``; ``lab_dir/kubeconfig`` when it
+    exists (context defaults to ``main``); the client's default kubeconfig
+    (``$KUBECONFIG`` or ``~/.kube/config``).
+    """
+    try:
+        if in_cluster:
+            cfg = k8s.Configuration()
+            k8s_config.load_incluster_config(client_configuration=cfg)
+            return k8s.ApiClient(cfg)
+        path = None
+        if kubeconfig:
+            path = Path(kubeconfig)
+            if not path.is_file():
+                raise NotFound(f"kubeconfig {path} does not exist")
+        elif lab_dir and (Path(lab_dir) / "kubeconfig").is_file():
+            path = Path(lab_dir) / "kubeconfig"
+            context = context or LAB_MAIN_CONTEXT
+        return k8s_config.new_client_from_config(
+            config_file=str(path) if path else None, context=context)
+    except k8s_config.ConfigException as exc:
+        where = f"kubeconfig {path}" if path else "the default kubeconfig"
+        hint = "" if path else f" (no {Path(lab_dir or DEFAULT_LAB_DIR) / 'kubeconfig'} either: " \
+            "pass --kubeconfig, or start the lab with `dr-kit lab up`)"
+        raise InvalidInput(f"{where}: {str(exc).splitlines()[0]}{hint}") from None
+
+
+def _kube(kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR) -> Kube:
+    return Kube(api_client(kubeconfig, context, lab_dir))
+
+
+def _policy(policy: Policy | str | os.PathLike | None) -> Policy:
+    if policy is None:
+        return Policy()
+    if isinstance(policy, Policy):
+        return policy
+    return Policy.load(policy)
+
+
+def _namespace(kube: Kube, name: str) -> dict:
+    found = kube.items("Namespace", field_selector=f"metadata.name={name}")
+    if not found:
+        raise NotFound(f"namespace {name} not found on {kube.api.configuration.host}")
+    return found[0]
+
+
+def _status_of(ns: dict, policy: Policy) -> dict | None:
+    raw = (ns["metadata"].get("annotations") or {}).get(policy.status_annotation)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- library functions -----------------------------------------------------------------
+
+
+def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR,
+            policy: Policy | str | None = None, backend: str | None = None,
+            wait: float = 0.0) -> dict:
+    """Label ``namespace`` for protection; with ``wait`` > 0, wait for the operator's verdict.
+
+    Returns the namespace's protection status (``{"state": "Requested"}`` when not
+    waiting and the operator has not answered yet).
+    """
+    pol = _policy(policy)
+    kube = _kube(kubeconfig, context, lab_dir)
+    ns = _namespace(kube, namespace)
+    patch: dict[str, Any] = {"metadata": {"labels": {pol.label_key: pol.label_value}}}
+    if backend:
+        if backend not in pol.backends:
+            raise InvalidInput(f"backend {backend!r} is not enabled in the operator policy "
+                               f"(enabled: {', '.join(pol.backends)})")
+        patch["metadata"]["annotations"] = {BACKEND_ANNOTATION: backend}
+    kube.patch("Namespace", namespace, patch)
+    labelled_at = datetime.now(UTC)
+    if wait > 0:
+        return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED),
+                     after=labelled_at)
+    return _status_of(ns, pol) or {"state": "Requested"}
+
+
+def unprotect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR,
+              policy: Policy | str | None = None, wait: float = 0.0) -> dict:
+    """Remove the protection label; the operator removes the replication resources."""
+    pol = _policy(policy)
+    kube = _kube(kubeconfig, context, lab_dir)
+    ns = _namespace(kube, namespace)
+    kube.patch("Namespace", namespace, {"metadata": {"labels": {pol.label_key: None}}})
+    if wait > 0 and _status_of(ns, pol) is not None:
+        return _wait(kube, namespace, pol, wait, done=(UNPROTECTED,))
+    return _status_of(ns, pol) or {"state": UNPROTECTED}
+
+
+def protection_status(namespace: str, *, kubeconfig=None, context=None,
+                      lab_dir=DEFAULT_LAB_DIR, policy: Policy | str | None = None) -> dict:
+    """The operator's status annotation, plus ``labelled`` and the live age of the last sync.
+
+    ``sinceLastSyncSeconds`` is computed now from ``lastSync`` (an upper bound of the data
+    a disaster would lose); it is None when the last sync time is unknown, never 0.
+    """
+    pol = _policy(policy)
+    kube = _kube(kubeconfig, context, lab_dir)
+    ns = _namespace(kube, namespace)
+    status = dict(_status_of(ns, pol) or {"state": UNPROTECTED, "message":
+                                          "the operator has not handled this namespace"})
+    status["namespace"] = namespace
+    status["labelled"] = (ns["metadata"].get("labels") or {}).get(pol.label_key) == \
+        pol.label_value
+    status["sinceLastSyncSeconds"] = None
+    if status.get("lastSync"):
+        try:
+            t = datetime.fromisoformat(status["lastSync"].replace("Z", "+00:00"))
+            status["sinceLastSyncSeconds"] = round(
+                (datetime.now(UTC) - t).total_seconds(), 3)
+        except ValueError:
+            pass
+    return status
+
+
+def _wait(kube: Kube, namespace: str, policy: Policy, timeout: float, done: tuple,
+          after: datetime | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    status: dict | None = None
+    while time.monotonic() < deadline:
+        status = _status_of(_namespace(kube, namespace), policy)
+        if status and status.get("state") in done and _fresh(status, after):
+            return status
+        time.sleep(0.2)
+    if status is None:
+        raise DrKitError(f"no status from the operator on {namespace} after {timeout:g} s: is "
+                         f"`dr-kit operator run` running against this cluster?")
+    return status
+
+
+def _fresh(status: dict, after: datetime | None) -> bool:
+    if after is None or status.get("state") != UNPROTECTED:
+        return True
+    return False  # an old Unprotected status is not the answer to a new protect
+
+
+def runner_for(kubeconfig=None, context=None, backup_context: str | None = None, *,
+               lab_dir=DEFAULT_LAB_DIR, policy: Policy | str | None = None,
+               backup_kubeconfig=None, in_cluster: bool = False,
+               resync_seconds: float = 30.0) -> Runner:
+    """A ready-to-start :class:`Runner` (the lab starts one in a thread with this)."""
+    pol = _policy(policy)
+    main = Kube(api_client(kubeconfig, context, lab_dir, in_cluster=in_cluster),
+                permissions(pol))
+    backup = None
+    if backup_context or backup_kubeconfig:
+        backup = Kube(api_client(backup_kubeconfig or kubeconfig, backup_context,
+                                 lab_dir if not backup_kubeconfig else None),
+                      permissions(pol, site="backup"))
+    return Runner(main, pol, backup=backup, resync_seconds=resync_seconds)
+
+
+def run(kubeconfig=None, context=None, backup_context: str | None = None, **kw: Any) -> int:
+    """Run the operator in the foreground until SIGINT/SIGTERM."""
+    runner = runner_for(kubeconfig, context, backup_context, **kw)
+    missing = runner.missing_crds()
+    log = logging.getLogger("dr_kit.operator")
+    log.info("operator watching %s (backends: %s)%s", runner.kube.api.configuration.host,
+             ", ".join(runner.policy.backends),
+             f"; missing CRDs: {', '.join(missing)}" if missing else "")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: runner.stop_event.set())
+    runner.run()
+    return 0
+
+
+def render_manifests(policy: Policy | str | None = None, **kw: Any) -> str:
+    """The operator's deployment manifests as multi-document YAML."""
+    return manifests.render_yaml(_policy(policy), **kw)
+
+
+# -- argparse -------------------------------------------------------------------------------
+
+
+def _site_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: DIR/kubeconfig of the lab)")
+    p.add_argument("--context", help="kubeconfig context (lab default: main)")
+    p.add_argument("--dir", default=DEFAULT_LAB_DIR, dest="lab_dir",
+                   help="lab directory whose kubeconfig to use (default: .dr-lab)")
+    p.add_argument("--policy", help="operator policy file (YAML); default: built-in")
+
+
+def _conn(args: argparse.Namespace) -> dict:
+    return {"kubeconfig": args.kubeconfig, "context": args.context, "lab_dir": args.lab_dir,
+            "policy": args.policy}
+
+
+def _guard(fn):
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except DrKitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def _print_status(status: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return
+    group = status.get("group") or {}
+    line = f"{status.get('namespace', '')}: {status.get('state')}"
+    if status.get("message"):
+        line += f" - {status['message']}"
+    print(line.lstrip(": "))
+    if group:
+        gid = "" if group.get("id") is None else f" (id {group['id']})"
+        print(f"  group:  {group.get('name')}{gid}, backend {status.get('backend')}")
+    if status.get("pvcs"):
+        print(f"  PVCs:   {', '.join(status['pvcs'])}")
+    if status.get("backup"):
+        print("  backup: " + ", ".join(f"{k} {v or '?'}" for k, v in
+                                       sorted(status["backup"].items())))
+    if "sinceLastSyncSeconds" in status:
+        s = status["sinceLastSyncSeconds"]
+        print(f"  last sync: {status.get('lastSync') or 'unknown'}"
+              + ("" if s is None else f" ({s:.1f} s ago)"))
+
+
+@_guard
+def _cmd_protect(args: argparse.Namespace) -> int:
+    status = protect(args.namespace, backend=args.backend, wait=args.wait, **_conn(args))
+    status.setdefault("namespace", args.namespace)
+    if status.get("state") == "Requested":
+        status["message"] = "labelled; the operator creates the consistency group"
+    _print_status(status, args.json)
+    return 1 if status.get("state") == REFUSED else 0
+
+
+@_guard
+def _cmd_unprotect(args: argparse.Namespace) -> int:
+    status = unprotect(args.namespace, wait=args.wait, **_conn(args))
+    status.setdefault("namespace", args.namespace)
+    _print_status(status, args.json)
+    return 0
+
+
+@_guard
+def _cmd_status(args: argparse.Namespace) -> int:
+    _print_status(protection_status(args.namespace, **_conn(args)), args.json)
+    return 0
+
+
+@_guard
+def _cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    return run(args.kubeconfig, args.context, args.backup_context, lab_dir=args.lab_dir,
+               policy=args.policy, backup_kubeconfig=args.backup_kubeconfig,
+               in_cluster=args.in_cluster, resync_seconds=args.resync)
+
+
+@_guard
+def _cmd_manifests(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_manifests(args.policy, namespace=args.namespace, image=args.image,
+                                      backup_secret=args.backup_secret, site=args.site))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``operator run|manifests``, ``protect``, ``unprotect``, ``protection status``."""
+    op = subparsers.add_parser("operator", help="the namespace operator")
+    op_sub = op.add_subparsers(dest="operator_command", required=True)
+
+    p = op_sub.add_parser("run", help="run the operator against a cluster (foreground)")
+    _site_args(p)
+    p.add_argument("--backup-context", help="context of the backup site (observe backup PVCs)")
+    p.add_argument("--backup-kubeconfig", help="kubeconfig for the backup site, if separate")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="use the pod's service account (inside the Deployment)")
+    p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+    p = op_sub.add_parser("manifests", help="print Deployment, ServiceAccount, RBAC (YAML)")
+    p.add_argument("--policy", help="operator policy file (YAML); default: built-in")
+    p.add_argument("--namespace", default=manifests.DEFAULT_NAMESPACE)
+    p.add_argument("--image", default=manifests.DEFAULT_IMAGE)
+    p.add_argument("--backup-secret", help="Secret holding a kubeconfig for the backup site")
+    p.add_argument("--site", choices=("main", "backup"), default="main",
+                   help="backup: the RBAC the operator needs at the backup site")
+    p.set_defaults(func=_cmd_manifests)
+
+    p = subparsers.add_parser("protect", help="label a namespace for consistent copy")
+    p.add_argument("namespace")
+    _site_args(p)
+    p.add_argument("--backend", help="backend for this namespace (csi-addons, hitachi)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for the operator's verdict")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_protect)
+
+    p = subparsers.add_parser("unprotect", help="remove a namespace's protection label")
+    p.add_argument("namespace")
+    _site_args(p)
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_unprotect)
+
+    p = subparsers.add_parser("protection", help="protection of a namespace")
+    prot_sub = p.add_subparsers(dest="protection_command", required=True)
+    s = prot_sub.add_parser("status", help="the operator's status for a namespace")
+    s.add_argument("namespace")
+    _site_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_status)
+
+
+__all__ = ["add_parser", "api_client", "protect", "protection_status", "render_manifests",
+           "run", "runner_for", "unprotect"]

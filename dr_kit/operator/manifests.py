@@ -1,0 +1,117 @@
+"""``dr-kit operator manifests``: what a real cluster needs to run the operator.
+
+A Namespace, a ServiceAccount, the policy as a ConfigMap, a least-privilege ClusterRole
+(exactly :func:`dr_kit.operator.runner.permissions` for the policy's backends) and its
+binding, and a one-replica Deployment.  ``site="backup"`` renders the backup site's
+ClusterRole instead: list PVCs (and delete them only if the policy deletes backup data).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from dr_kit.operator.policy import Policy
+from dr_kit.operator.runner import permissions
+
+NAME = "dr-kit-operator"
+DEFAULT_NAMESPACE = "dr-kit-system"
+DEFAULT_IMAGE = "dr-kit:0.1.0"
+POLICY_PATH = "/etc/dr-kit/policy.yaml"
+BACKUP_KUBECONFIG_DIR = "/etc/dr-kit/backup"
+VERB_ORDER = ("get", "list", "watch", "create", "update", "patch", "delete")
+
+
+def rbac_rules(policy: Policy, *, site: str = "main") -> list[dict]:
+    """ClusterRole rules, one per (api group, resource), verbs in a stable order."""
+    rules = []
+    for (group, resource), verbs in sorted(permissions(policy, site=site).items()):
+        rules.append({"apiGroups": [group], "resources": [resource],
+                      "verbs": [v for v in VERB_ORDER if v in verbs]})
+    return rules
+
+
+def _labels() -> dict[str, str]:
+    return {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "dr-kit"}
+
+
+def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
+           image: str = DEFAULT_IMAGE, backup_secret: str | None = None,
+           backup_context: str = "backup", site: str = "main") -> list[dict[str, Any]]:
+    """The manifests as dicts, in apply order."""
+    policy = policy or Policy()
+    if site == "backup":
+        return _role_and_binding(policy, namespace, "backup", f"{NAME}-backup") + [
+            _service_account(namespace)]
+    args = ["operator", "run", "--in-cluster", "--policy", POLICY_PATH]
+    volumes: list[dict] = [{"name": "policy", "configMap": {"name": f"{NAME}-policy"}}]
+    mounts: list[dict] = [{"name": "policy", "mountPath": "/etc/dr-kit", "readOnly": True}]
+    if backup_secret:
+        args += ["--backup-kubeconfig", f"{BACKUP_KUBECONFIG_DIR}/kubeconfig",
+                 "--backup-context", backup_context]
+        volumes.append({"name": "backup-kubeconfig", "secret": {"secretName": backup_secret}})
+        mounts.append({"name": "backup-kubeconfig", "mountPath": BACKUP_KUBECONFIG_DIR,
+                       "readOnly": True})
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": NAME, "namespace": namespace, "labels": _labels()},
+        "spec": {
+            "replicas": 1,  # one writer; Recreate so two never overlap
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "template": {
+                "metadata": {"labels": _labels()},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "securityContext": {"runAsNonRoot": True,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "operator", "image": image,
+                        "command": ["dr-kit"], "args": args,
+                        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                                      "limits": {"memory": "256Mi"}},
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": mounts,
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    config = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": f"{NAME}-policy", "namespace": namespace, "labels": _labels()},
+        "data": {"policy.yaml": yaml.safe_dump(policy.to_dict(), sort_keys=True)},
+    }
+    ns = {"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": namespace, "labels": _labels()}}
+    return [ns, _service_account(namespace), config,
+            *_role_and_binding(policy, namespace, "main", NAME), deployment]
+
+
+def _service_account(namespace: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": NAME, "namespace": namespace, "labels": _labels()}}
+
+
+def _role_and_binding(policy: Policy, namespace: str, site: str, name: str) -> list[dict]:
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": _labels()},
+            "rules": rbac_rules(policy, site=site)}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name, "labels": _labels()},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": NAME,
+                             "namespace": namespace}]}
+    return [role, binding]
+
+
+def render_yaml(policy: Policy | None = None, **kw: Any) -> str:
+    return yaml.safe_dump_all(render(policy, **kw), sort_keys=False)
+
+
+__all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "rbac_rules", "render", "render_yaml"]

@@ -1,0 +1,155 @@
+"""A minimal file table on a volume, so SQLite's files live on array volumes.
+
+A volume is a block device.  SQLite needs a few files per database: the database itself
+and its rollback journal (or WAL).  The first 4 KiB of the volume hold a superblock with
+one 64-byte entry per file slot (name, flags, start, capacity, size); slot 0 is the
+database, slot 1 its ``-journal``, slot 2 its ``-wal``.  File data lives in fixed regions.
+
+Every change (file data, a new size, a deletion) is a plain write to the volume, so it
+takes the array's data path and journal in the order SQLite issued it: any prefix of
+those writes is a state SQLite's own crash recovery understands.  Data is written before
+the size that covers it.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+
+from dr_kit.errors import InvalidInput
+from dr_kit.storage.blocks import BlockDevice
+
+MAGIC = b"DRKFS001"
+SUPER = struct.Struct("<8sII")
+ENTRY = struct.Struct("<32sIIQQQ")  # name, flags, pad, start, capacity, size
+ENTRY_BASE = 64
+DATA_START = 64 * 1024
+SUFFIXES = ("", "-journal", "-wal")
+EXISTS = 1
+
+
+@dataclass
+class _Entry:
+    name: str
+    flags: int
+    start: int
+    capacity: int
+    size: int
+
+
+class VolumeFS:
+    """The file table of one volume; one instance per open volume in a process."""
+
+    def __init__(self, dev: BlockDevice, volume: str) -> None:
+        self.dev = dev
+        self.volume = volume
+        self.lock = threading.Lock()
+        head = dev.read(0, ENTRY_BASE + ENTRY.size * len(SUFFIXES))
+        magic, _version, n = SUPER.unpack_from(head)
+        self.entries: list[_Entry] | None = None
+        if magic == MAGIC:
+            self.entries = []
+            for i in range(n):
+                name, flags, _pad, start, cap, size = ENTRY.unpack_from(head, ENTRY_BASE + i * ENTRY.size)
+                self.entries.append(_Entry(name.rstrip(b"\0").decode(), flags, start, cap, size))
+        elif any(head):
+            raise InvalidInput(f"volume {volume!r} holds data that is not a dr_kit database volume")
+
+    @property
+    def formatted(self) -> bool:
+        return self.entries is not None
+
+    def format(self, dbname: str) -> None:
+        """Lay out the regions for database ``dbname`` on an empty volume."""
+        if len(dbname.encode()) > 32 - len("-journal"):
+            raise InvalidInput(f"database file name {dbname!r} is too long (at most 24 bytes)")
+        size = self.dev.size
+        side = max(256 * 1024, min(size // 8, 64 << 20)) // 4096 * 4096
+        db_cap = size - DATA_START - 2 * side
+        if db_cap < 256 * 1024:
+            raise InvalidInput(f"volume {self.volume!r} ({size} bytes) is too small for a database")
+        starts = (DATA_START, DATA_START + db_cap, DATA_START + db_cap + side)
+        caps = (db_cap, side, side)
+        self.entries = [_Entry(dbname + suf, EXISTS if i == 0 else 0, starts[i], caps[i], 0)
+                        for i, suf in enumerate(SUFFIXES)]
+        raw = bytearray(SUPER.pack(MAGIC, 1, len(SUFFIXES)).ljust(ENTRY_BASE, b"\0"))
+        for e in self.entries:
+            raw += self._pack(e)
+        self.dev.write(0, bytes(raw))
+
+    @staticmethod
+    def _pack(e: _Entry) -> bytes:
+        return ENTRY.pack(e.name.encode(), e.flags, 0, e.start, e.capacity, e.size)
+
+    def slot(self, filename: str, *, create: bool = False) -> int:
+        """Slot index of a file name such as ``shop.db-journal`` (formatting when allowed)."""
+        if self.entries is None:
+            if not create:
+                raise InvalidInput(f"volume {self.volume!r} holds no database yet")
+            base = filename
+            for suf in SUFFIXES[1:]:
+                if filename.endswith(suf):
+                    base = filename[: -len(suf)]
+            self.format(base)
+        assert self.entries is not None
+        for i, e in enumerate(self.entries):
+            if e.name == filename:
+                return i
+        names = ", ".join(e.name for e in self.entries)
+        raise InvalidInput(f"volume {self.volume!r} holds database files {names}; "
+                           f"{filename!r} is not one of them")
+
+    def _store(self, i: int) -> None:
+        assert self.entries is not None
+        self.dev.write(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i]))
+
+    def exists(self, i: int) -> bool:
+        assert self.entries is not None
+        return bool(self.entries[i].flags & EXISTS)
+
+    def size(self, i: int) -> int:
+        assert self.entries is not None
+        return self.entries[i].size
+
+    def create(self, i: int) -> None:
+        with self.lock:
+            e = self.entries[i]  # type: ignore[index]
+            if not e.flags & EXISTS:
+                e.flags |= EXISTS
+                e.size = 0
+                self._store(i)
+
+    def delete(self, i: int) -> None:
+        with self.lock:
+            e = self.entries[i]  # type: ignore[index]
+            if e.flags & EXISTS or e.size:
+                e.flags &= ~EXISTS
+                e.size = 0
+                self._store(i)
+
+    def read(self, i: int, offset: int, length: int) -> bytes:
+        e = self.entries[i]  # type: ignore[index]
+        if offset >= e.size:
+            return b""
+        n = min(length, e.size - offset)
+        return self.dev.read(e.start + offset, n)
+
+    def write(self, i: int, offset: int, data: bytes) -> None:
+        e = self.entries[i]  # type: ignore[index]
+        end = offset + len(data)
+        if end > e.capacity:
+            raise InvalidInput(f"file {e.name} on volume {self.volume!r} would grow past its "
+                               f"region ({e.capacity} bytes); use a larger volume")
+        self.dev.write(e.start + offset, data)  # data first ...
+        if end > e.size:
+            with self.lock:
+                e.size = end
+                self._store(i)  # ... then the size that covers it
+
+    def truncate(self, i: int, size: int) -> None:
+        e = self.entries[i]  # type: ignore[index]
+        if size != e.size:
+            with self.lock:
+                e.size = min(size, e.capacity)
+                self._store(i)
