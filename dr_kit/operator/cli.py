@@ -123,11 +123,13 @@ def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LA
             raise InvalidInput(f"backend {backend!r} is not enabled in the operator policy "
                                f"(enabled: {', '.join(pol.backends)})")
         patch["metadata"]["annotations"] = {BACKEND_ANNOTATION: backend}
+    was_labelled = (ns["metadata"].get("labels") or {}).get(pol.label_key) == pol.label_value
     kube.patch("Namespace", namespace, patch)
-    labelled_at = datetime.now(UTC)
     if wait > 0:
+        # a verdict given before this label is not an answer to it
+        stale = None if was_labelled else _status_of(ns, pol)
         return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED),
-                     after=labelled_at)
+                     stale=stale)
     return _status_of(ns, pol) or {"state": "Requested"}
 
 
@@ -139,7 +141,7 @@ def unprotect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_
     ns = _namespace(kube, namespace)
     kube.patch("Namespace", namespace, {"metadata": {"labels": {pol.label_key: None}}})
     if wait > 0 and _status_of(ns, pol) is not None:
-        return _wait(kube, namespace, pol, wait, done=(UNPROTECTED,))
+        return _wait(kube, namespace, pol, wait, done=(UNPROTECTED,), stale=None)
     return _status_of(ns, pol) or {"state": UNPROTECTED}
 
 
@@ -170,24 +172,18 @@ def protection_status(namespace: str, *, kubeconfig=None, context=None,
 
 
 def _wait(kube: Kube, namespace: str, policy: Policy, timeout: float, done: tuple,
-          after: datetime | None = None) -> dict:
+          stale: dict | None) -> dict:
     deadline = time.monotonic() + timeout
     status: dict | None = None
     while time.monotonic() < deadline:
         status = _status_of(_namespace(kube, namespace), policy)
-        if status and status.get("state") in done and _fresh(status, after):
+        if status and status.get("state") in done and status != stale:
             return status
-        time.sleep(0.2)
+        time.sleep(0.1)
     if status is None:
         raise DrKitError(f"no status from the operator on {namespace} after {timeout:g} s: is "
                          f"`dr-kit operator run` running against this cluster?")
     return status
-
-
-def _fresh(status: dict, after: datetime | None) -> bool:
-    if after is None or status.get("state") != UNPROTECTED:
-        return True
-    return False  # an old Unprotected status is not the answer to a new protect
 
 
 def runner_for(kubeconfig=None, context=None, backup_context: str | None = None, *,

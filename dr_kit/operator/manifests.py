@@ -110,8 +110,20 @@ def _role_and_binding(policy: Policy, namespace: str, site: str, name: str) -> l
     return [role, binding]
 
 
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None  # the policy file stays readable in the ConfigMap
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def render_yaml(policy: Policy | None = None, **kw: Any) -> str:
-    return yaml.safe_dump_all(render(policy, **kw), sort_keys=False)
+    return yaml.dump_all(render(policy, **kw), Dumper=_Dumper, sort_keys=False)
 
 
 __all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "rbac_rules", "render", "render_yaml"]

@@ -64,7 +64,6 @@ class HitachiSettings:
     name_max: int = 29
     fence_level: str | None = None  # the plug-in's default when None
     desired_pair_state: str = "pair"
-    secret_name: str | None = None  # array credentials Secret, when the plug-in needs one
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,6 @@ def replication(policy: Policy, namespace: str, pvc: str, storage_class: str,
     }
     if h.fence_level:
         spec["fenceLevel"] = h.fence_level
-    if h.secret_name:
-        spec["secretName"] = h.secret_name
     return {
         "apiVersion": REPLICATION.api_version,
         "kind": REPLICATION.kind,

@@ -1,0 +1,158 @@
+"""Every manifest the operator generates validates against the upstream CRD schema; the
+deployment's RBAC is exactly what the runner uses."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from dr_kit.operator import cli, manifests
+from dr_kit.operator.backends import RESOURCES, csi_addons, hitachi
+from dr_kit.operator.policy import HitachiSettings, Policy, ReplicationClass
+from dr_kit.operator.reconcile import reconcile
+from dr_kit.operator.runner import permissions
+
+CRDS = Path(__file__).resolve().parents[1] / "dr_kit" / "crds"
+
+
+def strict(schema):
+    """The CRD schema as JSON Schema: x-kubernetes-* dropped, unknown fields refused.
+
+    The API server silently prunes fields a structural schema does not declare, so a typo
+    in a generated manifest would vanish without an error; here it fails the test.
+    """
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if (out.get("type") == "object" and "properties" in out
+            and "additionalProperties" not in out
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_schema(kind: str) -> dict:
+    res = RESOURCES[kind]
+    path = CRDS / f"{res.group}_{res.plural}.yaml"
+    if not path.exists():
+        pytest.skip(f"{path.name} is not vendored yet")
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "CustomResourceDefinition":
+            for v in doc["spec"]["versions"]:
+                if v["name"] == res.version:
+                    return strict(v["schema"]["openAPIV3Schema"])
+    raise AssertionError(f"{path.name} has no version {res.version}")
+
+
+def validate(obj: dict) -> None:
+    schema = crd_schema(obj["kind"])
+    assert obj["apiVersion"] == RESOURCES[obj["kind"]].api_version
+    jsonschema.validate(obj, schema, cls=jsonschema.Draft7Validator)
+
+
+POLICIES = [
+    Policy(),
+    Policy(auto_resync=True, replication_state="primary",
+           storage_classes={"lab-array": ReplicationClass(
+               name="gold", provisioner="x.csi.example.com",
+               parameters={"schedulingInterval": "1m", "replication.storage.openshift.io/"
+                           "replication-secret-name": "s"},
+               volume_replication_class="gold-vr")}),
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_csi_addons_manifests_validate_against_upstream_crds(policy):
+    rc = policy.storage_classes["lab-array"]
+    validate(csi_addons.volume_group_replication(policy, "shop", rc.name,
+                                                 rc.volume_replication_class))
+    validate(csi_addons.volume_group_replication_class(rc.name, "p", rc.parameters, "shop"))
+    validate(csi_addons.volume_replication_class("vr", "p", rc.parameters, "shop"))
+
+
+def test_strict_schema_catches_a_misspelt_field():
+    policy = Policy()
+    vgr = csi_addons.volume_group_replication(policy, "shop", "c")
+    vgr["spec"]["replicationStat"] = vgr["spec"].pop("replicationState")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(vgr)
+
+
+@pytest.mark.parametrize("settings", [
+    HitachiSettings(),
+    HitachiSettings(pvol_journal_id=1, svol_journal_id=2, fence_level="async"),
+])
+def test_hitachi_manifests_validate_against_their_crds(settings):
+    policy = Policy(backend="hitachi", hitachi=settings)
+    validate(hitachi.replication_group(policy, "shop", 7))
+    validate(hitachi.replication(policy, "shop", "sales-db", "lab-array", 7))
+
+
+def test_manifests_from_reconcile_validate():
+    ns = {"metadata": {"name": "shop", "labels": {"dr-kit.io/backup": "ConsistentCopyToCloud"}}}
+    pvcs = [{"metadata": {"name": n, "namespace": "shop"},
+             "spec": {"storageClassName": "lab-array"}} for n in ("sales-db", "stock-db")]
+    scs = [{"metadata": {"name": "lab-array"}, "provisioner": "array.lab.dr-kit.io"}]
+    for policy in (POLICIES[1], Policy(backend="hitachi")):
+        plan = reconcile(ns, pvcs, [], scs, policy)
+        bodies = [a.body for a in plan.actions if a.op == "create"]
+        assert bodies
+        for body in bodies:
+            validate(body)
+
+
+@pytest.mark.parametrize("policy", [
+    Policy(), Policy(backend="hitachi"),
+    Policy(allowed_backends=("hitachi",), delete_backup_on_unprotect=True)])
+def test_rbac_rules_are_exactly_the_runner_permissions(policy):
+    docs = manifests.render(policy)
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    got = {(r["apiGroups"][0], r["resources"][0]): frozenset(r["verbs"]) for r in role["rules"]}
+    assert got == permissions(policy)
+    for r in role["rules"]:  # one group, one resource per rule; never a wildcard
+        assert len(r["apiGroups"]) == 1 and len(r["resources"]) == 1
+        assert "*" not in r["verbs"] and "*" not in r["resources"]
+    assert not any(k[1] in ("secrets", "configmaps", "pods") for k in got)
+    assert "delete" not in got[("", "persistentvolumeclaims")]
+    if policy.backend == "csi-addons":
+        assert got[("replication.storage.openshift.io", "volumegroupreplicationclasses")] == {
+            "list", "create"}  # classes are never changed or deleted
+    assert "update" not in set().union(*got.values())  # merge patches only
+
+
+def test_backup_site_rbac_reads_pvcs_and_deletes_only_when_asked():
+    (role,) = [d for d in manifests.render(Policy(), site="backup") if d["kind"] == "ClusterRole"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+                              "verbs": ["list"]}]
+    (role,) = [d for d in manifests.render(Policy(delete_backup_on_unprotect=True),
+                                           site="backup") if d["kind"] == "ClusterRole"]
+    assert role["rules"][0]["verbs"] == ["list", "delete"]
+
+
+def test_deployment_runs_the_cli_with_the_mounted_policy():
+    policy = POLICIES[1]
+    text = cli.render_manifests(policy, backup_secret="backup-kubeconfig")
+    docs = list(yaml.safe_load_all(text))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["Namespace", "ServiceAccount", "ConfigMap", "ClusterRole",
+                     "ClusterRoleBinding", "Deployment"]
+    config = docs[2]
+    assert Policy.from_dict(yaml.safe_load(config["data"]["policy.yaml"])) == policy
+    dep = docs[-1]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "dr-kit-operator"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(container["args"])
+    assert args.in_cluster and args.policy == manifests.POLICY_PATH
+    assert args.backup_context == "backup" and args.func.__name__ == "_cmd_run"
+    binding = docs[4]
+    assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "dr-kit-operator",
+                                      "namespace": "dr-kit-system"}
