@@ -30,6 +30,7 @@ import math
 import os
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -180,7 +181,18 @@ def mask_url(url: str | URL) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - whatever it is, never echo a password
-        return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", str(url))
+        return _mask_unparsed(str(url))
+
+
+def _mask_unparsed(s: str) -> str:
+    """Hide whatever sits between ``user:`` and the last ``@`` of text that is not a URL."""
+    at = s.rfind("@")
+    if at < 0:
+        return s
+    head = s[:at]
+    start = head.find("//") + 2 if "//" in head else 0
+    colon = head.find(":", start)
+    return s if colon < 0 else s[: colon + 1] + "***" + s[at:]
 
 
 def _engine_source(engine: Engine) -> str:
@@ -234,9 +246,8 @@ class ShopDatabases:
         return self.engines["sales"]
 
     def __repr__(self) -> str:
-        snap = self._point["snapshot"]
-        return (f"ShopDatabases(stock={_engine_source(self.stock)!s}, "
-                f"sales={_engine_source(self.sales)!s}, snapshot={snap!r})")
+        return (f"ShopDatabases(snapshot={self._point['snapshot']!r}, "
+                f"source={self._scrub(self._point['source'])!r})")
 
     def __enter__(self) -> ShopDatabases:
         return self
@@ -305,8 +316,9 @@ class ShopDatabases:
                             type(orig).__name__)
         if isinstance(orig, DrKitError):
             return type(orig)(self._scrub(str(orig)))
-        if getattr(e, "connection_invalidated", False) or isinstance(
-                e, (sa_exc.OperationalError, sa_exc.InterfaceError)) and _is_connect_error(e):
+        if getattr(e, "connection_invalidated", False) or (
+                isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError))
+                and _is_connect_error(e)):
             return Unavailable(f"database unreachable while {doing}{where}: {first}")
         return InvalidInput(f"query failed while {doing}{where}: {first}")
 
@@ -363,6 +375,9 @@ def _is_connect_error(e: Exception) -> bool:
 # --- opening ----------------------------------------------------------------------------------
 
 
+_READ_ONLY: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines whose transactions only read
+
+
 def _read_only_transactions(engine: Engine) -> None:
     """Make every transaction on a server engine read-only (first statement of each)."""
     if engine.dialect.name not in ("postgresql", "oracle"):
@@ -371,6 +386,8 @@ def _read_only_transactions(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+    _READ_ONLY.add(engine)
 
 
 def open_sqlite(stock_path: str | os.PathLike[str], sales_path: str | os.PathLike[str], *,
@@ -395,7 +412,7 @@ def open_sqlite(stock_path: str | os.PathLike[str], sales_path: str | os.PathLik
             raise InvalidInput(f"{label} database file {p} not found")
 
         def factory(p: str = p) -> apsw.Connection:
-            return apsw.Connection(p, flags=flags, vfs=vfs or "")
+            return apsw.Connection(p, flags=flags, vfs=vfs)
 
         engines.append(engine_for_apsw(factory, read_only=True))
     provenance.setdefault("source", f"sqlite stock={os.fspath(stock_path)} "
@@ -573,7 +590,7 @@ def run_query(engine: Engine, sql: str, params: Mapping[str, Any] | None = None,
                 if not was:
                     conn.exec_driver_sql("PRAGMA query_only = 1")
                     restore_query_only = True
-            elif conn.dialect.name in ("postgresql", "oracle") and not _has_begin_hook(engine):
+            elif conn.dialect.name in ("postgresql", "oracle") and engine not in _READ_ONLY:
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             try:
                 result = conn.execute(stmt, dict(params or {}))
@@ -594,17 +611,6 @@ def run_query(engine: Engine, sql: str, params: Mapping[str, Any] | None = None,
             raise Unavailable(f"database {mask_url(engine.url)} unreachable: {first}") from None
         raise InvalidInput(f"query failed: {first}") from None
     return pd.DataFrame([tuple(r) for r in rows], columns=cols)
-
-
-def _has_begin_hook(engine: Engine) -> bool:
-    return event.contains(engine, "begin", _begin_hook_marker) if False else any(
-        getattr(fn, "__name__", "") == "_begin"
-        for fn in getattr(engine.dispatch, "begin", [])
-    )
-
-
-def _begin_hook_marker(conn: Any) -> None:  # pragma: no cover - identity only
-    pass
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -752,9 +758,8 @@ def _frame(columns: list[str], rows: list[tuple[Any, ...]], ints: tuple[str, ...
     return df
 
 
-def _rows(dbs: ShopDatabases, db: Db, stmt: Select, names: list[str]) -> list[tuple[Any, ...]]:
-    _, rows = dbs.fetch(db, stmt)
-    return [tuple(r) for r in rows] if rows else []
+def _rows(dbs: ShopDatabases, db: Db, stmt: Select) -> list[tuple[Any, ...]]:
+    return dbs.fetch(db, stmt)[1]
 
 
 # --- analyses ---------------------------------------------------------------------------------
@@ -766,7 +771,7 @@ def _revenue(dbs: ShopDatabases, by: Literal["day", "category", "channel"],
     dbs._guard(name)
     s, u = _bound(since, "since"), _bound(until, "until")
     cols = [by, "orders", "units", "revenue_cents"]
-    df = _frame(cols, _rows(dbs, "sales", q_revenue(by, s, u), cols),
+    df = _frame(cols, _rows(dbs, "sales", q_revenue(by, s, u)),
                 ints=("orders", "units", "revenue_cents"), strs=(by,))
     df["revenue"] = df["revenue_cents"] / 100.0
     return dbs.result(df, name, since=s, until=u)
@@ -798,7 +803,7 @@ def top_products(dbs: ShopDatabases, n: int = 10, by: Literal["revenue", "units"
     dbs._guard("top_products")
     s, u = _bound(since, "since"), _bound(until, "until")
     cols = ["product_id", "name", "category", "units", "revenue_cents"]
-    df = _frame(cols, _rows(dbs, "sales", q_top_products(n, by, s, u), cols),
+    df = _frame(cols, _rows(dbs, "sales", q_top_products(n, by, s, u)),
                 ints=("product_id", "units", "revenue_cents"), strs=("name", "category"))
     df["revenue"] = df["revenue_cents"] / 100.0
     return dbs.result(df, "top_products", n=n, by=by, since=s, until=u)
@@ -806,14 +811,14 @@ def top_products(dbs: ShopDatabases, n: int = 10, by: Literal["revenue", "units"
 
 def _stock_frame(dbs: ShopDatabases, threshold: int | None = None) -> pd.DataFrame:
     cols = ["product_id", "name", "category", "on_hand", "initial_units"]
-    return _frame(cols, _rows(dbs, "stock", q_stock(threshold), cols),
+    return _frame(cols, _rows(dbs, "stock", q_stock(threshold)),
                   ints=("product_id", "on_hand", "initial_units"), strs=("name", "category"))
 
 
 def _sold_frame(dbs: ShopDatabases, since: str | None = None, until: str | None = None
                 ) -> pd.DataFrame:
     cols = ["product_id", "units_sold", "orders", "revenue_cents"]
-    return _frame(cols, _rows(dbs, "sales", q_units_sold(since, until), cols),
+    return _frame(cols, _rows(dbs, "sales", q_units_sold(since, until)),
                   ints=tuple(cols))
 
 
@@ -892,7 +897,7 @@ def days_of_cover(dbs: ShopDatabases, window_days: int = 7, as_of: Any = None) -
         cols = ["product_id", "units_sold", "orders", "revenue_cents"]
         stmt = (q_units_sold().where(orders.c.ordered_at > start)
                 .where(orders.c.ordered_at <= str(end)))
-        sold = _frame(cols, _rows(dbs, "sales", stmt, cols), ints=tuple(cols))
+        sold = _frame(cols, _rows(dbs, "sales", stmt), ints=tuple(cols))
         sold = sold[["product_id", "units_sold"]]
     df = _merge_products(stock[["product_id", "name", "category", "on_hand"]], sold,
                          ints=("on_hand", "units_sold"))
@@ -915,7 +920,7 @@ def reconciliation(dbs: ShopDatabases) -> pd.DataFrame:
     dbs._guard("reconciliation")
     sold = _sold_frame(dbs)[["product_id", "units_sold", "orders"]]
     cols = ["product_id", "units_moved", "orders_moved"]
-    moved = _frame(cols, _rows(dbs, "stock", q_units_moved(), cols), ints=tuple(cols))
+    moved = _frame(cols, _rows(dbs, "stock", q_units_moved()), ints=tuple(cols))
     df = _merge_products(_stock_frame(dbs)[["product_id", "name", "category"]],
                          sold.merge(moved, on="product_id", how="outer"),
                          ints=("units_sold", "orders", "units_moved", "orders_moved"))
