@@ -142,15 +142,19 @@ class Provenance:
             seq = f"seq {self.sequence}" if self.sequence is not None else "seq ?"
             at = f" at {_fmt_time(self.point_time)}" if self.point_time else ""
             parts.append(f"consistency point {seq}{at}")
-        if self.snapshot or self.lag_entries is not None or self.lag_seconds is not None:
-            lag = []
-            if self.lag_entries is not None:
-                lag.append(f"{self.lag_entries} entries")
-            if self.lag_bytes is not None:
-                lag.append(f"{self.lag_bytes} bytes")
-            lag.append("time lag unknown" if self.lag_seconds is None
-                       else f"{self.lag_seconds:.3f} s")
+        lag = []
+        if self.lag_entries is not None:
+            lag.append(f"{self.lag_entries} entries")
+        if self.lag_bytes is not None:
+            lag.append(f"{self.lag_bytes} bytes")
+        if self.lag_seconds is not None:
+            lag.append(f"{self.lag_seconds:.3f} s")
+        elif lag:
+            lag.append("time lag unknown")
+        if lag:
             parts.append("lag at snapshot " + ", ".join(lag))
+        elif self.snapshot:
+            parts.append("lag at snapshot unknown")
         parts.append(f"source {self.source}")
         head = " | ".join(parts)
         if self.consistent:
