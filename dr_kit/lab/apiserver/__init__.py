@@ -6,8 +6,9 @@ client and kubectl work against a lab site exactly as against a real cluster.
 
 Public surface::
 
-    start_in_thread(state_dir, token, host="127.0.0.1", port=0) -> ServerHandle
-    write_kubeconfig(path, {"main": (url, token), ...}, current="main") -> Path
+    start_in_thread(state_dir, token, host="127.0.0.1", port=0, tls=True) -> ServerHandle
+    write_kubeconfig(path, {"main": handle.kubeconfig_site(), ...}, current="main") -> Path
+    read_ca(state_dir) -> str   # PEM of the site's self-signed serving certificate
     python -m dr_kit.lab.apiserver --state-dir DIR --token TOKEN [--port N] [--ready-file F]
 """
 
@@ -15,6 +16,7 @@ from .kubeconfig import kubeconfig_dict, write_kubeconfig
 from .runner import ServerHandle, check_loopback, start_in_thread
 from .selectors import match_selector
 from .store import StateDirBusy
+from .tls import read_ca
 
 __all__ = [
     "ServerHandle",
@@ -22,6 +24,7 @@ __all__ = [
     "check_loopback",
     "kubeconfig_dict",
     "match_selector",
+    "read_ca",
     "start_in_thread",
     "write_kubeconfig",
 ]

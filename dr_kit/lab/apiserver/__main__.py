@@ -1,7 +1,8 @@
 """``python -m dr_kit.lab.apiserver --state-dir DIR --token TOKEN [--port 0] [--ready-file F]``
 
-Serves one site's API on loopback until SIGTERM or SIGINT, then exits 0. Once listening it
-writes the bound port to the ready file (atomically). Errors are one line on stderr, exit 2.
+Serves one site's API over HTTPS on loopback until SIGTERM or SIGINT, then exits 0. The
+certificate clients must trust is ``DIR/tls/server.crt``. Once listening it writes the bound
+port to the ready file (atomically). Errors are one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def _write_ready(path: Path, port: int) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    runner, store, port = await start(args.state_dir, args.token, args.host, args.port, args.fsync)
+    runner, store, port = await start(args.state_dir, args.token, args.host, args.port, args.fsync,
+                                      tls=not args.no_tls)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     p.add_argument("--ready-file", help="write the bound port here once serving")
     p.add_argument("--fsync", action="store_true", help="fsync the log after every write")
+    p.add_argument("--no-tls", action="store_true",
+                   help="serve plain HTTP (kubectl then sends no token; python clients only)")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")

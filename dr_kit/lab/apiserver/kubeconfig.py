@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
+Site = Sequence[str | None]  # (url, token) or (url, token, ca_pem)
+
+
+def _cluster(site: Site) -> dict:
+    url, ca = site[0], (site[2] if len(site) > 2 else None)
+    cluster: dict = {"server": url}
+    if ca:
+        cluster["certificate-authority-data"] = base64.b64encode(ca.encode()).decode()
+    elif str(url).startswith("https://"):
+        cluster["insecure-skip-tls-verify"] = True
+    return cluster
+
 
 def kubeconfig_dict(
-    sites: Mapping[str, tuple[str, str]], current: str | None = None, namespace: str = "default"
+    sites: Mapping[str, Site], current: str | None = None, namespace: str = "default"
 ) -> dict:
-    """The kubeconfig document for ``{context_name: (server_url, token)}``."""
+    """The kubeconfig document for ``{context_name: (server_url, token[, ca_pem])}``.
+
+    An https site given without its CA is written with ``insecure-skip-tls-verify``.
+    """
     if not sites:
         raise ValueError("at least one site is needed")
     current = current or next(iter(sites))
@@ -22,8 +38,8 @@ def kubeconfig_dict(
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
-        "clusters": [{"name": n, "cluster": {"server": url}} for n, (url, _) in sites.items()],
-        "users": [{"name": n, "user": {"token": tok}} for n, (_, tok) in sites.items()],
+        "clusters": [{"name": n, "cluster": _cluster(site)} for n, site in sites.items()],
+        "users": [{"name": n, "user": {"token": site[1]}} for n, site in sites.items()],
         "contexts": [
             {"name": n, "context": {"cluster": n, "user": n, "namespace": namespace}}
             for n in sites
@@ -34,7 +50,7 @@ def kubeconfig_dict(
 
 def write_kubeconfig(
     path: str | os.PathLike[str],
-    sites: Mapping[str, tuple[str, str]],
+    sites: Mapping[str, Site],
     current: str | None = None,
     namespace: str = "default",
 ) -> Path:

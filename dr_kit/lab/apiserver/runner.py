@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .server import make_app
 from .store import Store
+from .tls import read_ca, server_context
 
 SHUTDOWN_TIMEOUT = 2.0
 
@@ -41,15 +42,21 @@ async def start(
     host: str = "127.0.0.1",
     port: int = 0,
     fsync: bool = False,
+    tls: bool = True,
 ) -> tuple[web.AppRunner, Store, int]:
-    """Open the store and start listening; returns (runner, store, bound port)."""
+    """Open the store and start listening; returns (runner, store, bound port).
+
+    With ``tls`` (the default) the site serves HTTPS with its own certificate
+    (:func:`~.tls.read_ca` gives the PEM clients must trust).
+    """
     host = check_loopback(host)
     store = Store(state_dir, fsync=fsync)
     try:
+        ssl_context = server_context(state_dir) if tls else None
         app = make_app(store, token)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         store.close()
@@ -74,6 +81,7 @@ class ServerHandle:
     port: int
     token: str
     state_dir: Path
+    ca_pem: str | None
     _loop: asyncio.AbstractEventLoop = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     _stopped: asyncio.Event = field(repr=False)
@@ -82,6 +90,10 @@ class ServerHandle:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join(timeout)
+
+    def kubeconfig_site(self) -> tuple[str, str, str | None]:
+        """``(url, token, ca_pem)``, a value for :func:`~.kubeconfig.write_kubeconfig`."""
+        return (self.url, self.token, self.ca_pem)
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -96,6 +108,7 @@ def start_in_thread(
     host: str = "127.0.0.1",
     port: int = 0,
     fsync: bool = False,
+    tls: bool = True,
 ) -> ServerHandle:
     """Start a server in a daemon thread and return once it accepts connections."""
     ready = threading.Event()
@@ -105,7 +118,7 @@ def start_in_thread(
     async def main() -> None:
         stopped = asyncio.Event()
         try:
-            runner, store, bound = await start(state_dir, token, host, port, fsync)
+            runner, store, bound = await start(state_dir, token, host, port, fsync, tls)
         except BaseException as e:
             result["error"] = e
             ready.set()
@@ -131,10 +144,11 @@ def start_in_thread(
     bound = int(result["port"])  # type: ignore[arg-type]
     bind = check_loopback(host)
     return ServerHandle(
-        url=f"http://{bind}:{bound}",
+        url=f"{'https' if tls else 'http'}://{bind}:{bound}",
         port=bound,
         token=token,
         state_dir=Path(state_dir),
+        ca_pem=read_ca(state_dir) if tls else None,
         _loop=loop,
         _thread=thread,
         _stopped=result["stopped"],  # type: ignore[arg-type]

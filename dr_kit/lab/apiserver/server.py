@@ -65,8 +65,14 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except ApiError as e:
         return _json(e.status(), e.code)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        reason = {404: "NotFound", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge"}
+        message = (
+            "the server could not find the requested resource" if e.status == 404 else e.reason
+        )
+        return _json(status_body(e.status, reason.get(e.status, "BadRequest"), message), e.status)
     except Exception as e:  # one bad request must not take the site down
         log.exception("internal error on %s %s", request.method, request.path)
         return _json(status_body(500, "InternalError", f"Internal error occurred: {e}"), 500)
@@ -392,14 +398,15 @@ def make_app(
 
     app.on_shutdown.append(stop_watches)
     r = app.router
-    r.add_get("/version", _version)
+    slash = "{_slash:/?}"  # the python client asks for /version/, /apis/, /api/v1/
+    r.add_get("/version" + slash, _version)
     for path in _HEALTH:
         r.add_get(path, _health)
-    r.add_get("/api", _api_versions)
-    r.add_get("/api/v1", _core_resources)
-    r.add_get("/apis", _groups)
-    r.add_get("/apis/{group}", _group)
-    r.add_get("/apis/{group}/{version}", _group_version)
+    r.add_get("/api" + slash, _api_versions)
+    r.add_get("/api/v1" + slash, _core_resources)
+    r.add_get("/apis" + slash, _groups)
+    r.add_get("/apis/{group}" + slash, _group)
+    r.add_get("/apis/{group}/{version}" + slash, _group_version)
     r.add_route("*", "/openapi/{tail:.*}", _not_found)
     r.add_route("*", "/api/v1/{tail:.+}", _resource)
     r.add_route("*", "/apis/{group}/{version}/{tail:.+}", _resource)
