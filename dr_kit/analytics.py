@@ -394,6 +394,24 @@ def _read_only_transactions(engine: Engine) -> None:
     _READ_ONLY.add(engine)
 
 
+def _sqlite_engine(label: str, path: str | os.PathLike[str], vfs: str | None,
+                   recover: bool) -> Engine:
+    """A read-only engine on one SQLite file, opened with apsw (through ``vfs`` if given)."""
+    import apsw
+
+    from dr_kit.sqlite.dbapi import engine_for_apsw
+
+    p = os.fspath(path)
+    if vfs is None and not os.path.isfile(p):
+        raise InvalidInput(f"{label} database file {p} not found")
+    flags = apsw.SQLITE_OPEN_READWRITE if recover else apsw.SQLITE_OPEN_READONLY
+
+    def factory() -> apsw.Connection:
+        return apsw.Connection(p, flags=flags, vfs=vfs)
+
+    return engine_for_apsw(factory, read_only=True)
+
+
 def open_sqlite(stock_path: str | os.PathLike[str], sales_path: str | os.PathLike[str], *,
                 vfs: str | None = None, recover: bool = True, **provenance: Any
                 ) -> ShopDatabases:
@@ -402,27 +420,15 @@ def open_sqlite(stock_path: str | os.PathLike[str], sales_path: str | os.PathLik
     With ``recover`` (default) the files are opened read-write at the file level so that
     SQLite can roll back a hot journal left by the crash the image froze (a snapshot's
     writable clone); statements still cannot write.  Without it, they are opened
-    ``SQLITE_OPEN_READONLY``.
+    ``SQLITE_OPEN_READONLY``.  Remaining keywords are the provenance (see
+    :class:`ShopDatabases`).
     """
-    import apsw
-
-    from dr_kit.sqlite.dbapi import engine_for_apsw
-
-    flags = apsw.SQLITE_OPEN_READWRITE if recover else apsw.SQLITE_OPEN_READONLY
-    engines = []
-    for label, path in (("stock", stock_path), ("sales", sales_path)):
-        p = os.fspath(path)
-        if vfs is None and not os.path.isfile(p):
-            raise InvalidInput(f"{label} database file {p} not found")
-
-        def factory(p: str = p) -> apsw.Connection:
-            return apsw.Connection(p, flags=flags, vfs=vfs)
-
-        engines.append(engine_for_apsw(factory, read_only=True))
+    stock = _sqlite_engine("stock", stock_path, vfs, recover)
+    sales = _sqlite_engine("sales", sales_path, vfs, recover)
     provenance.setdefault("source", f"sqlite stock={os.fspath(stock_path)} "
                                     f"sales={os.fspath(sales_path)}"
                                     + (f" (vfs {vfs})" if vfs else ""))
-    dbs = ShopDatabases(engines[0], engines[1], **provenance)
+    dbs = ShopDatabases(stock, sales, **provenance)
     _probe(dbs)
     return dbs
 
@@ -461,12 +467,14 @@ def open_databases(stock_url: str | URL, sales_url: str | URL, *, password: str 
         _prepare_url(sales_url, "sales", password, password_env),
     )
     secrets = tuple(s for s in (s_secret, l_secret) if s)
-    if surl.drivername.startswith("sqlite") and lurl.drivername.startswith("sqlite"):
-        if not surl.database or not lurl.database:
-            raise InvalidInput("sqlite URLs need a file path: sqlite:///path/to/stock.db")
-        return open_sqlite(surl.database, lurl.database, **provenance)
     engines = []
     for label, url in (("stock", surl), ("sales", lurl)):
+        if url.drivername.split("+")[0] == "sqlite":
+            if not url.database or url.database == ":memory:":
+                raise InvalidInput(f"{label} sqlite URL needs a file path: "
+                                   f"sqlite:///path/to/{label}.db")
+            engines.append(_sqlite_engine(label, url.database, None, True))
+            continue
         try:
             engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
         except (sa_exc.NoSuchModuleError, ImportError) as e:
