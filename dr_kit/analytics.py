@@ -515,11 +515,12 @@ def _probe(dbs: ShopDatabases) -> None:
 
 # --- ad hoc queries -------------------------------------------------------------------------
 
+# words that make a statement write or lock, wherever they appear outside strings/comments
+# (a WITH can wrap a DELETE; SELECT ... INTO creates a table); the read-only transaction
+# the query runs in is the second guard
 _WRITE_WORDS = frozenset({
-    "insert", "update", "delete", "merge", "upsert", "replace", "create", "drop", "alter",
-    "truncate", "grant", "revoke", "comment", "rename", "lock", "call", "exec", "execute",
-    "into", "attach", "detach", "vacuum", "reindex", "analyze", "pragma", "copy", "set",
-    "begin", "commit", "rollback", "savepoint", "release", "declare", "do", "load",
+    "insert", "update", "delete", "merge", "upsert", "create", "drop", "alter", "truncate",
+    "grant", "revoke", "into", "attach", "detach", "pragma", "vacuum", "reindex", "lock",
 })
 _TOKEN = re.compile(
     r"""\s+|--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]"""

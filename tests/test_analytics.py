@@ -537,6 +537,9 @@ def test_run_query_semicolons_in_strings_and_comments_are_fine(dbs):
     assert df.iloc[0].tolist() == [";", "x;y"]
     df = an.run_query(dbs.sales, "SELECT 'it''s; fine' AS a /* ; */")
     assert df["a"].tolist() == ["it's; fine"]
+    df = an.run_query(dbs.sales, "SELECT replace(channel, 'web', 'online') AS c, "
+                                 "'delete me' AS note FROM orders WHERE order_id = :o", {"o": 1})
+    assert df.columns.tolist() == ["c", "note"] and len(df) == 1
 
 
 def test_run_query_errors_are_one_line(dbs):
