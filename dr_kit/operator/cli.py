@@ -189,7 +189,7 @@ def _wait(kube: Kube, namespace: str, policy: Policy, timeout: float, done: tupl
 def runner_for(kubeconfig=None, context=None, backup_context: str | None = None, *,
                lab_dir=DEFAULT_LAB_DIR, policy: Policy | str | None = None,
                backup_kubeconfig=None, in_cluster: bool = False,
-               resync_seconds: float = 30.0) -> Runner:
+               resync_seconds: float = 30.0, watch_seconds: int = 30) -> Runner:
     """A ready-to-start :class:`Runner` (the lab starts one in a thread with this)."""
     pol = _policy(policy)
     main = Kube(api_client(kubeconfig, context, lab_dir, in_cluster=in_cluster),
@@ -199,7 +199,8 @@ def runner_for(kubeconfig=None, context=None, backup_context: str | None = None,
         backup = Kube(api_client(backup_kubeconfig or kubeconfig, backup_context,
                                  lab_dir if not backup_kubeconfig else None),
                       permissions(pol, site="backup"))
-    return Runner(main, pol, backup=backup, resync_seconds=resync_seconds)
+    return Runner(main, pol, backup=backup, resync_seconds=resync_seconds,
+                  watch_seconds=watch_seconds)
 
 
 def run(kubeconfig=None, context=None, backup_context: str | None = None, **kw: Any) -> int:

@@ -260,12 +260,14 @@ class Runner:
 
     def __init__(self, kube: Kube, policy: Policy, *, backup: Kube | None = None,
                  resync_seconds: float = 30.0, requeue_seconds: float = 1.0,
+                 watch_seconds: int = 30,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.kube = kube
         self.policy = policy
         self.backup = backup
         self.resync_seconds = resync_seconds
         self.requeue_seconds = requeue_seconds
+        self.watch_seconds = watch_seconds  # server-side watch timeout; bounds stop() too
         self.clock = clock
         self.stop_event = threading.Event()
         self._queue: queue.Queue[str] = queue.Queue()
@@ -486,7 +488,7 @@ class Runner:
                 rv = (listing.get("metadata") or {}).get("resourceVersion") or "0"
                 while not self.stop_event.is_set():
                     for type_, obj in self.kube.watch(kind, rv, label_selector=selector,
-                                                      timeout_seconds=5):
+                                                      timeout_seconds=self.watch_seconds):
                         if self.stop_event.is_set():
                             return
                         rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
