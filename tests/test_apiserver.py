@@ -455,14 +455,14 @@ def test_kubectl(server, ns, core):
     _, kubeconfig = server
     core.create_namespaced_persistent_volume_claim(ns, pvc("k1"))
 
-    def kubectl(*args):
+    def kubectl(*args, stdin=None, ok=True):
         done = subprocess.run(
             ["kubectl", "--kubeconfig", str(kubeconfig), "--context", "main", "-n", ns, *args],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True, text=True, timeout=30, input=stdin,
             env={**os.environ, "HOME": str(Path(kubeconfig).parent)},
         )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        assert (done.returncode == 0) == ok, done.stderr
+        return done.stdout if ok else done.stderr
 
     assert "k1" in kubectl("get", "pvc")
     kubectl("label", "pvc", "k1", "app=shop")
@@ -472,4 +472,15 @@ def test_kubectl(server, ns, core):
     assert out["metadata"]["labels"]["app"] == "shop" and out["metadata"]["annotations"]["a"] == "b"
     kubectl("label", "namespace", ns, "dr-kit/protect=ConsistentCopyToCloud")
     assert core.read_namespace(ns).metadata.labels["dr-kit/protect"] == "ConsistentCopyToCloud"
-    assert "vgr" not in kubectl("get", "vgr")  # empty list prints "No resources found" on stderr
+
+    # typed commands send protobuf; manifests go through server-side (strict) validation
+    kubectl("create", "namespace", f"{ns}-kc")
+    assert core.read_namespace(f"{ns}-kc").status.phase == "Active"
+    kubectl("create", "configmap", "cfg", "--from-literal=a=b")
+    assert core.read_namespaced_config_map("cfg", ns).data == {"a": "b"}
+    manifest = json.dumps(vgr("applied") | {"metadata": {"name": "applied", "namespace": ns}})
+    assert "created" in kubectl("apply", "-f", "-", stdin=manifest)
+    assert "applied" in kubectl("get", "vgr")
+    bad = json.loads(manifest)
+    bad["metadata"]["name"], bad["spec"]["bogus"] = "bogus", 1
+    assert 'unknown field "spec.bogus"' in kubectl("create", "-f", "-", stdin=json.dumps(bad), ok=False)

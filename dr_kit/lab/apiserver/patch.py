@@ -145,12 +145,23 @@ def json_patch(target: Any, operations: Any) -> Any:
     return doc
 
 
+def _drop_directives(patch: Any) -> Any:
+    """Remove strategic-merge directives (``$patch``, ``$setElementOrder/...``, ...)."""
+    if isinstance(patch, dict):
+        return {k: _drop_directives(v) for k, v in patch.items() if not k.startswith("$")}
+    if isinstance(patch, list):
+        return [_drop_directives(v) for v in patch]
+    return patch
+
+
 def apply_patch(target: dict[str, Any], content_type: str, body: Any) -> dict[str, Any]:
     """Dispatch on the request's content type."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype in (MERGE, STRATEGIC):
         if not isinstance(body, dict):
             raise bad_request("a merge patch must be a JSON object")
+        if ctype == STRATEGIC:
+            body = _drop_directives(body)
         return merge_patch(target, body)
     if ctype == JSON_PATCH:
         result = json_patch(target, body)

@@ -81,6 +81,7 @@ def _builtin(
     namespaced: bool,
     short: tuple[str, ...] = (),
     status: bool = False,
+    categories: tuple[str, ...] = (),
 ) -> Kind:
     return Kind(
         group=group,
@@ -91,6 +92,7 @@ def _builtin(
         namespaced=namespaced,
         short_names=short,
         status_subresource=status,
+        categories=categories,
     )
 
 
@@ -98,12 +100,13 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
     _builtin("", "v1", "namespaces", "Namespace", False, ("ns",), status=True),
     _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), True),
     _builtin("", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), status=True),
-    _builtin("", "v1", "pods", "Pod", True, ("po",), status=True),
+    _builtin("", "v1", "pods", "Pod", True, ("po",), status=True, categories=("all",)),
     _builtin("", "v1", "events", "Event", True, ("ev",)),
     _builtin("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     _builtin("", "v1", "secrets", "Secret", True),
     _builtin("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, ("sc",)),
-    _builtin("apps", "v1", "deployments", "Deployment", True, ("deploy",), status=True),
+    _builtin("apps", "v1", "deployments", "Deployment", True, ("deploy",), status=True,
+             categories=("all",)),
 )
 
 CRD_KIND = Kind(

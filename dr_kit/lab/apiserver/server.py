@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import printing
+from . import openapi, printing, protobuf
 from .errors import ApiError, bad_request, status_body
 from .resources import Kind, Registry, default_registry
 from .store import Expired, Store
@@ -172,6 +172,8 @@ async def _body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         return None
+    if request.headers.get("Content-Type", "").startswith(protobuf.CONTENT_TYPE):
+        return protobuf.decode(raw)
     try:
         return json.loads(raw)
     except ValueError:
@@ -282,6 +284,17 @@ async def _watch(
         await resp.write_eof()
         return resp
     to_event = api.watch_events(kind, version, match)
+    if _wants_table(request):  # kubectl get -w: each event carries a one-row Table
+        as_object = to_event
+        include = q.get("includeObject", "Metadata")
+
+        def to_event(change):  # type: ignore[no-redef]
+            event = as_object(change)
+            if event:
+                obj = event["object"]
+                event["object"] = printing.table(kind, version, [obj],
+                                                 obj["metadata"]["resourceVersion"], include)
+            return event
     initial = []
     if since is None and kind.key != ("apiextensions.k8s.io", "customresourcedefinitions"):
         initial = api.list(kind, version, namespace, q.get("labelSelector"),
@@ -381,6 +394,29 @@ async def _not_found(request: web.Request) -> web.Response:
     raise _unknown()
 
 
+OPENAPI_KEY = web.AppKey("openapi", dict)
+
+
+async def _openapi_root(request: web.Request) -> web.Response:
+    return _json(request.app[OPENAPI_KEY]["root"])
+
+
+async def _openapi_gv(request: web.Request) -> web.Response:
+    doc = request.app[OPENAPI_KEY].get(request.match_info["gv"].strip("/"))
+    if doc is None:
+        raise _unknown()
+    return _json(doc)
+
+
+def _openapi_docs(registry: Registry) -> dict[str, Any]:
+    docs: dict[str, Any] = {"root": openapi.root_doc(registry)}
+    for path in docs["root"]["paths"]:
+        parts = path.split("/")
+        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+        docs[path] = openapi.group_version_doc(registry, group, version)
+    return docs
+
+
 def make_app(
     store: Store, token: str, registry: Registry | None = None
 ) -> web.Application:
@@ -392,6 +428,7 @@ def make_app(
     app = web.Application(middlewares=[_errors, _auth], client_max_size=8 * 1024 * 1024)
     app[API_KEY] = api
     app[TOKEN_KEY] = token
+    app[OPENAPI_KEY] = _openapi_docs(api.registry)
 
     async def stop_watches(app: web.Application) -> None:
         store.stop_watches()
@@ -407,6 +444,8 @@ def make_app(
     r.add_get("/apis" + slash, _groups)
     r.add_get("/apis/{group}" + slash, _group)
     r.add_get("/apis/{group}/{version}" + slash, _group_version)
+    r.add_get("/openapi/v3" + slash, _openapi_root)
+    r.add_get("/openapi/v3/{gv:.+}", _openapi_gv)
     r.add_route("*", "/openapi/{tail:.*}", _not_found)
     r.add_route("*", "/api/v1/{tail:.+}", _resource)
     r.add_route("*", "/apis/{group}/{version}/{tail:.+}", _resource)

@@ -62,6 +62,7 @@ class Api:
         self.store = store
         self.clock = clock
         self._ns_kind = registry.by_key(NAMESPACES)
+        self._started = clock()
         self._schemas: dict[tuple[tuple[str, str], str], schemas.CompiledSchema] = {}
 
     # -- helpers ------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class Api:
             meta = obj.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid5(uuid.NAMESPACE_URL, meta["name"])))
             meta.setdefault("resourceVersion", "1")
-            meta.setdefault("creationTimestamp", "1970-01-01T00:00:00Z")
+            meta.setdefault("creationTimestamp", self._started)
             meta.setdefault("generation", 1)
             stored = [v["name"] for v in obj["spec"]["versions"] if v.get("storage")]
             obj["status"] = {
@@ -173,7 +174,7 @@ class Api:
                 "conditions": [
                     {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
                      "message": "the initial names have been accepted",
-                     "lastTransitionTime": "1970-01-01T00:00:00Z"},
+                     "lastTransitionTime": self._started},
                 ],
             }
             out.append(obj)
