@@ -53,6 +53,7 @@ class _File:
         self.fs.truncate(self.slot, newsize)
 
     def xSync(self, flags: int) -> None:  # noqa: N802
+        self.fs.flush()
         sync = getattr(self.fs.dev, "sync", None)
         if sync:
             sync()
@@ -64,6 +65,7 @@ class _File:
         self.vfs._lock(self, level)
 
     def xUnlock(self, level: int) -> None:  # noqa: N802
+        self.fs.flush()  # a finished transaction is on the array before anyone sees it
         self.vfs._unlock(self, level)
 
     def xCheckReservedLock(self) -> bool:  # noqa: N802
@@ -80,6 +82,7 @@ class _File:
         return _IOCAP
 
     def xClose(self) -> None:  # noqa: N802
+        self.fs.flush()
         self.vfs._unlock(self, NONE)
 
 
@@ -151,7 +154,7 @@ class ArrayVFS(apsw.VFS):
     def xDelete(self, filename: str, syncdir: bool) -> None:  # noqa: N802
         vol, file = self._split(filename)
         fs = self.fs(vol)
-        fs.delete(fs.slot(file))
+        fs.delete(fs.slot(file))  # flushes gathered writes first
 
     def xFullPathname(self, name: str) -> str:  # noqa: N802
         return name

@@ -9,6 +9,12 @@ Every change (file data, a new size, a deletion) is a plain write to the volume,
 takes the array's data path and journal in the order SQLite issued it: any prefix of
 those writes is a state SQLite's own crash recovery understands.  Data is written before
 the size that covers it.
+
+Sequential writes to one file (SQLite writes a journal record as page number, page,
+checksum: three calls) are gathered into one volume write.  The gathered bytes are sent
+before any other write to the volume, before a read of that file, and at every sync and
+unlock, so the order of writes reaching the array is unchanged and a committed
+transaction is on the array when SQLite reports the commit.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ SUPER = struct.Struct("<8sII")
 ENTRY = struct.Struct("<32sIIQQQ")  # name, flags, pad, start, capacity, size
 ENTRY_BASE = 64
 DATA_START = 64 * 1024
+GATHER_MAX = 1 << 20
 SUFFIXES = ("", "-journal", "-wal")
 EXISTS = 1
 
@@ -44,7 +51,9 @@ class VolumeFS:
     def __init__(self, dev: BlockDevice, volume: str) -> None:
         self.dev = dev
         self.volume = volume
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+        self._pending: tuple[int, int, bytearray] | None = None  # slot, offset, data
+        self._size_dirty: set[int] = set()
         head = dev.read(0, ENTRY_BASE + ENTRY.size * len(SUFFIXES))
         magic, _version, n = SUPER.unpack_from(head)
         self.entries: list[_Entry] | None = None
@@ -104,6 +113,18 @@ class VolumeFS:
         assert self.entries is not None
         self.dev.write(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i]))
 
+    def flush(self) -> None:
+        """Send gathered data, then the sizes that cover it."""
+        with self.lock:
+            if self._pending is not None:
+                slot, off, buf = self._pending
+                self._pending = None
+                e = self.entries[slot]  # type: ignore[index]
+                self.dev.write(e.start + off, bytes(buf))
+            for i in sorted(self._size_dirty):
+                self._store(i)
+            self._size_dirty.clear()
+
     def exists(self, i: int) -> bool:
         assert self.entries is not None
         return bool(self.entries[i].flags & EXISTS)
@@ -116,6 +137,7 @@ class VolumeFS:
         with self.lock:
             e = self.entries[i]  # type: ignore[index]
             if not e.flags & EXISTS:
+                self.flush()
                 e.flags |= EXISTS
                 e.size = 0
                 self._store(i)
@@ -124,32 +146,42 @@ class VolumeFS:
         with self.lock:
             e = self.entries[i]  # type: ignore[index]
             if e.flags & EXISTS or e.size:
+                self.flush()
                 e.flags &= ~EXISTS
                 e.size = 0
                 self._store(i)
 
     def read(self, i: int, offset: int, length: int) -> bytes:
-        e = self.entries[i]  # type: ignore[index]
-        if offset >= e.size:
-            return b""
-        n = min(length, e.size - offset)
-        return self.dev.read(e.start + offset, n)
+        with self.lock:
+            if self._pending is not None and self._pending[0] == i:
+                self.flush()
+            e = self.entries[i]  # type: ignore[index]
+            if offset >= e.size:
+                return b""
+            n = min(length, e.size - offset)
+            return self.dev.read(e.start + offset, n)
 
     def write(self, i: int, offset: int, data: bytes) -> None:
-        e = self.entries[i]  # type: ignore[index]
-        end = offset + len(data)
-        if end > e.capacity:
-            raise InvalidInput(f"file {e.name} on volume {self.volume!r} would grow past its "
-                               f"region ({e.capacity} bytes); use a larger volume")
-        self.dev.write(e.start + offset, data)  # data first ...
-        if end > e.size:
-            with self.lock:
-                e.size = end
-                self._store(i)  # ... then the size that covers it
+        with self.lock:
+            e = self.entries[i]  # type: ignore[index]
+            end = offset + len(data)
+            if end > e.capacity:
+                raise InvalidInput(f"file {e.name} on volume {self.volume!r} would grow past its "
+                                   f"region ({e.capacity} bytes); use a larger volume")
+            p = self._pending
+            if p is not None and p[0] == i and p[1] + len(p[2]) == offset and len(p[2]) + len(data) <= GATHER_MAX:
+                p[2].extend(data)
+            else:
+                self.flush()
+                self._pending = (i, offset, bytearray(data))
+            if end > e.size:
+                e.size = end  # stored after the data, at the next flush
+                self._size_dirty.add(i)
 
     def truncate(self, i: int, size: int) -> None:
-        e = self.entries[i]  # type: ignore[index]
-        if size != e.size:
-            with self.lock:
+        with self.lock:
+            e = self.entries[i]  # type: ignore[index]
+            if size != e.size:
+                self.flush()
                 e.size = min(size, e.capacity)
                 self._store(i)

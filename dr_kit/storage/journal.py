@@ -9,9 +9,14 @@ In memory the journal keeps, per retained record, only its time and its end offs
 bytes), so time lag and byte lag can be answered without reading the disk; memory is
 bounded by the journal's capacity, never by volume sizes.
 
-Recovery (``open``): every segment is scanned and verified.  A record cut short or failing
-its checksum at the very end of the last segment is a torn write that was never
-acknowledged: it is cut off.  Anything wrong elsewhere raises :class:`JournalError`.
+Segment files are allocated at full size when created and recycled when freed (renamed
+to the next segment's name), so appending a record overwrites allocated blocks instead
+of growing a file: the commit path stays cheap.
+
+Recovery (``open``): every segment is scanned and verified.  A record cut short, failing
+its checksum, or left over from the file's previous use (wrong sequence) at the end of
+the last segment marks the end of the journal: it was never acknowledged, and is cut off.
+Anything wrong elsewhere raises :class:`JournalError`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dr_kit.errors import InvalidInput, JournalError
 from dr_kit.storage import record as rec
 
 MIN_CAPACITY = 1 << 20
+SPARES = 2
 
 
 @dataclass
@@ -68,6 +74,7 @@ class Journal:
         self.segment_size = segment_size or max(256 * 1024, min(8 << 20, capacity // 8))
         self._segments: list[_Segment] = []
         self._fd: int | None = None
+        self._spares: list[Path] = []
         self._lock = threading.Lock()
         self.generation = 1
         self.next_seq = 1
@@ -79,7 +86,7 @@ class Journal:
                fsync: bool = False) -> Journal:
         j = cls(path, capacity, fsync=fsync)
         j.path.mkdir(parents=True, exist_ok=True)
-        for p in j.path.glob("*.seg"):
+        for p in list(j.path.glob("*.seg")) + list(j.path.glob("*.spare")):
             p.unlink()
         j.generation, j.next_seq, j.freed_through = generation, next_seq, next_seq - 1
         j._write_meta()
@@ -91,6 +98,7 @@ class Journal:
         meta = json.loads((j.path / "meta").read_text())
         j.generation, j.next_seq = int(meta["generation"]), int(meta["next_seq"])
         j.freed_through = j.next_seq - 1
+        j._spares = sorted(j.path.glob("*.spare"))
         segs = sorted(j.path.glob("*.seg"), key=lambda p: int(p.stem))
         for i, p in enumerate(segs):
             seg = j._scan(p, last=(i == len(segs) - 1))
@@ -123,9 +131,7 @@ class Journal:
                     if r.sequence != expect:
                         raise JournalError(f"record {expect} expected, found {r.sequence}")
                 except JournalError as e:
-                    if last:  # a torn write at the tail: never acknowledged, cut it off
-                        with p.open("r+b") as w:
-                            w.truncate(good)
+                    if last:  # the end: a torn write or an old record of a recycled file
                         break
                     raise JournalError(f"journal {self.path}: segment {p.name}: {e}") from None
                 good += rec.HEADER_SIZE + length
@@ -142,7 +148,10 @@ class Journal:
     # -- appending ------------------------------------------------------------------
     @property
     def used_bytes(self) -> int:
-        return sum(s.size for s in self._segments)
+        segs = self._segments
+        if not segs:
+            return 0
+        return (len(segs) - 1) * self.segment_size + segs[-1].size
 
     def would_overflow(self, nbytes: int) -> bool:
         return self.used_bytes + nbytes > self.capacity
@@ -152,22 +161,43 @@ class Journal:
         with self._lock:
             seg = self._segments[-1] if self._segments else None
             if seg is None or seg.size + len(raw) > self.segment_size:
-                seg = self._roll()
-            assert self._fd is not None
-            os.write(self._fd, raw)
+                seg = self._roll(len(raw))
+            elif self._fd is None:
+                self._fd = os.open(seg.path, os.O_RDWR)
+            os.pwrite(self._fd, raw, seg.size)
             if self.fsync:
                 os.fdatasync(self._fd)
             seg.times.append(time)
             seg.ends.append(seg.size + len(raw))
             self.next_seq += 1
 
-    def _roll(self) -> _Segment:
+    def _roll(self, need: int) -> _Segment:
         if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
         seg = _Segment(self.next_seq, self.path / f"{self.next_seq:020d}.seg")
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self._spares:
+            os.replace(self._spares.pop(), seg.path)
+            self._fd = os.open(seg.path, os.O_RDWR)
+        else:
+            self._fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        size = max(self.segment_size, need)
+        if os.fstat(self._fd).st_size < size:
+            try:
+                os.posix_fallocate(self._fd, 0, size)
+            except OSError:  # file systems without fallocate: grow on write
+                pass
         self._segments.append(seg)
         return seg
+
+    def _retire(self, seg: _Segment) -> None:
+        """A freed segment becomes a spare for a later roll (or is deleted)."""
+        if len(self._spares) < SPARES:
+            spare = self.path / f"{seg.first_seq:020d}.spare"
+            os.replace(seg.path, spare)
+            self._spares.append(spare)
+        else:
+            os.unlink(seg.path)
 
     # -- reading --------------------------------------------------------------------
     @property
@@ -244,13 +274,13 @@ class Journal:
         with self._lock:
             self.freed_through = max(self.freed_through, seq)
             while len(self._segments) > 1 and self._segments[0].last_seq <= self.freed_through:
-                os.unlink(self._segments.pop(0).path)
+                self._retire(self._segments.pop(0))
             if (len(self._segments) == 1 and self._segments[0].last_seq <= self.freed_through
                     and self._segments[0].size >= self.segment_size // 2):
                 if self._fd is not None:
                     os.close(self._fd)
                     self._fd = None
-                os.unlink(self._segments.pop(0).path)
+                self._retire(self._segments.pop(0))
                 self._write_meta()
 
     def reset(self, generation: int, next_seq: int | None = None) -> None:
@@ -262,7 +292,7 @@ class Journal:
                 os.close(self._fd)
                 self._fd = None
             for s in self._segments:
-                os.unlink(s.path)
+                self._retire(s)
             self._segments.clear()
             self.generation = generation
             self.freed_through = self.next_seq - 1

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dr_kit.replication")
 COPY_WINDOW = 64  # copy frames in flight before waiting for the backup
 GUARD_PREFIX = "resync-guard-"
+BATCH_GATHER_S = 0.002
 
 
 def _is_hole(fd: int, offset: int, length: int) -> bool:
@@ -142,6 +143,10 @@ class Sender(threading.Thread):
             if interval and g.journal.last_seq >= next_seq:
                 # an independent transfer cycle: this journal is read on its own schedule
                 self.stopping.wait(interval * self.rng.uniform(0.5, 1.5))
+            elif g.mode == "async" and g.journal.last_seq >= next_seq:
+                # let a few writes gather: one batch per couple of milliseconds keeps the
+                # transfer's CPU cost off the commit path without adding much lag
+                self.stopping.wait(BATCH_GATHER_S)
             batch = g.journal.read_batch(next_seq, max_bytes=1 << 20)
             if not batch:
                 continue

@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     except DrKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sys.setswitchinterval(0.0002)  # the commit path must not wait long for the GIL
     info = proc.start()
     if args.ready_file:
         tmp = args.ready_file + ".tmp"

@@ -1,0 +1,175 @@
+"""The shop's transactional application: orders that move stock, then record the sale.
+
+A business transaction commits the stock movement first (stock DB), then the sale (sales
+DB).  Both databases are SQLite databases on array volumes, reached through the array VFS,
+so every page write goes through the array's data path and journal.
+
+The workload runs at a target rate (transactions per second, 0 = paused), records the
+commit latency of each transaction, and can run in a thread or in its own process.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import apsw
+
+from dr_kit.errors import InvalidInput
+from dr_kit.shop.consistency import Verdict, judge
+from dr_kit.shop.schema import CHANNELS, SALES_DDL, STOCK_DDL, Product, load_catalog
+from dr_kit.sqlite.vfs import ArrayVFS, connect
+
+STOCK_DB = "stock.db"
+SALES_DB = "sales.db"
+CUSTOMERS = 500
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] | None = None) -> int:
+    """Create the schema and load the catalog and initial stock (once); returns #products."""
+    catalog = catalog or load_catalog()
+    with stock:
+        for ddl in STOCK_DDL:
+            stock.execute(ddl)
+        if not next(stock.execute("SELECT COUNT(*) FROM products"))[0]:
+            stock.executemany("INSERT INTO products VALUES (?,?,?,?)",
+                              [(p.product_id, p.name, p.category, p.unit_price_cents) for p in catalog])
+            stock.executemany("INSERT INTO stock_levels VALUES (?,?,?)",
+                              [(p.product_id, p.initial_units, p.initial_units) for p in catalog])
+    with sales:
+        for ddl in SALES_DDL:
+            sales.execute(ddl)
+        if not next(sales.execute("SELECT COUNT(*) FROM products"))[0]:
+            sales.executemany("INSERT INTO products VALUES (?,?,?,?)",
+                              [(p.product_id, p.name, p.category, p.unit_price_cents) for p in catalog])
+    return len(catalog)
+
+
+def open_shop(vfs: ArrayVFS, *, stock_volume: str = "stock-db", sales_volume: str = "sales-db",
+              readonly: bool = False) -> tuple[apsw.Connection, apsw.Connection]:
+    return (connect(vfs, stock_volume, STOCK_DB, readonly=readonly),
+            connect(vfs, sales_volume, SALES_DB, readonly=readonly))
+
+
+def judge_images(stock: apsw.Connection, sales: apsw.Connection) -> Verdict:
+    """The consistency verdict on two open SQLite images (with ``integrity_check``)."""
+    try:
+        integrity = {"stock": next(stock.execute("PRAGMA integrity_check"))[0],
+                     "sales": next(sales.execute("PRAGMA integrity_check"))[0]}
+        return judge(lambda q: stock.execute(q), lambda q: sales.execute(q), integrity=integrity)
+    except apsw.Error as e:
+        return Verdict(error=f"{type(e).__name__}: {e}")
+
+
+@dataclass
+class ShopStats:
+    committed: int = 0
+    failed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    last_error: str = ""
+
+
+class Shop:
+    """Runs business transactions against the two databases."""
+
+    def __init__(self, stock: apsw.Connection, sales: apsw.Connection, *, seed_value: int | None = None,
+                 keep_latencies: int = 100_000) -> None:
+        self.stock, self.sales = stock, sales
+        self.rng = random.Random(seed_value)
+        self.products = [r[0] for r in stock.execute("SELECT product_id FROM products ORDER BY product_id")]
+        if not self.products:
+            raise InvalidInput("the stock database has no products; seed it first")
+        self.prices = dict(stock.execute("SELECT product_id, unit_price_cents FROM products"))
+        last_sale = next(sales.execute("SELECT COALESCE(MAX(order_id), 0) FROM orders"))[0]
+        last_move = next(stock.execute("SELECT COALESCE(MAX(order_id), 0) FROM stock_movements"))[0]
+        self.next_order = max(last_sale, last_move) + 1
+        self.stats = ShopStats()
+        self.keep_latencies = keep_latencies
+        self.rate = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def transact(self) -> int:
+        """One business transaction; returns its order id."""
+        order = self.next_order
+        self.next_order += 1
+        now = time.time()
+        lines = [(self.rng.choice(self.products), self.rng.randint(1, 4))
+                 for _ in range(self.rng.randint(1, 3))]
+        with self.stock:  # 1. the stock movement
+            for pid, qty in lines:
+                on_hand = next(self.stock.execute("SELECT on_hand FROM stock_levels WHERE product_id=?", (pid,)))[0]
+                if on_hand < qty:  # restock: an inbound movement keeps the balance rule
+                    self.stock.execute("INSERT INTO stock_movements(order_id, product_id, quantity, moved_at) "
+                                       "VALUES (NULL, ?, ?, ?)", (pid, -500, _iso(now)))
+                    self.stock.execute("UPDATE stock_levels SET on_hand = on_hand + 500 WHERE product_id=?", (pid,))
+                self.stock.execute("INSERT INTO stock_movements(order_id, product_id, quantity, moved_at) "
+                                   "VALUES (?, ?, ?, ?)", (order, pid, qty, _iso(now)))
+                self.stock.execute("UPDATE stock_levels SET on_hand = on_hand - ? WHERE product_id=?", (qty, pid))
+        with self.sales:  # 2. the sale
+            self.sales.execute("INSERT INTO orders VALUES (?,?,?,?)",
+                               (order, _iso(now), f"C{self.rng.randint(1, CUSTOMERS):05d}",
+                                self.rng.choice(CHANNELS)))
+            self.sales.executemany("INSERT INTO order_lines VALUES (?,?,?,?,?)",
+                                   [(order, i + 1, pid, qty, self.prices[pid]) for i, (pid, qty) in enumerate(lines)])
+        return order
+
+    def run(self, rate: float, *, duration: float | None = None, count: int | None = None,
+            on_commit: Callable[[int, float], None] | None = None) -> ShopStats:
+        """Run at ``rate`` transactions/s (0 = as fast as possible) until stopped."""
+        if rate < 0:
+            raise InvalidInput(f"transaction rate must be >= 0, got {rate}")
+        self.rate = rate
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            if duration is not None and time.monotonic() - start >= duration:
+                break
+            if count is not None and n >= count:
+                break
+            if self.rate == 0 and duration is None and count is None:
+                self._stop.wait(0.05)
+                continue
+            t0 = time.perf_counter()
+            try:
+                order = self.transact()
+            except apsw.Error as e:
+                self.stats.failed += 1
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                self._stop.wait(0.05)
+                continue
+            dt = (time.perf_counter() - t0) * 1000
+            self.stats.committed += 1
+            if len(self.stats.latencies_ms) < self.keep_latencies:
+                self.stats.latencies_ms.append(dt)
+            if on_commit:
+                on_commit(order, dt)
+            n += 1
+            if self.rate > 0:
+                target = start + n / self.rate
+                delay = target - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+        return self.stats
+
+    def start(self, rate: float, **kw: Any) -> Shop:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, args=(rate,), kwargs=kw, daemon=True,
+                                        name="shop-workload")
+        self._thread.start()
+        return self
+
+    def stop(self) -> ShopStats:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+        return self.stats
