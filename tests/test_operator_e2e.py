@@ -240,3 +240,75 @@ def cli_main(argv: list[str]) -> int:
     cli.add_parser(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def test_object_refused_by_the_api_is_rolled_back_and_said_once(lab):
+    lab_dir, api, start = lab
+    policy = Policy()
+    object.__setattr__(policy, "replication_state", "sideways")  # slips past validation
+    runner = start(policy=policy)
+    status = cli.protect("shop", lab_dir=lab_dir, wait=10)
+    assert status["state"] == "Refused"
+    assert "the API refused to create VolumeGroupReplication shop/dr-kit-shop" in \
+        status["message"]
+    time.sleep(2.5)  # a few resyncs retry and fail the same way
+    core = k8s.CoreV1Api(api)
+    labels = [(p.metadata.labels or {}).get(GROUP_KEY)
+              for p in core.list_namespaced_persistent_volume_claim("shop").items]
+    assert labels == [None, None] and vgrs(api) == []
+    refused = [e for e in core.list_namespaced_event("shop").items
+               if e.reason == "ProtectionRefused"]
+    assert len(refused) == 1 and len(runner.errors) >= 2
+
+
+def test_backup_site_pvcs_gate_protected_and_are_deleted_by_policy(tmp_path):
+    token = "operator-test-token"
+    main = apiserver.start_in_thread(tmp_path / "main", token)
+    backup = apiserver.start_in_thread(tmp_path / "backup", token)
+    runner = None
+    try:
+        apiserver.write_kubeconfig(tmp_path / "kubeconfig", {
+            "main": (main.url, token, getattr(main, "ca_pem", None)),
+            "backup": (backup.url, token, getattr(backup, "ca_pem", None))})
+        api = cli.api_client(lab_dir=tmp_path)
+        bapi = cli.api_client(lab_dir=tmp_path, context="backup")
+        core, bcore = k8s.CoreV1Api(api), k8s.CoreV1Api(bapi)
+        k8s.StorageV1Api(api).create_storage_class(
+            {"metadata": {"name": "lab-array"}, "provisioner": "array.lab.dr-kit.io"})
+        core.create_namespace({"metadata": {"name": "shop"}})
+        for name in ("sales-db", "stock-db"):
+            add_pvc(core, name)
+        policy = Policy(delete_backup_on_unprotect=True)
+        runner = cli.runner_for(lab_dir=tmp_path, backup_context="backup", policy=policy,
+                                resync_seconds=1.0, watch_seconds=1).start()
+        t0 = time.monotonic()
+        cli.protect("shop", lab_dir=tmp_path)
+        (vgr,) = wait_for(lambda: vgrs(api), what="the VolumeGroupReplication")
+        play_plugin(api, vgr)
+        wait_for(lambda: "backup-site" in cli.protection_status("shop", lab_dir=tmp_path)
+                 .get("message", ""), what="waiting for backup PVCs")
+        # what the replication plugin does at the backup site
+        bcore.create_namespace({"metadata": {"name": "shop"}})
+        for name in ("sales-db", "stock-db"):
+            add_pvc(bcore, name)
+            bcore.patch_namespaced_persistent_volume_claim_status(
+                name, "shop", {"status": {"phase": "Bound"}})
+        status = wait_for(lambda: (s := cli.protection_status("shop", lab_dir=tmp_path))
+                          ["state"] == "Protected" and s, what="Protected")
+        assert status["backup"] == {"sales-db": "Bound", "stock-db": "Bound"}
+        assert time.monotonic() - t0 < 10
+
+        status = cli.unprotect("shop", lab_dir=tmp_path, wait=10)
+        assert "backup data deleted" in status["message"]
+
+        def backup_gone():
+            left = bcore.list_namespaced_persistent_volume_claim("shop").items
+            return all(p.metadata.deletion_timestamp for p in left)
+        wait_for(backup_gone, what="backup PVCs deleted")
+        assert runner.backup.calls <= {("", "persistentvolumeclaims", v)
+                                       for v in ("list", "delete")}
+    finally:
+        if runner is not None:
+            runner.stop()
+        main.stop()
+        backup.stop()

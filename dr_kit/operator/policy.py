@@ -98,6 +98,9 @@ class Policy:
                                    f"{', '.join(BACKENDS)}")
         if not self.label_key or not self.label_value:
             raise InvalidInput("the protection label key and value must not be empty")
+        if self.replication_state not in ("primary", "secondary", "resync"):
+            raise InvalidInput(f"replication_state {self.replication_state!r} is not one of "
+                               f"primary, secondary, resync")
         lo, hi = self.hitachi.consistency_group_ids
         if lo > hi or lo < 0:
             raise InvalidInput(f"hitachi consistency_group_ids range {lo}..{hi} is empty")

@@ -35,7 +35,7 @@ from dr_kit.operator.backends import (
     Resource,
 )
 from dr_kit.operator.policy import MANAGED_BY, Policy
-from dr_kit.operator.reconcile import PROTECTING, Action, Plan, reconcile
+from dr_kit.operator.reconcile import PROTECTING, REFUSED, Action, Plan, reconcile
 
 log = logging.getLogger("dr_kit.operator")
 
@@ -380,15 +380,17 @@ class Runner:
 
     def apply(self, plan: Plan, namespace: dict) -> None:
         done: list[Action] = []
+        action = None
         try:
             for action in plan.actions:
                 self._apply_one(self.kube, action)
                 done.append(action)
         except InvalidInput as exc:
-            # The API refused an object outright: retrying is useless.  Undo this pass's
-            # creates and label changes so nothing stays half-created, and say why.
+            # The API refused an object outright: retrying the same write is useless.  Undo
+            # this pass's creates and label changes so nothing stays half-created, and say
+            # why (once: the status annotation remembers it was said).
             self._rollback(done)
-            self._event(namespace, "Warning", "ProtectionRefused", str(exc))
+            self._refused_by_api(plan, namespace, f"the API refused to {action}: {exc}")
             raise
         for action in plan.backup_actions:
             if self.backup is not None:
@@ -428,6 +430,24 @@ class Runner:
                 kube.delete(a.ref.kind, a.ref.name, ns)
             except NotFound:
                 pass
+
+    def _refused_by_api(self, plan: Plan, namespace: dict, message: str) -> None:
+        key = self.policy.status_annotation
+        raw = (namespace["metadata"].get("annotations") or {}).get(key)
+        try:
+            prev = json.loads(raw) if raw else {}
+        except ValueError:
+            prev = {}
+        if prev.get("state") == REFUSED and prev.get("message") == message:
+            return
+        status = dict(plan.status or {}, state=REFUSED, message=message,
+                      since=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"))
+        try:
+            self.kube.patch("Namespace", plan.namespace, {"metadata": {"annotations": {
+                key: json.dumps(status, sort_keys=True)}}})
+        except DrKitError as exc:
+            log.warning("status not recorded: %s", exc)
+        self._event(namespace, "Warning", "ProtectionRefused", message)
 
     def _rollback(self, done: list[Action]) -> None:
         for a in reversed(done):
@@ -527,6 +547,10 @@ class Runner:
                 self._queued.discard(name)
             try:
                 plan = self.reconcile_namespace(name)
+            except InvalidInput as exc:  # permanent: retried at the next resync only
+                self.errors.append(f"{name}: {exc}")
+                log.warning("%s: %s", name, exc)
+                continue
             except DrKitError as exc:
                 self.errors.append(f"{name}: {exc}")
                 log.warning("%s: %s (retrying)", name, exc)
