@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Both create .venv and install the project into it when needed (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+.PHONY: demo test install lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,lab]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@bash scripts/demo.sh $(OUT)
+
+test: $(STAMP)
+	@bash scripts/test.sh
+
+lint: $(STAMP)
+	@$(BIN)/ruff check dr_kit tests
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test run behind `make test` (and CI): lint, then the whole suite.
+# Starts the services the tests need on 127.0.0.1 (a throwaway PostgreSQL) and installs
+# Debian's kubectl when we may (root), so the kubectl compatibility tests run too.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+
+if [ "$(id -u)" = 0 ] && ! command -v kubectl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing kubectl (Debian kubernetes-client) for the compatibility tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client) >/dev/null 2>&1 \
+        || echo "kubectl could not be installed; its tests will be skipped"
+fi
+
+PGDIR=${DR_KIT_PG_DIR:-/tmp/dr-kit-pg}
+if pg=$(bash scripts/postgres.sh start "$PGDIR" 2>/tmp/dr-kit-pg.err); then
+    export "$(echo "$pg" | grep '^DR_KIT_PG_URL=')"
+    trap 'bash scripts/postgres.sh stop "$PGDIR" >/dev/null 2>&1 || true' EXIT
+else
+    echo "PostgreSQL could not be started ($(tail -n1 /tmp/dr-kit-pg.err)); its tests will be skipped"
+fi
+
+$BIN/ruff check dr_kit tests || exit 1
+$BIN/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+[ $rc -eq 5 ] && { echo "no tests collected"; exit 1; }
+exit $rc
