@@ -176,7 +176,7 @@ def test_restart_mid_reconcile_converges_without_duplicates(lab):
     assert len(vgrs(api)) == 1 and runner.errors == []
 
 
-def test_refusal_leaves_nothing_and_is_visible(lab):
+def test_refusal_leaves_nothing_and_is_visible(lab, capsys):
     lab_dir, api, start = lab
     core = k8s.CoreV1Api(api)
     k8s.StorageV1Api(api).create_storage_class(
@@ -186,9 +186,10 @@ def test_refusal_leaves_nothing_and_is_visible(lab):
         "spec": {"storageClassName": "plain", "accessModes": ["ReadWriteOnce"],
                  "resources": {"requests": {"storage": "1Gi"}}}})
     start()
-    status = cli.protect("shop", lab_dir=lab_dir, wait=10)
-    assert status["state"] == "Refused"
-    assert "storage class plain (PVC logs) has no replication class" in status["message"]
+    assert cli_main(["protect", "shop", "--dir", str(lab_dir), "--wait", "10"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("shop: Refused - ")
+    assert "storage class plain (PVC logs) has no replication class" in out
     assert vgrs(api) == []
     labels = [(p.metadata.labels or {}).get(GROUP_KEY)
               for p in core.list_namespaced_persistent_volume_claim("shop").items]

@@ -111,8 +111,8 @@ def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LA
             wait: float = 0.0) -> dict:
     """Label ``namespace`` for protection; with ``wait`` > 0, wait for the operator's verdict.
 
-    Returns the namespace's protection status (``{"state": "Requested"}`` when not
-    waiting and the operator has not answered yet).
+    Returns the namespace's protection status; ``{"state": "Requested"}`` when not waiting
+    and the namespace was not labelled before (the operator has not answered yet).
     """
     pol = _policy(policy)
     kube = _kube(kubeconfig, context, lab_dir)
@@ -130,7 +130,9 @@ def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LA
         stale = None if was_labelled else _status_of(ns, pol)
         return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED),
                      stale=stale)
-    return _status_of(ns, pol) or {"state": "Requested"}
+    if was_labelled and _status_of(ns, pol):
+        return _status_of(ns, pol)
+    return {"state": "Requested"}
 
 
 def unprotect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR,
