@@ -1,0 +1,225 @@
+"""The lab API server's parts on plain dicts: selectors, patches, schemas, store, protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from dr_kit.lab.apiserver import protobuf
+from dr_kit.lab.apiserver.errors import ApiError
+from dr_kit.lab.apiserver.kubeconfig import kubeconfig_dict
+from dr_kit.lab.apiserver.patch import apply_patch, json_patch, merge_patch
+from dr_kit.lab.apiserver.resources import default_registry, version_priority
+from dr_kit.lab.apiserver.schema import CompiledSchema, prune_and_default
+from dr_kit.lab.apiserver.selectors import (
+    SelectorError,
+    match_selector,
+    parse_field_selector,
+    parse_label_selector,
+)
+from dr_kit.lab.apiserver.store import Expired, Store
+from dr_kit.lab.apiserver.verbs import Api
+
+
+@pytest.mark.parametrize(
+    "selector,labels,expected",
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a==b", {"a": "c"}, False),
+        ("a!=b", {}, True),
+        ("a in (x, y)", {"a": "y"}, True),
+        ("a notin (x)", {}, True),
+        ("a notin (x)", {"a": "x"}, False),
+        ("a,!b", {"a": "1"}, True),
+        ("a,!b", {"a": "1", "b": "2"}, False),
+        ("example.com/tier=db,a in (1,2)", {"example.com/tier": "db", "a": "2"}, True),
+        ("n>3", {"n": "4"}, True),
+        ("", {"x": "y"}, True),
+    ],
+)
+def test_label_selectors(selector, labels, expected):
+    assert parse_label_selector(selector)(labels) is expected
+
+
+@pytest.mark.parametrize("bad", ["a in (x", "a in ()", "=b", "a=b=c", "a>x"])
+def test_bad_label_selectors(bad):
+    with pytest.raises(SelectorError):
+        parse_label_selector(bad)
+
+
+def test_field_and_structured_selectors():
+    obj = {"metadata": {"name": "x", "namespace": "shop"}, "status": {"phase": "Bound"}}
+    assert parse_field_selector("metadata.name=x,metadata.namespace==shop")(obj)
+    assert parse_field_selector("status.phase!=Pending")(obj)
+    assert not parse_field_selector("metadata.name=y")(obj)
+    sel = {"matchLabels": {"app": "shop"},
+           "matchExpressions": [{"key": "tier", "operator": "In", "values": ["db"]}]}
+    assert match_selector(sel, {"app": "shop", "tier": "db"})
+    assert not match_selector(sel, {"app": "shop"})
+    assert match_selector({}, {"anything": "x"}) and not match_selector(None, {})
+
+
+def test_merge_and_json_patch():
+    doc = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    assert merge_patch(doc, {"a": {"b": None, "c": [3]}, "e": 1}) == {"a": {"c": [3]}, "d": "x", "e": 1}
+    assert doc == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}  # never mutated
+    out = json_patch(doc, [
+        {"op": "add", "path": "/a/c/-", "value": 3},
+        {"op": "replace", "path": "/a/c/0", "value": 0},
+        {"op": "move", "from": "/d", "path": "/f"},
+        {"op": "copy", "from": "/f", "path": "/g"},
+        {"op": "test", "path": "/g", "value": "x"},
+        {"op": "add", "path": "/h~1i", "value": True},
+    ])
+    assert out == {"a": {"b": 1, "c": [0, 2, 3]}, "f": "x", "g": "x", "h/i": True}
+    with pytest.raises(ApiError) as e:
+        json_patch(doc, [{"op": "remove", "path": "/nope"}])
+    assert e.value.code == 422
+    with pytest.raises(ApiError) as e:
+        json_patch(doc, [{"op": "test", "path": "/d", "value": "y"}])
+    assert e.value.code == 422
+    smp = apply_patch(doc, "application/strategic-merge-patch+json",
+                      {"$setElementOrder/c": [], "a": {"$patch": "merge", "b": 2}})
+    assert smp == {"a": {"b": 2, "c": [1, 2]}, "d": "x"}
+    with pytest.raises(ApiError) as e:
+        apply_patch(doc, "application/apply-patch+yaml", {})
+    assert e.value.code == 415
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "required": ["mode", "size"],
+            "properties": {
+                "mode": {"type": "string", "enum": ["a", "b"]},
+                "size": {"x-kubernetes-int-or-string": True,
+                         "anyOf": [{"type": "integer"}, {"type": "string"}]},
+                "auto": {"type": "boolean", "default": False},
+                "note": {"type": "string", "nullable": True},
+                "params": {"type": "object", "additionalProperties": {"type": "string"}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "fixed": {"type": "string",
+                          "x-kubernetes-validations": [{"rule": "self == oldSelf",
+                                                        "message": "fixed is immutable"}]},
+            },
+        },
+    },
+}
+
+
+def test_prune_default_validate():
+    obj = {"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "n", "extra": 1},
+           "spec": {"mode": "a", "size": "1Gi", "note": None, "bogus": 1,
+                    "params": {"k": "v"}, "free": {"any": {"thing": 1}}},
+           "top": 1}
+    unknown = prune_and_default(obj, SCHEMA)
+    assert sorted(unknown) == ["spec.bogus", "top"]
+    assert obj["spec"]["auto"] is False and obj["spec"]["note"] is None
+    assert obj["metadata"] == {"name": "n", "extra": 1}
+    assert obj["spec"]["free"] == {"any": {"thing": 1}}
+    compiled = CompiledSchema(SCHEMA)
+    assert compiled.validate(obj) == []
+    bad = {"spec": {"mode": "c", "size": 1.5}}
+    prune_and_default(bad, SCHEMA)
+    causes = {c["field"]: c["message"] for c in compiled.validate(bad)}
+    assert causes["spec.mode"].startswith('Unsupported value: "c"')
+    assert "spec.size" in causes
+    missing = compiled.validate({"spec": {"auto": True}})
+    assert {c["field"] for c in missing} == {"spec.mode", "spec.size"}
+    changed = compiled.immutable({"spec": {"fixed": "2"}}, {"spec": {"fixed": "1"}})
+    assert changed[0]["field"] == "spec.fixed" and "immutable" in changed[0]["message"]
+
+
+def test_registry_versions_and_crds():
+    reg = default_registry()
+    assert sorted(["v1beta1", "v1", "v2alpha1", "v1beta2"], key=version_priority) == [
+        "v1", "v1beta2", "v1beta1", "v2alpha1"]
+    vgs = reg.lookup("groupsnapshot.storage.k8s.io", "v1beta2", "volumegroupsnapshots")
+    assert vgs is reg.lookup("groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshots")
+    assert vgs.namespaced and vgs.status_subresource and vgs.preferred_version == "v1"
+    repl = reg.lookup("hspc.hitachi.com", "v1", "replications")
+    assert repl.kind == "Replication" and repl.namespaced and repl.status_subresource
+    assert reg.lookup("snapshot.storage.k8s.io", "v1beta1", "volumesnapshots") is None  # not served
+
+
+def test_store_log_torn_tail_compaction_and_expiry(tmp_path):
+    key = ("", "configmaps")
+    store = Store(tmp_path)
+    for i in range(5):
+        store.put(key, {"metadata": {"name": f"c{i}", "namespace": "ns"}})
+    store.delete(key, store.get(key, "ns", "c0"))
+    assert store.rv == 6
+    store.compact()
+    store.put(key, {"metadata": {"name": "c9", "namespace": "ns"}})
+    store.close()
+    with open(tmp_path / "objects.log", "ab") as f:
+        f.write(b'{"op":"put","rv":8,"k":["","configmaps"],"obj":{"meta')
+    again = Store(tmp_path)
+    assert again.rv == 7
+    assert sorted(o["metadata"]["name"] for o in again.list(key)) == ["c1", "c2", "c3", "c4", "c9"]
+    with pytest.raises(Expired):
+        again.subscribe(key, 3)  # history starts at the restart
+    watcher, backlog = again.subscribe(key, 7)
+    assert backlog == []
+    again.put(key, {"metadata": {"name": "new", "namespace": "ns"}})
+    change = watcher.queue.get_nowait()
+    assert (change.type, change.rv, change.obj["metadata"]["name"]) == ("ADDED", 8, "new")
+    with pytest.raises(Exception, match="in use"):
+        Store(tmp_path)  # one server per state directory
+    again.close()
+    assert json.loads((tmp_path / "objects.log").read_text().splitlines()[-1])["rv"] == 8
+
+
+def test_no_op_update_keeps_resource_version(tmp_path):
+    async def run():
+        reg = default_registry()
+        api = Api(reg, Store(tmp_path))
+        ns_kind = reg.by_key(("", "namespaces"))
+        cm = reg.by_key(("", "configmaps"))
+        api.create(ns_kind, "v1", None, {"metadata": {"name": "ns"}})
+        made, _ = api.create(cm, "v1", "ns", {"metadata": {"name": "c"}, "data": {"a": "b"}})
+        same, _ = api.patch(cm, "v1", "ns", "c", "application/merge-patch+json", {"data": {"a": "b"}})
+        assert same["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
+        api.store.close()
+
+    asyncio.run(run())
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_protobuf_namespace_and_secret():
+    meta = _field(1, b"shop") + _field(11, _field(1, b"app") + _field(2, b"shop"))
+    ns = protobuf.MAGIC + _field(1, _field(1, b"v1") + _field(2, b"Namespace")) + _field(
+        2, _field(1, meta))
+    assert protobuf.decode(ns) == {"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": "shop", "labels": {"app": "shop"}}}
+    secret = protobuf.MAGIC + _field(1, _field(1, b"v1") + _field(2, b"Secret")) + _field(
+        2, _field(1, _field(1, b"s")) + _field(2, _field(1, b"pw") + _field(2, b"x"))
+        + _field(3, b"Opaque"))
+    assert protobuf.decode(secret)["data"] == {"pw": "eA=="}
+    pod = protobuf.MAGIC + _field(1, _field(1, b"v1") + _field(2, b"Pod"))
+    with pytest.raises(ApiError) as e:
+        protobuf.decode(pod)
+    assert e.value.code == 415
+
+
+def test_kubeconfig_document():
+    doc = kubeconfig_dict({"main": ("https://127.0.0.1:1", "t1", "PEM"),
+                           "backup": ("https://127.0.0.1:2", "t2")}, current="backup")
+    assert doc["current-context"] == "backup"
+    main, backup = doc["clusters"]
+    assert main["cluster"]["certificate-authority-data"]
+    assert backup["cluster"]["insecure-skip-tls-verify"] is True
+    assert [u["user"]["token"] for u in doc["users"]] == ["t1", "t2"]
+    with pytest.raises(ValueError):
+        kubeconfig_dict({"main": ("u", "t")}, current="nope")
