@@ -484,3 +484,19 @@ def test_kubectl(server, ns, core):
     bad = json.loads(manifest)
     bad["metadata"]["name"], bad["spec"]["bogus"] = "bogus", 1
     assert 'unknown field "spec.bogus"' in kubectl("create", "-f", "-", stdin=json.dumps(bad), ok=False)
+
+
+def test_owner_references_are_garbage_collected(core, custom, ns):
+    owner = custom.create_namespaced_custom_object(*VGR[:2], ns, VGR[2], vgr("owner"))
+    ref = client.V1OwnerReference(api_version=owner["apiVersion"], kind=owner["kind"],
+                                  name="owner", uid=owner["metadata"]["uid"])
+    for name in ("dep", "kept"):
+        core.create_namespaced_config_map(
+            ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, owner_references=[ref])))
+    core.patch_namespaced_config_map("kept", ns, {"metadata": {"finalizers": ["lab/hold"]}})
+    custom.delete_namespaced_custom_object(*VGR[:2], ns, VGR[2], "owner")
+    left = {c.metadata.name: c for c in core.list_namespaced_config_map(ns).items}
+    assert "dep" not in left and left["kept"].metadata.deletion_timestamp is not None
+    with pytest.raises(ApiException) as e:
+        core.delete_namespace("default")
+    assert e.value.status == 403

@@ -296,7 +296,7 @@ async def _watch(
                                                  obj["metadata"]["resourceVersion"], include)
             return event
     initial = []
-    if since is None and kind.key != ("apiextensions.k8s.io", "customresourcedefinitions"):
+    if since is None:
         initial = api.list(kind, version, namespace, q.get("labelSelector"),
                            q.get("fieldSelector"))["items"]
     loop = asyncio.get_running_loop()

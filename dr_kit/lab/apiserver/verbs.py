@@ -29,6 +29,7 @@ DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 _SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp",
                 "deletionGracePeriodSeconds")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 
 
 def now() -> str:
@@ -458,11 +459,15 @@ class Api:
             raise conflict(kind.plural, kind.group, name)
         if pre.get("resourceVersion") and pre["resourceVersion"] != old["metadata"]["resourceVersion"]:
             raise conflict(kind.plural, kind.group, name)
+        if kind.key == NAMESPACES and name in PROTECTED_NAMESPACES:
+            raise ApiError(403, "Forbidden",
+                           f'namespaces "{name}" is forbidden: this namespace may not be deleted')
+        orphan = isinstance(options, dict) and options.get("propagationPolicy") == "Orphan"
         if dry_run:
             return present(kind, version, old)
-        return present(kind, version, self._delete(kind, old))
+        return present(kind, version, self._delete(kind, old, orphan))
 
-    def _delete(self, kind: Kind, old: Obj) -> Obj:
+    def _delete(self, kind: Kind, old: Obj, orphan: bool = False) -> Obj:
         if kind.key == NAMESPACES:
             return self._delete_namespace(old)
         if old["metadata"].get("finalizers"):
@@ -473,7 +478,7 @@ class Api:
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             return self.store.put(kind.key, new)
         final = self.store.delete(kind.key, old)
-        self._after_delete(kind, final)
+        self._after_delete(kind, final, orphan)
         return final
 
     def _delete_namespace(self, ns: Obj) -> Obj:
@@ -489,10 +494,44 @@ class Api:
                 self._delete(kind, obj)
         return self._finish_namespace(name) or ns
 
-    def _after_delete(self, kind: Kind, final: Obj) -> None:
+    def _after_delete(self, kind: Kind, final: Obj, orphan: bool = False) -> None:
+        if not orphan:
+            self._collect_dependents(final["metadata"].get("uid"))
         ns = final["metadata"].get("namespace")
         if kind.namespaced and ns:
             self._finish_namespace(ns)
+
+    def _collect_dependents(self, uid: str | None) -> None:
+        """Garbage collection: dependents whose owners are all gone are deleted, others
+        lose the reference to the deleted owner (as the real garbage collector does)."""
+        if not uid:
+            return
+        for kind in self.registry.kinds:
+            if kind.read_only:
+                continue
+            for obj in self.store.list(kind.key):
+                refs = obj["metadata"].get("ownerReferences") or []
+                if not any(r.get("uid") == uid for r in refs):
+                    continue
+                if self.store.get(kind.key, obj["metadata"].get("namespace"),
+                                  obj["metadata"]["name"]) is None:
+                    continue  # already removed by an earlier cascade step
+                rest = [r for r in refs if r.get("uid") != uid]
+                if rest and any(self._exists(r) for r in rest):
+                    new = copy.deepcopy(obj)
+                    new["metadata"]["ownerReferences"] = rest
+                    self.store.put(kind.key, new)
+                else:
+                    self._delete(kind, obj)
+
+    def _exists(self, ref: Obj) -> bool:
+        uid = ref.get("uid")
+        return any(
+            o["metadata"].get("uid") == uid
+            for k in self.registry.kinds
+            if k.kind == ref.get("kind") and not k.read_only
+            for o in self.store.list(k.key)
+        )
 
     def _finish_namespace(self, name: str) -> Obj | None:
         """Remove a terminating namespace once it is empty and has no finalizers left."""
