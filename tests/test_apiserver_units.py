@@ -19,7 +19,7 @@ from dr_kit.lab.apiserver.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from dr_kit.lab.apiserver.store import Expired, Store
+from dr_kit.lab.apiserver.store import Expired, StateCorrupt, Store
 from dr_kit.lab.apiserver.verbs import Api
 
 
@@ -223,3 +223,20 @@ def test_kubeconfig_document():
     assert [u["user"]["token"] for u in doc["users"]] == ["t1", "t2"]
     with pytest.raises(ValueError):
         kubeconfig_dict({"main": ("u", "t")}, current="nope")
+
+
+def test_store_refuses_a_log_damaged_before_its_end(tmp_path):
+    store = Store(tmp_path)
+    for i in range(3):
+        store.put(("", "configmaps"), {"metadata": {"name": f"c{i}", "namespace": "ns"}})
+    store.close()
+    lines = (tmp_path / "objects.log").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:10] + b"\n"
+    (tmp_path / "objects.log").write_bytes(b"".join(lines))
+    with pytest.raises(StateCorrupt, match="bad record"):
+        Store(tmp_path)
+    del lines[1]  # repaired by hand; the failed open released its lock
+    (tmp_path / "objects.log").write_bytes(b"".join(lines))
+    healed = Store(tmp_path)
+    assert sorted(o["metadata"]["name"] for o in healed.list(("", "configmaps"))) == ["c0", "c2"]
+    healed.close()

@@ -15,11 +15,12 @@ Public surface::
 from .kubeconfig import kubeconfig_dict, write_kubeconfig
 from .runner import ServerHandle, check_loopback, start_in_thread
 from .selectors import match_selector
-from .store import StateDirBusy
+from .store import StateCorrupt, StateDirBusy
 from .tls import read_ca
 
 __all__ = [
     "ServerHandle",
+    "StateCorrupt",
     "StateDirBusy",
     "check_loopback",
     "kubeconfig_dict",

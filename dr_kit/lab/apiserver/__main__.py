@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .runner import check_loopback, start, stop
-from .store import StateDirBusy
+from .store import StateCorrupt, StateDirBusy
 
 
 def _write_ready(path: Path, port: int) -> None:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--token (or DR_KIT_APISERVER_TOKEN) is required")
         args.host = check_loopback(args.host)
         asyncio.run(_main(args))
-    except (ValueError, StateDirBusy, OSError) as e:
+    except (ValueError, StateDirBusy, StateCorrupt, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -63,6 +63,10 @@ class StateDirBusy(RuntimeError):
     """Another server process holds the state directory."""
 
 
+class StateCorrupt(RuntimeError):
+    """The object log is damaged somewhere other than a torn last record."""
+
+
 class Watcher:
     """A subscription: an unbounded queue of :class:`Change` (``None`` = server stopping)."""
 
@@ -96,7 +100,12 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
             raise StateDirBusy(f"{self.dir} is in use by another API server process") from None
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
         self._floor = self.rv
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
@@ -109,18 +118,22 @@ class Store:
         if not self.path.exists():
             return
         good = 0
+        size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             for raw in f:
-                if not raw.endswith(b"\n"):
-                    break
                 try:
-                    rec = json.loads(raw)
-                except ValueError:
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("unterminated record")
+                    self._replay(json.loads(raw))
+                except (ValueError, KeyError, TypeError) as e:
+                    if good + len(raw) < size:  # not the tail: refuse to guess
+                        raise StateCorrupt(
+                            f"{self.path}: bad record at byte {good} ({e}); the log is damaged "
+                            "before its end, so it is not repaired automatically"
+                        ) from None
                     break
-                self._replay(rec)
                 good += len(raw)
                 self._log_records += 1
-        size = self.path.stat().st_size
         if good != size:
             log.warning("%s: dropping %d bytes of a torn last record", self.path, size - good)
             with open(self.path, "r+b") as f:
