@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_kit.errors import Conflict, InvalidInput, JournalError, NotFound
-from dr_kit.storage.blocks import CloneVolume, CowStore, FileVolume, SnapshotView
+from dr_kit.storage.blocks import CHUNK, ChunkMap, CloneVolume, CowStore, FileVolume, SnapshotView
 from dr_kit.storage.groups import (
     COPY,
     ERROR,
@@ -145,7 +145,13 @@ class Array:
                            journal=journal, save=self._save)
         if not create:  # redo: every retained record reaches its volume again, in order
             for r, _ in journal.iter_records(journal.first_seq):
-                members[r.volume].dev.write(r.offset, r.data)
+                target = members.get(r.volume)
+                if target is None:  # a volume that has left the group since
+                    try:
+                        target = self._by_id(r.volume)
+                    except NotFound:
+                        continue
+                target.dev.write(r.offset, r.data)
         for v in members.values():
             v.primary = grp
         self.primary[g] = grp
@@ -271,6 +277,61 @@ class Array:
             self._save()
             return grp
 
+    def add_member(self, group: str, volume: str, remote_name: str | None = None) -> PrimaryGroup:
+        """A volume joins a running group: it is copied by a resync of the group (the backup
+        is not consistent until that ends; its last consistent image is kept meanwhile)."""
+        with self.lock:
+            grp = self.group(group)
+            if not isinstance(grp, PrimaryGroup):
+                raise InvalidInput(f"volumes join a group at the main site; {group!r} is a backup-side group here")
+            v = self.volume(volume)
+            if v.primary is grp:
+                return grp
+            other = v.primary or v.secondary
+            if other is not None:
+                raise Conflict(f"volume {volume!r} is already in consistency group {other.name!r}")
+            if v.role != "data":
+                raise InvalidInput(f"volume {volume!r} is a {v.role} volume and cannot be replicated")
+            rname = check_name("backup volume", remote_name or volume)
+            with grp.lock:
+                grp.members[v.id] = v
+                grp.remote_names[v.id] = rname
+                grp.dirty[v.id] = dmap = ChunkMap(grp.folder / f"dirty-{v.id}.map",
+                                                  (v.size + CHUNK - 1) // CHUNK, create=True)
+                dmap.set_all()
+                v.primary = grp
+                grp.conf["members"][str(v.id)] = rname
+                grp.conf.setdefault("sizes", {})[str(v.id)] = v.size
+                grp.conf["reconnect"] = True  # announce the new member to the backup
+                if grp.conf["state"] != COPY:
+                    grp._suspend_locked(f"volume {volume} joined the group; it is copied by a resync")
+                self._save()
+                grp.changed.notify_all()
+            return grp
+
+    def remove_member(self, group: str, volume: str) -> PrimaryGroup:
+        """A volume leaves a group; its backup copy stays at the backup site as it is."""
+        with self.lock:
+            grp = self.group(group)
+            if not isinstance(grp, PrimaryGroup):
+                raise InvalidInput(f"volumes leave a group at the main site; {group!r} is a backup-side group here")
+            v = self.volume(volume)
+            if v.primary is not grp:
+                raise InvalidInput(f"volume {volume!r} is not a member of group {group!r}")
+            if len(grp.members) == 1:
+                raise Conflict(f"volume {volume!r} is the last member of group {group!r}; delete the group instead")
+            with grp.lock:
+                del grp.members[v.id]
+                del grp.remote_names[v.id]
+                dmap = grp.dirty.pop(v.id)
+                dmap.close()
+                dmap.path.unlink(missing_ok=True)
+                v.primary = None
+                grp.conf["members"].pop(str(v.id), None)
+                grp.conf.get("sizes", {}).pop(str(v.id), None)
+                self._save()
+            return grp
+
     def delete_primary_group(self, name: str) -> None:
         with self.lock:
             grp = self.group(name)
@@ -299,6 +360,18 @@ class Array:
         with self.lock:
             grp = self.secondary.get(name)
             if grp is not None:
+                for vid, (vname, size) in members.items():  # members that joined since
+                    if vid not in grp.members:
+                        v = self.volumes.get(vname)
+                        if v is None:
+                            v = self.create_volume(vname, size, role="secondary")
+                        elif v.primary or v.secondary or v.role != "secondary":
+                            raise Conflict(f"backup volume {vname!r} already exists and is in use")
+                        with grp.lock:
+                            grp.members[vid] = v
+                            v.secondary = grp
+                            grp.conf["members"][str(vid)] = vname
+                        self._save()
                 return grp
             if name in self.primary:
                 raise Conflict(f"group {name!r} is a main-side group on array {self.name}")

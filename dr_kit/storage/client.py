@@ -133,6 +133,12 @@ class ArrayClient:
     def delete_group(self, name: str, *, delete_volumes: bool = False) -> None:
         self._req("DELETE", f"/v1/groups/{name}" + ("?delete_volumes=1" if delete_volumes else ""))
 
+    def add_member(self, group: str, volume: str, remote_name: str | None = None) -> dict[str, Any]:
+        return self._req("POST", f"/v1/groups/{group}/members", {"volume": volume, "remote_name": remote_name})
+
+    def remove_member(self, group: str, volume: str) -> dict[str, Any]:
+        return self._req("DELETE", f"/v1/groups/{group}/members/{volume}")
+
     def group_action(self, name: str, action: str, **extra: Any) -> dict[str, Any]:
         return self._req("POST", f"/v1/groups/{name}/actions", {"action": action, **extra})
 

@@ -97,6 +97,7 @@ class Sender(threading.Thread):
     # -- one connection -------------------------------------------------------------
     def _session(self, sock: socket.socket) -> None:
         g = self.grp
+        g.conf.pop("reconnect", None)
         members = {str(vid): [g.remote_names[vid], v.size] for vid, v in g.members.items()}
         wire.send_json(sock, wire.HELLO, {"group": g.name, "generation": g.generation,
                                           "members": members,
@@ -117,6 +118,8 @@ class Sender(threading.Thread):
             g.suspend("the backup is at another generation; resync needed")
         last_beat = 0.0
         while not self.stopping.is_set() and reader.is_alive():
+            if g.conf.pop("reconnect", False):
+                raise Unavailable("group membership changed; announcing it again")
             state = g.state
             if state == COPY or (state in (SUSPENDED, RESYNC) and g.conf.get("auto_resync", True)) \
                     or (state in (ERROR, SUSPENDED) and g.conf.pop("resync_requested", False)):

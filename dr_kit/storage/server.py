@@ -204,6 +204,12 @@ class ManagementServer(ThreadingHTTPServer):
                 if not isinstance(g, PrimaryGroup):
                     raise InvalidInput(f"lag is measured at the main site; {name!r} is a backup-side group here")
                 return g.lag().to_dict()
+            case "POST", ["groups", name, "members"]:
+                g = a.add_member(name, body["volume"], body.get("remote_name"))
+                return {"name": name, "members": sorted(v.name for v in g.members.values()), "state": g.state}
+            case "DELETE", ["groups", name, "members", volume]:
+                g = a.remove_member(name, volume)
+                return {"name": name, "members": sorted(v.name for v in g.members.values()), "state": g.state}
             case "POST", ["groups", name, "actions"]:
                 return self._action(name, body)
             case "DELETE", ["groups", name]:
