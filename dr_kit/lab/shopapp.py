@@ -1,0 +1,148 @@
+"""The shop application of the lab, as a process: ``python -m dr_kit.lab.shopapp --dir DIR``.
+
+Like a pod using two PVCs, it resolves ``shop/sales-db`` and ``shop/stock-db`` to their PVs
+at the main site, attaches the array volumes through the main array's data path, creates
+and seeds the databases when they are new, and runs business transactions at the rate in
+``DIR/shop.json`` (``{"rate": N}``; 0 pauses).  Every half second it reports to
+``DIR/shop-status.json``: committed and failed transactions, the commit latency
+percentiles of the last second, the last order id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from dr_kit.errors import DrKitError, Unavailable
+from dr_kit.lab.kube import Kube, api_client
+from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
+from dr_kit.shop.workload import Shop, open_shop, seed
+from dr_kit.sqlite import vfs as sqlite_vfs
+from dr_kit.storage.client import ArrayClient
+
+
+def resolve_volumes(kube: Kube, namespace: str = SHOP_NAMESPACE, timeout: float = 30.0) -> dict[str, str]:
+    """PVC name -> array volume, once the shop's PVCs are bound."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out: dict[str, str] = {}
+        pvs = {pv["metadata"]["name"]: pv for pv in kube.pvs()}
+        for pvc in SHOP_PVCS:
+            p = kube.get_pvc(namespace, pvc)
+            pv = pvs.get(((p or {}).get("spec") or {}).get("volumeName") or "")
+            if p and p.get("status", {}).get("phase") == "Bound" and pv:
+                out[pvc] = pv["spec"]["csi"]["volumeHandle"]
+        if len(out) == len(SHOP_PVCS):
+            return out
+        if time.monotonic() > deadline:
+            raise Unavailable(f"PVCs {', '.join(SHOP_PVCS)} in namespace {namespace} are not bound "
+                              f"after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+class ShopApp:
+    def __init__(self, lab: LabDir) -> None:
+        self.lab = lab
+        state = lab.load()
+        ep = lab.array_endpoint("main", state)
+        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
+        self.kube = Kube(api_client(lab.kubeconfig, "main"))
+        self.volumes = resolve_volumes(self.kube)
+        vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
+        self.stock, self.sales = open_shop(vfs, stock_volume=self.volumes["stock-db"],
+                                           sales_volume=self.volumes["sales-db"])
+        seed(self.stock, self.sales)
+        self.shop = Shop(self.stock, self.sales, keep_latencies=0)
+        self.stopping = threading.Event()
+        self.recent: deque[tuple[float, float]] = deque(maxlen=5000)  # (time, latency ms)
+        self.committed = self.failed = 0
+        self.last_error = ""
+        self.last_order = self.shop.next_order - 1
+        self.rate = self._read_rate()
+
+    def _read_rate(self) -> float:
+        try:
+            return max(0.0, float(json.loads(self.lab.shop_control.read_text()).get("rate", 0.0)))
+        except (OSError, ValueError, TypeError):
+            return 0.0
+
+    def _report(self) -> None:
+        now = time.time()
+        window = [lat for t, lat in self.recent if now - t <= 1.0]
+        lats = sorted(window)
+        status: dict[str, Any] = {
+            "pid": os.getpid(), "rate": self.rate, "committed": self.committed, "failed": self.failed,
+            "last_order": self.last_order, "last_error": self.last_error, "updated": now,
+            "volumes": self.volumes, "tx_last_second": len(window),
+            "p50_ms": statistics.median(lats) if lats else None,
+            "p99_ms": lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else None}
+        tmp = self.lab.shop_status.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.lab.shop_status)
+
+    def run(self) -> None:
+        next_report = 0.0
+        next_tx = time.monotonic()
+        last_rate_check = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now - last_rate_check > 0.5:
+                rate = self._read_rate()
+                if rate != self.rate:
+                    self.rate = rate
+                    next_tx = now
+                last_rate_check = now
+            if now >= next_report:
+                self._report()
+                next_report = now + 0.5
+            if self.rate <= 0:
+                self.stopping.wait(0.1)
+                continue
+            if now < next_tx:
+                self.stopping.wait(min(next_tx - now, 0.1))
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.last_order = self.shop.transact()
+                self.committed += 1
+                self.recent.append((time.time(), (time.perf_counter() - t0) * 1000))
+            except (apsw.Error, DrKitError) as e:
+                self.failed += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.stopping.wait(0.2)
+            next_tx = max(next_tx + 1.0 / self.rate, time.monotonic() - 1.0)
+        self._report()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dr_kit.lab.shopapp")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--ready-file")
+    a = ap.parse_args(argv)
+    try:
+        app = ShopApp(LabDir.of(a.dir))
+    except DrKitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app._report()
+    if a.ready_file:
+        Path(a.ready_file).write_text(json.dumps({"pid": os.getpid(), "volumes": app.volumes}))
+    signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: app.stopping.set())
+    app.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
