@@ -438,6 +438,12 @@ class Array:
                                        "main-side group here")
                 grp = g
                 vols = list(grp.members.values())
+                if volumes:  # a subset of the group's volumes, still at one sequence
+                    names = {v.name: v for v in vols}
+                    missing = [n for n in volumes if n not in names]
+                    if missing:
+                        raise InvalidInput(f"volumes {', '.join(missing)} are not members of group {group!r}")
+                    vols = [names[n] for n in volumes]
             elif volumes:
                 vols = [self.volume(v) for v in volumes]
             else:
@@ -524,6 +530,7 @@ class Array:
                                "journal": {"used_bytes": g.journal.used_bytes,
                                            "capacity": g.journal.capacity},
                                "copy": {"total": g.copy_total, "done": g.copy_done},
+                               "applied_bytes": g.applied_bytes,
                                "lag": lag.to_dict()})
             for s in self.secondary.values():
                 groups.append({"name": s.name, "side": "backup", "state": s.state,

@@ -80,6 +80,7 @@ class PrimaryGroup:
         self.applied_seq = self.backup.seq  # applied at the backup (last report)
         self.applied_time = self.backup.time  # main time of that write
         self.reported = False  # has the backup reported since this process started?
+        self.applied_bytes = 0  # journal bytes applied at the backup since this process started
         self.backup_state: str | None = None
         self.backup_consistent: bool | None = None
         self.copy_total = 0
@@ -171,6 +172,9 @@ class PrimaryGroup:
             if received > self.acked_seq:
                 self.acked_seq = received
             if applied >= self.applied_seq:
+                if applied > self.applied_seq:
+                    self.applied_bytes += (self.journal.bytes_after(self.applied_seq)
+                                           - self.journal.bytes_after(applied))
                 self.applied_seq, self.applied_time = applied, applied_time
                 self.backup.store(applied, self.journal.generation, applied_time)
                 self.journal.free_through(applied)
