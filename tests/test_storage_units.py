@@ -1,0 +1,511 @@
+"""Unit tests of the storage engine's value types, journal records, journal volumes and blocks."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from dr_kit.errors import InvalidInput, JournalError
+from dr_kit.storage import record as rec
+from dr_kit.storage.blocks import (
+    CHUNK,
+    ChunkMap,
+    CloneVolume,
+    CowStore,
+    FileVolume,
+    SnapshotView,
+    chunks_of,
+)
+from dr_kit.storage.journal import MIN_CAPACITY, Journal
+from dr_kit.storage.position import JournalPosition, LagReport
+
+# -- positions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,gen,seq", [("g1/0", 1, 0), ("g1/42", 1, 42), ("g7/123456789", 7, 123456789),
+                                          (" g2/5 ", 2, 5)])
+def test_position_parse_and_str_round_trip(text, gen, seq):
+    p = JournalPosition.parse(text)
+    assert (p.generation, p.sequence) == (gen, seq)
+    assert str(p) == text.strip()
+    assert JournalPosition.parse(str(p)) == p
+
+
+def test_position_ordering_is_generation_then_sequence():
+    ps = [JournalPosition.parse(t) for t in ("g2/1", "g1/10", "g1/9", "g3/0", "g2/100")]
+    assert [str(p) for p in sorted(ps)] == ["g1/9", "g1/10", "g2/1", "g2/100", "g3/0"]
+    assert JournalPosition(1, 5) < JournalPosition(1, 6) < JournalPosition(2, 0)
+    assert JournalPosition(1, 5).advance(3) == JournalPosition(1, 8)
+    assert JournalPosition(1, 5).entries_behind(JournalPosition(1, 9)) == 4
+    assert JournalPosition(1, 9).entries_behind(JournalPosition(1, 5)) == 0
+
+
+@pytest.mark.parametrize("bad", ["", "1/2", "g1", "g1/", "g/1", "gx/1", "g1/-3", "g-1/3", "G1/2",
+                                 "g1/2/3", "g1.0/2", "position"])
+def test_position_bad_strings_raise_invalid_input(bad):
+    with pytest.raises(InvalidInput, match="journal position"):
+        JournalPosition.parse(bad)
+
+
+def test_position_negative_values_raise():
+    with pytest.raises(InvalidInput):
+        JournalPosition(1, -1)
+    with pytest.raises(InvalidInput):
+        JournalPosition(-1, 1)
+
+
+def _lag(**kw) -> LagReport:
+    base = dict(group="shop", state="pair", main=JournalPosition(1, 10), applied=JournalPosition(1, 10),
+                sequence_lag=0, byte_lag=0, time_lag_s=0.0, consistent=True, measured_at=1000.5,
+                message="")
+    base.update(kw)
+    return LagReport(**base)
+
+
+def test_lag_report_round_trip_and_caught_up():
+    r = _lag()
+    d = r.to_dict()
+    assert d["main"] == "g1/10" and d["applied"] == "g1/10"
+    assert LagReport.from_dict(d) == r
+    assert r.caught_up
+
+    behind = _lag(applied=JournalPosition(1, 7), sequence_lag=3, byte_lag=300, time_lag_s=0.25)
+    assert not behind.caught_up
+    assert LagReport.from_dict(behind.to_dict()) == behind
+
+    # sequence lag 0 but a time lag: not caught up (and the reverse)
+    assert not _lag(time_lag_s=0.1).caught_up
+    assert not _lag(sequence_lag=1).caught_up
+
+
+def test_lag_report_unknown_stays_none_never_zero():
+    r = _lag(state="copy", applied=None, sequence_lag=None, byte_lag=None, time_lag_s=None,
+             consistent=None)
+    d = r.to_dict()
+    assert d["applied"] is None and d["sequence_lag"] is None
+    assert d["byte_lag"] is None and d["time_lag_s"] is None and d["consistent"] is None
+    back = LagReport.from_dict(d)
+    assert back == r
+    assert back.time_lag_s is None and back.sequence_lag is None and back.applied is None
+    assert not back.caught_up
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+def test_record_encode_decode_round_trip():
+    data = os.urandom(5000)
+    raw = rec.encode(rec.KIND_WRITE, 3, 77, 1234.5, 9, 65536, data)
+    assert len(raw) == rec.HEADER_SIZE + len(data)
+    r = rec.decode(raw)
+    assert (r.kind, r.generation, r.sequence, r.time, r.volume, r.offset, r.data) == \
+        (rec.KIND_WRITE, 3, 77, 1234.5, 9, 65536, data)
+    assert r.size == len(raw)
+    empty = rec.decode(rec.encode(rec.KIND_WRITE, 1, 1, 0.0, 1, 0, b""))
+    assert empty.data == b""
+
+
+@pytest.mark.parametrize("where", ["header", "data", "last"])
+def test_record_flipped_bit_fails_checksum(where):
+    raw = bytearray(rec.encode(rec.KIND_WRITE, 1, 5, 10.0, 2, 4096, b"x" * 100))
+    i = {"header": 12, "data": rec.HEADER_SIZE + 50, "last": len(raw) - 1}[where]
+    raw[i] ^= 0x01
+    with pytest.raises(JournalError, match="checksum"):
+        rec.decode(bytes(raw))
+
+
+def test_record_bad_magic_and_cut_short_raise():
+    raw = rec.encode(rec.KIND_WRITE, 1, 5, 10.0, 2, 0, b"y" * 100)
+    with pytest.raises(JournalError, match="magic"):
+        rec.decode(b"XXXX" + raw[4:])
+    with pytest.raises(JournalError, match="cut short"):
+        rec.decode(raw[:-1])
+    with pytest.raises(JournalError, match="shorter than its header"):
+        rec.decode(raw[: rec.HEADER_SIZE - 1])
+    two = raw + rec.encode(rec.KIND_WRITE, 1, 6, 11.0, 2, 0, b"z" * 10)
+    assert [r.sequence for r, _ in rec.iter_records(two)] == [5, 6]
+    with pytest.raises(JournalError, match="ends inside a record"):
+        list(rec.iter_records(two[:-3]))
+    with pytest.raises(JournalError, match="header"):
+        list(rec.iter_records(raw + two[len(raw): len(raw) + 10]))
+
+
+# -- journal -----------------------------------------------------------------------------
+
+CAP = 4 << 20  # 4 MiB: segments of 512 KiB
+
+
+def _append(j: Journal, data: bytes, *, t: float | None = None, volume: int = 1, offset: int = 0) -> int:
+    seq = j.next_seq
+    t = time.time() if t is None else t
+    j.append(rec.encode(rec.KIND_WRITE, j.generation, seq, t, volume, offset, data), t)
+    return seq
+
+
+def _payload(seq: int, n: int = 1000) -> bytes:
+    return (f"record-{seq:06d}-".encode() * (n // 14 + 1))[:n]
+
+
+def _records(j: Journal, first: int | None = None) -> list[tuple[int, float, bytes]]:
+    return [(r.sequence, r.time, r.data) for r, _ in j.iter_records(j.first_seq if first is None else first)]
+
+
+def _seg_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.seg"), key=lambda p: int(p.stem))
+
+
+def _fill_segments(j: Journal, n: int, size: int) -> None:
+    """Append records of ``size`` bytes until the journal has ``n`` segment files (bounded)."""
+    for _ in range(10_000):
+        if len(_seg_files(j.path)) >= n:
+            return
+        _append(j, _payload(j.next_seq, size))
+    raise AssertionError(f"journal did not reach {n} segments")
+
+
+def test_journal_reopen_keeps_positions_and_times(tmp_path):
+    j = Journal.create(tmp_path / "j", CAP)
+    times = {}
+    for i in range(300):  # ~900 KiB: two segments of 512 KiB
+        seq = _append(j, _payload(i + 1, 3000), t=1000.0 + i)
+        times[seq] = 1000.0 + i
+    assert (j.first_seq, j.last_seq) == (1, 300)
+    assert len(_seg_files(tmp_path / "j")) >= 2, "the test wants records in several segments"
+    before = _records(j)
+    j.close()
+
+    j2 = Journal.open(tmp_path / "j", CAP)
+    assert (j2.first_seq, j2.last_seq, j2.next_seq, j2.generation) == (1, 300, 301, 1)
+    assert _records(j2) == before
+    assert all(j2.time_of(s) == t for s, t in times.items())
+    assert j2.time_of(301) is None and j2.time_of(0) is None
+    assert [s for s, _, _ in before] == list(range(1, 301))
+    assert before[41][2] == _payload(42, 3000)
+
+
+def test_journal_torn_tail_is_cut_off_and_appends_continue(tmp_path):
+    j = Journal.create(tmp_path / "j", CAP)
+    for i in range(1, 21):
+        _append(j, _payload(i), t=float(i))
+    end_of_19 = j._segments[-1].ends[-2]
+    end_of_20 = j._segments[-1].ends[-1]
+    seg = _seg_files(tmp_path / "j")[-1]
+    # a torn write: the last record lost its final byte (the process died mid-write)
+    with seg.open("r+b") as f:
+        f.truncate(end_of_20 - 1)
+    del j  # no clean close: like a kill -9
+
+    j2 = Journal.open(tmp_path / "j", CAP)
+    assert j2.last_seq == 19 and j2.next_seq == 20
+    assert JournalPosition(j2.generation, j2.last_seq) == JournalPosition(1, 19)
+    assert j2.time_of(20) is None and j2.time_of(19) == 19.0
+    assert j2.bytes_after(0) == end_of_19
+    # appending works again, and the new record 20 (not the torn one) reads back
+    _append(j2, b"new twenty", t=20.5)
+    _append(j2, b"twenty-one", t=21.0)
+    recs = _records(j2)
+    assert [s for s, _, _ in recs] == list(range(1, 22))
+    assert recs[19] == (20, 20.5, b"new twenty") and recs[20] == (21, 21.0, b"twenty-one")
+    j2.close()
+    j3 = Journal.open(tmp_path / "j", CAP)
+    assert _records(j3) == recs
+
+
+def test_journal_garbage_after_last_record_is_cut(tmp_path):
+    """A record with a wrong checksum at the very end (torn header) is the end of the journal."""
+    j = Journal.create(tmp_path / "j", CAP)
+    for i in range(1, 6):
+        _append(j, _payload(i), t=float(i))
+    end = j._segments[-1].ends[-1]
+    seg = _seg_files(tmp_path / "j")[-1]
+    raw6 = bytearray(rec.encode(rec.KIND_WRITE, 1, 6, 6.0, 1, 0, _payload(6)))
+    raw6[rec.HEADER_SIZE + 3] ^= 0x40  # written, but one byte never reached the disk right
+    with seg.open("r+b") as f:
+        f.seek(end)
+        f.write(raw6)
+    j2 = Journal.open(tmp_path / "j", CAP)
+    assert j2.last_seq == 5
+    assert [s for s, _, _ in _records(j2)] == [1, 2, 3, 4, 5]
+
+
+def test_journal_corrupt_record_in_non_last_segment_raises(tmp_path):
+    j = Journal.create(tmp_path / "j", CAP)
+    _fill_segments(j, 3, 20000)
+    j.close()
+    first = _seg_files(tmp_path / "j")[0]
+    with first.open("r+b") as f:
+        f.seek(rec.HEADER_SIZE + 100)  # in the data of the first record
+        b = f.read(1)
+        f.seek(rec.HEADER_SIZE + 100)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(JournalError, match=rf"segment {first.name}: journal record 1 \(generation 1\) fails its checksum"):
+        Journal.open(tmp_path / "j", CAP)
+
+
+def test_journal_missing_segment_raises(tmp_path):
+    j = Journal.create(tmp_path / "j", CAP)
+    _fill_segments(j, 3, 20000)
+    j.close()
+    second = _seg_files(tmp_path / "j")[1]
+    third = _seg_files(tmp_path / "j")[2]
+    second.unlink()
+    with pytest.raises(JournalError, match=rf"records {int(second.stem)}\.\.{int(third.stem) - 1} are missing"):
+        Journal.open(tmp_path / "j", CAP)
+
+
+@pytest.mark.parametrize("cap", [0, 1, 4096, MIN_CAPACITY - 1])
+def test_journal_capacity_below_minimum_raises(tmp_path, cap):
+    with pytest.raises(InvalidInput, match="1 MiB"):
+        Journal.create(tmp_path / "j", cap)
+    assert not (tmp_path / "j").exists()
+    Journal.create(tmp_path / "ok", MIN_CAPACITY).close()
+
+
+def test_journal_free_through_recycles_segments_and_refuses_freed_reads(tmp_path):
+    path = tmp_path / "j"
+    j = Journal.create(path, CAP)
+    _fill_segments(j, 4, 30000)
+    first_of_third = j._segments[2].first_seq
+    used_before = j.used_bytes
+    j.free_through(first_of_third - 1)  # everything in the first two segments
+    assert j.first_seq == first_of_third
+    assert len(_seg_files(path)) == 2
+    assert len(list(path.glob("*.spare"))) == 2  # recycled, not deleted
+    assert j.used_bytes < used_before
+    with pytest.raises(JournalError, match="already freed"):
+        j.read_batch(1)
+    with pytest.raises(JournalError, match="already freed"):
+        list(j.iter_records(first_of_third - 1))
+    assert j.time_of(1) is None
+    assert [s for s, _, _ in _records(j)][0] == first_of_third
+    # freeing part of a segment keeps it
+    j.free_through(first_of_third)
+    assert j.first_seq == first_of_third
+
+    # appends now reuse a spare segment file instead of creating one
+    spares = {p.name for p in path.glob("*.spare")}
+    current = j._segments[-1].first_seq
+    for _ in range(100):  # bounded: a segment holds ~17 of these records
+        if j._segments[-1].first_seq != current:
+            break
+        _append(j, _payload(j.next_seq, 30000))
+    assert j._segments[-1].first_seq != current
+    assert len({p.name for p in path.glob("*.spare")}) == len(spares) - 1
+    last = j.last_seq
+    j.close()
+    j2 = Journal.open(path, CAP)
+    assert (j2.first_seq, j2.last_seq) == (first_of_third, last)
+
+
+def test_journal_freed_everything_then_reopen_keeps_sequence(tmp_path):
+    path = tmp_path / "j"
+    j = Journal.create(path, MIN_CAPACITY)
+    _fill_segments(j, 2, 30000)
+    _append(j, _payload(j.next_seq, 30000))
+    last = j.last_seq
+    j.free_through(last)
+    assert j.bytes_after(last) == 0
+    j.close()
+    j2 = Journal.open(path, MIN_CAPACITY)
+    assert j2.next_seq == last + 1
+    s = _append(j2, b"after")
+    assert s == last + 1
+
+
+def test_journal_sequence_survives_crash_after_roll_with_freed_predecessors(tmp_path):
+    """Records 1..n were applied and freed; the process dies right after rolling to a new
+    segment (its first record torn).  The journal must go on at n+1, not restart at 1:
+    sequence numbers are the group's write order and must never repeat."""
+    path = tmp_path / "j"
+    j = Journal.create(path, MIN_CAPACITY)  # segments of 256 KiB
+    _fill_segments(j, 2, 60000)
+    new_first = j._segments[-1].first_seq
+    j.free_through(new_first - 1)  # the backup applied everything before the new segment
+    assert [p.name for p in _seg_files(path)] == [f"{new_first:020d}.seg"]
+    with _seg_files(path)[0].open("r+b") as f:  # the only record of it is torn
+        f.truncate(rec.HEADER_SIZE + 10)
+    del j  # crash: no close
+
+    j2 = Journal.open(path, MIN_CAPACITY)
+    assert j2.next_seq == new_first, (
+        f"journal restarted at sequence {j2.next_seq} after a crash; records up to "
+        f"{new_first - 1} were already written (and applied), so it must go on at {new_first}")
+
+
+def test_journal_bytes_after_and_time_of(tmp_path):
+    j = Journal.create(tmp_path / "j", CAP)
+    sizes = {}
+    for i in range(1, 51):
+        data = _payload(i, 1000 + 10 * i)
+        _append(j, data, t=500.0 + i)
+        sizes[i] = rec.HEADER_SIZE + len(data)
+    total = sum(sizes.values())
+    assert j.bytes_after(0) == total
+    assert j.bytes_after(50) == 0
+    assert j.bytes_after(10) == sum(sizes[i] for i in range(11, 51))
+    assert j.bytes_after(49) == sizes[50]
+    assert j.time_of(1) == 501.0 and j.time_of(50) == 550.0 and j.time_of(51) is None
+    assert j.used_bytes == total
+    assert not j.would_overflow(CAP - total)
+    assert j.would_overflow(CAP - total + 1)
+    batch = j.read_batch(10, through=12)
+    assert [r.sequence for r, _ in rec.iter_records(batch)] == [10, 11, 12]
+    small = j.read_batch(10, max_bytes=sizes[10] + sizes[11])
+    assert [r.sequence for r, _ in rec.iter_records(small)] == [10, 11]
+    assert j.read_batch(51) == b""
+
+
+# -- blocks ------------------------------------------------------------------------------
+
+
+def _pattern(tag: int, n: int) -> bytes:
+    return bytes((tag + i) & 0xFF for i in range(n))
+
+
+class _Live:
+    """A live volume with snapshots, as the array keeps it: preserve, then write."""
+
+    def __init__(self, dev: FileVolume) -> None:
+        self.dev, self.size, self.cows = dev, dev.size, []
+
+    def write(self, offset: int, data: bytes) -> None:
+        for s in self.cows:
+            s.preserve(offset, len(data))
+        self.dev.write(offset, data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.dev.read(offset, length)
+
+
+def test_file_volume_is_sparse_and_bounds_checked(tmp_path):
+    v = FileVolume(tmp_path / "v.vol", 64 << 20, create=True)
+    assert os.stat(v.path).st_size == 64 << 20
+    assert os.stat(v.path).st_blocks * 512 <= 64 * 1024
+    assert v.read(10 << 20, 100) == bytes(100)
+    v.write(123, b"abc")
+    assert v.read(120, 8) == b"\0\0\0abc\0\0"
+    with pytest.raises(InvalidInput):
+        v.write((64 << 20) - 2, b"abc")
+    with pytest.raises(InvalidInput):
+        v.read(-1, 10)
+    with pytest.raises(FileExistsError):
+        FileVolume(tmp_path / "v.vol", 1 << 20, create=True)
+    v.close()
+
+
+def test_snapshot_keeps_old_content_after_live_writes(tmp_path):
+    size = 1 << 20
+    live = _Live(FileVolume(tmp_path / "v.vol", size, create=True))
+    live.write(0, _pattern(1, size))
+    store = CowStore(tmp_path / "snap", live.dev, create=True)
+    live.cows.append(store)
+    snap = SnapshotView(store)
+    original = _pattern(1, size)
+
+    live.write(100, b"X" * 10)  # inside chunk 0
+    live.write(CHUNK - 5, b"Y" * 10)  # across chunks 0 and 1
+    live.write(5 * CHUNK, b"Z" * CHUNK)  # a whole chunk
+    live.write(5 * CHUNK + 7, b"W" * 3)  # the same chunk again: preserved only once
+    assert snap.read(0, size) == original
+    assert live.read(100, 10) == b"X" * 10
+    assert live.read(5 * CHUNK, 10) == b"ZZZZZZZWWW"
+    assert sorted(store.map) == [0, 1, 5]
+    with pytest.raises(InvalidInput, match="read-only"):
+        snap.write(0, b"no")
+
+    # the preservation map and data survive a reopen of the store
+    store.close()
+    store2 = CowStore(tmp_path / "snap", live.dev)
+    assert SnapshotView(store2).read(0, size) == original
+
+
+def test_snapshot_creation_does_not_copy_data(tmp_path):
+    big = FileVolume(tmp_path / "big.vol", 64 << 20, create=True)
+    for off in range(0, 64 << 20, 1 << 20):  # real data in every MiB
+        big.write(off, _pattern(off >> 20, 8192))
+    store = CowStore(tmp_path / "snap-big", big, create=True)
+    data_st = os.stat(store.data.path)
+    assert data_st.st_size == 64 << 20
+    assert data_st.st_blocks * 512 <= 64 * 1024, "creating a snapshot allocated data blocks"
+    assert os.stat(store.map.path).st_size == (64 << 20) // CHUNK // 8
+    assert store.map.count() == 0
+
+    def cost(size: int, tag: str) -> float:
+        vol = FileVolume(tmp_path / f"{tag}.vol", size, create=True)
+        vol.write(size - 4096, b"q" * 4096)
+        best = float("inf")
+        for k in range(5):
+            t0 = time.perf_counter()
+            s = CowStore(tmp_path / f"snap-{tag}-{k}", vol, create=True)
+            best = min(best, time.perf_counter() - t0)
+            s.close()
+        vol.close()
+        return best
+
+    small, large = cost(1 << 20, "small"), cost(256 << 20, "large")
+    # same order of cost: a copy of 256 MiB would take far more than these few syscalls
+    assert large < 10 * small + 0.005, f"snapshot of 256 MiB took {large * 1000:.2f} ms vs {small * 1000:.2f} ms for 1 MiB"
+
+
+def test_clone_writes_touch_neither_snapshot_nor_live(tmp_path):
+    size = 1 << 20
+    live = _Live(FileVolume(tmp_path / "v.vol", size, create=True))
+    live.write(0, _pattern(3, size))
+    store = CowStore(tmp_path / "snap", live.dev, create=True)
+    live.cows.append(store)
+    snap = SnapshotView(store)
+    clone = CloneVolume(tmp_path / "clone", snap, create=True)
+    before = _pattern(3, size)
+    assert clone.read(0, size) == before
+
+    clone.write(2 * CHUNK + 10, b"C" * 20)  # partial chunk
+    clone.write(CHUNK - 3, b"D" * 6)  # across two chunks, partially
+    assert snap.read(0, size) == before
+    assert live.read(0, size) == before
+    expect = bytearray(before)
+    expect[2 * CHUNK + 10: 2 * CHUNK + 30] = b"C" * 20
+    expect[CHUNK - 3: CHUNK + 3] = b"D" * 6
+    assert clone.read(0, size) == bytes(expect)  # the rest of each touched chunk is kept
+    assert sorted(clone.map) == [0, 1, 2]
+
+    # a live write after the clone: the clone still shows the snapshot's content there
+    live.write(4 * CHUNK, b"L" * 100)
+    assert clone.read(4 * CHUNK, 100) == before[4 * CHUNK: 4 * CHUNK + 100]
+    assert snap.read(4 * CHUNK, 100) == before[4 * CHUNK: 4 * CHUNK + 100]
+    with pytest.raises(InvalidInput):
+        clone.write(size - 1, b"xx")
+
+    clone.close()
+    reopened = CloneVolume(tmp_path / "clone", snap)
+    assert reopened.read(0, size) == bytes(expect)
+
+
+def test_chunk_map_persists_bits(tmp_path):
+    m = ChunkMap(tmp_path / "m.map", 1000, create=True)
+    assert os.stat(m.path).st_size == 125
+    assert m.add(3) and m.add(999) and m.add(512)
+    assert not m.add(3)
+    assert 3 in m and 4 not in m
+    m.discard(512)
+    m.discard(7)  # not set: nothing happens
+    m.close()
+    m2 = ChunkMap(tmp_path / "m.map", 1000)
+    assert list(m2) == [3, 999] and m2.count() == 2
+    m2.set_all()
+    assert m2.count() == 1000  # bits past the last chunk are not counted
+    m2.close()
+    m3 = ChunkMap(tmp_path / "m.map", 1000)
+    assert m3.count() == 1000
+    m3.clear()
+    m3.close()
+    assert ChunkMap(tmp_path / "m.map", 1000).count() == 0
+
+
+def test_chunks_of():
+    assert list(chunks_of(0, CHUNK)) == [0]
+    assert list(chunks_of(CHUNK - 1, 2)) == [0, 1]
+    assert list(chunks_of(3 * CHUNK, 1)) == [3]
+    assert list(chunks_of(10, 0)) == []
