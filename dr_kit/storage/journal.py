@@ -101,20 +101,22 @@ class Journal:
         j._spares = sorted(j.path.glob("*.spare"))
         segs = sorted(j.path.glob("*.seg"), key=lambda p: int(p.stem))
         for i, p in enumerate(segs):
-            seg = j._scan(p, last=(i == len(segs) - 1))
+            seg = j._scan(p, last=(i == len(segs) - 1), end=int(segs[i + 1].stem) if i + 1 < len(segs) else None)
             if j._segments and seg.first_seq != j._segments[-1].last_seq + 1:
                 raise JournalError(f"journal {j.path}: records {j._segments[-1].last_seq + 1}.."
                                    f"{seg.first_seq - 1} are missing")
             if seg.count:
                 j._segments.append(seg)
-            else:
+            else:  # nothing valid in it: the journal goes on at the sequence it is named by
+                j.next_seq = max(j.next_seq, seg.first_seq)
+                j.freed_through = j.next_seq - 1
                 p.unlink()
         if j._segments:
             j.freed_through = j._segments[0].first_seq - 1
             j.next_seq = j._segments[-1].last_seq + 1
         return j
 
-    def _scan(self, p: Path, last: bool) -> _Segment:
+    def _scan(self, p: Path, last: bool, end: int | None = None) -> _Segment:
         seg = _Segment(int(p.stem), p)
         good = 0
         expect = seg.first_seq
@@ -131,7 +133,7 @@ class Journal:
                     if r.sequence != expect:
                         raise JournalError(f"record {expect} expected, found {r.sequence}")
                 except JournalError as e:
-                    if last:  # the end: a torn write or an old record of a recycled file
+                    if last or expect == end:  # the end: a torn write, padding or an old record
                         break
                     raise JournalError(f"journal {self.path}: segment {p.name}: {e}") from None
                 good += rec.HEADER_SIZE + length
