@@ -1,0 +1,243 @@
+"""The array engine in-process (no network): refusals change nothing, restart, main-side redo."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound
+from dr_kit.storage.array import Array
+from dr_kit.storage.blocks import CHUNK
+
+MiB = 1 << 20
+NOWHERE = "127.0.0.1:9"  # no sender runs in-process: the remote is never dialled
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path below ``root`` with the content of array.json (and sizes of the rest)."""
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.name == "array.json":
+            out[rel] = p.read_bytes()
+        elif p.is_file():
+            out[rel] = str(p.stat().st_size).encode()
+        else:
+            out[rel] = None
+    return out
+
+
+@pytest.fixture
+def arr(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    a.create_volume("vol-a", 2 * MiB)
+    a.create_volume("vol-b", 2 * MiB)
+    a.create_volume("vol-c", 2 * MiB)
+    a.create_primary_group("grp", ["vol-a"], NOWHERE)
+    yield a
+    a.close()
+
+
+REFUSALS = [
+    # (description, call, error type, words the message must contain)
+    ("unknown volume in a group", lambda a: a.create_primary_group("g2", ["nope"], NOWHERE), NotFound, "nope"),
+    ("unknown volume among known ones", lambda a: a.create_primary_group("g2", ["vol-b", "nope"], NOWHERE),
+     NotFound, "nope"),
+    ("volume already in another group", lambda a: a.create_primary_group("g2", ["vol-b", "vol-a"], NOWHERE),
+     Conflict, "already in consistency group 'grp'"),
+    ("group name taken", lambda a: a.create_primary_group("grp", ["vol-b"], NOWHERE), Conflict, "already exists"),
+    ("snapshot of an unknown group", lambda a: a.create_snapshot("s1", group="nope"), NotFound, "nope"),
+    ("snapshot of a main-side group", lambda a: a.create_snapshot("s1", group="grp"), InvalidInput, "backup site"),
+    ("snapshot of nothing", lambda a: a.create_snapshot("s1"), InvalidInput, "name a consistency group"),
+    ("snapshot of an unknown volume", lambda a: a.create_snapshot("s1", volumes=["vol-b", "nope"]), NotFound, "nope"),
+    ("journal too small", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, journal_capacity=64 * 1024),
+     InvalidInput, "too small"),
+    ("bad copy mode", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, mode="semi"), InvalidInput, "mode"),
+    ("bad remote", lambda a: a.create_primary_group("g2", ["vol-b"], "backup-host"), InvalidInput, "HOST:PORT"),
+    ("empty group", lambda a: a.create_primary_group("g2", [], NOWHERE), InvalidInput, "at least one volume"),
+    ("bad backup volume name", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE,
+                                                                remote_names={"vol-b": "Bad_Name"}),
+     InvalidInput, "Bad_Name"),
+    ("bad group name", lambda a: a.create_primary_group("Grp_2", ["vol-b"], NOWHERE), InvalidInput, "Grp_2"),
+    ("bad volume name", lambda a: a.create_volume("Vol_X", 2 * MiB), InvalidInput, "Vol_X"),
+    ("volume name too long", lambda a: a.create_volume("v" * 64, 2 * MiB), InvalidInput, "63 characters"),
+    ("volume name with a slash", lambda a: a.create_volume("a/b", 2 * MiB), InvalidInput, "a/b"),
+    ("bad snapshot name", lambda a: a.create_snapshot("-snap", volumes=["vol-b"]), InvalidInput, "-snap"),
+    ("duplicate volume", lambda a: a.create_volume("vol-b", 2 * MiB), Conflict, "already exists"),
+    ("volume too small", lambda a: a.create_volume("tiny", 4096), InvalidInput, "1 MiB"),
+    ("volume size not an integer", lambda a: a.create_volume("frac", 1.5 * MiB), InvalidInput, "integer"),
+    ("unknown volume write", lambda a: a.write("nope", 0, b"x"), NotFound, "nope"),
+    ("write past the end", lambda a: a.write("vol-b", 2 * MiB - 1, b"xy"), InvalidInput, "outside"),
+    ("clone of an unknown snapshot", lambda a: a.create_clone("c1", "nope", "vol-b"), NotFound, "nope"),
+    ("delete a grouped volume", lambda a: a.delete_volume("vol-a"), Conflict, "grp"),
+    ("delete an unknown group", lambda a: a.delete_primary_group("nope"), NotFound, "nope"),
+]
+
+
+@pytest.mark.parametrize("what,call,err,words", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_bad_input_raises_and_changes_nothing(arr, what, call, err, words):
+    before = _tree(arr.root)
+    vols, groups, snaps = set(arr.volumes), set(arr.primary), set(arr.snapshots)
+    with pytest.raises(err) as exc:
+        call(arr)
+    assert isinstance(exc.value, DrKitError)
+    msg = str(exc.value)
+    assert words in msg and "\n" not in msg
+    assert _tree(arr.root) == before, f"{what}: the array folder changed"
+    assert (set(arr.volumes), set(arr.primary), set(arr.snapshots)) == (vols, groups, snaps)
+    assert arr.volume("vol-a").primary is arr.primary["grp"]
+    assert arr.volume("vol-b").primary is None
+
+
+def test_snapshot_of_clone_and_clone_of_missing_volume_refused(arr):
+    arr.create_snapshot("s1", volumes=["vol-b"])
+    arr.create_clone("c1", "s1", "vol-b")
+    before = _tree(arr.root)
+    with pytest.raises(InvalidInput, match="clone"):
+        arr.create_snapshot("s2", volumes=["c1"])
+    with pytest.raises(NotFound, match="vol-c"):
+        arr.create_clone("c2", "s1", "vol-c")
+    with pytest.raises(Conflict, match="already exists"):
+        arr.create_clone("c1", "s1", "vol-b")
+    with pytest.raises(Conflict, match="already exists"):
+        arr.create_snapshot("s1", volumes=["vol-c"])
+    with pytest.raises(Conflict, match="clones"):
+        arr.delete_snapshot("s1")
+    with pytest.raises(Conflict, match="snapshots"):
+        arr.delete_volume("vol-b")
+    assert _tree(arr.root) == before
+
+
+def test_restart_keeps_volumes_groups_snapshots_and_data(tmp_path):
+    root = tmp_path / "arr"
+    a = Array(root, "main")
+    a.create_volume("data-1", 4 * MiB)
+    a.create_volume("data-2", 2 * MiB)
+    blob = os.urandom(3 * CHUNK + 17)
+    a.write("data-1", 5000, blob)
+    a.write("data-2", MiB, b"second volume")
+    a.create_snapshot("before", volumes=["data-1"])
+    a.write("data-1", 5000, b"Z" * 100)  # after the snapshot
+    a.create_clone("restored", "before", "data-1")
+    a.write("restored", 0, b"clone-own")
+    a.create_primary_group("grp", ["data-2"], NOWHERE)
+    a.write("data-2", 0, b"journaled")
+    a.close()
+
+    b = Array(root)
+    try:
+        assert b.name == "main"
+        assert set(b.volumes) == {"data-1", "data-2", "restored"}
+        assert b.volume("data-1").size == 4 * MiB
+        assert b.read("data-1", 5000, 100) == b"Z" * 100
+        assert b.read("data-1", 5100, len(blob) - 100) == blob[100:]
+        assert b.read("data-2", MiB, 13) == b"second volume"
+        assert b.read("data-2", 0, 9) == b"journaled"
+        assert b.read("restored", 5000, len(blob)) == blob  # the snapshot's image, not the later write
+        assert b.read("restored", 0, 9) == b"clone-own"
+        assert set(b.primary) == {"grp"} and b.volume("data-2").primary is b.primary["grp"]
+        assert b.primary["grp"].journal.last_seq == 1
+        assert b.problems == []
+        # the snapshot still preserves: a new live write does not reach the clone
+        b.write("data-1", 5000, b"Y" * 100)
+        assert b.read("restored", 5000, 100) == blob[:100]
+        # a new volume does not reuse an id
+        ids = {v.id for v in b.volumes.values()}
+        assert b.create_volume("data-3", MiB).id not in ids
+    finally:
+        b.close()
+
+
+def test_main_side_redo_reapplies_journaled_writes(tmp_path):
+    """A write was journaled and acknowledged, but its volume write never reached the disk:
+    reopening the array re-applies it from the journal, in order."""
+    root = tmp_path / "arr"
+    a = Array(root, "main")
+    a.create_volume("db", 2 * MiB)
+    a.create_primary_group("grp", ["db"], NOWHERE)
+    writes = [(0, b"A" * 5000), (3 * CHUNK - 10, os.urandom(CHUNK)), (100, b"overwritten first"),
+              (MiB, b"B" * 100)]
+    for off, data in writes:
+        a.write("db", off, data)
+    expect = a.read("db", 0, 2 * MiB)
+    a.close()
+
+    vol_file = root / "volumes" / "db.vol"
+    with vol_file.open("r+b") as f:  # the volume writes are lost
+        f.write(bytes(2 * MiB))
+    assert vol_file.read_bytes() == bytes(2 * MiB)
+
+    b = Array(root)
+    try:
+        assert b.read("db", 0, 2 * MiB) == expect
+        assert b.read("db", 100, 17) == b"overwritten first"
+        assert b.problems == []
+    finally:
+        b.close()
+
+
+def test_corrupt_main_journal_puts_group_in_error_on_open(tmp_path):
+    root = tmp_path / "arr"
+    a = Array(root, "main")
+    a.create_volume("db", 2 * MiB)
+    a.create_primary_group("grp", ["db"], NOWHERE, journal_capacity=MiB)
+    for i in range(12):  # 12 x 64 KiB: several segments of 256 KiB
+        a.write("db", i * CHUNK, bytes([i + 1]) * CHUNK)
+    a.close()
+    first = sorted((root / "groups" / "grp" / "journal").glob("*.seg"))[0]
+    with first.open("r+b") as f:
+        f.seek(200)
+        f.write(b"\xff\xff")
+    b = Array(root)
+    try:
+        assert b.conf["primary_groups"]["grp"]["state"] == "error"
+        assert any("grp" in p and "checksum" in p for p in b.problems), b.problems
+    finally:
+        b.close()
+
+
+def test_journal_full_suspends_without_blocking_and_tracks_changes(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    try:
+        a.create_volume("db", 4 * MiB)
+        g = a.create_primary_group("grp", ["db"], NOWHERE, journal_capacity=MiB)
+        for m in g.dirty.values():
+            m.clear()  # as after the initial copy
+        g.conf["state"] = "pair"
+        slowest = 0.0
+        for i in range(40):  # 2.5 MiB of writes into a 1 MiB journal nobody drains
+            t0 = time.perf_counter()
+            a.write("db", i * CHUNK, bytes([i + 1]) * CHUNK)
+            slowest = max(slowest, time.perf_counter() - t0)
+        assert g.state == "suspended"
+        assert "journal full" in g.conf["message"]
+        assert slowest < 1.0
+        assert all(a.read("db", i * CHUNK, CHUNK) == bytes([i + 1]) * CHUNK for i in range(40))
+        dirty = set(g.dirty[a.volume("db").id])
+        assert dirty and dirty <= set(range(40)) and 39 in dirty
+        lag = g.lag()
+        assert lag.state == "suspended"
+        assert lag.sequence_lag is None
+        assert lag.time_lag_s is not None and lag.time_lag_s > 0
+        assert lag.byte_lag and lag.byte_lag >= len(dirty) * CHUNK
+        assert not lag.caught_up
+    finally:
+        a.close()
+
+
+def test_lag_is_unknown_not_zero_before_the_backup_reports(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    try:
+        a.create_volume("db", 2 * MiB)
+        a.create_primary_group("grp", ["db"], NOWHERE)
+        a.write("db", 0, b"x" * 100)
+        lag = a.primary["grp"].lag()
+        assert lag.state == "copy"
+        assert lag.sequence_lag is None and lag.time_lag_s is None
+        assert lag.time_lag_s != 0.0 and not lag.caught_up
+        assert str(lag.main) == "g1/1"
+    finally:
+        a.close()
