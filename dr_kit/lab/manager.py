@@ -1,0 +1,674 @@
+"""Starting, checking and stopping the lab: two sites and their processes on this machine.
+
+    up(dir=None, *, rate=None, timeout=60, progress=None) -> dict
+    ensure_up(dir=None) -> dict            # what notebooks call: start only when not running
+    status(dir=None) -> dict
+    down(dir=None, *, purge=False, progress=None) -> dict
+    set_workload(dir, rate) -> dict
+    set_link(dir, delay_ms=None, rate_mbit=None, cut=None) -> dict
+
+Processes, in start order (stopped in reverse)::
+
+    main-array  backup-array  link  main-api  backup-api       (no dependencies)
+    main-controllers  backup-controllers                        (need lab.json, kubeconfig)
+    shop  operator                                              (need the bound shop PVCs)
+
+Ports are chosen once, on the first ``up``, and kept in ``lab.json``: the kubeconfig, the
+replication addresses and the objects that name them stay valid across restarts.  The
+sites' tokens live only in the kubeconfig (0600) and reach the API servers through their
+environment.  Every Kubernetes call goes through a kubeconfig context with the official
+client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import secrets
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dr_kit.errors import InvalidInput, NotFound, Unavailable
+from dr_kit.lab import processes
+from dr_kit.lab.layout import (
+    CSI_DRIVER,
+    SHOP_NAMESPACE,
+    SHOP_PVC_SIZE,
+    SHOP_PVCS,
+    SITES,
+    SNAPSHOT_CLASS,
+    STORAGE_CLASS,
+    VOLUME_SNAPSHOT_CLASS,
+    LabDir,
+)
+
+Progress = Callable[[str], None]
+
+STATE_VERSION = 1
+DEFAULT_RATE = 5.0  # shop transactions per second on the first up
+PORT_NAMES = ("main_api", "backup_api", "main_mgmt", "backup_mgmt", "main_repl", "backup_repl",
+              "link", "link_control")
+START_ORDER = ("main-array", "backup-array", "link", "main-api", "backup-api",
+               "main-controllers", "backup-controllers", "shop", "operator")
+LABELS = {"main-array": "main array", "backup-array": "backup array", "link": "replication link",
+          "main-api": "main API server", "backup-api": "backup API server",
+          "main-controllers": "main controllers", "backup-controllers": "backup controllers",
+          "shop": "shop application", "operator": "operator"}
+# down stops these groups one after the other (each group at once), users first
+STOP_TIERS = (("shop", "operator"), ("main-controllers", "backup-controllers"),
+              ("link", "main-api", "backup-api"), ("main-array", "backup-array"))
+# seconds a process gets between SIGTERM and SIGKILL (the operator holds no state of its own)
+STOP_GRACE = {"operator": 3.0}
+TOKEN_ENV = "DR_KIT_APISERVER_TOKEN"
+SHOP_DEPLOYMENT = "shop"
+QUERY_TIMEOUT = 3.0  # seconds for each status query; a dead site must not hang `status`
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _locked(lab: LabDir) -> Iterator[None]:
+    """One manager at a time per lab directory (two `up`s must not start two labs)."""
+    lab.run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lab.run / "lab.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_rate(rate: Any) -> float:
+    """A shop rate in transactions per second: a finite number >= 0 (0 pauses the shop)."""
+    try:
+        r = float(rate)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"the shop rate must be a number of transactions per second, "
+                           f"got {rate!r}") from None
+    if not math.isfinite(r) or r < 0:
+        raise InvalidInput(f"the shop rate must be >= 0 transactions per second (0 pauses), got {rate}")
+    return r
+
+
+def _check_number(value: Any, what: str, lo: float, hi: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise InvalidInput(f"{what} must be between {lo:g} and {hi:g}, got {value}")
+    return v
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def _array_socket(lab: LabDir, site: str) -> str:
+    from dr_kit.storage.server import socket_path_for
+
+    return str(socket_path_for(lab.array_dir(site)))
+
+
+def _new_state(lab: LabDir) -> dict[str, Any]:
+    ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
+    return {"version": STATE_VERSION, "ports": ports, "endpoints": _endpoints(lab, ports),
+            "processes": {}, "seeded": False, "link_settings": {"delay_ms": 0.0, "rate_mbit": 0.0}}
+
+
+def _endpoints(lab: LabDir, ports: dict[str, int]) -> dict[str, Any]:
+    ep: dict[str, Any] = {}
+    for site in SITES:
+        ep[site] = {"api": f"https://127.0.0.1:{ports[f'{site}_api']}",
+                    "array": {"mgmt_url": f"http://127.0.0.1:{ports[f'{site}_mgmt']}",
+                              "data_socket": _array_socket(lab, site),
+                              "replication": f"127.0.0.1:{ports[f'{site}_repl']}"}}
+    ep["link"] = {"listen": f"127.0.0.1:{ports['link']}",
+                  "control_url": f"http://127.0.0.1:{ports['link_control']}",
+                  "target": f"127.0.0.1:{ports['backup_repl']}"}
+    return ep
+
+
+def _tokens(lab: LabDir) -> dict[str, str] | None:
+    """The sites' tokens as kept in the kubeconfig, or None when there is none to reuse."""
+    try:
+        doc = yaml.safe_load(lab.kubeconfig.read_text())
+        users = {u["name"]: u["user"]["token"] for u in doc["users"]}
+        return {site: str(users[site]) for site in SITES}
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def _write_kubeconfig(lab: LabDir, state: dict[str, Any], tokens: dict[str, str]) -> None:
+    from dr_kit.lab.apiserver import read_ca, write_kubeconfig
+
+    sites = {site: (state["endpoints"][site]["api"], tokens[site], read_ca(lab.api_dir(site)))
+             for site in SITES}
+    write_kubeconfig(lab.kubeconfig, sites, current="main")
+
+
+# -- process commands --------------------------------------------------------------------------
+
+
+def _command(lab: LabDir, name: str, state: dict[str, Any]) -> list[str]:
+    ports, py = state["ports"], processes.python_cmd
+    site = name.split("-", 1)[0]
+    if name.endswith("-array"):
+        return py("dr_kit.storage.server", "--dir", str(lab.array_dir(site)), "--name", site,
+                  "--mgmt-port", str(ports[f"{site}_mgmt"]), "--repl-port", str(ports[f"{site}_repl"]),
+                  "--ready-file", str(lab.ready_file(name)))
+    if name == "link":
+        ls = state.get("link_settings") or {}
+        return py("dr_kit.storage.link", "--target", f"127.0.0.1:{ports['backup_repl']}",
+                  "--port", str(ports["link"]), "--control-port", str(ports["link_control"]),
+                  "--delay-ms", str(float(ls.get("delay_ms") or 0.0)),
+                  "--rate-mbit", str(float(ls.get("rate_mbit") or 0.0)),
+                  "--ready-file", str(lab.ready_file(name)))
+    if name.endswith("-api"):
+        return py("dr_kit.lab.apiserver", "--state-dir", str(lab.api_dir(site)),
+                  "--port", str(ports[f"{site}_api"]), "--ready-file", str(lab.ready_file(name)))
+    if name.endswith("-controllers"):
+        return py("dr_kit.lab.controllers", "--dir", str(lab.root), "--site", site,
+                  "--ready-file", str(lab.ready_file(name)))
+    if name == "shop":
+        return py("dr_kit.lab.shopapp", "--dir", str(lab.root), "--ready-file", str(lab.ready_file(name)))
+    if name == "operator":
+        return py("dr_kit.cli", "operator", "run", "--kubeconfig", str(lab.kubeconfig),
+                  "--dir", str(lab.root), "--context", "main", "--backup-context", "backup")
+    raise ValueError(name)
+
+
+def _spawn(lab: LabDir, name: str, state: dict[str, Any], tokens: dict[str, str]) -> processes.Started:
+    extra = {TOKEN_ENV: tokens[name.split("-", 1)[0]]} if name.endswith("-api") else {}
+    ready_file = None if name == "operator" else lab.ready_file(name)
+    p = processes.spawn(name, _command(lab, name, state), log=lab.log_file(name),
+                        env=processes.base_env(extra), ready_file=ready_file,
+                        ready_pattern="operator watching" if name == "operator" else None,
+                        cwd=lab.root)
+    if name in STOP_GRACE:
+        p.record["stop_grace"] = STOP_GRACE[name]
+    state["processes"][name] = p.record
+    lab.save(state)  # recorded before waiting: an interrupted up leaves nothing untracked
+    return p
+
+
+def _start_all(lab: LabDir, names: list[str], state: dict[str, Any], tokens: dict[str, str],
+               deadline: float, progress: Progress) -> dict[str, str]:
+    """Start ``names`` together, wait for each; return their ready-file texts."""
+    started = [_spawn(lab, n, state, tokens) for n in names]
+    ready: dict[str, str] = {}
+    for p in started:
+        ready[p.name] = processes.wait_ready(p, deadline)
+        progress(f"starting {LABELS[p.name]} ... ok ({time.monotonic() - p.t0:.1f} s)")
+    return ready
+
+
+# -- Kubernetes -----------------------------------------------------------------------------------
+
+
+def _client(lab: LabDir, site: str):
+    from kubernetes import config as k8s_config
+
+    try:
+        return k8s_config.new_client_from_config(config_file=str(lab.kubeconfig), context=site)
+    except k8s_config.ConfigException as e:
+        raise Unavailable(f"kubeconfig {lab.kubeconfig}: {str(e).splitlines()[0]}") from None
+
+
+def _create(fn: Callable[..., Any], *args: Any) -> bool:
+    """Create an object; False when it already exists."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        fn(*args, _request_timeout=10)
+        return True
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        raise Unavailable(f"could not create a seed object: HTTP {e.status} {e.reason}: "
+                          f"{_api_message(e)}") from None
+
+
+def _api_message(e: Exception) -> str:
+    try:
+        return json.loads(e.body).get("message", "")  # type: ignore[attr-defined]
+    except (ValueError, TypeError, AttributeError):
+        return ""
+
+
+def _shop_deployment() -> dict[str, Any]:
+    labels = {"app": "shop", "app.kubernetes.io/part-of": "dr-kit-lab"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": SHOP_DEPLOYMENT, "namespace": SHOP_NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 1, "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{
+                    "name": "shop", "image": "dr-kit/shopapp:lab",
+                    "command": ["python", "-m", "dr_kit.lab.shopapp"],
+                    "volumeMounts": [{"name": pvc, "mountPath": f"/data/{pvc}"} for pvc in SHOP_PVCS]}],
+                    "volumes": [{"name": pvc, "persistentVolumeClaim": {"claimName": pvc}}
+                                for pvc in SHOP_PVCS]}}}}
+
+
+def _seed(lab: LabDir) -> list[str]:
+    """Create the lab's standing objects (idempotent); returns what was created."""
+    from kubernetes import client as k8s
+
+    created: list[str] = []
+    for site in SITES:
+        api = _client(lab, site)
+        sc = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+              "metadata": {"name": STORAGE_CLASS}, "provisioner": CSI_DRIVER,
+              "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}
+        if _create(k8s.StorageV1Api(api).create_storage_class, sc):
+            created.append(f"{site}: storageclass/{STORAGE_CLASS}")
+        if site == "backup":
+            custom = k8s.CustomObjectsApi(api)
+            vgsc = {"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
+                    "kind": "VolumeGroupSnapshotClass", "metadata": {"name": SNAPSHOT_CLASS},
+                    "driver": CSI_DRIVER, "deletionPolicy": "Delete"}
+            if _create(custom.create_cluster_custom_object, "groupsnapshot.storage.k8s.io",
+                       "v1beta2", "volumegroupsnapshotclasses", vgsc):
+                created.append(f"{site}: volumegroupsnapshotclass/{SNAPSHOT_CLASS}")
+            vsc = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+                   "metadata": {"name": VOLUME_SNAPSHOT_CLASS}, "driver": CSI_DRIVER,
+                   "deletionPolicy": "Delete"}
+            if _create(custom.create_cluster_custom_object, "snapshot.storage.k8s.io", "v1",
+                       "volumesnapshotclasses", vsc):
+                created.append(f"{site}: volumesnapshotclass/{VOLUME_SNAPSHOT_CLASS}")
+    api = _client(lab, "main")
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    ns = {"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": SHOP_NAMESPACE, "labels": {"app.kubernetes.io/part-of": "dr-kit-lab"}}}
+    if _create(core.create_namespace, ns):
+        created.append(f"main: namespace/{SHOP_NAMESPACE}")
+    for pvc in SHOP_PVCS:
+        body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": pvc, "namespace": SHOP_NAMESPACE, "labels": {"app": "shop"}},
+                "spec": {"storageClassName": STORAGE_CLASS, "accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": SHOP_PVC_SIZE}}}}
+        if _create(core.create_namespaced_persistent_volume_claim, SHOP_NAMESPACE, body):
+            created.append(f"main: persistentvolumeclaim/{pvc}")
+    if _create(apps.create_namespaced_deployment, SHOP_NAMESPACE, _shop_deployment()):
+        created.append(f"main: deployment/{SHOP_DEPLOYMENT}")
+    return created
+
+
+def _wait_bound(lab: LabDir, deadline: float) -> None:
+    from kubernetes import client as k8s
+    from kubernetes.client.rest import ApiException
+
+    core = k8s.CoreV1Api(_client(lab, "main"))
+    pending = set(SHOP_PVCS)
+    while pending:
+        for pvc in sorted(pending):
+            try:
+                obj = core.read_namespaced_persistent_volume_claim(pvc, SHOP_NAMESPACE,
+                                                                   _request_timeout=5)
+            except ApiException as e:
+                if e.status == 404:  # deleted by a user after seeding: nothing to wait for
+                    pending.discard(pvc)
+                    continue
+                raise
+            if obj.status and obj.status.phase == "Bound":
+                pending.discard(pvc)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise Unavailable(f"PVCs {', '.join(sorted(pending))} in namespace {SHOP_NAMESPACE} are "
+                              f"not Bound in time; see {lab.log_file('main-controllers')}")
+        time.sleep(0.1)
+
+
+def _mark_shop(lab: LabDir, running: bool, pid: int | None = None) -> None:
+    """Give the shop Deployment a truthful status (best effort: the API may be down)."""
+    from kubernetes import client as k8s
+
+    try:
+        apps = k8s.AppsV1Api(_client(lab, "main"))
+        dep = apps.read_namespaced_deployment(SHOP_DEPLOYMENT, SHOP_NAMESPACE, _request_timeout=5)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        n = 1 if running else 0
+        message = (f"the shop application runs as process {pid}" if running
+                   else "the shop application is stopped")
+        status = {"observedGeneration": dep.metadata.generation or 1, "replicas": n,
+                  "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
+                  "unavailableReplicas": 1 - n,
+                  "conditions": [{"type": "Available", "status": "True" if running else "False",
+                                  "reason": "ShopRunning" if running else "ShopStopped",
+                                  "message": message, "lastUpdateTime": now,
+                                  "lastTransitionTime": now}]}
+        apps.patch_namespaced_deployment_status(SHOP_DEPLOYMENT, SHOP_NAMESPACE,
+                                                {"status": status}, _request_timeout=5)
+    except Exception:  # noqa: BLE001 - best effort: the site may be down
+        pass
+
+
+# -- up / down --------------------------------------------------------------------------------------
+
+
+def _alive_names(state: dict[str, Any]) -> set[str]:
+    recs = state.get("processes") or {}
+    return {n for n in START_ORDER if processes.alive(recs.get(n))}
+
+
+def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None,  # noqa: A002
+       timeout: float = 60.0, progress: Progress | None = None) -> dict[str, Any]:
+    """Start the lab in ``dir`` (default ``.dr-lab``) and return when both sites are ready.
+
+    Idempotent: on a running lab it changes nothing; after a crash it restarts only the dead
+    processes.  ``rate`` sets the shop's transactions per second (default 5 on the first
+    up; later ups keep the current rate unless given).
+    """
+    say = progress or _quiet
+    lab = LabDir.of(dir)
+    if rate is not None:
+        rate = check_rate(rate)
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    with _locked(lab):
+        first = not lab.exists()
+        state = _new_state(lab) if first else lab.load()
+        state.setdefault("processes", {})
+        state.setdefault("link_settings", {"delay_ms": 0.0, "rate_mbit": 0.0})
+        alive = _alive_names(state)
+        if alive == set(START_ORDER) and state.get("seeded"):
+            if rate is not None:
+                set_workload(lab.root, rate)
+            say(f"lab in {lab.root} is running ({len(alive)} processes); nothing to start")
+            return _summary(lab, state, started=[], seconds=time.monotonic() - t0, running=True)
+        for n in alive:
+            say(f"{LABELS[n]} is running (pid {state['processes'][n]['pid']})")
+        for d in (lab.logs, lab.run, *(lab.api_dir(s) for s in SITES), *(lab.array_dir(s) for s in SITES)):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(lab.root, 0o700)
+        lab.save(state)
+
+        tokens = _tokens(lab)
+        if tokens is None:  # no kubeconfig: new tokens, so running API servers must restart
+            tokens = {site: secrets.token_urlsafe(32) for site in SITES}
+            stale = [state["processes"][n] for n in ("main-api", "backup-api") if n in alive]
+            processes.stop(stale)
+            alive -= {"main-api", "backup-api"}
+        started: list[str] = []
+
+        def todo(*names: str) -> list[str]:
+            return [n for n in names if n not in alive]
+
+        # 1: arrays, link, API servers (ports are known, so all at once)
+        names = todo("main-array", "backup-array", "link", "main-api", "backup-api")
+        ready = _start_all(lab, names, state, tokens, deadline, say)
+        started += names
+        for site in SITES:
+            info = _read_json(lab.ready_file(f"{site}-array")) if f"{site}-array" in ready else None
+            if info:
+                state["endpoints"][site]["array"] = {k: info[k] for k in
+                                                     ("mgmt_url", "data_socket", "replication")}
+        lab.save(state)
+        _write_kubeconfig(lab, state, tokens)
+
+        # 2: controllers, while the standing objects are created
+        ctl = [_spawn(lab, n, state, tokens) for n in todo("main-controllers", "backup-controllers")]
+        if not state.get("seeded"):
+            t = time.monotonic()
+            created = _seed(lab)
+            say(f"creating {len(created)} objects (storage classes, namespace {SHOP_NAMESPACE}, "
+                f"PVCs, deployment) ... ok ({time.monotonic() - t:.1f} s)")
+        for p in ctl:
+            processes.wait_ready(p, deadline)
+            say(f"starting {LABELS[p.name]} ... ok ({time.monotonic() - p.t0:.1f} s)")
+            started.append(p.name)
+        t = time.monotonic()
+        _wait_bound(lab, deadline)
+        say(f"PVCs {', '.join(SHOP_PVCS)} bound ({time.monotonic() - t:.1f} s)")
+
+        # 3: the shop and the operator
+        control = _read_json(lab.shop_control)
+        if control is None or rate is not None:
+            control = {**(control or {}), "rate": DEFAULT_RATE if rate is None else rate}
+            _write_json(lab.shop_control, control)
+        names = todo("shop", "operator")
+        _start_all(lab, names, state, tokens, deadline, say)
+        started += names
+        if "shop" in names or not state.get("seeded"):
+            _mark_shop(lab, True, state["processes"]["shop"]["pid"])
+        state["seeded"] = True
+        lab.save(state)
+        seconds = time.monotonic() - t0
+        say(f"lab up in {seconds:.1f} s: kubeconfig {lab.kubeconfig} (contexts main, backup)")
+        return _summary(lab, state, started=started, seconds=seconds, running=False)
+
+
+def _summary(lab: LabDir, state: dict[str, Any], *, started: list[str], seconds: float,
+             running: bool) -> dict[str, Any]:
+    return {"dir": str(lab.root), "kubeconfig": str(lab.kubeconfig), "already_running": running,
+            "started": started, "seconds": round(seconds, 2), "endpoints": state["endpoints"],
+            "processes": {n: r["pid"] for n, r in state["processes"].items()}}
+
+
+def ensure_up(dir: str | os.PathLike[str] | None = None, *, timeout: float = 60.0,  # noqa: A002
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Start the lab when it is not running (what notebooks call first); a no-op otherwise."""
+    lab = LabDir.of(dir)
+    if lab.exists():
+        state = lab.load()
+        if state.get("seeded") and _alive_names(state) == set(START_ORDER):
+            return _summary(lab, state, started=[], seconds=0.0, running=True)
+    return up(lab.root, timeout=timeout, progress=progress)
+
+
+def down(dir: str | os.PathLike[str] | None = None, *, purge: bool = False,  # noqa: A002
+         progress: Progress | None = None) -> dict[str, Any]:
+    """Stop every process of the lab (verified by pid); keep its state unless ``purge``."""
+    say = progress or _quiet
+    lab = LabDir.of(dir)
+    if not lab.exists():
+        raise NotFound(f"no lab in {lab.root} (no {lab.state_file.name}); nothing to stop")
+    with _locked(lab):
+        state = lab.load()
+        recs = state.get("processes") or {}
+        order = [n for n in START_ORDER if n in recs] + [n for n in recs if n not in START_ORDER]
+        alive = [n for n in order if processes.alive(recs[n])]
+        for tier in STOP_TIERS:
+            names = [n for n in alive if n in tier or (tier is STOP_TIERS[0] and n not in START_ORDER)]
+            processes.stop([recs[n] for n in names])
+            if "shop" in names and "main-api" in alive:
+                _mark_shop(lab, False)
+        left = [n for n in order if processes.alive(recs[n])]
+        if left:
+            raise Unavailable(f"still running after stop: {', '.join(left)}")
+        for n in reversed(alive):
+            say(f"stopped {LABELS.get(n, n)} (pid {recs[n]['pid']})")
+        state["processes"] = {}
+        lab.save(state)
+        for n in START_ORDER:
+            lab.ready_file(n).unlink(missing_ok=True)
+    if purge:
+        shutil.rmtree(lab.root)
+        say(f"removed {lab.root}")
+    else:
+        say(f"lab stopped; state kept in {lab.root} (dr-kit lab up to start it again)")
+    return {"dir": str(lab.root), "stopped": alive, "purged": purge}
+
+
+# -- controls -----------------------------------------------------------------------------------------
+
+
+def set_workload(dir: str | os.PathLike[str] | None, rate: float) -> dict[str, Any]:  # noqa: A002
+    """Set the shop's transaction rate (per second; 0 pauses it). Returns the new controls."""
+    rate = check_rate(rate)
+    lab = LabDir.of(dir)
+    lab.load()  # NotFound when there is no lab
+    control = {**(_read_json(lab.shop_control) or {}), "rate": rate}
+    _write_json(lab.shop_control, control)
+    return control
+
+
+def _link_call(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + "/link", data=data, method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("message", "")
+        except ValueError:
+            msg = f"HTTP {e.code}"
+        raise InvalidInput(f"link emulator refused the change: {msg}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise Unavailable(f"the link emulator at {url} is unreachable ({getattr(e, 'reason', e)}); "
+                          "is the lab up? (dr-kit lab status)") from None
+
+
+def set_link(dir: str | os.PathLike[str] | None, delay_ms: float | None = None,  # noqa: A002
+             rate_mbit: float | None = None, cut: bool | None = None) -> dict[str, Any]:
+    """Change the replication link: one-way delay, rate cap (0 = unlimited), cut or restore.
+
+    Delay and rate are remembered in ``lab.json`` and survive a restart of the link; a cut
+    does not (a restarted link is whole).  Returns the link's state.
+    """
+    body: dict[str, Any] = {}
+    if delay_ms is not None:
+        body["delay_ms"] = _check_number(delay_ms, "the link delay (ms)", 0, 10_000)
+    if rate_mbit is not None:
+        body["rate_mbit"] = _check_number(rate_mbit, "the link rate (Mbit/s, 0 = unlimited)", 0, 1e6)
+    if cut is not None:
+        body["cut"] = bool(cut)
+    lab = LabDir.of(dir)
+    with _locked(lab):
+        state = lab.load()
+        result = _link_call(state["endpoints"]["link"]["control_url"], body)
+        settings = state.setdefault("link_settings", {})
+        for k in ("delay_ms", "rate_mbit"):
+            if k in body:
+                settings[k] = body[k]
+        lab.save(state)
+    return result
+
+
+# -- status -------------------------------------------------------------------------------------------
+
+
+def _site_objects(lab: LabDir, site: str) -> dict[str, Any]:
+    from kubernetes import client as k8s
+
+    try:
+        api = _client(lab, site)
+        api.configuration.retries = 0
+        core = k8s.CoreV1Api(api)
+        nss = core.list_namespace(_request_timeout=QUERY_TIMEOUT)
+        pvcs = core.list_persistent_volume_claim_for_all_namespaces(_request_timeout=QUERY_TIMEOUT)
+        return {"reachable": True,
+                "namespaces": sorted(n.metadata.name for n in nss.items),
+                "pvcs": [{"namespace": p.metadata.namespace, "name": p.metadata.name,
+                          "phase": p.status.phase if p.status else None,
+                          "volume": p.spec.volume_name} for p in pvcs.items]}
+    except Exception as e:  # noqa: BLE001 - any failure means: not reachable now
+        return {"reachable": False, "error": _one_line(e), "namespaces": [], "pvcs": []}
+
+
+def _one_line(e: Exception) -> str:
+    from kubernetes.client.rest import ApiException
+
+    if isinstance(e, ApiException):
+        return f"HTTP {e.status} {e.reason}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:200]
+
+
+def _array_view(endpoint: dict[str, str]) -> dict[str, Any]:
+    from dr_kit.storage.client import ArrayClient
+
+    try:
+        st = ArrayClient(endpoint["mgmt_url"], endpoint.get("data_socket"), timeout=QUERY_TIMEOUT).status()
+    except Exception as e:  # noqa: BLE001
+        return {"reachable": False, "error": _one_line(e), "volumes": [], "groups": [], "snapshots": 0}
+    return {"reachable": True, "volumes": st.get("volumes", []), "groups": st.get("groups", []),
+            "snapshots": len(st.get("snapshots", [])), "problems": st.get("problems", [])}
+
+
+def status(dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:  # noqa: A002
+    """Everything about the lab in ``dir``: processes (alive by pid), sites, arrays, groups, lag, shop."""
+    lab = LabDir.of(dir)
+    state = lab.load()
+    recs = state.get("processes") or {}
+    procs = {}
+    for n in [*START_ORDER, *(n for n in recs if n not in START_ORDER)]:
+        rec = recs.get(n)
+        procs[n] = {"pid": rec["pid"] if rec else None, "alive": processes.alive(rec),
+                    "cmd": rec["cmd"] if rec else None, "log": str(lab.log_file(n))}
+    sites: dict[str, Any] = {}
+    for site in SITES:
+        ep = state["endpoints"][site]
+        objs = _site_objects(lab, site) if lab.kubeconfig.exists() else {
+            "reachable": False, "error": "no kubeconfig", "namespaces": [], "pvcs": []}
+        sites[site] = {"api": {"url": ep["api"], "reachable": objs.pop("reachable"),
+                               **({"error": objs.pop("error")} if "error" in objs else {})},
+                       **objs, "array": {"endpoint": ep["array"], **_array_view(ep["array"])}}
+    groups = []
+    for site in SITES:
+        for g in sites[site]["array"]["groups"]:
+            groups.append({"name": g["name"], "site": site, "side": g.get("side"),
+                           "state": g.get("state"), "mode": g.get("mode"),
+                           "message": g.get("message", ""), "members": g.get("members", {}),
+                           "lag": g.get("lag")})
+    link_ep = state["endpoints"]["link"]
+    try:
+        link = {"reachable": True, **_link_call(link_ep["control_url"])}
+    except Unavailable as e:
+        link = {"reachable": False, "error": str(e), **link_ep}
+    shop = {"control": _read_json(lab.shop_control), "status": _read_json(lab.shop_status),
+            "alive": procs["shop"]["alive"]}
+    return {"dir": str(lab.root), "kubeconfig": str(lab.kubeconfig), "version": state.get("version"),
+            "running": all(p["alive"] for p in procs.values()) and bool(recs),
+            "seeded": bool(state.get("seeded")), "ports": state["ports"],
+            "endpoints": state["endpoints"], "processes": procs, "sites": sites,
+            "groups": groups, "link": link, "shop": shop}
