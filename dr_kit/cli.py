@@ -58,6 +58,11 @@ def _registrars() -> list[Registrar]:
         regs.append(operator_parser)
     except ImportError:  # pragma: no cover - optional area not installed
         pass
+    try:
+        from dr_kit.lab.cli import add_parser as lab_parser
+        regs.append(lab_parser)
+    except ImportError:  # pragma: no cover - optional area not installed
+        pass
     return regs
 
 
