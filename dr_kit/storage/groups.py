@@ -166,19 +166,23 @@ class PrimaryGroup:
     # -- acknowledgements from the backup -------------------------------------------
     def on_ack(self, received: int, applied: int, applied_time: float, state: str | None,
                consistent: bool | None) -> None:
-        with self.lock:
+        old = None
+        with self.lock:  # held briefly: the commit path takes this lock too
             self.reported = True
             self.backup_state, self.backup_consistent = state, consistent
             if received > self.acked_seq:
                 self.acked_seq = received
-            if applied >= self.applied_seq:
-                if applied > self.applied_seq:
-                    self.applied_bytes += (self.journal.bytes_after(self.applied_seq)
-                                           - self.journal.bytes_after(applied))
+                if self.mode == "sync":
+                    self.changed.notify_all()  # release synchronous writers
+            if applied > self.applied_seq:
+                old = self.applied_seq
                 self.applied_seq, self.applied_time = applied, applied_time
-                self.backup.store(applied, self.journal.generation, applied_time)
-                self.journal.free_through(applied)
-            self.changed.notify_all()
+            elif applied == self.applied_seq:
+                self.applied_time = applied_time or self.applied_time
+        if old is not None:  # bookkeeping off the commit path's lock
+            self.applied_bytes += self.journal.bytes_after(old) - self.journal.bytes_after(applied)
+            self.backup.store(applied, self.journal.generation, applied_time)
+            self.journal.free_through(applied)
 
     # -- resync / initial copy (called by the sender) -------------------------------
     def begin_copy(self) -> tuple[int, int, bool]:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dr_kit.replication")
 COPY_WINDOW = 64  # copy frames in flight before waiting for the backup
 GUARD_PREFIX = "resync-guard-"
-BATCH_GATHER_S = 0.002
+BATCH_GATHER_S = 0.002  # asynchronous pairs: let writes gather this long before a transfer
+ACK_INTERVAL_S = 0.002  # asynchronous pairs: at most one acknowledgement per this interval
 
 
 def _is_hole(fd: int, offset: int, length: int) -> bool:
@@ -100,7 +101,7 @@ class Sender(threading.Thread):
         g.conf.pop("reconnect", None)
         members = {str(vid): [g.remote_names[vid], v.size] for vid, v in g.members.items()}
         wire.send_json(sock, wire.HELLO, {"group": g.name, "generation": g.generation,
-                                          "members": members,
+                                          "members": members, "mode": g.mode,
                                           "journal_capacity": g.journal.capacity})
         ftype, payload = wire.recv(sock)
         if ftype == wire.ERROR:
@@ -287,6 +288,30 @@ class _Conn(socketserver.BaseRequestHandler):
         self.send_lock = threading.Lock()
         self.grp: SecondaryGroup | None = None
         self.copied = 0
+        self.mode = "async"
+        self._ack_due = threading.Event()
+        self._closing = False
+
+    def _ack_loop(self) -> None:
+        """Asynchronous pairs: at most one acknowledgement per ACK_INTERVAL_S, carrying the
+        latest received and applied positions (fewer wake-ups at the main site)."""
+        while not self._closing:
+            self._ack_due.wait(0.5)
+            if self._closing:
+                return
+            if self._ack_due.is_set():
+                self._ack_due.clear()
+                try:
+                    self.ack()
+                except OSError:
+                    return
+                time.sleep(ACK_INTERVAL_S)
+
+    def ack_soon(self) -> None:
+        if self.mode == "sync":
+            self.ack()
+        else:
+            self._ack_due.set()
 
     def _state(self, **extra: Any) -> dict[str, Any]:
         g = self.grp
@@ -321,7 +346,9 @@ class _Conn(socketserver.BaseRequestHandler):
                 return
             self.server.service.ensure_threads()
             g = self.grp
-            g.listeners.append(self.ack)
+            self.mode = hello.get("mode", "async")
+            threading.Thread(target=self._ack_loop, daemon=True, name=f"acks-{g.name}").start()
+            g.listeners.append(self.ack_soon)
             self._send(wire.STATE, self._state())
             while True:
                 ftype, payload = wire.recv(sock)
@@ -331,7 +358,7 @@ class _Conn(socketserver.BaseRequestHandler):
                     except JournalError as e:
                         self._send(wire.ERROR, {"message": str(e)})
                         continue
-                    self.ack()
+                    self.ack_soon()
                 elif ftype == wire.COPYDATA:
                     vid, off, flags = wire.COPY.unpack_from(payload)
                     vol = g.members[vid]
@@ -362,8 +389,10 @@ class _Conn(socketserver.BaseRequestHandler):
         except (OSError, DrKitError, ValueError):
             pass
         finally:
-            if self.grp is not None and self.ack in self.grp.listeners:
-                self.grp.listeners.remove(self.ack)
+            self._closing = True
+            self._ack_due.set()
+            if self.grp is not None and self.ack_soon in self.grp.listeners:
+                self.grp.listeners.remove(self.ack_soon)
 
     def _start_copy(self, g: SecondaryGroup, msg: dict[str, Any]) -> None:
         array = self.server.array

@@ -1,0 +1,338 @@
+"""Benchmarks of the brief's targets, measured side by side in one run (``dr-kit bench``).
+
+Everything runs in one process tree on this machine: a main and a backup array process,
+a link emulator process between them, and the shop (SQLite through the array VFS) in this
+process.  Modes are interleaved in short blocks so that ratios compare like with like on
+a shared, noisy machine.  The figures are whatever this machine does; nothing is tuned
+per run.
+
+- commit latency of the shop, replication off / asynchronous / synchronous, at link
+  delays 0, 5 and 20 ms (one way, so the round trip is twice that);
+- journal lag (time, entries, bytes) at 100 and 1,000 writes/s, and backup apply
+  throughput against the write rate;
+- snapshot group creation for 1 MiB and 1 GiB volumes, and clone open time;
+- initial copy throughput of a 1 GiB volume (``--quick``: 256 MiB), with progress;
+- peak RSS of the array processes during the large runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from dr_kit.shop.workload import Shop, open_shop, seed
+from dr_kit.sqlite import vfs as sqlite_vfs
+from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
+
+Progress = Callable[[str], None]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+class _Link:
+    """The link emulator as its own process (so it takes no CPU time from the shop)."""
+
+    def __init__(self, root: Path, target: str) -> None:
+        ready = root / "link.ready"
+        self.proc = subprocess.Popen([sys.executable, "-m", "dr_kit.storage.link", "--target", target,
+                                      "--ready-file", str(ready)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("link emulator did not start")
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        self.address, self.control = info["listen"], info["control_url"]
+
+    def set(self, **body: Any) -> None:
+        import urllib.request
+        req = urllib.request.Request(self.control + "/link", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class _Rss:
+    """Samples the peak RSS of processes in a thread."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in pids]
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, max(p.memory_info().rss for p in self.procs))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> _Rss:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+class Bench:
+    def __init__(self, root: Path, *, quick: bool, progress: Progress) -> None:
+        self.root, self.quick, self.say = root, quick, progress
+        self.main: ArrayHandle = start_array(root / "main", "main")
+        self.backup: ArrayHandle = start_array(root / "backup", "backup")
+        self.link = _Link(root, self.backup.replication)
+        self.mc: ArrayClient = self.main.client
+        self.bc: ArrayClient = self.backup.client
+        self.vfs = sqlite_vfs.register(f"bench-{os.getpid()}", self.mc.open_volume)
+
+    def close(self) -> None:
+        self.link.stop()
+        self.main.stop()
+        self.backup.stop()
+
+    def _wait_pair(self, group: str, timeout: float = 600.0, progress: bool = False) -> None:
+        last = -1.0
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.mc.group_status(group)
+            if st["state"] == "pair" and st["lag"]["consistent"]:
+                return
+            if progress and st["copy"]["total"]:
+                frac = st["copy"]["done"] / st["copy"]["total"]
+                if frac - last >= 0.1:
+                    self.say(f"    initial copy {group}: {frac:5.0%} of {st['copy']['total']} regions")
+                    last = frac
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {group} did not reach pair: {st['state']} {st['message']}")
+            time.sleep(0.05)
+
+    # -- 1. commit latency ------------------------------------------------------------
+    def commit_latency(self) -> dict[str, Any]:
+        self.say("commit latency: replication off / async / sync, interleaved")
+        shops: dict[str, Shop] = {}
+        for mode in ("off", "async", "sync"):
+            vols = {"stock": f"{mode}-stock", "sales": f"{mode}-sales"}
+            for v in vols.values():
+                self.mc.create_volume(v, 32 << 20)
+            stock, sales = open_shop(self.vfs, stock_volume=vols["stock"], sales_volume=vols["sales"])
+            seed(stock, sales)
+            if mode != "off":
+                self.mc.create_group(f"bench-{mode}", list(vols.values()), self.link.address, mode=mode)
+                self._wait_pair(f"bench-{mode}")
+            shops[mode] = Shop(stock, sales, seed_value=7, keep_latencies=10**6)
+        out: dict[str, Any] = {}
+        rounds = 6 if self.quick else 15
+        block = {"off": 20, "async": 20, "sync": 20}
+        for delay in (0, 5, 20):
+            self.link.set(delay_ms=delay)
+            lat: dict[str, list[float]] = {m: [] for m in shops}
+            t_mode: dict[str, float] = {m: 0.0 for m in shops}
+            for _ in range(rounds):
+                for mode, shop in shops.items():
+                    n = block[mode] if not (mode == "sync" and delay >= 5) else max(3, block[mode] // 4)
+                    shop.stats.latencies_ms.clear()
+                    t0 = time.perf_counter()
+                    shop.run(0, count=n)
+                    t_mode[mode] += time.perf_counter() - t0
+                    lat[mode] += shop.stats.latencies_ms
+            row = {}
+            for mode, values in lat.items():
+                row[mode] = {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "n": len(values),
+                             "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
+            row["async_over_off_p50"] = row["async"]["p50_ms"] / row["off"]["p50_ms"]
+            row["async_over_off_p99"] = row["async"]["p99_ms"] / row["off"]["p99_ms"]
+            row["sync_over_off_p50"] = row["sync"]["p50_ms"] / row["off"]["p50_ms"]
+            out[f"{delay}ms"] = row
+            self.say(f"  delay {delay:>2} ms: p50 off {row['off']['p50_ms']:.2f} ms, async "
+                     f"{row['async']['p50_ms']:.2f} ms ({row['async_over_off_p50']:.2f}x), sync "
+                     f"{row['sync']['p50_ms']:.2f} ms ({row['sync_over_off_p50']:.1f}x)")
+        self.link.set(delay_ms=0)
+        for shop in shops.values():
+            shop.stock.close()
+            shop.sales.close()
+        for mode in ("async", "sync"):
+            self.mc.delete_group(f"bench-{mode}")
+            self.bc.delete_group(f"bench-{mode}", delete_volumes=True)
+        return out
+
+    # -- 2. lag -----------------------------------------------------------------------
+    def lag(self) -> dict[str, Any]:
+        self.say("journal lag at 100 and 1,000 writes/s (4 KiB writes, loopback link)")
+        self.mc.create_volume("lag-vol", 64 << 20)
+        self.mc.create_group("bench-lag", ["lag-vol"], self.link.address)
+        self._wait_pair("bench-lag")
+        vol = self.mc.open_volume("lag-vol")
+        data = os.urandom(4096)
+        out: dict[str, Any] = {}
+        seconds = 3.0 if self.quick else 6.0
+        for rate in (100, 1000):
+            stop = threading.Event()
+            samples: list[tuple[float, int, int]] = []
+
+            def sampler() -> None:
+                while not stop.is_set():
+                    r = self.mc.lag("bench-lag")
+                    if r.time_lag_s is not None and r.sequence_lag is not None and r.byte_lag is not None:
+                        samples.append((r.time_lag_s, r.sequence_lag, r.byte_lag))
+                    stop.wait(0.01)
+
+            th = threading.Thread(target=sampler, daemon=True)
+            th.start()
+            t0 = time.monotonic()
+            n = 0
+            while time.monotonic() - t0 < seconds:
+                vol.write((n % 4000) * 4096, data)
+                n += 1
+                delay = t0 + n / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            achieved = n / (time.monotonic() - t0)
+            stop.set()
+            th.join()
+            tl = [s[0] * 1000 for s in samples]
+            out[str(rate)] = {"writes_per_s": achieved, "samples": len(samples),
+                              "time_lag_ms_p50": pct(tl, 50), "time_lag_ms_p99": pct(tl, 99),
+                              "entries_p50": pct([s[1] for s in samples], 50),
+                              "entries_p99": pct([s[1] for s in samples], 99),
+                              "bytes_p50": pct([s[2] for s in samples], 50),
+                              "bytes_p99": pct([s[2] for s in samples], 99)}
+            self.say(f"  {rate:>5} writes/s (achieved {achieved:.0f}): time lag p50 "
+                     f"{out[str(rate)]['time_lag_ms_p50']:.2f} ms, p99 {out[str(rate)]['time_lag_ms_p99']:.2f} ms")
+        # apply throughput: hold the apply, build a backlog, release it and time the catch-up
+        backlog = 5000 if self.quick else 20000
+        self.bc.group_action("bench-lag", "pause-apply")
+        t0 = time.monotonic()
+        for i in range(backlog):
+            vol.write((i % 4000) * 4096, data)
+        write_rate = backlog / (time.monotonic() - t0)
+        head = self.mc.lag("bench-lag").main.sequence
+        deadline = time.monotonic() + 120
+        while self.bc.group_status("bench-lag")["received"] < head and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t1 = time.monotonic()
+        self.bc.group_action("bench-lag", "resume-apply")
+        while True:
+            applied = int(self.bc.group_status("bench-lag")["applied"].split("/")[1])
+            if applied >= head or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        apply_rate = backlog / (time.monotonic() - t1)
+        out["apply_writes_per_s"] = apply_rate
+        out["backlog_write_rate"] = write_rate
+        out["apply_over_write_rate"] = apply_rate / 1000.0
+        self.say(f"  backup applies {apply_rate:,.0f} writes/s = {apply_rate / 1000:.1f}x the 1,000 writes/s load")
+        vol.close()
+        self.mc.delete_group("bench-lag")
+        self.bc.delete_group("bench-lag", delete_volumes=True)
+        return out
+
+    # -- 3+4+5. snapshots, initial copy, memory ---------------------------------------
+    def big(self) -> dict[str, Any]:
+        big = (256 << 20) if self.quick else (1 << 30)
+        label = f"{big >> 20} MiB"
+        out: dict[str, Any] = {"large_volume_bytes": big}
+        self.say(f"initial copy of a {label} volume (filled with data), with progress")
+        self.mc.create_volume("big", big)
+        vol = self.mc.open_volume("big")
+        chunk = os.urandom(1 << 20)
+        for off in range(0, big, 1 << 20):
+            vol.write(off, chunk)
+        vol.close()
+        with _Rss([self.main.pid, self.backup.pid]) as rss_small:
+            self.mc.create_volume("small", 1 << 20)
+            self.mc.create_group("bench-small", ["small"], self.link.address)
+            self._wait_pair("bench-small")
+        with _Rss([self.main.pid, self.backup.pid]) as rss:
+            t0 = time.monotonic()
+            self.mc.create_group("bench-big", ["big"], self.link.address)
+            self._wait_pair("bench-big", progress=True)
+            secs = time.monotonic() - t0
+        out["initial_copy_mb_per_s"] = big / secs / 1e6
+        out["peak_rss_mb_large"] = rss.peak / 1e6
+        out["peak_rss_mb_small"] = rss_small.peak / 1e6
+        self.say(f"  {big / 1e6:.0f} MB copied in {secs:.1f} s = {out['initial_copy_mb_per_s']:.0f} MB/s; "
+                 f"peak array RSS {out['peak_rss_mb_large']:.0f} MB (1 MiB run: {out['peak_rss_mb_small']:.0f} MB)")
+        self.say("snapshot group creation, 1 MiB vs large volume")
+        times: dict[str, list[float]] = {"bench-small": [], "bench-big": []}
+        for i in range(5 if self.quick else 10):
+            for g in times:
+                t0 = time.perf_counter()
+                self.bc.create_snapshot(f"{g}-s{i}", group=g)
+                times[g].append((time.perf_counter() - t0) * 1000)
+        small, large = statistics.median(times["bench-small"]), statistics.median(times["bench-big"])
+        out["snapshot_ms_1m"], out["snapshot_ms_large"] = small, large
+        out["snapshot_ratio_large_over_1m"] = large / small
+        t0 = time.perf_counter()
+        self.bc.create_clone("big-clone", "bench-big-s0", "big")
+        cv = self.bc.open_volume("big-clone")
+        first = cv.read(0, 4096)
+        out["clone_open_ms"] = (time.perf_counter() - t0) * 1000
+        assert len(first) == 4096
+        cv.close()
+        self.say(f"  snapshot group: {small:.2f} ms (1 MiB) vs {large:.2f} ms ({label}), ratio "
+                 f"{out['snapshot_ratio_large_over_1m']:.2f}; clone open {out['clone_open_ms']:.1f} ms")
+        return out
+
+
+def run(*, quick: bool = False, workdir: str | Path | None = None,
+        progress: Progress | None = None) -> dict[str, Any]:
+    say = progress or (lambda s: None)
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dr-kit-bench-"))
+    bench = Bench(root, quick=quick, progress=say)
+    try:
+        commit = bench.commit_latency()
+        lag = bench.lag()
+        big = bench.big()
+    finally:
+        bench.close()
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return {
+        "async_over_off_p50_max": max(commit[d]["async_over_off_p50"] for d in ("0ms", "5ms", "20ms")),
+        "sync_over_off_p50_at_20ms": commit["20ms"]["sync_over_off_p50"],
+        "lag_p99_ms_at_1000": lag["1000"]["time_lag_ms_p99"],
+        "apply_over_write_rate": lag["apply_over_write_rate"],
+        "snapshot_ratio_1g_over_1m": big["snapshot_ratio_large_over_1m"],
+        "peak_rss_mb_1g": big["peak_rss_mb_large"],
+        "quick": quick,
+        "commit": commit, "lag": lag, "large": big,
+    }
+
+
+TARGETS = [
+    ("async_over_off_p50_max", "<=", 1.15, "async/off commit p50, worst delay"),
+    ("sync_over_off_p50_at_20ms", ">", 1.0, "sync/off commit p50 at 20 ms"),
+    ("lag_p99_ms_at_1000", "<", 20.0, "lag p99 at 1,000 writes/s (ms)"),
+    ("apply_over_write_rate", ">=", 5.0, "backup apply / write rate"),
+    ("snapshot_ratio_1g_over_1m", "<=", 2.0, "snapshot time large / 1 MiB"),
+]
+
+
+def verdicts(result: dict[str, Any]) -> list[tuple[str, float, str, float, bool]]:
+    ops = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
+           ">=": lambda a, b: a >= b}
+    return [(label, result[k], op, target, ops[op](result[k], target)) for k, op, target, label in TARGETS]
