@@ -70,7 +70,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     finally:
         if (d / "lab.json").exists():
             records(d)
-            manager.down(d)
+            manager.down(d, purge=True)
+            assert not d.exists()
         left = [pid for pid, ct in SEEN.items() if running(pid, ct)]
         assert not left, f"orphan processes: {left}"
 
@@ -281,10 +282,12 @@ def test_kill_9_shows_in_status_and_down_still_cleans_up(lab: Path) -> None:
     assert LabDir.of(lab).load()["processes"] == {}
 
 
-def test_up_after_down_keeps_the_objects(lab: Path) -> None:
-    r = run_cli("up", "--dir", str(lab))
-    assert r.returncode == 0, r.stderr
-    assert "creating" not in r.stdout  # seeded once
+def test_ensure_up_after_down_keeps_the_objects(lab: Path) -> None:
+    lines: list[str] = []
+    result = manager.ensure_up(lab, progress=lines.append)  # in this process, as a notebook does
+    assert result["already_running"] is False and len(result["started"]) == len(manager.START_ORDER)
+    assert not [ln for ln in lines if ln.startswith("creating")]  # seeded once
+    assert manager.ensure_up(lab)["already_running"] is True
     records(lab)
     core = k8s.CoreV1Api(client(lab, "main"))
     assert core.read_namespace("lab-test").metadata.labels["tier"] == "gold"

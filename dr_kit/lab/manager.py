@@ -530,6 +530,10 @@ def down(dir: str | os.PathLike[str] | None = None, *, purge: bool = False,  # n
         for n in START_ORDER:
             lab.ready_file(n).unlink(missing_ok=True)
     if purge:
+        for site in SITES:  # a long lab path puts the data sockets in the temp folder
+            sock = Path(state["endpoints"][site]["array"].get("data_socket") or lab.root)
+            if lab.root not in sock.parents:
+                sock.unlink(missing_ok=True)
         shutil.rmtree(lab.root)
         say(f"removed {lab.root}")
     else:
