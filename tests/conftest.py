@@ -6,6 +6,7 @@ a test fails, so no array process outlives the test that started it.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,9 +59,14 @@ class Arrays:
     def close(self) -> None:
         for link in self.links:
             link.stop()
+        for h in self.handles:  # SIGTERM to all first: they shut down in parallel
+            if h.alive():
+                h.proc.terminate()
         for h in self.handles:
             try:
-                h.stop(timeout=5.0)
+                h.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
             finally:
                 if h.alive():
                     h.kill()
