@@ -1,0 +1,592 @@
+"""Snapshot groups at the backup site: freeze a protected namespace at one consistency point.
+
+A snapshot group is a VolumeGroupSnapshot selecting the namespace's replicated PVCs (the
+operator's consistency-group label, which the backup copies carry too).  The storage
+plug-in freezes all of them at one journal sequence number while replication continues;
+the lab's plug-in records that consistency point (sequence, main-site time of the last
+applied write) and the time lag at that moment on the object.
+
+    snap = create_snapshot_group(backup, "snap-1", "shop")       # waits until ready
+    list_snapshot_groups(backup, "shop")                          # DataFrame
+    restore_snapshot_group(backup, "snap-1", "shop")              # {pvc: restored pvc}
+    dbs = open_snapshot_databases(backup, "snap-1", "shop")       # analytics.ShopDatabases
+    delete_snapshot_group(backup, "snap-1", "shop")               # restores, then the group
+
+Restored PVCs are writable clones (``dataSource: VolumeSnapshot``), named
+``<group>-<pvc>`` and labelled ``dr-kit.io/restored-from=<group>``, so that deleting the
+group deletes them first (the array keeps a snapshot while a clone of it exists).
+
+Bad input ends in one :class:`~dr_kit.errors.DrKitError` line and changes nothing: an
+unknown namespace or snapshot group, a namespace that is not protected, a group that is
+not ready, a name that is already taken.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.lab.layout import ANNOTATION_PREFIX, SHOP_PVCS, SNAPSHOT_CLASS
+from dr_kit.sites import (
+    GROUP_LABEL,
+    GSNAP_GROUP,
+    SNAP,
+    STATUS_ANNOTATION,
+    Progress,
+    Site,
+    _json_annotation,
+    snapshot_row,
+    wait_until,
+)
+
+RESTORED_FROM = "dr-kit.io/restored-from"  # on a restored PVC: its snapshot group
+RESTORED_PVC = "dr-kit.io/restored-pvc"  # on a restored PVC: the PVC it is a copy of
+SNAPSHOT_OF = "dr-kit.io/snapshot-of"  # on a VolumeGroupSnapshot: the consistency group
+MANAGED_BY = {"app.kubernetes.io/managed-by": "dr-kit"}
+DEFAULT_CLASS_ANNOTATION = "groupsnapshot.storage.kubernetes.io/is-default-class"
+
+# database -> (PVC, file on it): the shop's layout (dr_kit.lab.layout.SHOP_PVCS)
+SHOP_DATABASES: dict[str, tuple[str, str]] = {
+    f.split(".")[0]: (pvc, f) for pvc, f in SHOP_PVCS.items()}
+STOCK_URL_ENV = "DR_KIT_STOCK_URL"
+SALES_URL_ENV = "DR_KIT_SALES_URL"
+DB_SECRET_ENV = "DR_KIT_DB_SECRET"
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class SnapshotGroup:
+    """One VolumeGroupSnapshot as dr_kit sees it (a row of :func:`list_snapshot_groups`)."""
+
+    name: str
+    namespace: str
+    ready: bool
+    created: pd.Timestamp | None
+    sequence: int | None
+    position: str | None
+    point_time: pd.Timestamp | None
+    lag_seconds: float | None
+    consistent: bool | None
+    array_snapshot: str | None = None
+    error: str | None = None
+    pvcs: tuple[str, ...] = ()
+    restored: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def t(v: pd.Timestamp | None) -> str | None:
+            return None if v is None else v.isoformat()
+
+        return {"name": self.name, "namespace": self.namespace, "ready": self.ready,
+                "created": t(self.created), "sequence": self.sequence, "position": self.position,
+                "point_time": t(self.point_time), "lag_seconds": self.lag_seconds,
+                "consistent": self.consistent, "array_snapshot": self.array_snapshot,
+                "error": self.error, "pvcs": list(self.pvcs), "restored": dict(self.restored)}
+
+
+def _group_from(vgs: dict[str, Any], restored: dict[str, str]) -> SnapshotGroup:
+    r = snapshot_row(vgs)
+    vols = tuple(v for v in (r["volumes"] or "").split(",") if v)
+    return SnapshotGroup(
+        name=r["name"], namespace=r["namespace"], ready=r["ready"], created=r["created"],
+        sequence=r["sequence"], position=r["position"], point_time=r["point_time"],
+        lag_seconds=r["lag_seconds"], consistent=r["consistent"],
+        array_snapshot=r["array_snapshot"], error=r["error"], pvcs=vols, restored=restored)
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def _check_name(name: Any, what: str = "snapshot group name") -> str:
+    if not isinstance(name, str) or not name or len(name) > 200 or not _NAME.match(name):
+        raise InvalidInput(f"{what} {name!r} is not valid: lowercase letters, digits, '-' and "
+                           "'.', starting and ending with a letter or digit, at most 200")
+    return name
+
+
+def _vgs_api(site: Site) -> tuple[str, str]:
+    return GSNAP_GROUP, site.group_snapshot_version()
+
+
+def _get_vgs(site: Site, name: str, namespace: str) -> dict[str, Any] | None:
+    g, v = _vgs_api(site)
+    return site.kube.custom_get(g, v, "volumegroupsnapshots", name, namespace)
+
+
+def _require_vgs(site: Site, name: str, namespace: str) -> dict[str, Any]:
+    _check_name(name)
+    site.kube.require_namespace(namespace, site.name)
+    vgs = _get_vgs(site, name, namespace)
+    if vgs is None:
+        raise NotFound(f"snapshot group {name!r} does not exist in namespace {namespace} at the "
+                       f"{site.name} site (dr-kit snapshot list --namespace {namespace})")
+    return vgs
+
+
+def _require_ready(vgs: dict[str, Any]) -> None:
+    st = vgs.get("status") or {}
+    m = vgs["metadata"]
+    if m.get("deletionTimestamp"):
+        raise Conflict(f"snapshot group {m['name']!r} is being deleted")
+    err = st.get("error") or {}
+    if err:
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+        raise Conflict(f"snapshot group {m['name']!r} failed: {msg}")
+    if not st.get("readyToUse"):
+        raise Conflict(f"snapshot group {m['name']!r} is not ready yet; wait for it "
+                       "(dr-kit snapshot list shows READY)")
+
+
+def _main_for(site: Site, main_site: Site | None) -> Site | None:
+    if main_site is not None:
+        return main_site
+    if site.mode == "lab" and site.name == "backup":
+        return site.peer()
+    return None
+
+
+def protected_pvcs(backup: Site, namespace: str, main_site: Site | None = None
+                   ) -> tuple[str, list[dict[str, Any]]]:
+    """The consistency group name and the replicated PVCs of ``namespace`` at the backup.
+
+    Raises NotFound for an unknown namespace and Conflict for one that is not protected
+    (checked at the main site too when it is known: the lab's, or ``main_site``).
+    """
+    main = _main_for(backup, main_site)
+    if main is not None:
+        ns = main.kube.require_namespace(namespace, main.name)
+        status = _json_annotation(ns["metadata"], STATUS_ANNOTATION)
+        state = status.get("state")
+        if state not in ("Protected", "Degraded"):
+            why = f"state {state}" if state else "the operator has not protected it"
+            raise Conflict(f"namespace {namespace} is not protected ({why}); protect it first: "
+                           f"dr-kit protect {namespace}")
+    if backup.kube.namespace(namespace) is None:
+        if main is None:
+            raise NotFound(f"namespace {namespace!r} does not exist at the {backup.name} site")
+        raise Conflict(f"namespace {namespace} has no copy at the {backup.name} site yet; wait "
+                       "for the operator to finish protecting it")
+    pvcs = [p for p in backup.kube.pvcs(namespace)
+            if (p["metadata"].get("labels") or {}).get(GROUP_LABEL)
+            and not (p["metadata"].get("labels") or {}).get(RESTORED_FROM)]
+    if not pvcs:
+        raise Conflict(f"namespace {namespace} has no replicated PVCs at the {backup.name} site "
+                       f"(no PVC labelled {GROUP_LABEL}): it is not protected")
+    groups = sorted({p["metadata"]["labels"][GROUP_LABEL] for p in pvcs})
+    if len(groups) > 1:
+        raise Conflict(f"namespace {namespace} has PVCs of several consistency groups at the "
+                       f"{backup.name} site ({', '.join(groups)})")
+    unbound = sorted(p["metadata"]["name"] for p in pvcs
+                     if (p.get("status") or {}).get("phase") != "Bound")
+    if unbound:
+        raise Conflict(f"replicated PVCs {', '.join(unbound)} of namespace {namespace} are not "
+                       f"bound at the {backup.name} site yet")
+    return groups[0], sorted(pvcs, key=lambda p: p["metadata"]["name"])
+
+
+def _snapshot_class(site: Site, version: str, wanted: str | None) -> str:
+    classes = site.kube.custom_list(GSNAP_GROUP, version, "volumegroupsnapshotclasses")
+    names = sorted(c["metadata"]["name"] for c in classes)
+    if wanted:
+        if wanted not in names:
+            raise NotFound(f"VolumeGroupSnapshotClass {wanted!r} does not exist at the "
+                           f"{site.name} site (classes: {', '.join(names) or 'none'})")
+        return wanted
+    if site.mode == "lab" and SNAPSHOT_CLASS in names:
+        return SNAPSHOT_CLASS
+    default = [c["metadata"]["name"] for c in classes
+               if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+    if len(default) == 1:
+        return default[0]
+    if len(names) == 1:
+        return names[0]
+    raise InvalidInput(f"no default VolumeGroupSnapshotClass at the {site.name} site "
+                       f"(classes: {', '.join(names) or 'none'}); name one with snapshot_class=")
+
+
+# -- create / list -------------------------------------------------------------------------------
+
+
+def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait: bool = True,
+                          timeout: float = 60.0, progress: Progress | None = None,
+                          snapshot_class: str | None = None, main_site: Site | None = None
+                          ) -> SnapshotGroup:
+    """Freeze ``namespace``'s replicated PVCs at the backup site as one snapshot group.
+
+    With ``wait``, returns once the group is ready (consistency point known); a group the
+    storage plug-in refuses is removed again and reported as an error.
+    """
+    _check_name(name)
+    group, pvcs = protected_pvcs(backup_site, namespace, main_site)
+    g, version = _vgs_api(backup_site)
+    if _get_vgs(backup_site, name, namespace) is not None:
+        raise Conflict(f"snapshot group {name!r} already exists in namespace {namespace}")
+    cls = _snapshot_class(backup_site, version, snapshot_class)
+    body = {"apiVersion": f"{g}/{version}", "kind": "VolumeGroupSnapshot",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {**MANAGED_BY, SNAPSHOT_OF: group}},
+            "spec": {"volumeGroupSnapshotClassName": cls,
+                     "source": {"selector": {"matchLabels": {GROUP_LABEL: group}}}}}
+    kube = backup_site.kube
+    kube.call(kube.custom.create_namespaced_custom_object, g, version, namespace,
+              "volumegroupsnapshots", body, what=f"create snapshot group {name}")
+    if not wait:
+        return _group_from(_get_vgs(backup_site, name, namespace) or body, {})
+    failure: list[str] = []
+
+    def check() -> tuple[bool, str]:
+        vgs = _get_vgs(backup_site, name, namespace)
+        if vgs is None:
+            failure.append("it disappeared")
+            return True, "gone"
+        st = vgs.get("status") or {}
+        err = st.get("error")
+        if err:
+            failure.append(err.get("message") if isinstance(err, dict) else str(err))
+            return True, "failed"
+        if st.get("readyToUse"):
+            return True, f"ready ({len(pvcs)} volumes)"
+        return False, "waiting for the storage plug-in"
+
+    wait_until(check, task=f"snapshot group {name}", timeout=timeout, progress=progress,
+               on_timeout=lambda m: Unavailable(
+                   f"snapshot group {name} is not ready after {timeout:g} s ({m}); it stays "
+                   f"requested: dr-kit snapshot list --namespace {namespace}"))
+    if failure:
+        _delete_vgs(backup_site, name, namespace)
+        raise Conflict(f"snapshot group {name} failed and was removed: {failure[0]}")
+    vgs = _get_vgs(backup_site, name, namespace)
+    return _group_from(vgs or body, {})
+
+
+def _restored_pvcs(site: Site, namespace: str, name: str | None = None
+                   ) -> list[dict[str, Any]]:
+    sel = f"{RESTORED_FROM}={name}" if name else RESTORED_FROM
+    return site.kube.items(site.kube.core.list_namespaced_persistent_volume_claim, namespace,
+                           label_selector=sel)
+
+
+def get_snapshot_group(site: Site, name: str, namespace: str) -> SnapshotGroup:
+    """One snapshot group (NotFound when it does not exist)."""
+    vgs = _require_vgs(site, name, namespace)
+    restored = {p["metadata"]["labels"].get(RESTORED_PVC, ""): p["metadata"]["name"]
+                for p in _restored_pvcs(site, namespace, name)}
+    return _group_from(vgs, restored)
+
+
+def list_snapshot_groups(site: Site, namespace: str) -> pd.DataFrame:
+    """Snapshot groups of ``namespace``: readiness, consistency point, lag then, restores.
+
+    Columns: those of :meth:`Site.snapshots` plus ``restored`` (the restored PVCs).
+    """
+    df = site.snapshots(namespace)
+    restored: dict[str, list[str]] = {}
+    for p in _restored_pvcs(site, namespace):
+        restored.setdefault(p["metadata"]["labels"][RESTORED_FROM], []).append(
+            p["metadata"]["name"])
+    df["restored"] = [",".join(sorted(restored.get(n, []))) or None for n in df["name"]]
+    return df
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+
+def _volume_snapshots(site: Site, vgs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Source PVC -> VolumeSnapshot of a ready group."""
+    m = vgs["metadata"]
+    name, ns = m["name"], m["namespace"]
+    snaps = site.kube.custom_list(*SNAP, "volumesnapshots", ns)
+    mine = [s for s in snaps if (s.get("status") or {}).get("volumeGroupSnapshotName") == name
+            or (s["metadata"].get("labels") or {}).get(ANNOTATION_PREFIX + "group-snapshot") == name]
+    out: dict[str, dict[str, Any]] = {}
+    pv_claims: dict[str, str] | None = None
+    for s in mine:
+        pvc = (s["metadata"].get("labels") or {}).get(ANNOTATION_PREFIX + "pvc")
+        if not pvc:  # a real driver: VolumeSnapshotContent -> volume handle -> PV -> claim
+            content = site.kube.custom_get(*SNAP, "volumesnapshotcontents",
+                                           (s.get("status") or {}).get(
+                                               "boundVolumeSnapshotContentName") or "")
+            handle = (((content or {}).get("spec") or {}).get("source") or {}).get("volumeHandle")
+            if pv_claims is None:
+                pv_claims = {((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle"):
+                             ((pv.get("spec") or {}).get("claimRef") or {}).get("name")
+                             for pv in site.kube.pvs()}
+            pvc = pv_claims.get(handle)
+        if pvc:
+            out[pvc] = s
+    return out
+
+
+def restored_name(group: str, pvc: str) -> str:
+    return f"{group}-{pvc}"[:253].rstrip("-.")
+
+
+def restore_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool = True,
+                           timeout: float = 60.0, progress: Progress | None = None
+                           ) -> dict[str, str]:
+    """Writable PVCs from the group's snapshots; returns ``{source pvc: restored pvc}``.
+
+    Idempotent: PVCs already restored from this group are kept.  With ``wait``, returns
+    when every restored PVC is Bound.
+    """
+    vgs = _require_vgs(site, name, namespace)
+    _require_ready(vgs)
+    snaps = _volume_snapshots(site, vgs)
+    if not snaps:
+        raise Conflict(f"snapshot group {name!r} has no volume snapshots to restore")
+    kube = site.kube
+    out: dict[str, str] = {}
+    created: list[str] = []
+    try:
+        for pvc_name, vs in sorted(snaps.items()):
+            target = restored_name(name, pvc_name)
+            existing = kube.pvc(namespace, target)
+            if existing is not None:
+                if (existing["metadata"].get("labels") or {}).get(RESTORED_FROM) != name:
+                    raise Conflict(f"PVC {target} already exists in namespace {namespace} and is "
+                                   f"not a restore of snapshot group {name}")
+                out[pvc_name] = target
+                continue
+            source = kube.pvc(namespace, pvc_name) or {}
+            sspec = source.get("spec") or {}
+            size = (vs.get("status") or {}).get("restoreSize") or (
+                (sspec.get("resources") or {}).get("requests") or {}).get("storage")
+            body: dict[str, Any] = {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": target, "namespace": namespace,
+                             "labels": {**MANAGED_BY, RESTORED_FROM: name,
+                                        RESTORED_PVC: pvc_name}},
+                "spec": {"accessModes": sspec.get("accessModes") or ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": str(size)}},
+                         "dataSource": {"apiGroup": SNAP[0], "kind": "VolumeSnapshot",
+                                        "name": vs["metadata"]["name"]}}}
+            if sspec.get("storageClassName"):
+                body["spec"]["storageClassName"] = sspec["storageClassName"]
+            kube.call(kube.core.create_namespaced_persistent_volume_claim, namespace, body,
+                      what=f"restore {pvc_name}")
+            created.append(target)
+            out[pvc_name] = target
+    except DrKitError:
+        for target in created:  # all or nothing
+            kube.call(kube.core.delete_namespaced_persistent_volume_claim, target, namespace)
+        raise
+    if wait:
+        def check() -> tuple[bool, str]:
+            phases = {t: ((kube.pvc(namespace, t) or {}).get("status") or {}).get("phase")
+                      for t in out.values()}
+            pending = sorted(t for t, ph in phases.items() if ph != "Bound")
+            return (not pending, "all Bound" if not pending else f"waiting for {', '.join(pending)}")
+
+        wait_until(check, task=f"restore {name}", timeout=timeout, progress=progress)
+    return out
+
+
+# -- delete ------------------------------------------------------------------------------------
+
+
+def _delete_vgs(site: Site, name: str, namespace: str) -> None:
+    g, v = _vgs_api(site)
+    site.kube.call(site.kube.custom.delete_namespaced_custom_object, g, v, namespace,
+                   "volumegroupsnapshots", name, what=f"delete snapshot group {name}")
+
+
+def delete_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool = True,
+                          timeout: float = 60.0, progress: Progress | None = None
+                          ) -> dict[str, Any]:
+    """Delete the restored PVCs made from the group, then the group itself.
+
+    With ``wait``, returns when the group is gone (its array snapshot deleted).
+    """
+    _require_vgs(site, name, namespace)
+    kube = site.kube
+    restored = _restored_pvcs(site, namespace, name)
+    for p in restored:
+        vol = (p.get("spec") or {}).get("volumeName")
+        if vol:
+            _forget_volume(site, vol)
+        kube.call(kube.core.delete_namespaced_persistent_volume_claim, p["metadata"]["name"],
+                  namespace, what=f"delete restored PVC {p['metadata']['name']}")
+    _delete_vgs(site, name, namespace)
+    if wait:
+        def check() -> tuple[bool, str]:
+            left = [p["metadata"]["name"] for p in _restored_pvcs(site, namespace, name)]
+            vgs = _get_vgs(site, name, namespace)
+            if vgs is None and not left:
+                return True, "deleted"
+            err = ((vgs or {}).get("status") or {}).get("error") or {}
+            msg = err.get("message") if isinstance(err, dict) else None
+            return False, msg or ("waiting for " + ", ".join(left) if left else
+                                  "waiting for the storage plug-in")
+
+        wait_until(check, task=f"delete {name}", timeout=timeout, progress=progress)
+    return {"deleted": name, "namespace": namespace,
+            "restored_pvcs_deleted": sorted(p["metadata"]["name"] for p in restored)}
+
+
+# -- databases ---------------------------------------------------------------------------------
+
+_VFS_LOCK = threading.Lock()
+_VFS_USERS: dict[tuple[str, str], int] = {}  # (vfs name, volume) -> open ShopDatabases
+
+
+def _vfs_name(site: Site) -> str:
+    key = f"{site.array_url}|{site.data_socket}"
+    return f"dr-kit-{site.name}-{zlib.crc32(key.encode()):08x}"
+
+
+def _site_vfs(site: Site) -> Any:
+    from dr_kit.sqlite import vfs as sqlite_vfs
+
+    array = site.array
+    if not site.data_socket:
+        raise InvalidInput(f"the {site.name} site has no array data path; give database URLs")
+    return sqlite_vfs.register(_vfs_name(site), array.open_volume)
+
+
+def _forget_volume(site: Site, volume: str) -> None:
+    """Drop this process's cached handle of a clone volume (before it is deleted)."""
+    if not site.data_socket:
+        return
+    from dr_kit.sqlite import vfs as sqlite_vfs
+
+    vfs = sqlite_vfs._REGISTRY.get(_vfs_name(site))
+    if vfs is not None:
+        with _VFS_LOCK:
+            _VFS_USERS.pop((vfs.vfs_name, volume), None)
+        vfs.forget(volume)
+
+
+def _clone_volume(site: Site, namespace: str, pvc: str) -> str:
+    p = site.kube.pvc(namespace, pvc)
+    vol = ((p or {}).get("spec") or {}).get("volumeName")
+    pv = site.kube.call(site.kube.core.read_persistent_volume, vol) if vol else None
+    handle = (((pv or {}).get("spec") or {}).get("csi") or {}).get("volumeHandle")
+    if not handle:
+        raise Conflict(f"restored PVC {pvc} in namespace {namespace} is not bound to a volume")
+    return handle
+
+
+def _urls(site: Site, namespace: str, name: str, stock_url: str | None, sales_url: str | None,
+          secret: str | None) -> tuple[str, str, str | None]:
+    password = None
+    stock_url = stock_url or os.environ.get(STOCK_URL_ENV) or None
+    sales_url = sales_url or os.environ.get(SALES_URL_ENV) or None
+    secret = secret or os.environ.get(DB_SECRET_ENV) or None
+    if (not stock_url or not sales_url) and secret:
+        obj = site.kube.call(site.kube.core.read_namespaced_secret, secret, namespace,
+                             what=f"read Secret {secret}")
+        if obj is None:
+            raise NotFound(f"Secret {secret!r} does not exist in namespace {namespace} at the "
+                           f"{site.name} site")
+        data = obj.get("data") or {}
+
+        def dec(key: str) -> str | None:
+            try:
+                return base64.b64decode(data[key]).decode() if data.get(key) else None
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidInput(f"Secret {secret}: key {key} is not valid base64 text"
+                                   ) from None
+
+        stock_url = stock_url or dec("stock-url")
+        sales_url = sales_url or dec("sales-url")
+        password = dec("password")
+    if not stock_url or not sales_url:
+        raise InvalidInput(f"no database URLs for snapshot group {name}: pass stock_url and "
+                           f"sales_url, set {STOCK_URL_ENV} and {SALES_URL_ENV}, or name a Secret "
+                           "with keys stock-url and sales-url (secret=)")
+
+    def fill(u: str) -> str:
+        return u.replace("{snapshot}", name).replace("{namespace}", namespace)
+
+    return fill(stock_url), fill(sales_url), password
+
+
+def open_snapshot_databases(site: Site, name: str, namespace: str, *, restore: bool = True,
+                            stock_url: str | None = None, sales_url: str | None = None,
+                            secret: str | None = None,
+                            on_inconsistent: Literal["warn", "raise"] = "warn",
+                            timeout: float = 60.0, progress: Progress | None = None) -> Any:
+    """The snapshot group's stock and sales databases as :class:`analytics.ShopDatabases`.
+
+    Lab (the site knows its array's data path, no URLs given): restores the group when it
+    is not restored yet (``restore=False`` refuses instead), then opens SQLite on the
+    writable clones through the backup array's VFS; SQLite rolls back the transaction the
+    snapshot caught in flight.  Real mode: SQLAlchemy URLs from ``stock_url``/``sales_url``,
+    else ``$DR_KIT_STOCK_URL``/``$DR_KIT_SALES_URL``, else the Secret ``secret`` (keys
+    ``stock-url``, ``sales-url``, optional ``password``); ``{snapshot}`` and ``{namespace}``
+    in a URL are filled in.  Passwords are never printed.  Every result carries the
+    snapshot's consistency point and the lag at snapshot time.
+    """
+    from dr_kit import analytics
+
+    if on_inconsistent not in ("warn", "raise"):
+        raise InvalidInput(f"on_inconsistent must be 'warn' or 'raise', not {on_inconsistent!r}")
+    vgs = _require_vgs(site, name, namespace)
+    _require_ready(vgs)
+    row = snapshot_row(vgs)
+    prov: dict[str, Any] = {
+        "snapshot": name, "sequence": row["sequence"],
+        "point_time": row["point_time"].to_pydatetime(warn=False) if row["point_time"] is not None else None,
+        "lag_seconds": row["lag_seconds"], "on_inconsistent": on_inconsistent}
+    url_given = any((stock_url, sales_url, secret))
+    if url_given or not site.data_socket:
+        s_url, l_url, password = _urls(site, namespace, name, stock_url, sales_url, secret)
+        return analytics.open_databases(s_url, l_url, password=password, **prov)
+    restored = {p["metadata"]["labels"].get(RESTORED_PVC): p["metadata"]["name"]
+                for p in _restored_pvcs(site, namespace, name)}
+    missing = [pvc for pvc, _ in SHOP_DATABASES.values() if pvc not in restored]
+    if missing:
+        if not restore:
+            raise Conflict(f"snapshot group {name} is not restored (missing {', '.join(missing)});"
+                           f" restore it first: dr-kit snapshot restore {name} --namespace "
+                           f"{namespace}")
+        restored.update(restore_snapshot_group(site, name, namespace, timeout=timeout,
+                                               progress=progress))
+    missing = [pvc for pvc, _ in SHOP_DATABASES.values() if pvc not in restored]
+    if missing:
+        raise Conflict(f"snapshot group {name} has no snapshot of {', '.join(missing)}")
+    vols = {db: _clone_volume(site, namespace, restored[pvc])
+            for db, (pvc, _f) in SHOP_DATABASES.items()}
+    vfs = _site_vfs(site)
+    paths = {db: f"{vols[db]}/{SHOP_DATABASES[db][1]}" for db in SHOP_DATABASES}
+    prov["source"] = (f"{site.name} site, snapshot group {namespace}/{name}: "
+                      f"stock={restored[SHOP_DATABASES['stock'][0]]} "
+                      f"sales={restored[SHOP_DATABASES['sales'][0]]} (writable clones)")
+    dbs = analytics.open_sqlite(paths["stock"], paths["sales"], vfs=vfs.vfs_name, **prov)
+    keys = [(vfs.vfs_name, v) for v in vols.values()]
+    with _VFS_LOCK:
+        for k in keys:
+            _VFS_USERS[k] = _VFS_USERS.get(k, 0) + 1
+    close = dbs.close
+
+    def close_and_release() -> None:
+        close()
+        with _VFS_LOCK:
+            drop = []
+            for k in keys:
+                n = _VFS_USERS.get(k, 0) - 1
+                if n <= 0:
+                    _VFS_USERS.pop(k, None)
+                    drop.append(k[1])
+                else:
+                    _VFS_USERS[k] = n
+        for v in drop:
+            vfs.forget(v)
+        keys.clear()
+
+    dbs.close = close_and_release  # the clone's data path handle goes with the engines
+    return dbs
+
+
+__all__ = ["SnapshotGroup", "create_snapshot_group", "list_snapshot_groups",
+           "get_snapshot_group", "restore_snapshot_group", "delete_snapshot_group",
+           "open_snapshot_databases", "protected_pvcs", "restored_name", "SHOP_DATABASES",
+           "RESTORED_FROM", "RESTORED_PVC"]
