@@ -63,6 +63,8 @@ def _registrars() -> list[Registrar]:
         regs.append(lab_parser)
     except ImportError:  # pragma: no cover - optional area not installed
         pass
+    from dr_kit.commands import lag, query, snapshot
+    regs += [snapshot.add_parser, lag.add_parser, query.add_parser]
     return regs
 
 
