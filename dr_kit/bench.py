@@ -193,7 +193,7 @@ class Bench:
             stop = threading.Event()
             samples: list[tuple[float, int, int]] = []
 
-            def sampler() -> None:
+            def sampler(stop: threading.Event = stop, samples: list = samples) -> None:
                 while not stop.is_set():
                     r = self.mc.lag("bench-lag")
                     if r.time_lag_s is not None and r.sequence_lag is not None and r.byte_lag is not None:

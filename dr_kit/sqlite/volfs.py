@@ -10,11 +10,13 @@ takes the array's data path and journal in the order SQLite issued it: any prefi
 those writes is a state SQLite's own crash recovery understands.  Data is written before
 the size that covers it.
 
-Sequential writes to one file (SQLite writes a journal record as page number, page,
-checksum: three calls) are gathered into one volume write.  The gathered bytes are sent
-before any other write to the volume, before a read of that file, and at every sync and
-unlock, so the order of writes reaching the array is unchanged and a committed
-transaction is on the array when SQLite reports the commit.
+Writes between two flushes are gathered and sent as one request of ordered extents
+(sequential writes to one file, such as a journal record written as page number, page and
+checksum, become one extent).  SQLite only relies on the order of writes across its syncs,
+and the array keeps the order of the extents anyway, so any prefix of them is a state
+SQLite's recovery understands.  Gathered writes are sent at every sync and unlock (a
+committed transaction is on the array when SQLite reports the commit), before a read of
+a file with gathered writes, and before any change of the file table.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class VolumeFS:
         self.dev = dev
         self.volume = volume
         self.lock = threading.RLock()
-        self._pending: tuple[int, int, bytearray] | None = None  # slot, offset, data
+        self._pending: list[tuple[int, int, bytearray]] = []  # (slot, offset, data), in order
+        self._pending_bytes = 0
         self._size_dirty: set[int] = set()
         head = dev.read(0, ENTRY_BASE + ENTRY.size * len(SUFFIXES))
         magic, _version, n = SUPER.unpack_from(head)
@@ -114,16 +117,22 @@ class VolumeFS:
         self.dev.write(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i]))
 
     def flush(self) -> None:
-        """Send gathered data, then the sizes that cover it."""
+        """Send gathered data, then the sizes that cover it, as one ordered request."""
         with self.lock:
-            if self._pending is not None:
-                slot, off, buf = self._pending
-                self._pending = None
-                e = self.entries[slot]  # type: ignore[index]
-                self.dev.write(e.start + off, bytes(buf))
-            for i in sorted(self._size_dirty):
-                self._store(i)
+            if not self._pending and not self._size_dirty:
+                return
+            assert self.entries is not None
+            extents = [(self.entries[slot].start + off, bytes(buf)) for slot, off, buf in self._pending]
+            extents += [(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i])) for i in sorted(self._size_dirty)]
+            self._pending.clear()
+            self._pending_bytes = 0
             self._size_dirty.clear()
+            writev = getattr(self.dev, "writev", None)
+            if writev is not None and len(extents) > 1:
+                writev(extents)
+            else:
+                for off, data in extents:
+                    self.dev.write(off, data)
 
     def exists(self, i: int) -> bool:
         assert self.entries is not None
@@ -153,7 +162,7 @@ class VolumeFS:
 
     def read(self, i: int, offset: int, length: int) -> bytes:
         with self.lock:
-            if self._pending is not None and self._pending[0] == i:
+            if any(p[0] == i for p in self._pending):
                 self.flush()
             e = self.entries[i]  # type: ignore[index]
             if offset >= e.size:
@@ -168,12 +177,14 @@ class VolumeFS:
             if end > e.capacity:
                 raise InvalidInput(f"file {e.name} on volume {self.volume!r} would grow past its "
                                    f"region ({e.capacity} bytes); use a larger volume")
-            p = self._pending
-            if p is not None and p[0] == i and p[1] + len(p[2]) == offset and len(p[2]) + len(data) <= GATHER_MAX:
+            if self._pending_bytes + len(data) > GATHER_MAX:
+                self.flush()
+            p = self._pending[-1] if self._pending else None
+            if p is not None and p[0] == i and p[1] + len(p[2]) == offset:
                 p[2].extend(data)
             else:
-                self.flush()
-                self._pending = (i, offset, bytearray(data))
+                self._pending.append((i, offset, bytearray(data)))
+            self._pending_bytes += len(data)
             if end > e.size:
                 e.size = end  # stored after the data, at the next flush
                 self._size_dirty.add(i)

@@ -151,7 +151,8 @@ class Array:
                         target = self._by_id(r.volume)
                     except NotFound:
                         continue
-                target.dev.write(r.offset, r.data)
+                for off, data in r.extents():
+                    target.dev.write(off, data)
         for v in members.values():
             v.primary = grp
         self.primary[g] = grp
@@ -232,6 +233,22 @@ class Array:
             v.primary.commit(v, offset, data)
         else:
             v.write(offset, data)
+
+    def writev(self, name: str, extents: list[tuple[int, bytes]]) -> None:
+        """Several writes in order, acknowledged together (what a host sends between two
+        flushes); each is its own journal entry, so any prefix of them may reach the backup."""
+        v = self.volumes.get(name) or self.volume(name)
+        if v.secondary is not None:
+            raise Conflict(f"volume {name!r} is a secondary of group {v.secondary.name!r} and is "
+                           "read-only; promote the group to write to it")
+        for off, data in extents:  # validate every range before writing any
+            if off < 0 or off + len(data) > v.size:
+                raise InvalidInput(f"{name}: range {off}+{len(data)} is outside the volume ({v.size} bytes)")
+        if v.primary is not None:
+            v.primary.commit_many(v, extents)
+        else:
+            for off, data in extents:
+                v.write(off, data)
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         v = self.volumes.get(name) or self.volume(name)

@@ -19,7 +19,7 @@ from typing import Any
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
 from dr_kit.storage.position import LagReport
-from dr_kit.storage.server import CLOSE, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE
+from dr_kit.storage.server import CLOSE, EXTENT, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE, WRITEV
 
 _ERRORS: dict[str, type[DrKitError]] = {"InvalidInput": InvalidInput, "NotFound": NotFound,
                                         "Conflict": Conflict, "JournalError": JournalError,
@@ -75,6 +75,11 @@ class RemoteVolume:
 
     def write(self, offset: int, data: bytes) -> None:
         self._call(WRITE, offset, len(data), bytes(data))
+
+    def writev(self, extents: list[tuple[int, bytes]]) -> None:
+        """Several writes in one request, applied in order (one acknowledgement)."""
+        head = struct.pack("<I", len(extents)) + b"".join(EXTENT.pack(o, len(d)) for o, d in extents)
+        self._call(WRITEV, 0, 0, head + b"".join(bytes(d) for _, d in extents))
 
     def sync(self) -> None:
         self._call(SYNC, 0, 0)

@@ -24,7 +24,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +81,7 @@ class PrimaryGroup:
         self.applied_time = self.backup.time  # main time of that write
         self.reported = False  # has the backup reported since this process started?
         self.applied_bytes = 0  # journal bytes applied at the backup since this process started
+        self.sender_waiting = False  # set by the sender when it sleeps until the next entry
         self.backup_state: str | None = None
         self.backup_consistent: bool | None = None
         self.copy_total = 0
@@ -111,28 +112,39 @@ class PrimaryGroup:
     # -- the commit path ------------------------------------------------------------
     def commit(self, vol: Vol, offset: int, data: bytes) -> None:
         """Write to a member volume; returns when the write is acknowledged."""
+        self.commit_many(vol, ((offset, data),))
+
+    def commit_many(self, vol: Vol, extents: Sequence[tuple[int, bytes]]) -> None:
+        """Writes to a member volume, in order, sent together: one journal entry holds them
+        all; returns when they are acknowledged (one wait in synchronous mode)."""
         wait_for = 0
         with self.lock:
             if self.conf["state"] in JOURNALING:
                 now = time.time()
-                raw = rec.encode(rec.KIND_WRITE, self.journal.generation, self.journal.next_seq,
-                                 now, vol.id, offset, data)
+                kind, off0, payload = rec.pack_extents(list(extents))
+                raw = rec.encode(kind, self.journal.generation, self.journal.next_seq, now, vol.id,
+                                 off0, payload)
                 if self.journal.would_overflow(len(raw)):
                     self._suspend_locked("journal full: the backup cannot keep up or cannot be "
                                          "reached; changed regions are tracked, resync when the link is back")
                 else:
                     self.journal.append(raw, now)
-                    vol.write(offset, data)
-                    self.changed.notify_all()
+                    for offset, data in extents:
+                        vol.write(offset, data)
                     if self.mode == "sync" and self.conf["state"] == PAIR:
                         wait_for = self.journal.last_seq
+                    if self.sender_waiting:  # wake the sender only when it waits for entries
+                        self.sender_waiting = False
+                        self.changed.notify_all()
             if self.conf["state"] not in JOURNALING:
-                for c in chunks_of(offset, len(data)):
-                    self.dirty[vol.id].add(c)
+                for offset, data in extents:
+                    for c in chunks_of(offset, len(data)):
+                        self.dirty[vol.id].add(c)
                 if not self.conf.get("oldest_unreplicated"):
                     self.conf["oldest_unreplicated"] = time.time()
                     self._save()
-                vol.write(offset, data)
+                for offset, data in extents:
+                    vol.write(offset, data)
             if wait_for:
                 deadline = time.monotonic() + float(self.conf.get("sync_timeout_s", 5.0))
                 while self.acked_seq < wait_for and self.conf["state"] == PAIR:
@@ -192,8 +204,9 @@ class PrimaryGroup:
             if not initial:
                 # entries the backup has not applied are re-sent as copied regions
                 for r, _ in self.journal.iter_records(max(self.applied_seq + 1, self.journal.first_seq)):
-                    for c in chunks_of(r.offset, len(r.data)):
-                        self.dirty[r.volume].add(c)
+                    for off, data in r.extents():
+                        for c in chunks_of(off, len(data)):
+                            self.dirty[r.volume].add(c)
                 self.journal.reset(self.journal.generation + 1)
                 self._set_state(RESYNC, "copying changed regions; the backup keeps its last "
                                 "consistent image in a guard snapshot until this ends")
@@ -309,10 +322,9 @@ class SecondaryGroup:
             self.fail(f"refused a journal entry from the main site: {e}; nothing of it was applied; "
                       "resync the pair")
             raise
-        for r, raw in records:
-            if self.journal.would_overflow(len(raw)):
-                raise JournalError("backup journal full")
-            self.journal.append(raw, r.time)
+        if self.journal.would_overflow(len(batch)):
+            raise JournalError("backup journal full")
+        self.journal.append_many([(raw, r.time) for r, raw in records])
         with self.cond:
             self.cond.notify_all()
 
@@ -334,7 +346,9 @@ class SecondaryGroup:
             try:
                 for r, _ in self.journal.iter_records(start, through=min(self.journal.last_seq,
                                                                          start + max_records - 1)):
-                    self.members[r.volume].write(r.offset, r.data)
+                    vol = self.members[r.volume]
+                    for off, data in r.extents():
+                        vol.write(off, data)
                     last_t = r.time
                     n += 1
             except JournalError as e:

@@ -42,6 +42,8 @@ class _Segment:
     times: array = field(default_factory=lambda: array("d"))
     ends: array = field(default_factory=lambda: array("Q"))  # end offset of each record
 
+    rfd: int = -1  # read descriptor, opened on first read, closed when the segment goes
+
     @property
     def count(self) -> int:
         return len(self.times)
@@ -173,6 +175,32 @@ class Journal:
             seg.ends.append(seg.size + len(raw))
             self.next_seq += 1
 
+    def append_many(self, records: list[tuple[bytes, float]]) -> None:
+        """Append consecutive encoded records (sequences ``next_seq`` on), few system calls."""
+        i = 0
+        while i < len(records):
+            with self._lock:
+                seg = self._segments[-1] if self._segments else None
+                if seg is None or seg.size + len(records[i][0]) > self.segment_size:
+                    seg = self._roll(len(records[i][0]))
+                elif self._fd is None:
+                    self._fd = os.open(seg.path, os.O_RDWR)
+                room = self.segment_size - seg.size
+                j, size = i, 0
+                while j < len(records) and (j == i or size + len(records[j][0]) <= room):
+                    size += len(records[j][0])
+                    j += 1
+                os.pwrite(self._fd, b"".join(r for r, _ in records[i:j]), seg.size)
+                if self.fsync:
+                    os.fdatasync(self._fd)
+                end = seg.size
+                for raw, t in records[i:j]:
+                    end += len(raw)
+                    seg.times.append(t)
+                    seg.ends.append(end)
+                self.next_seq += j - i
+            i = j
+
     def _roll(self, need: int) -> _Segment:
         if self._fd is not None:
             os.close(self._fd)
@@ -194,6 +222,9 @@ class Journal:
 
     def _retire(self, seg: _Segment) -> None:
         """A freed segment becomes a spare for a later roll (or is deleted)."""
+        if seg.rfd >= 0:
+            os.close(seg.rfd)
+            seg.rfd = -1
         if len(self._spares) < SPARES:
             spare = self.path / f"{seg.first_seq:020d}.spare"
             os.replace(seg.path, spare)
@@ -251,10 +282,9 @@ class Journal:
                 while j + 1 <= last - s.first_seq and s.ends[j + 1] - start <= max_bytes:
                     j += 1
                 end = s.ends[j]
-            path = s.path
-        with path.open("rb") as f:
-            f.seek(start)
-            return f.read(end - start)
+            if s.rfd < 0:
+                s.rfd = os.open(s.path, os.O_RDONLY)
+            return os.pread(s.rfd, end - start, start)
 
     def iter_records(self, from_seq: int, through: int | None = None):
         """Verified records from ``from_seq`` through ``through`` (default: the last)."""
@@ -302,6 +332,10 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            for seg in self._segments:
+                if seg.rfd >= 0:
+                    os.close(seg.rfd)
+                    seg.rfd = -1
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

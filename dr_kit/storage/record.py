@@ -7,6 +7,10 @@ Layout (little endian), the same on disk and on the wire::
 
 ``crc32`` covers the header (with the crc field zero) and the data.  A record whose
 checksum does not match, whose magic is wrong or which is cut short is never applied.
+
+Kinds: ``KIND_WRITE`` is one write at ``offset``; ``KIND_WRITEV`` holds the ordered writes
+a host sent together in one request (``count u32 | (offset u64, length u32) * count |
+data``; the header's offset is 0).  Both are applied through :meth:`Record.extents`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ MAGIC = b"DRJ1"
 HEADER = struct.Struct("<4sB3xIQdIQII")
 HEADER_SIZE = HEADER.size
 KIND_WRITE = 1
+KIND_WRITEV = 2
 MAX_DATA = 16 * 1024 * 1024
+_EXT = struct.Struct("<QI")
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,31 @@ class Record:
     @property
     def size(self) -> int:
         return HEADER_SIZE + len(self.data)
+
+    def extents(self) -> list[tuple[int, bytes]]:
+        """The (offset, data) writes this record carries, in order."""
+        if self.kind == KIND_WRITE:
+            return [(self.offset, self.data)]
+        if self.kind != KIND_WRITEV:
+            raise JournalError(f"journal record {self.sequence} has unknown kind {self.kind}")
+        (n,) = struct.unpack_from("<I", self.data)
+        pos = 4 + n * _EXT.size
+        out = []
+        for i in range(n):
+            off, length = _EXT.unpack_from(self.data, 4 + i * _EXT.size)
+            out.append((off, self.data[pos:pos + length]))
+            pos += length
+        if pos != len(self.data):
+            raise JournalError(f"journal record {self.sequence}: its write vector does not add up")
+        return out
+
+
+def pack_extents(extents: list[tuple[int, bytes]]) -> tuple[int, int, bytes]:
+    """(kind, offset, data) of a record holding ``extents``: one write, or a write vector."""
+    if len(extents) == 1:
+        return KIND_WRITE, extents[0][0], bytes(extents[0][1])
+    head = struct.pack("<I", len(extents)) + b"".join(_EXT.pack(o, len(d)) for o, d in extents)
+    return KIND_WRITEV, 0, head + b"".join(bytes(d) for _, d in extents)
 
 
 def encode(kind: int, generation: int, sequence: int, time: float, volume: int, offset: int,

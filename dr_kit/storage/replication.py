@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dr_kit.replication")
 COPY_WINDOW = 64  # copy frames in flight before waiting for the backup
 GUARD_PREFIX = "resync-guard-"
-BATCH_GATHER_S = 0.002  # asynchronous pairs: let writes gather this long before a transfer
+BATCH_WINDOW_MS = 10.0  # asynchronous pairs: let writes gather this long before a transfer
 ACK_INTERVAL_S = 0.002  # asynchronous pairs: at most one acknowledgement per this interval
 
 
@@ -137,7 +137,9 @@ class Sender(threading.Thread):
                 continue
             with g.lock:
                 if g.journal.last_seq < next_seq and g.state == PAIR:
+                    g.sender_waiting = True
                     g.changed.wait(0.25)
+                    g.sender_waiting = False
             now = time.monotonic()
             if now - last_beat > 0.25:
                 head = g.journal.last_seq
@@ -148,9 +150,10 @@ class Sender(threading.Thread):
                 # an independent transfer cycle: this journal is read on its own schedule
                 self.stopping.wait(interval * self.rng.uniform(0.5, 1.5))
             elif g.mode == "async" and g.journal.last_seq >= next_seq:
-                # let a few writes gather: one batch per couple of milliseconds keeps the
-                # transfer's CPU cost off the commit path without adding much lag
-                self.stopping.wait(BATCH_GATHER_S)
+                # let writes gather for a short window: fewer, larger transfers keep the
+                # replication's CPU use from competing with the commit path, at the price
+                # of this much extra lag
+                self.stopping.wait(float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0)
             batch = g.journal.read_batch(next_seq, max_bytes=1 << 20)
             if not batch:
                 continue
@@ -166,6 +169,8 @@ class Sender(threading.Thread):
     def _on_state(self, st: dict[str, Any]) -> None:
         self.grp.on_ack(int(st.get("received", 0)), int(st.get("applied", 0)),
                         float(st.get("applied_time") or 0.0), st.get("state"), st.get("consistent"))
+        if st.get("state") == ERROR and self.grp.state not in (ERROR, COPY, RESYNC):
+            self.grp.fail(f"the backup reports: {st.get('message') or 'error'}")
 
     def _read_acks(self, sock: socket.socket) -> None:
         try:
@@ -338,8 +343,10 @@ class _Conn(socketserver.BaseRequestHandler):
             hello = json.loads(payload)
             members = {int(k): (v[0], int(v[1])) for k, v in hello["members"].items()}
             try:
+                # the backup journal holds what the main journal holds, with room for the
+                # segment granularity of freeing on both sides
                 self.grp = array.ensure_secondary_group(hello["group"], members,
-                                                        int(hello["journal_capacity"]),
+                                                        2 * int(hello["journal_capacity"]),
                                                         int(hello["generation"]))
             except DrKitError as e:
                 self._send(wire.ERROR, {"message": str(e)})

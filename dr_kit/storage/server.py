@@ -36,7 +36,8 @@ from dr_kit.storage.replication import ReplicationService
 
 REQ = struct.Struct("<BIQI")  # op, handle, offset, length
 RESP = struct.Struct("<BI")  # status, length
-OPEN, READ, WRITE, SYNC, CLOSE, SIZE = range(1, 7)
+OPEN, READ, WRITE, SYNC, CLOSE, SIZE, WRITEV = range(1, 8)
+EXTENT = struct.Struct("<QI")  # offset, length (WRITEV: count u32, extents, then the data)
 OK, FAIL = 0, 1
 
 
@@ -58,6 +59,19 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def _extents(payload: bytes) -> list[tuple[int, bytes]]:
+    (n,) = struct.unpack_from("<I", payload)
+    pos = 4 + n * EXTENT.size
+    out = []
+    for i in range(n):
+        off, length = EXTENT.unpack_from(payload, 4 + i * EXTENT.size)
+        out.append((off, payload[pos:pos + length]))
+        pos += length
+    if pos != len(payload):
+        raise InvalidInput("malformed write vector")
+    return out
+
+
 class _DataConn(socketserver.BaseRequestHandler):
     server: DataPathServer
 
@@ -68,10 +82,13 @@ class _DataConn(socketserver.BaseRequestHandler):
         try:
             while True:
                 op, h, off, length = REQ.unpack(_recv_exact(sock, REQ.size))
-                payload = _recv_exact(sock, length) if op in (OPEN, WRITE) and length else b""
+                payload = _recv_exact(sock, length) if op in (OPEN, WRITE, WRITEV) and length else b""
                 try:
                     if op == WRITE:
                         array.write(handles[h], off, payload)
+                        out = b""
+                    elif op == WRITEV:
+                        array.writev(handles[h], _extents(payload))
                         out = b""
                     elif op == READ:
                         out = array.read(handles[h], off, length)
