@@ -1,0 +1,339 @@
+"""SQLite on array volumes through the apsw VFS: durability, crash recovery, bad names."""
+
+from __future__ import annotations
+
+import itertools
+
+import apsw
+import pytest
+
+from dr_kit.errors import InvalidInput
+from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
+from dr_kit.sqlite import vfs as sqlite_vfs
+from dr_kit.storage.array import Array
+from dr_kit.storage.blocks import FileVolume
+
+MiB = 1 << 20
+_names = itertools.count()
+
+
+def _vfs(open_device) -> sqlite_vfs.ArrayVFS:
+    return sqlite_vfs.register(f"test-vfs-{next(_names)}", open_device)
+
+
+def _rows(con) -> list[tuple]:
+    return list(con.execute("SELECT id, val FROM t ORDER BY id"))
+
+
+def _integrity(con) -> str:
+    return next(con.execute("PRAGMA integrity_check"))[0]
+
+
+def test_database_on_array_volume_survives_reopen_and_array_restart(arrays):
+    main = arrays.start("main")
+    mc = main.client
+    mc.create_volume("db-vol", 8 * MiB)
+    vfs = _vfs(mc.open_volume)
+    con = sqlite_vfs.connect(vfs, "db-vol", "app.db")
+    with con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"value-{i}" * 20) for i in range(500)])
+    with con:
+        con.execute("UPDATE t SET val = 'changed' WHERE id % 7 = 0")
+    expect = _rows(con)
+    con.close()
+    vfs.forget("db-vol")
+
+    con = sqlite_vfs.connect(vfs, "db-vol", "app.db", create=False)
+    assert _rows(con) == expect
+    assert _integrity(con) == "ok"
+    con.close()
+    vfs.forget("db-vol")
+
+    main.stop()  # the array process goes away and comes back on its folder
+    main2 = arrays.restart(main, same_repl_port=False)
+    vfs2 = _vfs(main2.client.open_volume)
+    con = sqlite_vfs.connect(vfs2, "db-vol", "app.db", create=False)
+    assert _rows(con) == expect
+    assert len(expect) == 500 and expect[7] == (7, "changed")
+    assert _integrity(con) == "ok"
+    con.close()
+    vfs2.forget("db-vol")
+
+
+def test_sqlite_writes_go_through_the_group_journal(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    try:
+        a.create_volume("db-vol", 8 * MiB)
+        grp = a.create_primary_group("grp", ["db-vol"], "127.0.0.1:9")
+        vfs = _vfs(lambda name: _ArrayDev(a, name))
+        con = sqlite_vfs.connect(vfs, "db-vol", "app.db")
+        before = grp.journal.last_seq
+        with con:
+            con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+            con.execute("INSERT INTO t VALUES (1, 'one')")
+        assert grp.journal.last_seq > before  # the page writes are journal entries
+        n = grp.journal.last_seq
+        with con:
+            con.execute("INSERT INTO t VALUES (2, 'two')")
+        assert grp.journal.last_seq > n
+        con.close()
+        vfs.forget("db-vol")
+    finally:
+        a.close()
+
+
+class _ArrayDev:
+    """A volume reached through the array's data path in-process (commit path, journal)."""
+
+    def __init__(self, array: Array, name: str) -> None:
+        self.array, self.name = array, name
+        self.size = array.volume(name).size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.array.read(self.name, offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.array.write(self.name, offset, data)
+
+    def writev(self, extents: list[tuple[int, bytes]]) -> None:
+        self.array.writev(self.name, extents)
+
+
+class _Recorder:
+    """A block device that passes writes on and remembers each one, in order.  A request of
+    several extents is recorded extent by extent, as the array journals it (one entry each),
+    so a copy of the volume may hold any prefix of them."""
+
+    def __init__(self, dev) -> None:
+        self.dev, self.size = dev, dev.size
+        self.writes: list[tuple[int, bytes]] = []
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.writes.append((offset, bytes(data)))
+        self.dev.write(offset, data)
+
+    def writev(self, extents: list[tuple[int, bytes]]) -> None:
+        for off, data in extents:
+            self.write(off, data)
+
+    def sync(self) -> None:
+        pass
+
+
+def test_hot_journal_image_rolls_back_to_last_commit(tmp_path):
+    """Images that hold only the first N writes of a committing transaction (as a copy taken
+    mid-transaction at the backup does: the array journals each write on its own) open with
+    SQLite's crash recovery: each shows either the last committed state or the new one,
+    never a mix, and passes integrity_check."""
+    size = 4 * MiB
+    base_path = tmp_path / "base.vol"
+    vol = FileVolume(base_path, size, create=True)
+    vfs = _vfs(lambda name: vol)
+    con = sqlite_vfs.connect(vfs, "vol", "app.db")
+    with con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "old" * 30) for i in range(400)])
+    with con:  # a small transaction: the persistent journal file now has a small size
+        con.execute("UPDATE t SET val = 'old' || hex(zeroblob(44)) WHERE id < 40")
+    committed = _rows(con)
+    con.close()
+    vfs.forget("vol")
+    vol = FileVolume(base_path, size)
+    base = vol.read(0, size)
+
+    rec = _Recorder(vol)
+    vfs_rec = _vfs(lambda name: rec)
+    con = sqlite_vfs.connect(vfs_rec, "vol", "app.db", create=False)
+    with con:  # one transaction touching most pages
+        con.execute("UPDATE t SET val = 'new' || id || replace(hex(zeroblob(40)), '0', 'x')")
+        con.execute("DELETE FROM t WHERE id % 5 = 0")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(1000 + i, "fresh") for i in range(100)])
+    after = _rows(con)
+    con.close()
+    vfs_rec.forget("vol")
+    assert committed != after and len(rec.writes) >= 4
+
+    # the region of the database file itself (slot 0) on the volume
+    from dr_kit.sqlite.volfs import VolumeFS
+    db = VolumeFS(FileVolume(base_path, size), "vol").entries[0]
+    db_lo, db_hi = db.start, db.start + db.capacity
+
+    n_writes = len(rec.writes)
+    outcomes: dict[int, str] = {}
+    problems: list[str] = []
+    rolled_back = 0
+    for n in range(n_writes + 1):
+        img = tmp_path / f"img-{n}.vol"
+        img.write_bytes(base)
+        dev = FileVolume(img, size)
+        touched_db = False
+        for off, data in rec.writes[:n]:
+            dev.write(off, data)
+            touched_db |= off < db_hi and off + len(data) > db_lo
+        v = _vfs(lambda name, d=dev: d)
+        try:
+            c = sqlite_vfs.connect(v, "vol", "app.db", create=False)
+            try:
+                integrity = _integrity(c)
+                rows = _rows(c)
+            finally:
+                c.close()
+        except (apsw.Error, InvalidInput) as e:
+            integrity, rows = f"{type(e).__name__}: {e}", None
+        finally:
+            v.forget("vol")
+            img.unlink()
+        state = "old" if rows == committed else "new" if rows == after else "mixed"
+        outcomes[n] = state
+        if integrity != "ok" or state == "mixed":
+            problems.append(f"after {n} of {n_writes} writes ({rec.writes[n - 1][0]}+"
+                            f"{len(rec.writes[n - 1][1])} last): integrity {integrity!r}, state {state}")
+        if state == "old" and touched_db:
+            rolled_back += 1  # database pages were overwritten; the hot journal undid them
+    trace = [(off, len(d)) for off, d in rec.writes]
+    assert not problems, f"images SQLite cannot recover: {problems}; writes (offset, length): {trace}"
+    assert outcomes[0] == "old" and outcomes[n_writes] == "new"
+    assert rolled_back >= 1, f"no image exercised a rollback: {outcomes}"
+
+
+def test_snapshot_clone_taken_mid_transaction_recovers(tmp_path):
+    """The array's own path: a snapshot taken between two writes of a committing transaction,
+    restored to a writable clone, opens at the state before or after that transaction."""
+    a = Array(tmp_path / "arr", "main")
+    try:
+        a.create_volume("db-vol", 4 * MiB)
+        plan = {"count": 0, "snap_at": None, "name": None}
+
+        class Tap(_ArrayDev):
+            def write(self, offset, data):
+                super().write(offset, data)
+                plan["count"] += 1
+                if plan["count"] == plan["snap_at"]:
+                    a.create_snapshot(plan["name"], volumes=["db-vol"])
+
+            def writev(self, extents):
+                for off, data in extents:  # one journal entry each, as the array does
+                    self.write(off, data)
+
+        vfs = _vfs(lambda name: Tap(a, name))
+        con = sqlite_vfs.connect(vfs, "db-vol", "app.db")
+        with con:
+            con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+            con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "a" * 200) for i in range(300)])
+
+        def transaction(k: int) -> None:
+            with con:
+                con.execute("UPDATE t SET val = ? || id || hex(zeroblob(?))", (f"v{k}-", 20 + k % 3 * 40))
+
+        start = plan["count"]
+        transaction(0)
+        per_tx = plan["count"] - start
+        assert per_tx >= 3
+        checked = []
+        for k in range(1, per_tx):
+            before = _rows(con)
+            plan["snap_at"], plan["name"] = plan["count"] + k, f"mid-{k}"
+            transaction(k)
+            after = _rows(con)
+            assert plan["name"] in a.snapshots, "the transaction wrote fewer times than expected"
+            a.create_clone(f"img-{k}", plan["name"], "db-vol")
+            cv = _vfs(lambda name: _ArrayDev(a, name))
+            try:
+                c = sqlite_vfs.connect(cv, f"img-{k}", "app.db", create=False)
+                try:
+                    integrity, rows = _integrity(c), _rows(c)
+                finally:
+                    c.close()
+            except (apsw.Error, InvalidInput) as e:
+                integrity, rows = f"{type(e).__name__}: {e}", None
+            finally:
+                cv.forget(f"img-{k}")
+            assert integrity == "ok", f"clone after {k} of {per_tx} writes: {integrity}"
+            assert rows in (before, after), f"clone after {k} of {per_tx} writes mixes two commits"
+            checked.append("before" if rows == before else "after")
+        con.close()
+        vfs.forget("db-vol")
+        assert "before" in checked, checked
+        # the live volume holds the newest commit, untouched by the clones' recovery
+        cv = _vfs(lambda name: _ArrayDev(a, name))
+        c = sqlite_vfs.connect(cv, "db-vol", "app.db", create=False)
+        try:
+            assert _rows(c)[0] == (0, f"v{per_tx - 1}-0" + "00" * (20 + (per_tx - 1) % 3 * 40))
+        finally:
+            c.close()
+            cv.forget("db-vol")
+    finally:
+        a.close()
+
+
+def test_shop_images_on_volumes_judge_consistent(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    try:
+        for v in ("stock-db", "sales-db"):
+            a.create_volume(v, 16 * MiB)
+        vfs = _vfs(lambda name: _ArrayDev(a, name))
+        stock, sales = open_shop(vfs)
+        assert seed(stock, sales) > 0
+        shop = Shop(stock, sales, seed_value=3)
+        shop.run(0, count=30)
+        assert shop.stats.committed == 30 and shop.stats.failed == 0
+        v = judge_images(stock, sales)
+        assert v.consistent and v.orders == 30 and v.integrity == {"stock": "ok", "sales": "ok"}
+        stock.close()
+        sales.close()
+    finally:
+        a.close()
+
+
+def test_bad_database_names_raise_invalid_input(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    try:
+        a.create_volume("db-vol", 4 * MiB)
+        a.create_volume("raw-vol", 4 * MiB)
+        a.write("raw-vol", 0, b"some file system that is not ours")
+        vfs = _vfs(lambda name: _ArrayDev(a, name))
+        bad = [
+            ("", "app.db", "must be <volume>/<file>"),
+            ("db-vol", "", "must be <volume>/<file>"),
+            ("db-vol", "dir/app.db", "must be <volume>/<file>"),
+            ("db-vol", "a-very-long-database-file-name.db", "too long"),
+            ("no-such-vol", "app.db", "no-such-vol"),
+            ("raw-vol", "app.db", "not a dr_kit database volume"),
+        ]
+        for volume, file, words in bad:
+            with pytest.raises(InvalidInput, match="cannot open database") as exc:
+                sqlite_vfs.connect(vfs, volume, file)
+            assert words in str(exc.value), (volume, file, str(exc.value))
+        with pytest.raises(InvalidInput, match="holds no database"):
+            sqlite_vfs.connect(vfs, "db-vol", "app.db", create=False)
+        assert a.read("db-vol", 0, 4096) == bytes(4096)  # the refusals wrote nothing
+        con = sqlite_vfs.connect(vfs, "db-vol", "app.db")
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        con.close()
+        with pytest.raises(InvalidInput, match="is not one of them"):
+            sqlite_vfs.connect(vfs, "db-vol", "other.db")
+        with pytest.raises(InvalidInput):
+            sqlite_vfs.ArrayVFS._split("no-slash")
+        with pytest.raises(apsw.CantOpenError):
+            apsw.Connection("db-vol/other.db", flags=apsw.SQLITE_OPEN_READWRITE, vfs=vfs.vfs_name)
+        vfs.forget("db-vol")
+    finally:
+        a.close()
+
+
+def test_database_too_big_for_its_region_fails_cleanly(tmp_path):
+    vol = FileVolume(tmp_path / "small.vol", MiB, create=True)
+    vfs = _vfs(lambda name: vol)
+    con = sqlite_vfs.connect(vfs, "small", "app.db")
+    con.execute("CREATE TABLE t (v BLOB)")
+    with pytest.raises(apsw.Error), con:
+        for _ in range(100):
+            con.execute("INSERT INTO t VALUES (zeroblob(20000))")
+    assert _integrity(con) == "ok"
+    assert next(con.execute("SELECT COUNT(*) FROM t"))[0] == 0  # the failed transaction rolled back
+    con.close()
+    vfs.forget("small")
