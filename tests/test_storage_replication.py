@@ -448,6 +448,7 @@ def test_snapshot_group_freezes_all_members_at_one_sequence(arrays):
                 a.write(0, block(k))  # sequence n0 + 2k - 1
                 b.write(0, block(k))  # sequence n0 + 2k
                 progress[0] = k
+                time.sleep(0.0005)
         except BaseException as e:
             errors.append(e)
 
@@ -455,10 +456,14 @@ def test_snapshot_group_freezes_all_members_at_one_sequence(arrays):
     t.start()
     snaps = []
     try:
+        last = n0
         for i in range(4):
             start = progress[0]
             wait_for(lambda s=start: progress[0] > s + 25, what="counter writes")
+            # the backup has applied more since the last snapshot: each one is at a new point
+            wait_for(lambda s=last: mc.lag("g").applied.sequence > s, what="the backup applying")
             info = bc.create_snapshot(f"s{i}", group="g")
+            last = info["sequence"]
             snaps.append(info)
             for v in ("ctr-a", "ctr-b"):
                 bc.create_clone(f"s{i}-{v}", f"s{i}", v)
