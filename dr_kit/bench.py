@@ -336,3 +336,32 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, float, str, float, bool]
     ops = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
            ">=": lambda a, b: a >= b}
     return [(label, result[k], op, target, ops[op](result[k], target)) for k, op, target, label in TARGETS]
+
+
+def plot(result: dict[str, Any]):
+    """One figure: commit latency per mode and link delay, and the lag percentiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    delays = ["0ms", "5ms", "20ms"]
+    for i, mode in enumerate(("off", "async", "sync")):
+        vals = [result["commit"][d][mode]["p50_ms"] for d in delays]
+        a.bar([x + i * 0.27 for x in range(3)], vals, width=0.27, label=mode)
+    a.set_xticks([x + 0.27 for x in range(3)], [f"link delay {d}" for d in delays])
+    a.set_yscale("log")
+    a.set_ylabel("shop commit latency p50 (ms, log)")
+    a.set_title("No slowdown: asynchronous copy vs off vs synchronous")
+    a.legend()
+    rates = ["100", "1000"]
+    b.bar([0, 1], [result["lag"][r]["time_lag_ms_p50"] for r in rates], width=0.35, label="p50")
+    b.bar([0.35, 1.35], [result["lag"][r]["time_lag_ms_p99"] for r in rates], width=0.35, label="p99")
+    b.axhline(20, color="red", linestyle="--", label="target p99 < 20 ms")
+    b.set_xticks([0.17, 1.17], [f"{r} writes/s" for r in rates])
+    b.set_ylabel("journal time lag (ms)")
+    b.set_title("Journal lag on loopback")
+    b.legend()
+    fig.tight_layout()
+    return fig

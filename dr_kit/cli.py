@@ -7,7 +7,6 @@ status 2; no traceback is printed for them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
@@ -16,43 +15,10 @@ from dr_kit.errors import DrKitError
 Registrar = Callable[[argparse._SubParsersAction], None]
 
 
-def _crashtest_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("crashtest", help="cut replication at random points and judge the backup images",
-                       description="Run the shop workload with (a) one consistency group and (b) two "
-                       "independent pairs, cut replication at random points, open the backup images "
-                       "with SQLite and count collapsed and corrupt ones.")
-    p.add_argument("--trials", type=int, default=50, help="cut points per configuration (default 50)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--rate", type=float, default=150.0, help="shop transactions per second (default 150)")
-    p.add_argument("--only", choices=("consistency_group", "independent"), help="run one configuration")
-    p.add_argument("--workdir", help="keep the arrays in this folder (default: a temporary one)")
-    p.add_argument("--json", action="store_true", help="print only the JSON result")
-    p.set_defaults(func=_cmd_crashtest)
-
-
-def _cmd_crashtest(args: argparse.Namespace) -> int:
-    from dr_kit import crashtest
-
-    def progress(cfg: str, i: int, t: crashtest.Trial) -> None:
-        if not args.json:
-            print(f"  {cfg:<17} trial {i + 1:>3}/{args.trials}  {t.cut:<13} {t.verdict}", flush=True)
-
-    configs = (args.only,) if args.only else ("consistency_group", "independent")
-    result = crashtest.run(args.trials, args.seed, rate=args.rate, workdir=args.workdir,
-                           configs=configs, progress=progress)
-    summary = {k: v for k, v in result.items() if k != "details"}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(json.dumps(summary, indent=2))
-        for cfg, d in result["details"].items():
-            print(f"{cfg}: {d['committed_orders']} orders committed at the main site, at most "
-                  f"{d['max_collapsed_orders']} orders without stock movement in one backup image")
-    return 0
-
-
 def _registrars() -> list[Registrar]:
-    regs: list[Registrar] = [_crashtest_parser]
+    from dr_kit.commands import measure
+
+    regs: list[Registrar] = [measure.add_parser]
     try:
         from dr_kit.operator.cli import add_parser as operator_parser
         regs.append(operator_parser)

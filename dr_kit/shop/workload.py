@@ -168,6 +168,10 @@ class Shop:
         self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return after the current transaction (signal-handler safe)."""
+        self._stop.set()
+
     def stop(self) -> ShopStats:
         self._stop.set()
         if self._thread:

@@ -1,0 +1,98 @@
+"""``dr-kit crashtest``, ``dr-kit bench`` and ``dr-kit drill``: the measured claims."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("crashtest", help="cut replication at random points and judge the backup images",
+                       description="Run the shop workload with (a) one consistency group and (b) two "
+                       "independent pairs, cut replication at random points, open the backup images "
+                       "with SQLite and count collapsed and corrupt ones.")
+    p.add_argument("--trials", type=int, default=50, help="cut points per configuration (default 50)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--rate", type=float, default=150.0, help="shop transactions per second (default 150)")
+    p.add_argument("--only", choices=("consistency_group", "independent"), help="run one configuration")
+    p.add_argument("--workdir", help="keep the arrays in this folder (default: a temporary one)")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.set_defaults(func=_crashtest)
+
+    p = sub.add_parser("bench", help="benchmarks of the brief's targets, side by side",
+                       description="Commit latency off/async/sync at link delays 0, 5, 20 ms; journal "
+                       "lag at 100 and 1,000 writes/s; apply throughput; snapshot group time for small "
+                       "and large volumes; initial copy throughput; peak array memory.")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and a 256 MiB large volume")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--out", help="also write the JSON result and a plot (PNG) into this folder")
+    p.add_argument("--workdir", help="keep the arrays in this folder (default: a temporary one)")
+    p.set_defaults(func=_bench)
+
+    from dr_kit.drills import DRILLS
+    p = sub.add_parser("drill", help="fault drills: break something, show nothing is lost",
+                       description="Drills: " + ", ".join(DRILLS) + ", or all.")
+    p.add_argument("name", choices=[*DRILLS, "all"])
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.set_defaults(func=_drill)
+
+
+def _crashtest(args: argparse.Namespace) -> int:
+    from dr_kit import crashtest
+
+    def progress(cfg: str, i: int, t: crashtest.Trial) -> None:
+        if not args.json:
+            print(f"  {cfg:<17} trial {i + 1:>3}/{args.trials}  {t.cut:<13} {t.verdict}", flush=True)
+
+    configs = (args.only,) if args.only else ("consistency_group", "independent")
+    result = crashtest.run(args.trials, args.seed, rate=args.rate, workdir=args.workdir,
+                           configs=configs, progress=progress)
+    summary = {k: v for k, v in result.items() if k != "details"}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(json.dumps(summary, indent=2))
+    for cfg, d in result["details"].items():
+        print(f"{cfg}: {d['committed_orders']} orders committed at the main site, at most "
+              f"{d['max_collapsed_orders']} orders without stock movement in one backup image")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dr_kit import bench
+
+    result = bench.run(quick=args.quick, workdir=args.workdir,
+                       progress=None if args.json else (lambda s: print(s, flush=True)))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(result, indent=2))
+        bench.plot(result).savefig(out / "bench.png", dpi=110)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print()
+    print(f"{'target':<40} {'measured':>12}   {'goal':<10} verdict")
+    for label, value, op, goal, ok in bench.verdicts(result):
+        print(f"{label:<40} {value:>12.3f}   {op} {goal:<7} {'met' if ok else 'MISSED'}")
+    print(f"{'peak array RSS, large volume (MB)':<40} {result['peak_rss_mb_1g']:>12.1f}   "
+          f"(small volume: {result['large']['peak_rss_mb_small']:.1f} MB)")
+    return 0
+
+
+def _drill(args: argparse.Namespace) -> int:
+    from dr_kit import drills
+
+    names = list(drills.DRILLS) if args.name == "all" else [args.name]
+    results = []
+    for n in names:
+        if not args.json:
+            print(f"drill {n}:", flush=True)
+        r = drills.run(n, progress=None if args.json else (lambda s: print(s, flush=True)))
+        results.append(r)
+        if not args.json:
+            print(r["line"], flush=True)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, default=str))
+    return 0 if all(r["ok"] for r in results) else 1
