@@ -253,14 +253,19 @@ def test_status_of_an_unknown_dir(tmp_path: Path) -> None:
 
 def test_up_after_a_crash_restarts_only_the_dead(lab: Path) -> None:
     before = records(lab)
-    os.kill(before["link"]["pid"], signal.SIGKILL)
+    for name in ("link", "main-array"):
+        os.kill(before[name]["pid"], signal.SIGKILL)
     r = run_cli("up", "--dir", str(lab))
     assert r.returncode == 0, r.stderr
-    assert "starting replication link ... ok" in r.stdout and "main array ... ok" not in r.stdout
+    assert "starting replication link ... ok" in r.stdout and "main array ... ok" in r.stdout
+    assert "backup array ... ok" not in r.stdout
     after = records(lab)
-    assert after["link"]["pid"] != before["link"]["pid"]
-    assert {n: r for n, r in after.items() if n != "link"} == \
-        {n: r for n, r in before.items() if n != "link"}
+    # the shop held the dead array's data path, so it restarts with it; nothing else does
+    restarted = {"link", "main-array", "shop"}
+    assert all(after[n]["pid"] != before[n]["pid"] for n in restarted)
+    assert {n: r for n, r in after.items() if n not in restarted} == \
+        {n: r for n, r in before.items() if n not in restarted}
+    _shop_report(lab, lambda rep: rep["pid"] == after["shop"]["pid"] and rep["committed"] > 0)
 
 
 def test_kill_9_shows_in_status_and_down_still_cleans_up(lab: Path) -> None:

@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -393,6 +394,15 @@ def _mark_shop(lab: LabDir, running: bool, pid: int | None = None) -> None:
 # -- up / down --------------------------------------------------------------------------------------
 
 
+def _preload() -> None:
+    """Import what ``up`` needs later while the first processes start (it saves ~1 s)."""
+    with contextlib.suppress(Exception):
+        import kubernetes.client  # noqa: F401
+        import kubernetes.config  # noqa: F401
+
+        import dr_kit.lab.apiserver  # noqa: F401
+
+
 def _alive_names(state: dict[str, Any]) -> set[str]:
     recs = state.get("processes") or {}
     return {n for n in START_ORDER if processes.alive(recs.get(n))}
@@ -412,6 +422,7 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
         rate = check_rate(rate)
     t0 = time.monotonic()
     deadline = t0 + timeout
+    threading.Thread(target=_preload, daemon=True, name="lab-preload").start()
     with _locked(lab):
         first = not lab.exists()
         state = _new_state(lab) if first else lab.load()
@@ -468,7 +479,12 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
         _wait_bound(lab, deadline)
         say(f"PVCs {', '.join(SHOP_PVCS)} bound ({time.monotonic() - t:.1f} s)")
 
-        # 3: the shop and the operator
+        # 3: the shop and the operator.  A shop that outlived its array holds a broken data
+        # path (as a host whose LUN went away), so it restarts with the array.
+        if "shop" in alive and "main-array" in started:
+            processes.stop([state["processes"]["shop"]])
+            alive.discard("shop")
+            say("stopped shop application (the main array restarted)")
         control = _read_json(lab.shop_control)
         if control is None or rate is not None:
             control = {**(control or {}), "rate": DEFAULT_RATE if rate is None else rate}
