@@ -217,12 +217,14 @@ def _snapshot_class(site: Site, version: str, wanted: str | None) -> str:
 
 def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait: bool = True,
                           timeout: float = 60.0, progress: Progress | None = None,
-                          snapshot_class: str | None = None, main_site: Site | None = None
-                          ) -> SnapshotGroup:
+                          snapshot_class: str | None = None, main_site: Site | None = None,
+                          allow_inconsistent: bool = False) -> SnapshotGroup:
     """Freeze ``namespace``'s replicated PVCs at the backup site as one snapshot group.
 
     With ``wait``, returns once the group is ready (consistency point known); a group the
-    storage plug-in refuses is removed again and reported as an error.
+    storage plug-in refuses is removed again and reported as an error.  A group the
+    storage reports as *not* consistent (taken during an initial copy or a resync) is
+    removed too, unless ``allow_inconsistent`` (then it is kept and listed as such).
     """
     _check_name(name)
     group, pvcs = protected_pvcs(backup_site, namespace, main_site)
@@ -263,8 +265,13 @@ def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait:
     if failure:
         _delete_vgs(backup_site, name, namespace)
         raise Conflict(f"snapshot group {name} failed and was removed: {failure[0]}")
-    vgs = _get_vgs(backup_site, name, namespace)
-    return _group_from(vgs or body, {})
+    group_ = _group_from(_get_vgs(backup_site, name, namespace) or body, {})
+    if group_.consistent is False and not allow_inconsistent:
+        delete_snapshot_group(backup_site, name, namespace, timeout=timeout)
+        raise Conflict(f"the backup of namespace {namespace} was not consistent when snapshot "
+                       f"group {name} was taken (initial copy or resync running), so it was "
+                       "removed; try again when `dr-kit lag` shows the group in state pair")
+    return group_
 
 
 def _restored_pvcs(site: Site, namespace: str, name: str | None = None

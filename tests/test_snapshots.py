@@ -1,0 +1,433 @@
+"""Snapshot groups against a real lab (``dr-kit lab up`` in a temporary directory).
+
+Create, list, restore, open and delete a snapshot group while the shop writes; the
+correctness check: the analytics on the snapshot equal the same analytics on the main
+site's databases cut at the snapshot's consistency point; bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from dr_kit import analytics, cli, snapshots
+from dr_kit.errors import Conflict, InvalidInput, NotFound, Unavailable
+from dr_kit.lab import manager
+from dr_kit.lab.layout import CSI_DRIVER
+from dr_kit.lag import read_lag
+from dr_kit.operator.cli import protect
+from dr_kit.sites import GSNAP_GROUP, Site
+from dr_kit.sqlite import vfs as sqlite_vfs
+
+NS = "shop"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("snaplab")
+    manager.up(d, rate=25)
+    try:
+        st = protect(NS, lab_dir=d, wait=40)
+        assert st["state"] == "Protected", st
+        wait_consistent(Site.lab("main", d))
+        yield d
+    finally:
+        manager.down(d, purge=True)
+
+
+@pytest.fixture(scope="module")
+def sites(lab: Path) -> tuple[Site, Site]:
+    return Site.lab("main", lab), Site.lab("backup", lab)
+
+
+def wait_consistent(main: Site, timeout: float = 40.0) -> None:
+    """Until the initial copy is done: the backup is a consistent image."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reps = read_lag(main, NS)
+        if reps and all(r.state == "pair" and r.consistent for r in reps):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the shop's group is not consistent after {timeout} s: {reps}")
+
+
+def _vgs_names(site: Site, ns: str = NS) -> list[str]:
+    v = site.group_snapshot_version()
+    return sorted(o["metadata"]["name"] for o in site.kube.custom_list(
+        GSNAP_GROUP, v, "volumegroupsnapshots", ns))
+
+
+def _pvc_names(site: Site, ns: str = NS) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in site.kube.pvcs(ns))
+
+
+# -- the reference: the main site's databases, cut at the snapshot's consistency point ------
+
+
+class MainReference:
+    """A crash image of the main volumes (array snapshot + clones), cut to orders <= K.
+
+    Orders commit in order-id order and stock movements in movement-id order, so the
+    backup image holds orders 1..K and movements 1..M; deleting everything after K and M
+    from a later main image (and putting the moved units back on hand) gives the main
+    databases as they were at the snapshot's consistency point.
+    """
+
+    def __init__(self, main: Site, tag: str) -> None:
+        self.array = main.array
+        pvs = {pv["spec"]["csi"]["volumeHandle"]: pv for pv in main.kube.pvs()
+               if pv["spec"].get("csi", {}).get("driver") == CSI_DRIVER}
+        vols = {pv["spec"]["claimRef"]["name"]: h for h, pv in pvs.items()
+                if pv["spec"].get("claimRef", {}).get("namespace") == NS}
+        self.snap = f"ref-{tag}"
+        self.array.create_snapshot(self.snap, volumes=[vols["stock-db"], vols["sales-db"]])
+        self.clones = {"stock": f"{self.snap}-stock", "sales": f"{self.snap}-sales"}
+        self.array.create_clone(self.clones["stock"], self.snap, vols["stock-db"])
+        self.array.create_clone(self.clones["sales"], self.snap, vols["sales-db"])
+        self.vfs = sqlite_vfs.register(f"test-main-ref-{tag}", self.array.open_volume)
+
+    def cut(self, last_order: int, last_movement: int) -> None:
+        stock = sqlite_vfs.connect(self.vfs, self.clones["stock"], "stock.db", create=False)
+        sales = sqlite_vfs.connect(self.vfs, self.clones["sales"], "sales.db", create=False)
+        try:
+            with stock:
+                stock.execute(
+                    "UPDATE stock_levels SET on_hand = on_hand + COALESCE((SELECT SUM(quantity) "
+                    "FROM stock_movements m WHERE m.product_id = stock_levels.product_id "
+                    "AND m.movement_id > ?), 0)", (last_movement,))
+                stock.execute("DELETE FROM stock_movements WHERE movement_id > ?", (last_movement,))
+            with sales:
+                sales.execute("DELETE FROM order_lines WHERE order_id > ?", (last_order,))
+                sales.execute("DELETE FROM orders WHERE order_id > ?", (last_order,))
+        finally:
+            stock.close()
+            sales.close()
+
+    def max_order(self) -> int:
+        con = sqlite_vfs.connect(self.vfs, self.clones["sales"], "sales.db", create=False)
+        try:
+            return next(con.execute("SELECT COALESCE(MAX(order_id), 0) FROM orders"))[0]
+        finally:
+            con.close()
+
+    def open(self) -> analytics.ShopDatabases:
+        return analytics.open_sqlite(f"{self.clones['stock']}/stock.db",
+                                     f"{self.clones['sales']}/sales.db", vfs=self.vfs.vfs_name)
+
+    def close(self) -> None:
+        for c in self.clones.values():
+            self.vfs.forget(c)
+            self.array.delete_volume(c)
+        self.array.delete_snapshot(self.snap)
+
+
+def _scalar(dbs: analytics.ShopDatabases, db: str, sql: str) -> Any:
+    return analytics.run_query(dbs.engines[db], sql).iloc[0, 0]
+
+
+ANALYSES = {
+    "revenue_by_day": analytics.revenue_by_day,
+    "revenue_by_category": analytics.revenue_by_category,
+    "revenue_by_channel": analytics.revenue_by_channel,
+    "top_products": lambda d: analytics.top_products(d, n=10),
+    "top_products_units": lambda d: analytics.top_products(d, n=10, by="units"),
+    "units_vs_stock": analytics.units_vs_stock,
+    "low_stock": lambda d: analytics.low_stock(d, threshold=10_000),
+    "days_of_cover": analytics.days_of_cover,
+    "reconciliation": analytics.reconciliation,
+}
+
+
+# -- the whole life of a snapshot group while the shop writes ----------------------------------
+
+
+def test_create_list_restore_open_delete_and_analytics_equal_main(sites: tuple[Site, Site]) -> None:
+    main, backup = sites
+    events: list[Any] = []
+    t0 = time.monotonic()
+    g = snapshots.create_snapshot_group(backup, "snap-a", NS, progress=events.append)
+    took = time.monotonic() - t0
+    assert g.ready and g.consistent is True and g.error is None
+    assert g.sequence is not None and g.sequence > 0 and g.position.endswith(f"/{g.sequence}")
+    assert g.point_time is not None and g.lag_seconds is not None and g.lag_seconds >= 0
+    assert set(g.pvcs) == {"sales-db", "stock-db"}
+    assert events and events[-1].done and "ready" in events[-1].message
+    assert took < 10, f"snapshot group creation took {took:.1f} s"
+
+    df = snapshots.list_snapshot_groups(backup, NS)
+    row = df.set_index("name").loc["snap-a"]
+    assert bool(row["ready"]) and int(row["sequence"]) == g.sequence
+    assert row["point_time"] == g.point_time and pd.isna(row["restored"])
+
+    # a reference image of the main site, taken after the snapshot
+    ref = MainReference(main, "a")
+    try:
+        restored = snapshots.restore_snapshot_group(backup, "snap-a", NS)
+        assert restored == {"sales-db": "snap-a-sales-db", "stock-db": "snap-a-stock-db"}
+        assert snapshots.restore_snapshot_group(backup, "snap-a", NS) == restored  # idempotent
+        pvcs = backup.pvcs(NS).set_index("name")
+        assert (pvcs.loc[list(restored.values()), "phase"] == "Bound").all()
+        assert (pvcs.loc[list(restored.values()), "data_source"].str.startswith("VolumeSnapshot/")).all()
+        assert pvcs.loc[list(restored.values()), "consistency_group"].isna().all()
+        listed = snapshots.list_snapshot_groups(backup, NS).set_index("name").loc["snap-a", "restored"]
+        assert listed == "snap-a-sales-db,snap-a-stock-db"
+
+        with snapshots.open_snapshot_databases(backup, "snap-a", NS) as snap_dbs:
+            prov = snap_dbs.provenance
+            assert prov.consistent, prov.stamp()
+            assert prov.snapshot == "snap-a" and prov.sequence == g.sequence
+            assert prov.lag_seconds == pytest.approx(g.lag_seconds)
+            assert f"seq {g.sequence}" in prov.stamp()
+            k = int(_scalar(snap_dbs, "sales", "SELECT MAX(order_id) FROM orders"))
+            m = int(_scalar(snap_dbs, "stock", "SELECT MAX(movement_id) FROM stock_movements"))
+            n_orders = int(_scalar(snap_dbs, "sales", "SELECT COUNT(*) FROM orders"))
+            assert n_orders == k, "the snapshot holds orders 1..K without gaps"
+            last_at = _scalar(snap_dbs, "sales", f"SELECT ordered_at FROM orders WHERE order_id = {k}")
+            assert pd.Timestamp(last_at, tz="UTC") <= g.point_time + pd.Timedelta(seconds=1)
+            got = {name: fn(snap_dbs) for name, fn in ANALYSES.items()}
+        assert k > 0
+        assert ref.max_order() >= k, "the main image is later than the snapshot"
+        ref.cut(k, m)
+        with ref.open() as main_dbs:
+            assert main_dbs.provenance.consistent
+            want = {name: fn(main_dbs) for name, fn in ANALYSES.items()}
+        for name in ANALYSES:
+            assert len(got[name]) > 0, name
+            pd.testing.assert_frame_equal(got[name], want[name], check_exact=True, obj=name)
+        assert got["reconciliation"].attrs["units_sold"] == want["reconciliation"].attrs["units_sold"]
+    finally:
+        ref.close()
+
+    # a later snapshot group is at a later consistency point; both coexist
+    g2 = snapshots.create_snapshot_group(backup, "snap-b", NS)
+    assert g2.sequence > g.sequence and g2.point_time >= g.point_time
+    assert _vgs_names(backup) == ["snap-a", "snap-b"]
+
+    before_arrays = {s["name"] for s in backup.array.status()["snapshots"]}
+    out = snapshots.delete_snapshot_group(backup, "snap-a", NS)
+    assert out["restored_pvcs_deleted"] == ["snap-a-sales-db", "snap-a-stock-db"]
+    assert _vgs_names(backup) == ["snap-b"]
+    assert not [p for p in _pvc_names(backup) if p.startswith("snap-a-")]
+    after = {s["name"] for s in backup.array.status()["snapshots"]}
+    assert len(before_arrays - after) == 1 and g.array_snapshot not in after
+    clones = [v for v in backup.array.status()["volumes"] if v.get("role") == "clone"]
+    assert not clones, "the restored clones are gone with the group"
+
+    # open restores on demand; delete cleans that restore too
+    with snapshots.open_snapshot_databases(backup, "snap-b", NS) as dbs:
+        assert dbs.provenance.sequence == g2.sequence and dbs.provenance.consistent
+    snapshots.delete_snapshot_group(backup, "snap-b", NS)
+    assert _vgs_names(backup) == [] and not backup.array.status()["snapshots"]
+    assert _pvc_names(backup) == ["sales-db", "stock-db"]
+
+
+# -- bad input: one clear error, nothing changed -----------------------------------------------
+
+
+def test_bad_input_changes_nothing(sites: tuple[Site, Site]) -> None:
+    main, backup = sites
+    pvcs_before = _pvc_names(backup)
+    with pytest.raises(NotFound, match="namespace 'nope' does not exist"):
+        snapshots.create_snapshot_group(backup, "x", "nope")
+    with pytest.raises(InvalidInput, match="not valid"):
+        snapshots.create_snapshot_group(backup, "Bad_Name", NS)
+    # a namespace that exists but is not protected
+    main.kube.call(main.kube.core.create_namespace, {"metadata": {"name": "plain"}})
+    with pytest.raises(Conflict, match="not protected"):
+        snapshots.create_snapshot_group(backup, "x", "plain")
+    # unknown snapshot group
+    with pytest.raises(NotFound, match="snapshot group 'ghost' does not exist"):
+        snapshots.restore_snapshot_group(backup, "ghost", NS)
+    with pytest.raises(NotFound):
+        snapshots.open_snapshot_databases(backup, "ghost", NS)
+    with pytest.raises(NotFound):
+        snapshots.delete_snapshot_group(backup, "ghost", NS)
+    with pytest.raises(NotFound, match="does not exist"):
+        snapshots.list_snapshot_groups(backup, "nope")
+    assert _vgs_names(backup) == [] and _pvc_names(backup) == pvcs_before
+
+    # a snapshot group that never becomes ready (a class of another driver)
+    v = backup.group_snapshot_version()
+    backup.kube.call(backup.kube.custom.create_cluster_custom_object, GSNAP_GROUP, v,
+                     "volumegroupsnapshotclasses", {
+                         "apiVersion": f"{GSNAP_GROUP}/{v}", "kind": "VolumeGroupSnapshotClass",
+                         "metadata": {"name": "other-driver"}, "driver": "other.example.com",
+                         "deletionPolicy": "Delete"})
+    pending = snapshots.create_snapshot_group(backup, "pending", NS, wait=False,
+                                              snapshot_class="other-driver")
+    assert not pending.ready
+    with pytest.raises(Conflict, match="not ready yet"):
+        snapshots.restore_snapshot_group(backup, "pending", NS)
+    with pytest.raises(Conflict, match="not ready yet"):
+        snapshots.open_snapshot_databases(backup, "pending", NS)
+    assert _pvc_names(backup) == pvcs_before
+    with pytest.raises(Conflict, match="already exists"):
+        snapshots.create_snapshot_group(backup, "pending", NS)
+    real = Site.from_kubeconfig(backup.kubeconfig, "backup")  # no lab default class to fall back on
+    with pytest.raises(InvalidInput, match="no default VolumeGroupSnapshotClass"):
+        snapshots.create_snapshot_group(real, "z", NS, main_site=main)
+    with pytest.raises(NotFound, match="VolumeGroupSnapshotClass 'nope'"):
+        snapshots.create_snapshot_group(backup, "y", NS, snapshot_class="nope")
+    with pytest.raises(Unavailable, match="not ready after"):
+        snapshots.create_snapshot_group(backup, "slow", NS, snapshot_class="other-driver",
+                                        timeout=0.3)
+    snapshots.delete_snapshot_group(backup, "slow", NS)
+    snapshots.delete_snapshot_group(backup, "pending", NS)
+    assert _vgs_names(backup) == []
+
+
+def test_database_urls_bad_and_unreachable(sites: tuple[Site, Site]) -> None:
+    _, backup = sites
+    snapshots.create_snapshot_group(backup, "urls", NS)
+    try:
+        with pytest.raises(InvalidInput, match="malformed"):
+            snapshots.open_snapshot_databases(backup, "urls", NS, stock_url="not a url",
+                                              sales_url="not a url either")
+        with pytest.raises(Unavailable, match="cannot reach the stock database") as e:
+            snapshots.open_snapshot_databases(
+                backup, "urls", NS, stock_url="postgresql+psycopg://shop:s3cret-pw@127.0.0.1:1/stock",
+                sales_url="postgresql+psycopg://shop:s3cret-pw@127.0.0.1:1/sales")
+        assert "s3cret-pw" not in str(e.value)
+        with pytest.raises(NotFound, match="Secret 'db-urls'"):
+            snapshots.open_snapshot_databases(backup, "urls", NS, secret="db-urls")
+        # URLs and the password from a Secret; the password never shows
+        enc = {k: base64.b64encode(v.encode()).decode() for k, v in {
+            "stock-url": "postgresql+psycopg://shop@127.0.0.1:1/{snapshot}_stock",
+            "sales-url": "postgresql+psycopg://shop@127.0.0.1:1/{snapshot}_sales",
+            "password": "pw-from-secret"}.items()}
+        backup.kube.call(backup.kube.core.create_namespaced_secret, NS, {
+            "metadata": {"name": "db-urls"}, "data": enc})
+        with pytest.raises(Unavailable, match="urls_stock") as e:
+            snapshots.open_snapshot_databases(backup, "urls", NS, secret="db-urls")
+        assert "pw-from-secret" not in str(e.value)
+        assert [p for p in _pvc_names(backup) if p.startswith("urls-")] == []
+    finally:
+        snapshots.delete_snapshot_group(backup, "urls", NS)
+
+
+def test_restore_false_refuses_and_changes_nothing(sites: tuple[Site, Site]) -> None:
+    _, backup = sites
+    snapshots.create_snapshot_group(backup, "norestore", NS)
+    try:
+        with pytest.raises(Conflict, match="not restored"):
+            snapshots.open_snapshot_databases(backup, "norestore", NS, restore=False)
+        assert not [p for p in _pvc_names(backup) if p.startswith("norestore-")]
+    finally:
+        snapshots.delete_snapshot_group(backup, "norestore", NS)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", analytics.InconsistentCopyWarning)
+        rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_snapshot_and_query(lab: Path, sites: tuple[Site, Site],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    _, backup = sites
+    d = str(lab)
+    rc, out, err = run_cli(capsys, "snapshot", "create", "cli-1", "-n", NS, "--dir", d)
+    assert rc == 0 and "snapshot group cli-1 ready" in out and "consistency point sequence" in out
+    rc, out, _ = run_cli(capsys, "snapshot", "list", "-n", NS, "--dir", d, "--json")
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["cli-1"] and rows[0]["ready"] and rows[0]["sequence"] > 0
+
+    rc, out, err = run_cli(capsys, "query", "-n", NS, "--snapshot", "cli-1", "--dir", d,
+                           "SELECT channel, COUNT(*) AS n FROM orders WHERE order_id <= :k "
+                           "GROUP BY channel ORDER BY channel", "--param", "k=20",
+                           "--format", "json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["columns"] == ["channel", "n"] and sum(r["n"] for r in res["rows"]) == 20
+    assert res["provenance"]["snapshot"] == "cli-1" and res["provenance"]["verdict"]["consistent"]
+    rc, out, err = run_cli(capsys, "query", "-n", NS, "--snapshot", "cli-1", "--dir", d,
+                           "--db", "stock", "SELECT COUNT(*) AS n FROM products", "--format", "csv")
+    assert rc == 0 and out.splitlines()[0] == "n" and int(out.splitlines()[1]) > 0
+    assert "snapshot cli-1" in err  # the stamp goes to stderr, the CSV stays clean
+    rc, out, _ = run_cli(capsys, "query", "-n", NS, "--snapshot", "cli-1", "--dir", d,
+                         "SELECT COUNT(*) AS n FROM orders")
+    assert rc == 0 and out.startswith("# snapshot cli-1 | consistency point seq ")
+    rc, out, _ = run_cli(capsys, "snapshot", "restore", "cli-1", "-n", NS, "--dir", d)
+    assert rc == 0 and "sales-db -> cli-1-sales-db" in out
+
+    pvcs = _pvc_names(backup)
+    bad = [
+        (["snapshot", "create", "x", "-n", "nope"], "namespace 'nope' does not exist"),
+        (["snapshot", "create", "cli-1", "-n", NS], "already exists"),
+        (["snapshot", "restore", "ghost", "-n", NS], "snapshot group 'ghost' does not exist"),
+        (["snapshot", "delete", "ghost", "-n", NS], "snapshot group 'ghost' does not exist"),
+        (["snapshot", "list", "-n", "nope"], "namespace 'nope' does not exist"),
+        (["query", "-n", NS, "--snapshot", "cli-1", "DELETE FROM orders"], "read-only"),
+        (["query", "-n", NS, "--snapshot", "cli-1", "SELECT 1; DROP TABLE orders"], "one statement"),
+        (["query", "-n", NS, "--snapshot", "cli-1", "SELECT * FROM orders WHERE order_id = :id"],
+         "not given: id"),
+        (["query", "-n", NS, "--snapshot", "cli-1", "SELECT 1", "--param", "1x=2"], "NAME=VALUE"),
+        (["query", "-n", NS, "--snapshot", "ghost", "SELECT 1"], "does not exist"),
+        (["query", "-n", NS, "--snapshot", "cli-1", "SELECT * FROM no_such_table"], "query failed"),
+    ]
+    for argv, msg in bad:
+        rc, out, err = run_cli(capsys, *argv, "--dir", d)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], \
+            (argv, err)
+    rc, _, err = run_cli(capsys, "snapshot", "list", "-n", NS, "--dir", str(lab / "no-lab"))
+    assert rc == 2 and "no lab in" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, "snapshot", "list", "-n", NS, "--kubeconfig",
+                         str(lab / "kubeconfig"), "--context", "nosuch")
+    assert rc == 2 and "nosuch" in err and "contexts: main, backup" in err
+    assert _pvc_names(backup) == pvcs and _vgs_names(backup) == ["cli-1"]
+
+    rc, out, _ = run_cli(capsys, "snapshot", "delete", "cli-1", "-n", NS, "--dir", d)
+    assert rc == 0 and "deleted snapshot group cli-1 and restored PVCs" in out
+    assert _vgs_names(backup) == [] and _pvc_names(backup) == ["sales-db", "stock-db"]
+
+
+def test_real_mode_site_reads_snapshots_without_array(lab: Path, sites: tuple[Site, Site]) -> None:
+    """Through the kubeconfig alone (no array endpoint), as on a real cluster."""
+    real = Site.from_kubeconfig(lab / "kubeconfig", "backup")
+    assert not real.has_array and real.mode == "real"
+    main = Site.from_kubeconfig(lab / "kubeconfig", "main")
+    g = snapshots.create_snapshot_group(real, "real-1", NS, main_site=main,
+                                        snapshot_class="lab-array-group")
+    try:
+        assert g.ready
+        with pytest.raises(InvalidInput, match="no database URLs"):
+            snapshots.open_snapshot_databases(real, "real-1", NS)
+        assert snapshots.restore_snapshot_group(real, "real-1", NS) == {
+            "sales-db": "real-1-sales-db", "stock-db": "real-1-stock-db"}
+    finally:
+        snapshots.delete_snapshot_group(real, "real-1", NS)
+    assert _pvc_names(real) == ["sales-db", "stock-db"]
+
+
+def test_inflight_order_is_rolled_back_on_the_clone(sites: tuple[Site, Site]) -> None:
+    """Several snapshots while the shop writes: every one is consistent (crash recovery ran)."""
+    _, backup = sites
+    seqs = []
+    for i in range(3):
+        g = snapshots.create_snapshot_group(backup, f"burst-{i}", NS)
+        seqs.append(g.sequence)
+    try:
+        for i in range(3):
+            with snapshots.open_snapshot_databases(backup, f"burst-{i}", NS) as dbs:
+                v = dbs.provenance.verdict
+                assert v.consistent and v.collapsed_orders == 0, v.summary()
+                with dbs.engines["stock"].connect() as c:
+                    assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        assert seqs == sorted(seqs)
+    finally:
+        for i in range(3):
+            snapshots.delete_snapshot_group(backup, f"burst-{i}", NS)
