@@ -241,3 +241,16 @@ def test_lag_is_unknown_not_zero_before_the_backup_reports(tmp_path):
         assert str(lag.main) == "g1/1"
     finally:
         a.close()
+
+
+def test_write_vector_with_a_bad_range_writes_nothing(arr):
+    grp = arr.primary["grp"]
+    seq = grp.journal.last_seq
+    for name in ("vol-a", "vol-b"):  # grouped (journaled) and plain
+        with pytest.raises(InvalidInput, match="outside"):
+            arr.writev(name, [(0, b"first extent"), (2 * MiB - 1, b"past the end")])
+        assert arr.read(name, 0, 12) == bytes(12)
+    assert grp.journal.last_seq == seq
+    arr.writev("vol-a", [(0, b"first"), (CHUNK, b"second"), (2, b"over")])
+    assert arr.read("vol-a", 0, 6) == b"fiover" and arr.read("vol-a", CHUNK, 6) == b"second"
+    assert grp.journal.last_seq > seq
