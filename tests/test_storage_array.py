@@ -162,7 +162,9 @@ def test_main_side_redo_reapplies_journaled_writes(tmp_path):
               (MiB, b"B" * 100)]
     for off, data in writes:
         a.write("db", off, data)
+    a.writev("db", [(MiB + 4096, b"vector one"), (200, b"vector two"), (MiB + 4100, b"VV")])
     expect = a.read("db", 0, 2 * MiB)
+    assert expect[MiB + 4096:MiB + 4106] == b"vectVV one" and expect[200:210] == b"vector two"
     a.close()
 
     vol_file = root / "volumes" / "db.vol"

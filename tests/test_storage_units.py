@@ -133,6 +133,24 @@ def test_record_bad_magic_and_cut_short_raise():
         list(rec.iter_records(raw + two[len(raw): len(raw) + 10]))
 
 
+def test_write_vector_record_round_trip():
+    extents = [(4096, b"journal page"), (65536, os.urandom(3000)), (128, b"size entry")]
+    kind, off, payload = rec.pack_extents(extents)
+    assert kind == rec.KIND_WRITEV and off == 0
+    r = rec.decode(rec.encode(kind, 1, 9, 5.0, 3, off, payload))
+    assert r.extents() == extents
+    one = rec.pack_extents([(77, b"single")])
+    assert one == (rec.KIND_WRITE, 77, b"single")
+    assert rec.decode(rec.encode(*one[:1], 1, 10, 5.0, 3, one[1], one[2])).extents() == [(77, b"single")]
+    # a vector whose table does not match its data is refused, even with a good checksum
+    bad = rec.decode(rec.encode(rec.KIND_WRITEV, 1, 11, 5.0, 3, 0, payload + b"extra"))
+    with pytest.raises(JournalError, match="does not add up"):
+        bad.extents()
+    odd = rec.decode(rec.encode(7, 1, 12, 5.0, 3, 0, b"x"))
+    with pytest.raises(JournalError, match="unknown kind"):
+        odd.extents()
+
+
 # -- journal -----------------------------------------------------------------------------
 
 CAP = 4 << 20  # 4 MiB: segments of 512 KiB
