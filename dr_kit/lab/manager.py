@@ -87,7 +87,8 @@ def _quiet(_line: str) -> None:
 @contextlib.contextmanager
 def _locked(lab: LabDir) -> Iterator[None]:
     """One manager at a time per lab directory (two `up`s must not start two labs)."""
-    lab.run.mkdir(parents=True, exist_ok=True)
+    lab.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder is ours alone
+    lab.run.mkdir(exist_ok=True)
     fd = os.open(lab.run / "lab.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -438,7 +439,6 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
             say(f"{LABELS[n]} is running (pid {state['processes'][n]['pid']})")
         for d in (lab.logs, lab.run, *(lab.api_dir(s) for s in SITES), *(lab.array_dir(s) for s in SITES)):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(lab.root, 0o700)
         lab.save(state)
 
         tokens = _tokens(lab)
@@ -550,11 +550,25 @@ def down(dir: str | os.PathLike[str] | None = None, *, purge: bool = False,  # n
             sock = Path(state["endpoints"][site]["array"].get("data_socket") or lab.root)
             if lab.root not in sock.parents:
                 sock.unlink(missing_ok=True)
-        shutil.rmtree(lab.root)
-        say(f"removed {lab.root}")
+        _purge(lab)
+        say(f"removed the lab's files from {lab.root}")
     else:
         say(f"lab stopped; state kept in {lab.root} (dr-kit lab up to start it again)")
     return {"dir": str(lab.root), "stopped": alive, "purged": purge}
+
+
+def _purge(lab: LabDir) -> None:
+    """Delete what the lab wrote, then the folder if that leaves it empty (``--dir .`` is safe)."""
+    for site in SITES:
+        shutil.rmtree(lab.root / site, ignore_errors=True)
+    for d in (lab.logs, lab.run):
+        shutil.rmtree(d, ignore_errors=True)
+    for f in (lab.kubeconfig, lab.shop_control, lab.shop_status, lab.state_file):
+        f.unlink(missing_ok=True)
+    for stray in lab.root.glob(".*.tmp*"):  # an atomic write cut short
+        stray.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        lab.root.rmdir()
 
 
 # -- controls -----------------------------------------------------------------------------------------
@@ -603,6 +617,7 @@ def set_link(dir: str | os.PathLike[str] | None, delay_ms: float | None = None, 
     if cut is not None:
         body["cut"] = bool(cut)
     lab = LabDir.of(dir)
+    lab.load()  # NotFound before anything is created
     with _locked(lab):
         state = lab.load()
         result = _link_call(state["endpoints"]["link"]["control_url"], body)
