@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import yaml
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.lab.layout import ANNOTATION_PREFIX, DEFAULT_DIR, SITES, LabDir
@@ -240,13 +241,18 @@ class Site:
         where_cfg = f"kubeconfig {self.kubeconfig}" if self.kubeconfig else "the default kubeconfig"
         if self.kubeconfig and not Path(self.kubeconfig).is_file():
             raise NotFound(f"{where_cfg} does not exist")
+        if context:
+            known = _contexts(self.kubeconfig)
+            if known and context not in known:
+                raise InvalidInput(f"context {context!r} is not in {where_cfg} "
+                                   f"(contexts: {', '.join(known)})")
         try:
             api = k8s_config.new_client_from_config(config_file=self.kubeconfig, context=context)
         except k8s_config.ConfigException as e:
             known = _contexts(self.kubeconfig)
             hint = f" (contexts: {', '.join(known)})" if known else ""
             raise InvalidInput(f"{where_cfg}: {_first_line(str(e))}{hint}") from None
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as e:
             raise InvalidInput(f"{where_cfg} is not usable: {_first_line(str(e))}") from None
         api.configuration.retries = 1
         self.host = api.configuration.host
@@ -550,6 +556,9 @@ def _frame(rows: Iterable[dict[str, Any]], columns: list[str],
     for c in ("lag_seconds", "last_sync_duration_s"):
         if c in df:
             df[c] = df[c].astype("Float64")
+    for c in ("completed", "degraded", "resyncing", "consistent"):
+        if c in df:
+            df[c] = df[c].astype("boolean")  # True / False / <NA> (unknown)
     for c in ("created", "point_time", "last_sync_time"):
         if c in df:
             df[c] = pd.to_datetime(df[c], utc=True)
