@@ -16,9 +16,9 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    from dr_kit.commands import measure
+    from dr_kit.commands import measure, notebooks
 
-    regs: list[Registrar] = [measure.add_parser]
+    regs: list[Registrar] = [measure.add_parser, notebooks.add_parser]
     try:
         from dr_kit.operator.cli import add_parser as operator_parser
         regs.append(operator_parser)

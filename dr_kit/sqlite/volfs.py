@@ -54,7 +54,8 @@ class VolumeFS:
         self.dev = dev
         self.volume = volume
         self.lock = threading.RLock()
-        self._pending: list[tuple[int, int, bytearray]] = []  # (slot, offset, data), in order
+        # (slot, offset, data) in order; a negative offset -(o+1) is a file table entry at o
+        self._pending: list[tuple[int, int, bytearray]] = []
         self._pending_bytes = 0
         self._size_dirty: set[int] = set()
         head = dev.read(0, ENTRY_BASE + ENTRY.size * len(SUFFIXES))
@@ -117,12 +118,14 @@ class VolumeFS:
         self.dev.write(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i]))
 
     def flush(self) -> None:
-        """Send gathered data, then the sizes that cover it, as one ordered request."""
+        """Send gathered writes as one ordered request: each file's data, then the size
+        that covers it, in the order SQLite wrote them."""
         with self.lock:
             if not self._pending and not self._size_dirty:
                 return
             assert self.entries is not None
-            extents = [(self.entries[slot].start + off, bytes(buf)) for slot, off, buf in self._pending]
+            extents = [(self.entries[slot].start + off, bytes(buf)) if off >= 0 else (-off - 1, bytes(buf))
+                       for slot, off, buf in self._pending]
             extents += [(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i])) for i in sorted(self._size_dirty)]
             self._pending.clear()
             self._pending_bytes = 0
@@ -162,7 +165,7 @@ class VolumeFS:
 
     def read(self, i: int, offset: int, length: int) -> bytes:
         with self.lock:
-            if any(p[0] == i for p in self._pending):
+            if any(p[0] == i and p[1] >= 0 for p in self._pending):
                 self.flush()
             e = self.entries[i]  # type: ignore[index]
             if offset >= e.size:
@@ -180,7 +183,15 @@ class VolumeFS:
             if self._pending_bytes + len(data) > GATHER_MAX:
                 self.flush()
             p = self._pending[-1] if self._pending else None
-            if p is not None and p[0] == i and p[1] + len(p[2]) == offset:
+            if p is not None and p[0] != i and p[1] >= 0 and p[0] in self._size_dirty:
+                # another file's writes come next: the size covering that file's data goes
+                # first, as SQLite would have it on a device that keeps the order of writes
+                j = p[0]
+                self._size_dirty.discard(j)
+                at = ENTRY_BASE + j * ENTRY.size
+                self._pending.append((j, -at - 1, bytearray(self._pack(self.entries[j]))))
+                p = self._pending[-1]
+            if p is not None and p[0] == i and p[1] >= 0 and p[1] + len(p[2]) == offset:
                 p[2].extend(data)
             else:
                 self._pending.append((i, offset, bytearray(data)))

@@ -236,7 +236,8 @@ class Array:
 
     def writev(self, name: str, extents: list[tuple[int, bytes]]) -> None:
         """Several writes in order, acknowledged together (what a host sends between two
-        flushes); each is its own journal entry, so any prefix of them may reach the backup."""
+        flushes).  In a consistency group they form one journal entry (applied whole at
+        the backup); without one they are written in order, so a crash leaves a prefix."""
         v = self.volumes.get(name) or self.volume(name)
         if v.secondary is not None:
             raise Conflict(f"volume {name!r} is a secondary of group {v.secondary.name!r} and is "

@@ -1,0 +1,41 @@
+"""``dr-kit notebooks run``: the walkthrough end to end, unattended."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from dr_kit.errors import InvalidInput
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notebooks", help="run the walkthrough notebooks unattended (papermill)")
+    s = p.add_subparsers(dest="notebooks_command", required=True)
+    r = s.add_parser("run", help="execute the notebooks in order, write executed copies and HTML",
+                     description="Runs the notebooks against the embedded lab (started when needed) or "
+                     "real clusters (-p kubeconfig PATH -p main_context C -p backup_context C).")
+    r.add_argument("--out", default="out", help="output folder (default: out)")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a notebook parameter (value parsed as YAML: 3, 2.5, true, null, text)")
+    r.add_argument("--only", action="append", help="run only notebooks starting with this (e.g. 01)")
+    r.add_argument("--no-html", action="store_true", help="skip the HTML renderings")
+    r.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dr_kit import notebooks
+
+    params = {}
+    for name, raw in args.parameter:
+        try:
+            params[name] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise InvalidInput(f"parameter {name}: cannot read value {raw!r}") from None
+    results = notebooks.run_all(args.out, params, only=args.only, html=not args.no_html,
+                                progress=lambda s: print(s, flush=True))
+    print()
+    for line in notebooks.summary_lines(results):
+        print(line)
+    print(f"\nexecuted notebooks and HTML in {args.out}/")
+    return 0

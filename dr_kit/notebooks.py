@@ -1,0 +1,116 @@
+"""Running the walkthrough notebooks unattended (``dr-kit notebooks run``).
+
+Each notebook runs with papermill in a fresh kernel, in order, against the lab (default)
+or real clusters (parameters).  The executed notebooks and an HTML rendering of each go to
+the output folder; each notebook records its headline results in ``results/NN_*.json``
+there, from which a short summary is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dr_kit.errors import DrKitError, InvalidInput
+
+NOTEBOOKS = ("01_protect_namespace", "02_journal_lag", "03_snapshot_group", "04_snapshot_analytics",
+             "05_dr_drill")
+
+
+def notebook_dir() -> Path:
+    env = os.environ.get("DR_KIT_NOTEBOOKS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def declared_parameters(path: Path) -> dict[str, Any]:
+    import papermill as pm
+
+    return pm.inspect_notebook(str(path))
+
+
+def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = None, *,
+            only: list[str] | None = None, progress: Callable[[str], None] | None = None,
+            html: bool = True) -> dict[str, Any]:
+    """Execute the notebooks in order; returns the recorded results per notebook."""
+    import papermill as pm
+
+    say = progress or (lambda s: None)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(parameters or {})
+    params.setdefault("lab_dir", str(Path(params.get("lab_dir", ".dr-lab")).resolve()))
+    names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
+    if only and not names:
+        raise InvalidInput(f"no notebook matches {only}; notebooks: {', '.join(NOTEBOOKS)}")
+    src = notebook_dir()
+    results: dict[str, Any] = {}
+    for name in names:
+        path = src / f"{name}.ipynb"
+        if not path.is_file():
+            raise InvalidInput(f"notebook {path} not found; set DR_KIT_NOTEBOOKS to the notebooks folder")
+        declared = declared_parameters(path)
+        unknown = [k for k in params if k not in declared and k not in ("lab_dir",)]
+        mine = {k: v for k, v in params.items() if k in declared}
+        mine["results_file"] = str(out / "results" / f"{name}.json")
+        mine["interactive"] = False
+        t0 = time.monotonic()
+        say(f"running {name} ...")
+        try:
+            pm.execute_notebook(str(path), str(out / f"{name}.ipynb"), parameters=mine, kernel_name="python3",
+                                progress_bar=False, cwd=str(out))
+        except pm.PapermillExecutionError as e:
+            raise DrKitError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: "
+                             f"{str(e.evalue).splitlines()[0] if e.evalue else ''} (see {out / (name + '.ipynb')})") from None
+        if html:
+            _to_html(out / f"{name}.ipynb")
+        results[name] = json.loads((out / "results" / f"{name}.json").read_text())
+        say(f"  {name} done in {time.monotonic() - t0:.1f} s")
+        del unknown
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def _to_html(nb_path: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+    nb_path.with_suffix(".html").write_text(body)
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """The short summary printed at the end of a run."""
+    lines = []
+    r1 = results.get("01_protect_namespace")
+    if r1:
+        lines.append(f"protected PVCs: {', '.join(r1.get('protected_pvcs') or [])} -> backup PVCs "
+                     f"{', '.join(r1.get('backup_pvcs') or [])} in {r1.get('seconds_to_protect')} s")
+    r2 = results.get("02_journal_lag")
+    if r2:
+        c = r2.get("collapse", {})
+        lines.append(f"journal lag (steady): p50 {_ms(r2.get('lag_p50_ms'))}, p99 {_ms(r2.get('lag_p99_ms'))}")
+        if c:
+            lines.append("collapse experiment: " + "; ".join(
+                f"{k}: {v['collapsed']} collapsed / {v['trials']} (corrupt {v['corrupt']})" for k, v in c.items()))
+    r3 = results.get("03_snapshot_group")
+    if r3:
+        lines.append(f"snapshot group {r3.get('name')}: consistency point {r3.get('position')} at "
+                     f"{r3.get('point_time')}, one sequence for all members: {r3.get('one_sequence')}")
+    r4 = results.get("04_snapshot_analytics")
+    if r4:
+        total = r4.get("revenue_total_cents")
+        lines.append(f"revenue in the snapshot: {total / 100:,.2f}" if total is not None else "revenue: n/a")
+        lines.append(f"  {r4.get('stamp')}")
+    r5 = results.get("05_dr_drill")
+    if r5:
+        lines.append(f"failover drill: {'PASS' if r5.get('ok') else 'FAIL'}, RTO {r5.get('rto_s', 0):.2f} s, "
+                     f"orders lost {r5.get('rpo_orders_lost')}")
+    return lines
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.1f} ms" if isinstance(v, (int, float)) else "unknown"

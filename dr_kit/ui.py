@@ -1,0 +1,103 @@
+"""Notebook presentation: the same render functions with or without widgets.
+
+With ``interactive=True`` (a person in JupyterLab) controls are ipywidgets whose callbacks
+call the same functions; with ``interactive=False`` (papermill, CI) each control's action
+runs once with its default, so an unattended run never waits for a click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dr_kit.sites import ProgressEvent
+
+
+def show(*objs: Any) -> None:
+    """Display objects (DataFrames, Figures, text) in a notebook, or print them."""
+    try:
+        from IPython.display import display
+    except ImportError:  # plain Python
+        for o in objs:
+            print(o)
+        return
+    for o in objs:
+        display(o)
+
+
+def side_by_side(left: Any, right: Any, titles: tuple[str, str] = ("main site", "backup site")) -> Any:
+    """Two frames next to each other (the paper's split screen), as HTML."""
+    from IPython.display import HTML
+
+    def cell(title: str, obj: Any) -> str:
+        body = obj.to_html(index=False) if hasattr(obj, "to_html") else f"<pre>{obj}</pre>"
+        return f"<div style='flex:1;min-width:0;overflow:auto'><h4>{title}</h4>{body}</div>"
+
+    return HTML("<div style='display:flex;gap:2em'>" + cell(titles[0], left) + cell(titles[1], right) + "</div>")
+
+
+def progress_printer(prefix: str = "") -> Callable[[ProgressEvent], None]:
+    """A progress callback printing one line per change of message (and the last one)."""
+    last = {"msg": None}
+
+    def cb(ev: ProgressEvent) -> None:
+        if ev.message != last["msg"] or ev.done:
+            print(f"{prefix}{ev}", flush=True)
+            last["msg"] = ev.message
+
+    return cb
+
+
+def action(label: str, fn: Callable[..., Any], *, interactive: bool, **kwargs: Any) -> Any:
+    """A button running ``fn(**kwargs)`` when interactive; otherwise run it now, once."""
+    if not interactive:
+        return fn(**kwargs)
+    import ipywidgets as w
+
+    out = w.Output()
+    button = w.Button(description=label, button_style="primary", layout=w.Layout(width="auto"))
+
+    def clicked(_b: Any) -> None:
+        with out:
+            out.clear_output()
+            result = fn(**kwargs)
+            if result is not None:
+                show(result)
+
+    button.on_click(clicked)
+    show(w.VBox([button, out]))
+    return None
+
+
+def controls(fn: Callable[..., Any], *, interactive: bool, **specs: tuple[Any, Any]) -> Any:
+    """Sliders/dropdowns for ``fn``'s parameters when interactive, else ``fn(**defaults)``.
+
+    ``specs`` maps a parameter to ``(default, choices)`` where choices is a list (dropdown)
+    or a ``(min, max, step)`` tuple (slider).
+    """
+    defaults = {k: v[0] for k, v in specs.items()}
+    if not interactive:
+        return fn(**defaults)
+    import ipywidgets as w
+
+    ws: dict[str, Any] = {}
+    for k, (default, choices) in specs.items():
+        if isinstance(choices, list):
+            ws[k] = w.Dropdown(options=choices, value=default, description=k)
+        else:
+            lo, hi, step = choices
+            cls = w.IntSlider if all(isinstance(x, int) for x in (lo, hi, step, default)) else w.FloatSlider
+            ws[k] = cls(value=default, min=lo, max=hi, step=step, description=k, continuous_update=False)
+    run = w.Button(description="Run", button_style="primary")
+    out = w.Output()
+
+    def clicked(_b: Any) -> None:
+        with out:
+            out.clear_output()
+            result = fn(**{k: x.value for k, x in ws.items()})
+            if result is not None:
+                show(result)
+
+    run.on_click(clicked)
+    show(w.VBox([*ws.values(), run, out]))
+    return None

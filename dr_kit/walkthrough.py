@@ -1,0 +1,215 @@
+"""What the walkthrough notebooks do, as functions a test can call.
+
+Each notebook keeps a parameters cell and short cells; the steps live here.  ``connect``
+reaches the two sites (the embedded lab by default, started when needed, or real clusters
+through a kubeconfig); the other functions are the notebooks' steps; ``record`` writes a
+notebook's headline results to a JSON file that tests and ``dr-kit notebooks run`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dr_kit.errors import DrKitError, InvalidInput, Unavailable
+from dr_kit.sites import Progress, Site, wait_until
+
+
+def connect(lab_dir: str | None = ".dr-lab", kubeconfig: str | None = None, main_context: str = "main",
+            backup_context: str = "backup", *, rate: float | None = None,
+            progress: Callable[[str], None] | None = print) -> tuple[Site, Site]:
+    """The main and backup sites.  Without a kubeconfig: the lab in ``lab_dir`` (started
+    when it is not running; ``rate`` sets the shop's transactions per second)."""
+    if kubeconfig:
+        return (Site.from_kubeconfig(kubeconfig, main_context),
+                Site.from_kubeconfig(kubeconfig, backup_context))
+    from dr_kit.lab import manager
+
+    manager.ensure_up(lab_dir, progress=progress)
+    if rate is not None:
+        manager.set_workload(lab_dir, rate)
+    return Site.lab(main_context, dir=lab_dir), Site.lab(backup_context, dir=lab_dir)
+
+
+def lab_path(site: Site) -> str | None:
+    """The lab folder of a lab site (None for a real cluster)."""
+    return str(site.lab_dir.root) if site.lab_dir is not None else None
+
+
+def record(results_file: str | os.PathLike[str] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """Write a notebook's headline results (JSON) and return them."""
+    if results_file:
+        p = Path(results_file)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(data, indent=2, default=str))
+    return data
+
+
+# -- 01 protect a namespace -----------------------------------------------------------
+
+def protect_and_wait(main: Site, backup: Site, namespace: str, *, backend: str = "csi-addons",
+                     timeout: float = 60.0, progress: Progress | None = None) -> dict[str, Any]:
+    """Label the namespace; wait until the backup site has a bound PVC for each protected
+    PVC and the group replicates.  Returns what happened and how long it took."""
+    from dr_kit.operator.cli import protect
+
+    main_pvcs = main.pvcs(namespace)
+    if main_pvcs.empty:
+        raise InvalidInput(f"namespace {namespace!r} has no PVCs at the main site; nothing to protect")
+    t0 = time.monotonic()
+    status = protect(namespace, kubeconfig=main.kubeconfig, context=main.context,
+                     lab_dir=lab_path(main), backend=backend, wait=timeout)
+    if status.get("state") in ("Refused",):
+        raise DrKitError(f"the operator refused to protect {namespace}: {status.get('message')}")
+    wanted = set(main_pvcs["name"])
+
+    def check() -> tuple[bool, str]:
+        b = backup.pvcs(namespace)
+        bound = set(b[b["phase"] == "Bound"]["name"]) if not b.empty else set()
+        rep = main.replication(namespace)
+        replicating = (not rep.empty) and bool(rep["completed"].fillna(False).astype(bool).any()
+                                               or rep["state"].isin(["PAIR"]).any())
+        missing = sorted(wanted - bound)
+        return (not missing and replicating,
+                f"backup PVCs bound: {len(wanted & bound)}/{len(wanted)}" + ("" if replicating else ", group not replicating yet"))
+
+    wait_until(check, task=f"protecting {namespace}", timeout=timeout, progress=progress)
+    seconds = time.monotonic() - t0
+    rep = main.replication(namespace)
+    return {"namespace": namespace, "backend": backend, "protected_pvcs": sorted(wanted),
+            "backup_pvcs": sorted(set(backup.pvcs(namespace)["name"]) & wanted),
+            "seconds_to_protect": round(seconds, 3), "replication": rep.to_dict("records")}
+
+
+# -- 02 journal lag --------------------------------------------------------------------
+
+def lag_phases(main: Site, namespace: str, phases: list[dict[str, Any]], *,
+               interval_s: float = 0.1) -> pd.DataFrame:
+    """Sample the lag through phases; each phase dict has ``name``, ``seconds`` and
+    optionally ``delay_ms``/``rate_mbit`` (link, lab only) and ``tx_per_s`` (shop rate)."""
+    from dr_kit.lab import manager
+    from dr_kit.lag import sample_lag
+
+    lab_dir = lab_path(main)
+    frames = []
+    for ph in phases:
+        if main.mode == "lab":
+            if "delay_ms" in ph or "rate_mbit" in ph:
+                manager.set_link(lab_dir, delay_ms=ph.get("delay_ms", 0), rate_mbit=ph.get("rate_mbit", 0))
+            if "tx_per_s" in ph:
+                manager.set_workload(lab_dir, ph["tx_per_s"])
+        df = sample_lag(main, float(ph["seconds"]), interval_s, namespace)
+        frames.append(df.assign(phase=ph["name"]))
+    if main.mode == "lab":
+        manager.set_link(lab_dir, delay_ms=0, rate_mbit=0)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def lag_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """p50/p99/max of time lag (ms) and sequence lag per phase; unknown readings counted."""
+    rows = []
+    for phase, g in df.groupby("phase", sort=False):
+        t = g["time_lag_s"].dropna() * 1000
+        rows.append({"phase": phase, "samples": len(g), "unknown": int(g["time_lag_s"].isna().sum()),
+                     "time_lag_ms_p50": t.quantile(0.5) if len(t) else None,
+                     "time_lag_ms_p99": t.quantile(0.99) if len(t) else None,
+                     "time_lag_ms_max": t.max() if len(t) else None,
+                     "entries_max": g["sequence_lag"].max()})
+    return pd.DataFrame(rows)
+
+
+def collapse_experiment(trials: int, seed: int = 1, rate: float = 150.0) -> dict[str, Any]:
+    from dr_kit import crashtest
+
+    r = crashtest.run(trials, seed, rate=rate)
+    return {k: v for k, v in r.items() if k != "details"} | {"details": r["details"]}
+
+
+# -- 03 snapshot group -------------------------------------------------------------------
+
+def snapshot_while_replicating(main: Site, backup: Site, namespace: str, name: str, *,
+                               around_s: float = 2.0, progress: Progress | None = None) -> dict[str, Any]:
+    """Take a snapshot group at the backup while the shop writes; lag sampled before and
+    after to show replication was not disturbed."""
+    from dr_kit.lag import sample_lag
+    from dr_kit.snapshots import create_snapshot_group, get_snapshot_group
+
+    before = sample_lag(main, around_s, 0.1, namespace)
+    t0 = time.monotonic()
+    grp = create_snapshot_group(backup, name, namespace, progress=progress, main_site=main)
+    seconds = time.monotonic() - t0
+    after = sample_lag(main, around_s, 0.1, namespace)
+    grp = get_snapshot_group(backup, name, namespace)
+    members = _member_sequences(backup, grp.array_snapshot) if backup.has_array else {}
+    return {"name": name, "ready": grp.ready, "sequence": grp.sequence, "position": grp.position,
+            "point_time": grp.point_time, "lag_seconds_at_snapshot": grp.lag_seconds,
+            "consistent": grp.consistent, "pvcs": list(grp.pvcs), "seconds_to_ready": round(seconds, 3),
+            "member_sequences": members,
+            "one_sequence": len(set(members.values())) == 1 if members else None,
+            "lag_before": _frame_stats(before), "lag_after": _frame_stats(after),
+            "lag_frame": pd.concat([before.assign(phase="before snapshot"), after.assign(phase="after snapshot")],
+                                   ignore_index=True)}
+
+
+def _member_sequences(backup: Site, array_snapshot: str | None) -> dict[str, int]:
+    """Sequence number per member volume of the array snapshot group (all must be equal)."""
+    if not array_snapshot:
+        return {}
+    info = backup.array.snapshot(array_snapshot)
+    return {v: info.get("sequence") for v in info.get("volumes", [])}
+
+
+def _frame_stats(df: pd.DataFrame) -> dict[str, Any]:
+    t = df["time_lag_s"].dropna() * 1000
+    return {"samples": len(df), "time_lag_ms_p50": float(t.quantile(0.5)) if len(t) else None,
+            "time_lag_ms_p99": float(t.quantile(0.99)) if len(t) else None}
+
+
+# -- 04 snapshot analytics -------------------------------------------------------------
+
+def analyse_snapshot(backup: Site, name: str, namespace: str, *, low_stock_threshold: int = 1500,
+                     top_n: int = 10, progress: Progress | None = None) -> dict[str, Any]:
+    """Open the snapshot group's databases and run the analyses; every frame is stamped."""
+    from dr_kit import analytics
+    from dr_kit.snapshots import open_snapshot_databases
+
+    dbs = open_snapshot_databases(backup, name, namespace, progress=progress)
+    frames = {
+        "by_day": analytics.revenue_by_day(dbs),
+        "by_category": analytics.revenue_by_category(dbs),
+        "by_channel": analytics.revenue_by_channel(dbs),
+        "top_products": analytics.top_products(dbs, n=top_n),
+        "units_vs_stock": analytics.units_vs_stock(dbs),
+        "low_stock": analytics.low_stock(dbs, threshold=low_stock_threshold),
+        "days_of_cover": analytics.days_of_cover(dbs),
+        "reconciliation": analytics.reconciliation(dbs),
+    }
+    prov = dbs.provenance
+    return {"dbs": dbs, "frames": frames, "provenance": prov, "stamp": prov.stamp()}
+
+
+def wait_for_orders(main: Site, namespace: str, minimum: int, timeout: float = 60.0) -> None:
+    """Wait until the shop has committed at least ``minimum`` orders (lab: its status file)."""
+    if main.mode != "lab":
+        return
+    from dr_kit.lab.layout import LabDir
+
+    lab = LabDir.of(lab_path(main))
+
+    def check() -> tuple[bool, str]:
+        try:
+            st = json.loads(lab.shop_status.read_text())
+        except (OSError, ValueError):
+            return False, "shop not reporting yet"
+        return st.get("last_order", 0) >= minimum, f"{st.get('last_order', 0)} orders"
+
+    try:
+        wait_until(check, task="orders in the shop", timeout=timeout)
+    except DrKitError as e:
+        raise Unavailable(f"the shop did not reach {minimum} orders: {e}") from None
