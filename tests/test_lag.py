@@ -39,7 +39,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert protect(NS, lab_dir=d, wait=40)["state"] == "Protected"
         main = Site.lab("main", d)
         deadline = time.monotonic() + 40
-        while not any(r.state == "pair" and r.consistent for r in lag.read_lag(main, NS)):
+        while not (any(r.state == "pair" and r.consistent for r in lag.read_lag(main, NS))
+                   and [r.state for r in lag.read_lag(main, NS, source="k8s-status")]
+                   == ["replicating"]):  # the resource status follows the array a pass later
             assert time.monotonic() < deadline, "the shop's group never reached pair"
             time.sleep(0.2)
         _pending_group(main)
