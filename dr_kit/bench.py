@@ -340,12 +340,10 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, float, str, float, bool]
 
 def plot(result: dict[str, Any]):
     """One figure: commit latency per mode and link delay, and the lag percentiles."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2)
     delays = ["0ms", "5ms", "20ms"]
     for i, mode in enumerate(("off", "async", "sync")):
         vals = [result["commit"][d][mode]["p50_ms"] for d in delays]

@@ -1,18 +1,21 @@
 """Figures of the walkthrough.  Every function takes data (DataFrames, result dicts) and
-returns a matplotlib Figure; nothing here reads a site or the storage."""
+returns a matplotlib Figure; nothing here reads a site or the storage.
+
+Figures are made without pyplot, so a notebook shows each exactly once (when displayed)
+and none piles up in a long-running kernel."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
 
 def lag_timeline(df: pd.DataFrame, *, title: str = "Journal lag under the running workload") -> Figure:
     """Time lag (ms) over time per consistency group; phases (a ``phase`` column) shaded."""
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax = fig.subplots()
     if df.empty:
         ax.text(0.5, 0.5, "no lag samples", ha="center", va="center", transform=ax.transAxes)
         return fig
@@ -38,7 +41,8 @@ def lag_timeline(df: pd.DataFrame, *, title: str = "Journal lag under the runnin
 
 def collapse_chart(result: dict[str, Any]) -> Figure:
     """Crash test outcome: consistent / collapsed / corrupt images per configuration."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     labels = {"consistency_group": "one consistency group", "independent": "independent pairs"}
     configs = [c for c in ("consistency_group", "independent") if c in result]
     ok = [result[c]["trials"] - result[c]["collapsed"] - result[c]["corrupt"] for c in configs]
@@ -58,10 +62,12 @@ def collapse_chart(result: dict[str, Any]) -> Figure:
 
 def revenue(frames: dict[str, pd.DataFrame], stamp: str = "") -> Figure:
     """Revenue by day, category and channel, with the provenance stamp as caption."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
     day, cat, ch = frames["by_day"], frames["by_category"], frames["by_channel"]
     axes[0].bar(day.iloc[:, 0].astype(str), day["revenue"], color="#4a7ab7")
     axes[0].set_title("revenue by day")
+    axes[0].set_ylabel("revenue")
     axes[0].tick_params(axis="x", rotation=45)
     axes[1].barh(cat.iloc[:, 0].astype(str), cat["revenue"], color="#6aa56a")
     axes[1].set_title("revenue by category")
@@ -74,7 +80,8 @@ def revenue(frames: dict[str, pd.DataFrame], stamp: str = "") -> Figure:
 
 
 def top_products(df: pd.DataFrame, stamp: str = "") -> Figure:
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig = Figure(figsize=(8, 3.8))
+    ax = fig.subplots()
     label = "name" if "name" in df else df.columns[0]
     value = "revenue" if "revenue" in df else df.columns[-1]
     ax.barh(df[label].astype(str)[::-1], df[value][::-1], color="#b7794a")
@@ -87,7 +94,8 @@ def top_products(df: pd.DataFrame, stamp: str = "") -> Figure:
 
 def failover_timeline(result: dict[str, Any]) -> Figure:
     """RPO and RTO of a failover drill as a simple timeline."""
-    fig, ax = plt.subplots(figsize=(8, 2.2))
+    fig = Figure(figsize=(8, 2.2))
+    ax = fig.subplots()
     rpo = result.get("rpo_window_s") or 0.0
     rto = result.get("rto_s") or 0.0
     ax.barh([0], [rpo], left=[-rpo], color="#d9534f", label=f"data lost (RPO) {rpo * 1000:.0f} ms")

@@ -7,6 +7,7 @@ runs once with its default, so an unattended run never waits for a click.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -14,15 +15,24 @@ from dr_kit.sites import ProgressEvent
 
 
 def show(*objs: Any) -> None:
-    """Display objects (DataFrames, Figures, text) in a notebook, or print them."""
+    """Display objects (DataFrames, Figures, text) in a notebook, or print them.
+
+    Figures are rendered to PNG here, so they show without any pyplot backend setup."""
     try:
-        from IPython.display import display
+        from IPython.display import Image, display
     except ImportError:  # plain Python
         for o in objs:
             print(o)
         return
+    from matplotlib.figure import Figure
+
     for o in objs:
-        display(o)
+        if isinstance(o, Figure):
+            buf = io.BytesIO()
+            o.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+            display(Image(data=buf.getvalue(), format="png"))
+        else:
+            display(o)
 
 
 def side_by_side(left: Any, right: Any, titles: tuple[str, str] = ("main site", "backup site")) -> Any:
@@ -49,9 +59,13 @@ def progress_printer(prefix: str = "") -> Callable[[ProgressEvent], None]:
 
 
 def action(label: str, fn: Callable[..., Any], *, interactive: bool, **kwargs: Any) -> Any:
-    """A button running ``fn(**kwargs)`` when interactive; otherwise run it now, once."""
+    """A button running ``fn(**kwargs)`` when interactive; otherwise run it now, once,
+    and show what it returns."""
     if not interactive:
-        return fn(**kwargs)
+        result = fn(**kwargs)
+        if result is not None:
+            show(result)
+        return None
     import ipywidgets as w
 
     out = w.Output()
@@ -77,7 +91,10 @@ def controls(fn: Callable[..., Any], *, interactive: bool, **specs: tuple[Any, A
     """
     defaults = {k: v[0] for k, v in specs.items()}
     if not interactive:
-        return fn(**defaults)
+        result = fn(**defaults)
+        if result is not None:
+            show(result)
+        return None
     import ipywidgets as w
 
     ws: dict[str, Any] = {}

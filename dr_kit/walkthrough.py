@@ -136,9 +136,17 @@ def collapse_experiment(trials: int, seed: int = 1, rate: float = 150.0) -> dict
 def snapshot_while_replicating(main: Site, backup: Site, namespace: str, name: str, *,
                                around_s: float = 2.0, progress: Progress | None = None) -> dict[str, Any]:
     """Take a snapshot group at the backup while the shop writes; lag sampled before and
-    after to show replication was not disturbed."""
+    after to show replication was not disturbed.  A group of the same name from an earlier
+    run is deleted first (with the PVCs restored from it), so the demo can be re-run."""
+    from dr_kit.errors import NotFound
     from dr_kit.lag import sample_lag
-    from dr_kit.snapshots import create_snapshot_group, get_snapshot_group
+    from dr_kit.snapshots import create_snapshot_group, delete_snapshot_group, get_snapshot_group
+
+    try:
+        get_snapshot_group(backup, name, namespace)
+        delete_snapshot_group(backup, name, namespace, progress=progress)
+    except NotFound:
+        pass
 
     before = sample_lag(main, around_s, 0.1, namespace)
     t0 = time.monotonic()

@@ -65,7 +65,7 @@ ui.show(frames["reconciliation"])
 prov = result["provenance"]
 wt.record(results_file, {
     "snapshot": snapshot_name, "stamp": stamp, "provenance": prov.to_dict(),
-    "revenue_total_cents": int(frames["by_category"]["revenue"].sum()),
+    "revenue_total_cents": int(frames["by_category"]["revenue_cents"].sum()),
     "orders": int(frames["by_channel"]["orders"].sum()) if "orders" in frames["by_channel"] else None,
     "revenue_by_category": frames["by_category"].to_dict("records"),
 })
