@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The main job behind `make demo`: the walkthrough end to end against the embedded lab.
+# The main job behind `make demo`: the walkthrough notebooks end to end against the
+# embedded lab (started in .dr-lab when it is not running).  Results go to $OUT (default
+# out/).  The lab is stopped at the end; KEEP_LAB=1 keeps it running for exploration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out}
+LAB=${DR_KIT_LAB_DIR:-.dr-lab}
 mkdir -p "$OUT"
-if .venv/bin/dr-kit notebooks --help >/dev/null 2>&1; then
-    exec .venv/bin/dr-kit notebooks run --out "$OUT"
+status=0
+.venv/bin/dr-kit notebooks run --out "$OUT" -p lab_dir "$LAB" || status=$?
+if [ "${KEEP_LAB:-0}" != 1 ]; then
+    .venv/bin/dr-kit lab down --dir "$LAB" >/dev/null 2>&1 || true
+    echo "lab stopped (its state is kept in $LAB; KEEP_LAB=1 make demo leaves it running)"
 fi
-# Until the notebooks land: the crash-consistency demonstration.
-.venv/bin/dr-kit crashtest --trials "${TRIALS:-50}" --seed "${SEED:-1}" | tee "$OUT/crashtest.txt"
+exit $status
