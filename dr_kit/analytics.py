@@ -529,7 +529,7 @@ _TOKEN = re.compile(
 )
 
 
-def _check_select(sql: str) -> None:
+def check_select(sql: str) -> None:
     """Refuse anything but one SELECT (or WITH ... SELECT) statement, before it reaches a server."""
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidInput("empty query; give one SELECT statement")
@@ -586,7 +586,7 @@ def run_query(engine: Engine, sql: str, params: Mapping[str, Any] | None = None,
     transaction (``SET TRANSACTION READ ONLY`` on PostgreSQL and Oracle, ``PRAGMA
     query_only`` on SQLite) that is rolled back afterwards.  ``limit`` caps the rows fetched.
     """
-    _check_select(sql)
+    check_select(sql)
     if params is not None and not isinstance(params, Mapping):
         raise InvalidInput("query parameters must be a mapping of name -> value (use :name in SQL)")
     if limit is not None and (not isinstance(limit, int) or limit < 0):

@@ -66,7 +66,7 @@ def _cell(v: Any) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from dr_kit import analytics, snapshots
 
-    analytics._check_select(args.sql)  # refused before anything is opened or restored
+    analytics.check_select(args.sql)  # refused before anything is opened or restored
     params = parse_params(args.param)
     if args.limit is not None and args.limit < 0:
         raise InvalidInput("--limit must be >= 0")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -550,6 +551,13 @@ class SiteController:
         self.kube.patch_custom(*GSNAP, "volumegroupsnapshots", name, {"metadata": {"finalizers": fins}}, ns)
 
 
+def _write_ready(path: str, info: dict) -> None:
+    """Atomically: whoever waits for the file never reads half of it."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dr_kit.lab.controllers",
                                  description="Run one lab site's storage plug-ins.")
@@ -566,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.ready_file:
-        Path(a.ready_file).write_text(json.dumps({"site": a.site}))
+        _write_ready(a.ready_file, {"site": a.site})
     signal.signal(signal.SIGTERM, lambda *_: ctl.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: ctl.stopping.set())
     ctl.run()

@@ -125,6 +125,13 @@ class ShopApp:
         self._report()
 
 
+def _write_ready(path: str, info: dict) -> None:
+    """Atomically: whoever waits for the file never reads half of it."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dr_kit.lab.shopapp")
     ap.add_argument("--dir", required=True)
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app._report()
     if a.ready_file:
-        Path(a.ready_file).write_text(json.dumps({"pid": os.getpid(), "volumes": app.volumes}))
+        _write_ready(a.ready_file, {"pid": os.getpid(), "volumes": app.volumes})
     signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: app.stopping.set())
     app.run()

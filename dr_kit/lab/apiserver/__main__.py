@@ -34,7 +34,7 @@ async def _main(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stopping.set)
     if args.ready_file:
         _write_ready(Path(args.ready_file), port)
-    logging.getLogger(__name__).info("serving on http://%s:%d", args.host, port)
+    logging.getLogger(__name__).info("serving on %s://%s:%d", "http" if args.no_tls else "https", args.host, port)
     await stopping.wait()
     await stop(runner, store)
 
