@@ -268,6 +268,37 @@ def test_up_after_a_crash_restarts_only_the_dead(lab: Path) -> None:
     _shop_report(lab, lambda rep: rep["pid"] == after["shop"]["pid"] and rep["committed"] > 0)
 
 
+def test_shop_pod_reports_the_process_truthfully(lab: Path) -> None:
+    core = k8s.CoreV1Api(client(lab, "main"))
+    apps = k8s.AppsV1Api(client(lab, "main"))
+
+    def pod_phase() -> str | None:
+        try:
+            return core.read_namespaced_pod("shop-0", SHOP_NAMESPACE).status.phase
+        except k8s.ApiException:
+            return None
+
+    deadline = time.monotonic() + 15
+    while pod_phase() != "Running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod_phase() == "Running"
+    assert apps.read_namespaced_deployment_status("shop", SHOP_NAMESPACE).status.ready_replicas == 1
+    os.kill(records(lab)["shop"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while pod_phase() != "Failed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pod = core.read_namespaced_pod("shop-0", SHOP_NAMESPACE)
+    assert pod.status.phase == "Failed"
+    assert "is gone" in pod.status.container_statuses[0].state.terminated.message
+    assert not apps.read_namespaced_deployment_status("shop", SHOP_NAMESPACE).status.ready_replicas
+    r = run_cli("up", "--dir", str(lab))  # restarts the dead shop
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 15
+    while pod_phase() != "Running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod_phase() == "Running"
+
+
 def test_kill_9_shows_in_status_and_down_still_cleans_up(lab: Path) -> None:
     recs = records(lab)
     os.kill(recs["main-array"]["pid"], signal.SIGKILL)

@@ -101,7 +101,7 @@ class SiteController:
     def steps(self):
         s = [self.provision, self.release]
         if self.site == "main":
-            s += [self.replicate_csi_addons, self.replicate_hitachi]
+            s += [self.replicate_csi_addons, self.replicate_hitachi, self.shop_status]
         else:
             s += [self.group_snapshots]
         return s
@@ -404,6 +404,62 @@ class SiteController:
             self.backup_array.delete_group(gname)  # the volumes become plain volumes there
         except NotFound:
             pass
+
+    # -- the shop application's pod (main site) ------------------------------------
+    def shop_status(self) -> None:
+        """Report the shop process as a Pod and in its Deployment's status, as a kubelet
+        would: Running while its process lives (checked by pid and start time), Failed
+        when it has died, nothing when the lab never started it."""
+        now = time.monotonic()
+        if now < getattr(self, "_next_shop_check", 0.0):
+            return
+        self._next_shop_check = now + 1.0
+        from dr_kit.lab import processes
+        from dr_kit.lab.layout import SHOP_NAMESPACE
+
+        record = self.lab.load().get("processes", {}).get("shop")
+        if not record:
+            return
+        running = processes.alive(record)
+        key = (record.get("pid"), running)
+        if key == getattr(self, "_shop_reported", None):
+            return
+        started = now_rfc3339(record.get("create_time"))
+        labels = {"app": "shop", "app.kubernetes.io/part-of": "dr-kit-lab"}
+        pod_status = {
+            "phase": "Running" if running else "Failed", "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+            "startTime": started,
+            "conditions": [{"type": "Ready", "status": "True" if running else "False",
+                            "lastTransitionTime": now_rfc3339()}],
+            "containerStatuses": [{
+                "name": "shop", "ready": running, "restartCount": 0, "image": "dr-kit/shopapp:lab",
+                "imageID": "", "started": running,
+                "state": ({"running": {"startedAt": started}} if running else
+                          {"terminated": {"exitCode": 137, "reason": "Error",
+                                          "message": f"process {record.get('pid')} is gone",
+                                          "finishedAt": now_rfc3339()}})}]}
+        name = "shop-0"
+        try:
+            self.kube.core.read_namespaced_pod(name, SHOP_NAMESPACE)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.kube.core.create_namespaced_pod(SHOP_NAMESPACE, {
+                "metadata": {"name": name, "labels": labels,
+                             "annotations": {A + "pid": str(record.get("pid"))}},
+                "spec": {"containers": [{"name": "shop", "image": "dr-kit/shopapp:lab"}]}})
+        self.kube.core.patch_namespaced_pod(name, SHOP_NAMESPACE,
+                                            {"metadata": {"annotations": {A + "pid": str(record.get("pid"))}}})
+        self.kube.core.patch_namespaced_pod_status(name, SHOP_NAMESPACE, {"status": pod_status})
+        n = 1 if running else 0
+        try:
+            self.kube.apps.patch_namespaced_deployment_status("shop", SHOP_NAMESPACE, {"status": {
+                "replicas": 1, "updatedReplicas": 1, "readyReplicas": n, "availableReplicas": n,
+                "unavailableReplicas": 1 - n}})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        self._shop_reported = key
 
     # -- group snapshots (backup site) ----------------------------------------------
     def group_snapshots(self) -> None:

@@ -415,6 +415,10 @@ class Array:
             grp = self.group(name)
             if not isinstance(grp, SecondaryGroup):
                 raise InvalidInput(f"group {name!r} is a main-side group")
+            guard = "resync-guard-" + name  # the group's own safety copy goes with it
+            if guard in self.conf["snapshots"] and not any(
+                    v.get("snapshot") == guard for v in self.conf["volumes"].values()):
+                self.delete_snapshot(guard)
             for v in grp.members.values():
                 v.secondary = None
                 self.conf["volumes"][v.name]["role"] = "data"
