@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from dr_kit.errors import DrKitError, InvalidInput
-from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
+from dr_kit.shop.images import judge_snapshot
+from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayHandle, start_array
 from dr_kit.storage.link import LinkEmulator
 
 CUTS = ("stop-transfer", "kill-backup", "stop-apply", "cut-link")
 VOLUMES = ("stock-db", "sales-db")
-FILES = {"stock-db": "stock.db", "sales-db": "sales.db"}
 
 
 @dataclass
@@ -139,21 +139,9 @@ class _Bench:
         bc = self.backup.client
         snap = f"t{trial}"
         bc.create_snapshot(snap, volumes=list(VOLUMES))  # both volumes at one instant
-        clones = {v: f"{snap}-{v}" for v in VOLUMES}
-        for v, c in clones.items():
-            bc.create_clone(c, snap, v)
         try:
-            stock = sqlite_vfs.connect(self.vfs_backup, clones["stock-db"], FILES["stock-db"], create=False)
-            sales = sqlite_vfs.connect(self.vfs_backup, clones["sales-db"], FILES["sales-db"], create=False)
-            try:
-                return judge_images(stock, sales)
-            finally:
-                stock.close()
-                sales.close()
+            return judge_snapshot(bc, self.vfs_backup, snap).verdict
         finally:
-            for c in clones.values():
-                self.vfs_backup.forget(c)
-                bc.delete_volume(c)
             bc.delete_snapshot(snap)
 
     def close(self) -> int:

@@ -37,7 +37,8 @@ from typing import Any
 
 from dr_kit.errors import DrKitError, InvalidInput
 from dr_kit.shop.consistency import Verdict
-from dr_kit.shop.workload import SALES_DB, STOCK_DB, Shop, judge_images, open_shop, seed
+from dr_kit.shop.images import judge_snapshot
+from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
 from dr_kit.storage.link import LinkEmulator
@@ -141,26 +142,12 @@ class Sites:
         made = snapshot is None
         snap = snapshot or f"drill-{self._n}"
         info = bc.create_snapshot(snap, group=group) if made else bc.snapshot(snap)
-        clones = {v: f"{snap}-c{self._n}-{v}" for v in VOLS}
-        for v, c in clones.items():
-            bc.create_clone(c, snap, v)
         try:
-            stock = sqlite_vfs.connect(self.vfs_backup, clones["stock-db"], STOCK_DB, create=False)
-            sales = sqlite_vfs.connect(self.vfs_backup, clones["sales-db"], SALES_DB, create=False)
-            try:
-                verdict = judge_images(stock, sales)
-                last = next(sales.execute("SELECT MAX(order_id), MAX(ordered_at) FROM orders"))
-            finally:
-                stock.close()
-                sales.close()
+            j = judge_snapshot(bc, self.vfs_backup, snap, tag=f"c{self._n}")
         finally:
-            for c in clones.values():
-                self.vfs_backup.forget(c)
-                bc.delete_volume(c)
             if made:
                 bc.delete_snapshot(snap)
-        info = dict(info, last_order=last[0], last_order_time=last[1])
-        return verdict, info
+        return j.verdict, dict(info, last_order=j.last_order, last_order_time=j.last_order_time)
 
     def close(self) -> None:
         self.stop_shop()
@@ -220,6 +207,7 @@ def journal_full(sites: Sites, say: Progress, *, rate: float = 150.0) -> dict[st
     lag = mc.lag(GROUP)
     say(f"  suspended after {fill_s:.1f} s ({lag.message}); main still commits: "
         f"{len(suspended)} transactions in 1 s")
+    generation = lag.main.generation
     sites.link.restore()
     seen_resync, progress, guard_verdict = False, [], None
     deadline = time.monotonic() + 120
@@ -238,6 +226,8 @@ def journal_full(sites: Sites, say: Progress, *, rate: float = 150.0) -> dict[st
         time.sleep(0.01)
     if guard_verdict is None and f"resync-guard-{GROUP}" in [s["name"] for s in sites.backup.client.status()["snapshots"]]:
         guard_verdict, _ = sites.judge_backup(f"resync-guard-{GROUP}")
+    # a short resync can end between two polls: the new journal generation proves it ran
+    seen_resync = seen_resync or mc.lag(GROUP).main.generation > generation
     sites.stop_shop()
     sites.wait_caught_up()
     same = all(_digest(mc, v) == _digest(sites.backup.client, v) for v in VOLS)

@@ -28,17 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from kubernetes.client.rest import ApiException
 
 from dr_kit.errors import Conflict, DrKitError, NotFound
+from dr_kit.fsutil import write_json
 from dr_kit.lab.apiserver.selectors import match_selector
 from dr_kit.lab.kube import Kube, api_client, now_rfc3339, parse_quantity
 from dr_kit.lab.layout import ANNOTATION_PREFIX, CSI_DRIVER, STORAGE_CLASS, LabDir
@@ -607,13 +606,6 @@ class SiteController:
         self.kube.patch_custom(*GSNAP, "volumegroupsnapshots", name, {"metadata": {"finalizers": fins}}, ns)
 
 
-def _write_ready(path: str, info: dict) -> None:
-    """Atomically: whoever waits for the file never reads half of it."""
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dr_kit.lab.controllers",
                                  description="Run one lab site's storage plug-ins.")
@@ -630,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.ready_file:
-        _write_ready(a.ready_file, {"site": a.site})
+        write_json(a.ready_file, {"site": a.site})
     signal.signal(signal.SIGTERM, lambda *_: ctl.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: ctl.stopping.set())
     ctl.run()

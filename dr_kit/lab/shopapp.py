@@ -19,12 +19,12 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import apsw
 
 from dr_kit.errors import DrKitError, Unavailable
+from dr_kit.fsutil import write_json
 from dr_kit.lab.kube import Kube, api_client
 from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
 from dr_kit.shop.workload import Shop, open_shop, seed
@@ -87,9 +87,7 @@ class ShopApp:
             "volumes": self.volumes, "tx_last_second": len(window),
             "p50_ms": statistics.median(lats) if lats else None,
             "p99_ms": lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else None}
-        tmp = self.lab.shop_status.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.lab.shop_status)
+        write_json(self.lab.shop_status, status)
 
     def run(self) -> None:
         next_report = 0.0
@@ -125,13 +123,6 @@ class ShopApp:
         self._report()
 
 
-def _write_ready(path: str, info: dict) -> None:
-    """Atomically: whoever waits for the file never reads half of it."""
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dr_kit.lab.shopapp")
     ap.add_argument("--dir", required=True)
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app._report()
     if a.ready_file:
-        _write_ready(a.ready_file, {"pid": os.getpid(), "volumes": app.volumes})
+        write_json(a.ready_file, {"pid": os.getpid(), "volumes": app.volumes})
     signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: app.stopping.set())
     app.run()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from dr_kit.labels import SelectorError, match_selector
 from dr_kit.operator.backends import (
     OWNER_NAMESPACE_LABEL,
     REQUIRED_KINDS,
@@ -641,21 +642,12 @@ def _rfc3339(t: datetime) -> str:
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Kubernetes label selector semantics: matchLabels AND matchExpressions; ``{}`` = all."""
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True  # an empty selector selects everything
+    """Kubernetes label selector semantics: matchLabels AND matchExpressions; ``{}`` = all.
+    A selector with an unknown operator selects nothing."""
+    try:
+        return match_selector(selector, labels)
+    except SelectorError:
+        return False
 
 
 __all__ = ["Action", "Event", "Plan", "Ref", "reconcile", "selector_matches",

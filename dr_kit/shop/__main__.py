@@ -11,15 +11,14 @@ writes its progress (committed transactions, last order) to the status file ever
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from dr_kit.errors import DrKitError
+from dr_kit.fsutil import write_json
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import RemoteVolume
@@ -53,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     def report() -> None:
         while not stop.is_set():
             if a.status:
-                tmp = a.status + ".tmp"
-                Path(tmp).write_text(json.dumps({**state, "pid": os.getpid()}))
-                os.replace(tmp, a.status)
+                write_json(a.status, {**state, "pid": os.getpid()})
             stop.wait(0.1)
 
     threading.Thread(target=report, daemon=True).start()

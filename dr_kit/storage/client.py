@@ -20,20 +20,14 @@ from typing import Any
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
 from dr_kit.storage.position import LagReport
 from dr_kit.storage.server import CLOSE, EXTENT, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE, WRITEV
+from dr_kit.storage.wire import recv_exact
 
 _ERRORS: dict[str, type[DrKitError]] = {"InvalidInput": InvalidInput, "NotFound": NotFound,
                                         "Conflict": Conflict, "JournalError": JournalError,
                                         "Unavailable": Unavailable}
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise Unavailable("the array closed the data path connection (array down?)")
-        buf += chunk
-    return bytes(buf)
+_DATA_PATH = "the array's data path connection (array down?)"
 
 
 class RemoteVolume:
@@ -57,8 +51,8 @@ class RemoteVolume:
                 h = getattr(self, "_handle", 0)
                 n = len(payload) if payload else length
                 self._sock.sendall(REQ.pack(op, h, offset, n) + payload)
-                status, rlen = RESP.unpack(_recv_exact(self._sock, RESP.size))
-                out = _recv_exact(self._sock, rlen) if rlen else b""
+                status, rlen = RESP.unpack(recv_exact(self._sock, RESP.size, _DATA_PATH))
+                out = recv_exact(self._sock, rlen, _DATA_PATH) if rlen else b""
             except OSError as e:
                 raise Unavailable(f"array data path failed for volume {self.name}: {e}") from None
         if status == FAIL:

@@ -24,10 +24,10 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from dr_kit.errors import InvalidInput
+from dr_kit.fsutil import write_json
 
 
 class _Pipe:
@@ -216,10 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl.link = link  # type: ignore[attr-defined]
     threading.Thread(target=ctl.serve_forever, daemon=True).start()
     if a.ready_file:
-        info = {"pid": os.getpid(), "listen": link.address,
-                "control_url": f"http://127.0.0.1:{ctl.server_address[1]}"}
-        Path(a.ready_file + ".tmp").write_text(json.dumps(info))
-        os.replace(a.ready_file + ".tmp", a.ready_file)
+        write_json(a.ready_file, {"pid": os.getpid(), "listen": link.address,
+                                  "control_url": f"http://127.0.0.1:{ctl.server_address[1]}"})
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

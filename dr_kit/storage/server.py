@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.fsutil import write_json
 from dr_kit.storage.array import Array
 from dr_kit.storage.groups import PrimaryGroup, SecondaryGroup
 from dr_kit.storage.replication import ReplicationService
+from dr_kit.storage.wire import recv_exact
 
 REQ = struct.Struct("<BIQI")  # op, handle, offset, length
 RESP = struct.Struct("<BI")  # status, length
@@ -47,16 +49,6 @@ def socket_path_for(root: Path) -> Path:
         return p
     h = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"drkit-{h}.sock"
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return bytes(buf)
 
 
 def _extents(payload: bytes) -> list[tuple[int, bytes]]:
@@ -81,8 +73,8 @@ class _DataConn(socketserver.BaseRequestHandler):
         handles: dict[int, str] = {}
         try:
             while True:
-                op, h, off, length = REQ.unpack(_recv_exact(sock, REQ.size))
-                payload = _recv_exact(sock, length) if op in (OPEN, WRITE, WRITEV) and length else b""
+                op, h, off, length = REQ.unpack(recv_exact(sock, REQ.size, "data path"))
+                payload = recv_exact(sock, length, "data path") if op in (OPEN, WRITE, WRITEV) and length else b""
                 try:
                     if op == WRITE:
                         array.write(handles[h], off, payload)
@@ -111,7 +103,7 @@ class _DataConn(socketserver.BaseRequestHandler):
                 except (DrKitError, KeyError) as e:
                     msg = str(e).encode()
                     sock.sendall(RESP.pack(FAIL, len(msg)) + msg)
-        except (ConnectionError, OSError):
+        except (Unavailable, OSError):
             return
 
 
@@ -347,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(0.0002)  # the commit path must not wait long for the GIL
     info = proc.start()
     if args.ready_file:
-        tmp = args.ready_file + ".tmp"
-        Path(tmp).write_text(json.dumps(info))
-        os.replace(tmp, args.ready_file)
+        write_json(args.ready_file, info)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -30,18 +30,19 @@ def send_json(sock: socket.socket, ftype: int, obj: dict[str, Any]) -> None:
     send(sock, ftype, json.dumps(obj).encode())
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int, what: str = "replication link") -> bytes:
+    """Exactly ``n`` bytes from a stream socket; Unavailable when the peer closes it."""
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
-            raise Unavailable("replication link closed by the peer")
+            raise Unavailable(f"{what} closed by the peer")
         buf += chunk
     return bytes(buf)
 
 
 def recv(sock: socket.socket) -> tuple[int, bytes]:
-    length, ftype = FRAME.unpack(_recv_exact(sock, FRAME.size))
+    length, ftype = FRAME.unpack(recv_exact(sock, FRAME.size))
     if length > MAX_FRAME:
         raise Unavailable(f"replication frame of {length} bytes is too large; the link is garbled")
-    return ftype, _recv_exact(sock, length) if length else b""
+    return ftype, recv_exact(sock, length) if length else b""

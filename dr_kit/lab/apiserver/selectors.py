@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dr_kit.labels import SelectorError, match_selector
+
 LabelPredicate = Callable[[Mapping[str, str]], bool]
 ObjectPredicate = Callable[[Mapping[str, Any]], bool]
 
@@ -21,8 +23,6 @@ _SET_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s+(?P<op>in|notin)\s*\((?P<values
 _CMP_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s*(?P<op>==|!=|=|<|>)\s*(?P<value>[^\s!=<>(),]*)$")
 
 
-class SelectorError(ValueError):
-    """The selector string does not parse."""
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -143,26 +143,5 @@ def parse_field_selector(text: str | None) -> ObjectPredicate:
     return lambda obj: all(p(obj) for p in preds)
 
 
-def match_selector(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """Evaluate a structured ``LabelSelector`` (matchLabels + matchExpressions).
 
-    An empty selector matches everything (as for PVC selection); ``None`` matches nothing.
-    """
-    if selector is None:
-        return False
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            raise SelectorError(f"unknown selector operator {op!r}")
-    return True
+__all__ = ["SelectorError", "match_selector", "parse_field_selector", "parse_label_selector"]
