@@ -124,9 +124,7 @@ class Sender(threading.Thread):
             state = g.state
             if state == COPY or (state in (SUSPENDED, RESYNC) and g.conf.get("auto_resync", True)) \
                     or (state in (ERROR, SUSPENDED) and g.conf.pop("resync_requested", False)):
-                if state == ERROR and st.get("state") == ERROR:
-                    pass  # the backup clears its error on RESYNC_START
-                next_seq = self._copy(sock)
+                next_seq = self._copy(sock)  # the backup leaves its error state on RESYNC_START
                 continue
             if state != PAIR or g.conf.get("transfer_paused"):
                 with g.lock:
