@@ -253,6 +253,7 @@ def test_object_refused_by_the_api_is_rolled_back_and_said_once(lab):
     assert "the API refused to create VolumeGroupReplication shop/dr-kit-shop" in \
         status["message"]
     time.sleep(2.5)  # a few resyncs retry and fail the same way
+    runner.stop()  # a retry in flight labels, fails and rolls back: look once it is done
     core = k8s.CoreV1Api(api)
     labels = [(p.metadata.labels or {}).get(GROUP_KEY)
               for p in core.list_namespaced_persistent_volume_claim("shop").items]
