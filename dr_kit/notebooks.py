@@ -3,15 +3,18 @@
 Each notebook runs with papermill in a fresh kernel, in order, against the lab (default)
 or real clusters (parameters).  The executed notebooks and an HTML rendering of each go to
 the output folder; each notebook records its headline results in ``results/NN_*.json``
-there, from which a short summary is printed.
+there, from which a short summary is printed.  What the kernels write to stderr goes to
+``kernels.log`` there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +63,9 @@ def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = Non
         t0 = time.monotonic()
         say(f"running {name} ...")
         try:
-            pm.execute_notebook(str(path), str(out / f"{name}.ipynb"), parameters=mine, kernel_name="python3",
-                                progress_bar=False, cwd=str(out))
+            with _kernel_log(out / "kernels.log"):
+                pm.execute_notebook(str(path), str(out / f"{name}.ipynb"), parameters=mine,
+                                    kernel_name="python3", progress_bar=False, cwd=str(out))
         except pm.PapermillExecutionError as e:
             raise DrKitError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: "
                              f"{str(e.evalue).splitlines()[0] if e.evalue else ''} (see {out / (name + '.ipynb')})") from None
@@ -72,6 +76,21 @@ def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = Non
         del unknown
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
     return results
+
+
+@contextlib.contextmanager
+def _kernel_log(path: Path) -> Iterator[None]:
+    """Send what the kernel processes write to stderr (they inherit it) to a log file;
+    cell errors still surface through papermill."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _to_html(nb_path: Path) -> None:
