@@ -234,7 +234,8 @@ class Array:
         else:
             v.write(offset, data)
 
-    def writev(self, name: str, extents: list[tuple[int, bytes]]) -> None:
+    def writev(self, name: str, extents: list[tuple[int, bytes | memoryview]],
+               packed: bytes | memoryview | None = None) -> None:
         """Several writes in order, acknowledged together (what a host sends between two
         flushes).  In a consistency group they form one journal entry (applied whole at
         the backup); without one they are written in order, so a crash leaves a prefix."""
@@ -246,7 +247,7 @@ class Array:
             if off < 0 or off + len(data) > v.size:
                 raise InvalidInput(f"{name}: range {off}+{len(data)} is outside the volume ({v.size} bytes)")
         if v.primary is not None:
-            v.primary.commit_many(v, extents)
+            v.primary.commit_many(v, extents, packed)
         else:
             for off, data in extents:
                 v.write(off, data)

@@ -19,7 +19,8 @@ from typing import Any
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
 from dr_kit.storage.position import LagReport
-from dr_kit.storage.server import CLOSE, EXTENT, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE, WRITEV
+from dr_kit.storage.record import EXTENT
+from dr_kit.storage.server import CLOSE, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE, WRITEV
 from dr_kit.storage.wire import recv_exact
 
 _ERRORS: dict[str, type[DrKitError]] = {"InvalidInput": InvalidInput, "NotFound": NotFound,

@@ -114,21 +114,28 @@ class PrimaryGroup:
         """Write to a member volume; returns when the write is acknowledged."""
         self.commit_many(vol, ((offset, data),))
 
-    def commit_many(self, vol: Vol, extents: Sequence[tuple[int, bytes]]) -> None:
+    def commit_many(self, vol: Vol, extents: Sequence[tuple[int, bytes | memoryview]],
+                    packed: bytes | memoryview | None = None) -> None:
         """Writes to a member volume, in order, sent together: one journal entry holds them
-        all; returns when they are acknowledged (one wait in synchronous mode)."""
+        all; returns when they are acknowledged (one wait in synchronous mode).  ``packed``
+        is the same writes already in the record's write-vector form (as the data path
+        receives them), stored as they are."""
         wait_for = 0
         with self.lock:
             if self.conf["state"] in JOURNALING:
                 now = time.time()
-                kind, off0, payload = rec.pack_extents(list(extents))
-                raw = rec.encode(kind, self.journal.generation, self.journal.next_seq, now, vol.id,
-                                 off0, payload)
-                if self.journal.would_overflow(len(raw)):
+                if packed is not None and len(extents) > 1:
+                    kind, off0, payload = rec.KIND_WRITEV, 0, packed
+                else:
+                    kind, off0, payload = rec.pack_extents(list(extents))
+                head = rec.encode_head(kind, self.journal.generation, self.journal.next_seq, now,
+                                       vol.id, off0, payload)
+                size = len(head) + len(payload)
+                if self.journal.would_overflow(size):
                     self._suspend_locked("journal full: the backup cannot keep up or cannot be "
                                          "reached; changed regions are tracked, resync when the link is back")
                 else:
-                    self.journal.append(raw, now)
+                    self.journal.append_parts((head, payload), size, now)
                     for offset, data in extents:
                         vol.write(offset, data)
                     if self.mode == "sync" and self.conf["state"] == PAIR:

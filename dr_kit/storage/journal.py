@@ -25,6 +25,7 @@ import json
 import os
 import threading
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,17 +163,21 @@ class Journal:
 
     def append(self, raw: bytes, time: float) -> None:
         """Append one encoded record whose sequence is ``next_seq`` (the caller checked)."""
+        self.append_parts((raw,), len(raw), time)
+
+    def append_parts(self, parts: Sequence[bytes | memoryview], size: int, time: float) -> None:
+        """Append one record given as consecutive parts (header, data) of ``size`` bytes."""
         with self._lock:
             seg = self._segments[-1] if self._segments else None
-            if seg is None or seg.size + len(raw) > self.segment_size:
-                seg = self._roll(len(raw))
+            if seg is None or seg.size + size > self.segment_size:
+                seg = self._roll(size)
             elif self._fd is None:
                 self._fd = os.open(seg.path, os.O_RDWR)
-            os.pwrite(self._fd, raw, seg.size)
+            os.pwritev(self._fd, parts, seg.size)
             if self.fsync:
                 os.fdatasync(self._fd)
             seg.times.append(time)
-            seg.ends.append(seg.size + len(raw))
+            seg.ends.append(seg.size + size)
             self.next_seq += 1
 
     def append_many(self, records: list[tuple[bytes, float]]) -> None:

@@ -27,7 +27,7 @@ HEADER_SIZE = HEADER.size
 KIND_WRITE = 1
 KIND_WRITEV = 2
 MAX_DATA = 16 * 1024 * 1024
-_EXT = struct.Struct("<QI")
+EXTENT = struct.Struct("<QI")  # a write vector entry: offset, length
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,10 @@ class Record:
         if self.kind != KIND_WRITEV:
             raise JournalError(f"journal record {self.sequence} has unknown kind {self.kind}")
         (n,) = struct.unpack_from("<I", self.data)
-        pos = 4 + n * _EXT.size
+        pos = 4 + n * EXTENT.size
         out = []
         for i in range(n):
-            off, length = _EXT.unpack_from(self.data, 4 + i * _EXT.size)
+            off, length = EXTENT.unpack_from(self.data, 4 + i * EXTENT.size)
             out.append((off, self.data[pos:pos + length]))
             pos += length
         if pos != len(self.data):
@@ -66,15 +66,22 @@ def pack_extents(extents: list[tuple[int, bytes]]) -> tuple[int, int, bytes]:
     """(kind, offset, data) of a record holding ``extents``: one write, or a write vector."""
     if len(extents) == 1:
         return KIND_WRITE, extents[0][0], bytes(extents[0][1])
-    head = struct.pack("<I", len(extents)) + b"".join(_EXT.pack(o, len(d)) for o, d in extents)
+    head = struct.pack("<I", len(extents)) + b"".join(EXTENT.pack(o, len(d)) for o, d in extents)
     return KIND_WRITEV, 0, head + b"".join(bytes(d) for _, d in extents)
+
+
+def encode_head(kind: int, generation: int, sequence: int, time: float, volume: int, offset: int,
+                data: bytes | memoryview) -> bytes:
+    """The header (with its checksum) of a record carrying ``data``; the record is the
+    header followed by the data, so they can be written without joining them."""
+    head = HEADER.pack(MAGIC, kind, generation, sequence, time, volume, offset, len(data), 0)
+    crc = zlib.crc32(data, zlib.crc32(head))
+    return head[:-4] + struct.pack("<I", crc)
 
 
 def encode(kind: int, generation: int, sequence: int, time: float, volume: int, offset: int,
            data: bytes) -> bytes:
-    head = HEADER.pack(MAGIC, kind, generation, sequence, time, volume, offset, len(data), 0)
-    crc = zlib.crc32(data, zlib.crc32(head))
-    return head[:-4] + struct.pack("<I", crc) + data
+    return encode_head(kind, generation, sequence, time, volume, offset, data) + bytes(data)
 
 
 def decode_header(head: bytes) -> tuple[int, int, int, float, int, int, int, int]:

@@ -33,13 +33,13 @@ from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavaila
 from dr_kit.fsutil import write_json
 from dr_kit.storage.array import Array
 from dr_kit.storage.groups import PrimaryGroup, SecondaryGroup
+from dr_kit.storage.record import EXTENT  # WRITEV payload = a record's write vector
 from dr_kit.storage.replication import ReplicationService
 from dr_kit.storage.wire import recv_exact
 
 REQ = struct.Struct("<BIQI")  # op, handle, offset, length
 RESP = struct.Struct("<BI")  # status, length
 OPEN, READ, WRITE, SYNC, CLOSE, SIZE, WRITEV = range(1, 8)
-EXTENT = struct.Struct("<QI")  # offset, length (WRITEV: count u32, extents, then the data)
 OK, FAIL = 0, 1
 
 
@@ -51,13 +51,15 @@ def socket_path_for(root: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"drkit-{h}.sock"
 
 
-def _extents(payload: bytes) -> list[tuple[int, bytes]]:
+def _extents(payload: bytes) -> list[tuple[int, memoryview]]:
+    """The (offset, data) writes of a write vector, as views of the payload (no copies)."""
     (n,) = struct.unpack_from("<I", payload)
     pos = 4 + n * EXTENT.size
     out = []
+    view = memoryview(payload)
     for i in range(n):
         off, length = EXTENT.unpack_from(payload, 4 + i * EXTENT.size)
-        out.append((off, payload[pos:pos + length]))
+        out.append((off, view[pos:pos + length]))
         pos += length
     if pos != len(payload):
         raise InvalidInput("malformed write vector")
@@ -80,7 +82,7 @@ class _DataConn(socketserver.BaseRequestHandler):
                         array.write(handles[h], off, payload)
                         out = b""
                     elif op == WRITEV:
-                        array.writev(handles[h], _extents(payload))
+                        array.writev(handles[h], _extents(payload), packed=payload)
                         out = b""
                     elif op == READ:
                         out = array.read(handles[h], off, length)
