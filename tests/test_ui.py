@@ -1,0 +1,76 @@
+"""Notebook controls: widgets when interactive, the same function once with defaults when not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ipywidgets as w
+import pandas as pd
+from matplotlib.figure import Figure
+
+from dr_kit import plots, ui
+
+
+def _buttons(captured: list) -> list[w.Button]:
+    out = []
+    for box in captured:
+        for child in getattr(box, "children", ()):
+            if isinstance(child, w.Button):
+                out.append(child)
+    return out
+
+
+def test_action_runs_once_unattended_and_waits_for_a_click_when_interactive(monkeypatch):
+    shown: list = []
+    monkeypatch.setattr(ui, "show", lambda *objs: shown.extend(objs))
+    calls: list[int] = []
+    assert ui.action("go", lambda n: calls.append(n) or "done", interactive=False, n=1) is None
+    assert calls == [1] and shown == ["done"]
+
+    shown.clear()
+    ui.action("go", lambda n: calls.append(n), interactive=True, n=2)
+    assert calls == [1], "an interactive action must wait for its button"
+    (button,) = _buttons(shown)
+    button.click()
+    assert calls == [1, 2]
+
+
+def test_controls_use_defaults_unattended_and_widget_values_when_interactive(monkeypatch):
+    shown: list = []
+    monkeypatch.setattr(ui, "show", lambda *objs: shown.extend(objs))
+    seen: list[dict] = []
+
+    def fn(delay_ms, mode):
+        seen.append({"delay_ms": delay_ms, "mode": mode})
+
+    ui.controls(fn, interactive=False, delay_ms=(5.0, (0.0, 100.0, 5.0)), mode=("async", ["async", "sync"]))
+    assert seen == [{"delay_ms": 5.0, "mode": "async"}]
+    ui.controls(fn, interactive=True, delay_ms=(5.0, (0.0, 100.0, 5.0)), mode=("async", ["async", "sync"]))
+    assert len(seen) == 1
+    box = shown[-1]
+    slider = next(c for c in box.children if isinstance(c, w.FloatSlider))
+    dropdown = next(c for c in box.children if isinstance(c, w.Dropdown))
+    slider.value, dropdown.value = 40.0, "sync"
+    _buttons([box])[0].click()
+    assert seen[-1] == {"delay_ms": 40.0, "mode": "sync"}
+
+
+def test_plots_return_figures_for_empty_and_real_data():
+    empty = pd.DataFrame(columns=["time", "group", "time_lag_s"])
+    assert isinstance(plots.lag_timeline(empty), Figure)
+    df = pd.DataFrame({"time": pd.to_datetime([1, 2, 3], unit="s", utc=True), "group": "g",
+                       "time_lag_s": [0.0, 0.01, None], "phase": ["a", "a", "b"]})
+    fig = plots.lag_timeline(df)
+    assert isinstance(fig, Figure) and fig.axes[0].get_ylabel().startswith("time lag")
+    chart = plots.collapse_chart({"consistency_group": {"trials": 5, "collapsed": 0, "corrupt": 0},
+                                  "independent": {"trials": 5, "collapsed": 3, "corrupt": 0}})
+    assert [t.get_text() for t in chart.axes[0].get_xticklabels()] == ["one consistency group", "independent pairs"]
+
+
+def test_notebooks_run_refuses_an_unknown_notebook_in_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "dr_kit.cli", "notebooks", "run", "--out", str(tmp_path),
+                        "--only", "99"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error:") and len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr
