@@ -36,10 +36,9 @@ import pandas as pd
 
 from dr_kit.errors import DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.sites import Site, _ts, parse_duration
-from dr_kit.storage.position import JournalPosition, LagReport
+from dr_kit.storage.position import LagReport
 
 Source = Literal["auto", "array", "k8s-status"]
-UNKNOWN_POSITION = JournalPosition(0, 0)  # generation 0: no position known (k8s status, no group)
 
 SAMPLE_COLUMNS = ["time", "group", "namespace", "state", "sequence_lag", "byte_lag",
                   "time_lag_s", "source"]
@@ -49,8 +48,8 @@ SAMPLE_COLUMNS = ["time", "group", "namespace", "state", "sequence_lag", "byte_l
 class GroupLag(LagReport):
     """A :class:`LagReport` of one consistency group, with the namespace it protects.
 
-    ``main`` is ``g0/0`` when the main position is unknown (a status source, or no group
-    on the array yet); ``resource`` names the Kubernetes object the group belongs to.
+    ``main`` is None when the main position is unknown (a status source, or no group on
+    the array yet); ``resource`` names the Kubernetes object the group belongs to.
     """
 
     namespace: str | None = None
@@ -58,7 +57,7 @@ class GroupLag(LagReport):
 
     @property
     def position_known(self) -> bool:
-        return self.main.generation > 0
+        return self.main is not None
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -92,7 +91,7 @@ def _resources(site: Site, namespace: str | None) -> list[tuple[str, str, str, d
 
 def _unknown(group: str, namespace: str | None, resource: str | None, state: str,
              source: str, message: str, now: float) -> GroupLag:
-    return GroupLag(group=group, state=state, main=UNKNOWN_POSITION, applied=None,
+    return GroupLag(group=group, state=state, main=None, applied=None,
                     sequence_lag=None, byte_lag=None, time_lag_s=None, consistent=None,
                     measured_at=now, source=source, message=message, namespace=namespace,
                     resource=resource)
@@ -166,7 +165,7 @@ def _from_status(site: Site, namespace: str | None) -> list[GroupLag]:
         if st.get("lastSyncBytes") is not None:
             extra.append(f"lastSyncBytes {st.get('lastSyncBytes')}")
         reports.append(GroupLag(
-            group=group, state=state, main=UNKNOWN_POSITION, applied=None, sequence_lag=None,
+            group=group, state=state, main=None, applied=None, sequence_lag=None,
             byte_lag=None, time_lag_s=round(age, 3), consistent=None, measured_at=now,
             source="k8s-status", message="; ".join(extra), namespace=ns,
             resource=f"{kind} {ns}/{name}"))
@@ -422,5 +421,4 @@ def serve_metrics(site: Site, addr: str = "127.0.0.1:9469", *, namespace: str | 
 
 
 __all__ = ["GroupLag", "read_lag", "sample_lag", "lag_frame", "lag_percentiles", "LagCollector",
-           "MetricsServer", "serve_metrics", "parse_listen", "SAMPLE_COLUMNS",
-           "UNKNOWN_POSITION"]
+           "MetricsServer", "serve_metrics", "parse_listen", "SAMPLE_COLUMNS"]

@@ -56,7 +56,7 @@ class LagReport:
 
     group: str
     state: str
-    main: JournalPosition
+    main: JournalPosition | None  # None: the main site's position is not known here
     applied: JournalPosition | None
     sequence_lag: int | None
     byte_lag: int | None
@@ -72,13 +72,13 @@ class LagReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["main"] = str(self.main)
+        d["main"] = str(self.main) if self.main else None
         d["applied"] = str(self.applied) if self.applied else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LagReport:
         d = dict(d)
-        d["main"] = JournalPosition.parse(d["main"])
+        d["main"] = JournalPosition.parse(d["main"]) if d.get("main") else None
         d["applied"] = JournalPosition.parse(d["applied"]) if d.get("applied") else None
         return cls(**d)
