@@ -13,7 +13,8 @@ level-triggered: every pass lists the objects and brings the array and the clust
   At the backup site it creates the namespace and a PV and bound PVC per replicated
   volume.  Status carries ``state``, conditions, ``lastSyncTime`` (the main-site time of
   the last write applied at the backup: the consistency point), ``lastSyncDuration`` (how
-  old that point was when measured), ``lastSyncBytes`` (bytes applied at the backup since
+  long that write took from its acknowledgement at the main site to being applied at the
+  backup), ``lastSyncBytes`` (bytes applied at the backup since
   the previous status update) and ``persistentVolumeClaimsRefList``.
 - **Group snapshot controller** (backup site): a VolumeGroupSnapshot becomes an array
   snapshot group at one sequence number, a VolumeGroupSnapshotContent, and one
@@ -298,20 +299,21 @@ class SiteController:
             ],
             "lastSyncBytes": synced,
         }
-        t = self._applied_time(g)
+        t, at = self._applied(g)
         if t:
             st["lastSyncTime"] = now_rfc3339(t)
-        if lag.get("time_lag_s") is not None:
-            st["lastSyncDuration"] = f"{lag['time_lag_s']:.3f}s"
+            if at:
+                st["lastSyncDuration"] = f"{max(0.0, at - t):.3f}s"
         return st
 
-    def _applied_time(self, g: dict[str, Any]) -> float | None:
+    def _applied(self, g: dict[str, Any]) -> tuple[float | None, float | None]:
+        """(main-site time of the last write applied at the backup, when it was applied)."""
         assert self.backup_array is not None
         try:
             bg = self.backup_array.group_status(g["name"])
         except (NotFound, DrKitError):
-            return None
-        return bg.get("applied_time")
+            return None, None
+        return bg.get("applied_time"), bg.get("applied_at")
 
     def replicate_csi_addons(self) -> None:
         classes = {c["metadata"]["name"]: c for c in self.kube.list_custom(*REPL, "volumegroupreplicationclasses")}
@@ -380,7 +382,7 @@ class SiteController:
             self._ensure_backup_objects(ns, pvcs, vols, gname)
             pair_state = {"pair": "PAIR", "copy": "COPY", "resync": "COPY", "suspended": "PSUS",
                           "error": "PSUE"}.get(g["state"], g["state"].upper())
-            t = self._applied_time(g)
+            t, _ = self._applied(g)
             for r, p in zip(live, pvcs, strict=False):
                 st = {"pairState": pair_state, "consistencyGroupId": cg, "copyGroup": gname,
                       "lastSyncTime": now_rfc3339(t) if t else None,

@@ -561,6 +561,7 @@ class Array:
                                "members": {str(vid): v.name for vid, v in s.members.items()},
                                "applied": str(JournalPosition(s.journal.generation, s.applied_seq)),
                                "applied_time": s.applied.time or None,
+                               "applied_at": s.applied_at,
                                "received": s.received_seq, "apply_paused": s.paused,
                                "journal": {"used_bytes": s.journal.used_bytes, "capacity": s.journal.capacity}})
             snaps = [self.snapshot_info(n) for n in sorted(self.conf["snapshots"])]

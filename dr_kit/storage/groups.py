@@ -285,6 +285,7 @@ class SecondaryGroup:
         if self.applied.seq == 0 and journal.first_seq > 1:
             self.applied.seq = journal.first_seq - 1
         self.paused = False
+        self.applied_at: float | None = None  # when the last entry was applied here (this process)
         self.listeners: list[Callable[[], None]] = []
         self.main_head = (0, 0.0)  # (sequence, time) last heard from the main site
 
@@ -363,6 +364,7 @@ class SecondaryGroup:
                           "applied; resync the pair")
             if n:
                 self.applied.store(start + n - 1, self.journal.generation, last_t)
+                self.applied_at = time.time()
                 self.journal.free_through(self.applied.seq)
                 target = self.conf.get("copy_end_seq")
                 if target is not None and self.applied.seq >= target:
