@@ -33,6 +33,7 @@ from dr_kit.operator.reconcile import (
     REFUSED,
     UNPROTECTED,
     WAITING,
+    read_status,
 )
 from dr_kit.operator.runner import Kube, Runner, permissions
 
@@ -93,14 +94,7 @@ def _namespace(kube: Kube, name: str) -> dict:
 
 
 def _status_of(ns: dict, policy: Policy) -> dict | None:
-    raw = (ns["metadata"].get("annotations") or {}).get(policy.status_annotation)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return read_status(ns["metadata"].get("annotations") or {}, policy)
 
 
 # -- library functions -----------------------------------------------------------------

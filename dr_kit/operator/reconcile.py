@@ -181,14 +181,7 @@ class _Context:
 
     @property
     def previous(self) -> dict | None:
-        raw = self.annotations.get(self.policy.status_annotation)
-        if not raw:
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return read_status(self.annotations, self.policy)
 
     def of_kind(self, kind: str, *, owned: bool | None = None) -> list[dict]:
         res = RESOURCES[kind]
@@ -639,6 +632,18 @@ def _action_message(ctx: _Context, a: Action) -> str:
 
 def _rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_status(annotations: Mapping[str, str], policy: Policy) -> dict | None:
+    """The protection status the operator last wrote on a namespace (None if none or unreadable)."""
+    raw = annotations.get(policy.status_annotation)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
