@@ -35,6 +35,14 @@ def declared_parameters(path: Path) -> dict[str, Any]:
     return pm.inspect_notebook(str(path))
 
 
+def prepare_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters for every notebook.  The kernels run in the output folder, so a
+    relative lab folder is resolved here, against the caller's working directory."""
+    params = dict(parameters or {})
+    params["lab_dir"] = str(Path(params.get("lab_dir") or ".dr-lab").resolve())
+    return params
+
+
 def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = None, *,
             only: list[str] | None = None, progress: Callable[[str], None] | None = None,
             html: bool = True) -> dict[str, Any]:
@@ -44,8 +52,7 @@ def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = Non
     say = progress or (lambda s: None)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters or {})
-    params.setdefault("lab_dir", str(Path(params.get("lab_dir", ".dr-lab")).resolve()))
+    params = prepare_parameters(parameters)
     names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
     if only and not names:
         raise InvalidInput(f"no notebook matches {only}; notebooks: {', '.join(NOTEBOOKS)}")

@@ -74,3 +74,12 @@ def test_notebooks_run_refuses_an_unknown_notebook_in_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error:") and len(p.stderr.strip().splitlines()) == 1
     assert "Traceback" not in p.stderr
+
+
+def test_a_relative_lab_folder_is_the_callers_not_the_output_folders(tmp_path, monkeypatch):
+    from dr_kit import notebooks
+
+    monkeypatch.chdir(tmp_path)
+    assert notebooks.prepare_parameters({"lab_dir": ".dr-lab"})["lab_dir"] == str(tmp_path / ".dr-lab")
+    assert notebooks.prepare_parameters(None)["lab_dir"] == str(tmp_path / ".dr-lab")
+    assert notebooks.prepare_parameters({"lab_dir": "/srv/lab", "rate": 3})["rate"] == 3
