@@ -104,6 +104,8 @@ if [ ! -f "$DIR/ready" ]; then
     if [ "$(psql_pg -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER'")" != 1 ]; then
         psql_pg -d postgres -c "CREATE ROLE $DB_USER LOGIN CREATEDB" >/dev/null
     fi
+    # CREATEROLE: the read-only tests create a separate analyst role
+    psql_pg -d postgres -c "ALTER ROLE $DB_USER CREATEROLE" >/dev/null
     if [ "$(psql_pg -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
         psql_pg -d postgres -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
     fi

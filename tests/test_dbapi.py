@@ -239,3 +239,41 @@ def test_engine_factory_failure_is_a_dbapi_error(tmp_path):
     with pytest.raises(Exception) as err:
         engine.connect()
     assert isinstance(getattr(err.value, "orig", None), dbapi.OperationalError)
+
+
+def test_ctrl_c_is_not_turned_into_a_database_error(db_path):
+    """A KeyboardInterrupt raised while SQLite runs a statement reaches the caller as itself."""
+    conn = dbapi.connect(db_path)
+
+    def interrupted(a):
+        if a == 3:
+            raise KeyboardInterrupt
+        return a
+
+    conn.create_function("interrupted", 1, interrupted)
+    cur = conn.cursor()
+    with pytest.raises(KeyboardInterrupt):  # while executing (the first row)
+        cur.execute("SELECT interrupted(a) FROM t WHERE a = 3")
+    cur = conn.cursor()
+    cur.execute("SELECT interrupted(a) FROM t ORDER BY a")
+    assert cur.fetchone() == (1,)
+    with pytest.raises(KeyboardInterrupt):  # while fetching a later row
+        cur.fetchall()
+    # an ordinary error is still translated
+    with pytest.raises(dbapi.OperationalError):
+        conn.execute("SELECT * FROM nope")
+    conn.close()
+
+
+def test_read_only_scope_on_a_read_write_connection(db_path):
+    conn = dbapi.connect(db_path)
+    with conn.read_only_scope():
+        for sql in ("DELETE FROM t", "PRAGMA query_only = 0", "ATTACH ':memory:' AS x"):
+            with pytest.raises(dbapi.WriteRefused, match="refused, nothing was changed"):
+                conn.execute(sql)
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    conn.execute("DELETE FROM t WHERE a = 1")  # writable again afterwards
+    conn.commit()
+    assert conn.execute("PRAGMA query_only").fetchone() == (0,)
+    conn.close()
+    assert len(rows(db_path)) == 2

@@ -26,6 +26,7 @@ def test_parameters_are_typed_and_checked() -> None:
     ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", "DELETE"),
     ("SELECT * INTO copy FROM orders", "INTO"),
     ("SELECT 1; DROP TABLE orders", "one statement"),
+    ("SELECT E'\\''; COMMIT; DELETE FROM orders; --'", "one statement"),
     ("PRAGMA writable_schema = 1", "only SELECT"),
     ("", "empty query"),
 ])

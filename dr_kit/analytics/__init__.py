@@ -20,8 +20,15 @@ compile all of them for Oracle, see :func:`statements`).  The stock and sales da
 are separate, so a figure that needs both (units sold vs on hand, days of cover, the
 reconciliation) is one aggregate query per database, joined per product in pandas.
 
-All connections only read: SQLite through the read-only apsw adapter
-(:mod:`dr_kit.sqlite.dbapi`), PostgreSQL and Oracle inside ``SET TRANSACTION READ ONLY``.
+All connections only read, and the database enforces it (:mod:`dr_kit.analytics.readonly`):
+SQLite through the read-only apsw adapter (:mod:`dr_kit.sqlite.dbapi`: an authorizer and
+``PRAGMA query_only``); PostgreSQL through psycopg with ``default_transaction_read_only``,
+every statement prepared (one command each) and ``SET TRANSACTION READ ONLY``; Oracle
+inside ``SET TRANSACTION READ ONLY`` as a role that may only read.
+
+Modules: ``tables`` (the shop's tables for SQLAlchemy Core), ``databases`` (the pair,
+provenance, opening), ``readonly`` (read-only engines, ad hoc queries), ``shop`` (the
+analyses).
 """
 
 from dr_kit.analytics.databases import (

@@ -13,7 +13,6 @@ from typing import Any, Literal
 import pandas as pd
 from sqlalchemy import (
     Engine,
-    create_engine,
     text,
 )
 from sqlalchemy import exc as sa_exc
@@ -22,9 +21,9 @@ from sqlalchemy.sql import Select
 
 from dr_kit.analytics.readonly import (
     _is_connect_error,
-    _read_only_transactions,
     _sqlite_engine,
     mask_url,
+    read_only_engine,
     run_query,
 )
 from dr_kit.analytics.tables import Db
@@ -355,15 +354,7 @@ def open_databases(stock_url: str | URL, sales_url: str | URL, *, password: str 
                                    f"sqlite:///path/to/{label}.db")
             engines.append(_sqlite_engine(label, url.database, None, True))
             continue
-        try:
-            engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
-        except (sa_exc.NoSuchModuleError, ImportError) as e:
-            raise InvalidInput(f"unsupported {label} database URL {mask_url(url)!r}: "
-                               f"{_scrub(str(e), secrets)}") from None
-        except sa_exc.ArgumentError as e:
-            raise InvalidInput(f"bad {label} database URL {mask_url(url)!r}: "
-                               f"{_scrub(str(e), secrets)}") from None
-        _read_only_transactions(engine)
+        engine = read_only_engine(url, label)
         engines.append(engine)
     provenance.setdefault("source", f"stock={mask_url(surl)} sales={mask_url(lurl)}")
     dbs = ShopDatabases(engines[0], engines[1], _secrets=secrets, **provenance)

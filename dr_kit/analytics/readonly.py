@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -15,7 +17,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 
 from dr_kit.errors import DrKitError, InvalidInput, Unavailable
 
@@ -54,17 +56,57 @@ def _is_connect_error(e: Exception) -> bool:
 
 _READ_ONLY: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines whose transactions only read
 
+# what each server needs from its driver: one statement per execution, refused otherwise
+_DRIVERS = {"postgresql": ("psycopg",), "oracle": ("oracledb", "cx_oracle")}
+_SUPPORTED = ("SQLite files, PostgreSQL (postgresql+psycopg://...) or Oracle "
+              "(oracle+oracledb://...)")
 
-def _read_only_transactions(engine: Engine) -> None:
-    """Make every transaction on a server engine read-only (first statement of each)."""
-    if engine.dialect.name not in ("postgresql", "oracle"):
-        return
+
+def read_only_engine(url: URL, label: str = "the") -> Engine:
+    """An engine on a PostgreSQL or Oracle URL on which every transaction only reads.
+
+    PostgreSQL (driver psycopg; a bare ``postgresql://`` gets it): the session starts with
+    ``default_transaction_read_only=on`` (added to the URL's ``options``), every
+    statement is sent as a prepared statement (``prepare_threshold=0``), which the server
+    refuses when it holds more than one command, and every transaction begins with ``SET
+    TRANSACTION READ ONLY``.  So a single statement cannot end the read-only transaction
+    and write after it, whatever its text.  Oracle: every transaction begins with ``SET
+    TRANSACTION READ ONLY`` and the driver runs one statement per call; connect as a role
+    that holds only ``CREATE SESSION`` and ``READ`` on the shop's tables (README).
+    Other databases: :class:`InvalidInput`.
+    """
+    from sqlalchemy import create_engine
+
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in _DRIVERS:
+        raise InvalidInput(f"unsupported {label} database URL {mask_url(url)!r}: analytics "
+                           f"read {_SUPPORTED}")
+    if driver and driver not in _DRIVERS[backend]:
+        raise InvalidInput(f"{label} database URL {mask_url(url)!r}: use the "
+                           f"{_DRIVERS[backend][0]} driver ({backend}+{_DRIVERS[backend][0]}://"
+                           f"...), which runs exactly one statement per query; not {driver}")
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        given = url.query.get("options") or ""
+        options = " ".join(given) if isinstance(given, tuple) else given
+        url = url.set(drivername="postgresql+psycopg").update_query_dict(
+            {"options": f"{options} -c default_transaction_read_only=on".strip()})
+        connect_args["prepare_threshold"] = 0
+    try:
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True,
+                               connect_args=connect_args)
+    except (sa_exc.NoSuchModuleError, sa_exc.ArgumentError, ImportError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if url.password:
+            why = why.replace(str(url.password), "***")
+        raise InvalidInput(f"unsupported {label} database URL {mask_url(url)!r}: {why}") from None
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
     _READ_ONLY.add(engine)
+    return engine
 
 
 def _sqlite_engine(label: str, path: str | os.PathLike[str], vfs: str | None,
@@ -95,8 +137,9 @@ _WRITE_WORDS = frozenset({
     "grant", "revoke", "into", "attach", "detach", "pragma", "vacuum", "reindex", "lock",
 })
 _TOKEN = re.compile(
-    r"""\s+|--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]"""
-    r"""|(?P<dollar>\$(?P<tag>[A-Za-z_]*)\$)|(?P<word>[A-Za-z_][A-Za-z_0-9$#]*)|(?P<semi>;)|.""",
+    r"""\s+|--[^\n]*|/\*.*?\*/|[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*\""""
+    r"""|`[^`]*`|\[[^\]]*\]|(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$)"""
+    r"""|(?P<word>[A-Za-z_][A-Za-z_0-9$#]*)|(?P<semi>;)|.""",
     re.DOTALL,
 )
 
@@ -148,20 +191,93 @@ def check_select(sql: str) -> None:
         raise InvalidInput(f"only read-only SELECT queries are allowed; found {', '.join(bad).upper()}")
 
 
+@contextlib.contextmanager
+def _read_only_connection(conn: Connection, engine: Engine) -> Iterator[None]:
+    """Make what runs on ``conn`` inside the block unable to write, enforced by the database."""
+    raw = conn.connection.dbapi_connection
+    name = conn.dialect.name
+    if name == "sqlite":
+        from dr_kit.sqlite import dbapi
+
+        if isinstance(raw, dbapi.Connection):
+            with raw.read_only_scope():
+                yield
+            return
+        if isinstance(raw, sqlite3.Connection):
+            with _sqlite3_read_only(raw):
+                yield
+            return
+    elif name == "postgresql":
+        if not hasattr(raw, "prepare_threshold"):
+            raise InvalidInput(f"ad hoc queries on PostgreSQL need the psycopg driver "
+                               f"(postgresql+psycopg://...), not {conn.dialect.driver}")
+        threshold = raw.prepare_threshold
+        raw.prepare_threshold = 0  # one prepared statement: a second command is refused
+        try:
+            if engine not in _READ_ONLY:
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            yield
+        finally:
+            raw.prepare_threshold = threshold
+        return
+    elif name == "oracle":
+        if engine not in _READ_ONLY:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        yield
+        return
+    raise InvalidInput(f"ad hoc queries run on {_SUPPORTED}, not {name}")
+
+
+@contextlib.contextmanager
+def _sqlite3_read_only(raw: sqlite3.Connection) -> Iterator[None]:
+    """The ``sqlite3`` module's connection, read-only for the block (authorizer + query_only)."""
+    from dr_kit.sqlite.dbapi import write_action
+
+    refused: list[str] = []
+
+    def authorize(action: int, p1: str | None, p2: str | None, *_: Any) -> int:
+        what = write_action(action, p1, p2)
+        if what is None:
+            return sqlite3.SQLITE_OK
+        refused.append(what)
+        return sqlite3.SQLITE_DENY
+
+    was = raw.execute("PRAGMA query_only").fetchone()[0]
+    raw.set_authorizer(authorize)
+    try:
+        raw.execute("PRAGMA query_only = 1")
+        try:
+            yield
+        except sa_exc.DatabaseError as e:
+            if refused:
+                raise InvalidInput(f"database is open read-only: {refused[0]} refused, "
+                                   "nothing was changed") from e
+            raise
+    finally:
+        raw.set_authorizer(None)
+        if not was:
+            raw.execute("PRAGMA query_only = 0")
+
+
 def run_query(engine: Engine, sql: str, params: Mapping[str, Any] | None = None, *,
               limit: int | None = None) -> pd.DataFrame:
     """Run one read-only SELECT (or WITH ... SELECT) on ``engine``; the rows as a DataFrame.
 
     Parameters are bound, never interpolated: write ``:name`` in the SQL and pass
-    ``{"name": value}``.  Anything else than a single SELECT is refused with
-    :class:`InvalidInput` before it is sent; the statement also runs in a read-only
-    transaction (``SET TRANSACTION READ ONLY`` on PostgreSQL and Oracle, ``PRAGMA
-    query_only`` on SQLite) that is rolled back afterwards.  ``limit`` caps the rows fetched.
+    ``{"name": value}``.  ``limit`` caps the rows fetched.
+
+    Read-only is enforced by the database, whatever the text: on PostgreSQL the statement
+    is sent as one prepared statement (a second command is refused by the server) inside
+    a read-only transaction; on Oracle inside ``SET TRANSACTION READ ONLY``; on SQLite
+    under an authorizer that denies every write, ATTACH and pragma change, with ``PRAGMA
+    query_only`` on.  The transaction is rolled back afterwards, so even a setting the
+    statement changed does not outlive it.  Before any of that, :func:`check_select`
+    refuses what is plainly not one SELECT, with a friendlier message.
     """
     check_select(sql)
     if params is not None and not isinstance(params, Mapping):
         raise InvalidInput("query parameters must be a mapping of name -> value (use :name in SQL)")
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidInput(f"limit must be a non-negative integer, not {limit!r}")
     stmt = text(sql)
     missing = sorted(set(stmt.compile().params) - set(params or {}))
@@ -169,24 +285,15 @@ def run_query(engine: Engine, sql: str, params: Mapping[str, Any] | None = None,
         raise InvalidInput(f"query parameter(s) not given: {', '.join(missing)}")
     try:
         with engine.connect() as conn:
-            restore_query_only = False
-            if conn.dialect.name == "sqlite":
-                was = conn.exec_driver_sql("PRAGMA query_only").scalar()
-                if not was:
-                    conn.exec_driver_sql("PRAGMA query_only = 1")
-                    restore_query_only = True
-            elif conn.dialect.name in ("postgresql", "oracle") and engine not in _READ_ONLY:
-                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             try:
-                result = conn.execute(stmt, dict(params or {}))
-                if not result.returns_rows:
-                    raise InvalidInput("the query returned no rows description; give a SELECT")
-                cols = list(result.keys())
-                rows = result.fetchmany(limit) if limit is not None else result.all()
+                with _read_only_connection(conn, engine):
+                    result = conn.execute(stmt, dict(params or {}))
+                    if not result.returns_rows:
+                        raise InvalidInput("the statement returned no rows; give a SELECT")
+                    cols = list(result.keys())
+                    rows = result.fetchmany(limit) if limit is not None else result.all()
             finally:
                 conn.rollback()
-                if restore_query_only:
-                    conn.exec_driver_sql("PRAGMA query_only = 0")
     except sa_exc.SQLAlchemyError as e:
         orig = getattr(e, "orig", None) or e
         if isinstance(orig, DrKitError):
@@ -194,6 +301,7 @@ def run_query(engine: Engine, sql: str, params: Mapping[str, Any] | None = None,
         first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
         if getattr(e, "connection_invalidated", False) or _is_connect_error(e):
             raise Unavailable(f"database {mask_url(engine.url)} unreachable: {first}") from None
+        if "multiple commands" in first:
+            raise InvalidInput("only one statement per query (refused by the server)") from None
         raise InvalidInput(f"query failed: {first}") from None
     return pd.DataFrame([tuple(r) for r in rows], columns=cols)
-

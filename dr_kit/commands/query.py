@@ -19,9 +19,10 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("query", help="run a read-only SELECT on a snapshot group's databases",
                        description="Run one SELECT on the sales or stock database of a snapshot "
-                       "group at the backup site (restored first when needed).  Writes are "
-                       "refused; parameters are bound (write :name in the SQL, pass --param "
-                       "name=value), never interpolated.")
+                       "group at the backup site (restored first when needed).  The database "
+                       "itself keeps the query read-only (one statement, in a read-only "
+                       "transaction that is rolled back); parameters are bound (write :name in "
+                       "the SQL, pass --param name=value), never interpolated.")
     p.add_argument("sql", metavar="SQL", help='one SELECT statement, e.g. "SELECT COUNT(*) FROM orders"')
     p.add_argument("--namespace", "-n", required=True, metavar="NS", help="protected namespace")
     p.add_argument("--snapshot", required=True, metavar="NAME", help="snapshot group")

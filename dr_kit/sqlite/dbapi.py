@@ -124,7 +124,7 @@ _ERROR_MAP: dict[str, type[Error]] = {
 }
 
 
-def _translate(e: BaseException) -> Error:
+def _translate(e: Exception) -> Error:
     """The DBAPI exception for an apsw (or binding) error, with the same message."""
     if isinstance(e, Error):
         return e
@@ -231,6 +231,29 @@ _ALLOWED_ACTIONS = frozenset({
 })
 
 
+def write_action(action: int, p1: str | None, p2: str | None) -> str | None:
+    """For an SQLite authorizer: None when ``action`` only reads, else what it would change.
+
+    Reading is SELECT, reading columns, calling functions, recursive CTEs, transactions
+    and savepoints (harmless under ``query_only``), and pragmas that read or change no
+    stored state; everything else (insert, update, delete, DDL, temporary objects,
+    ATTACH/DETACH, ANALYZE, REINDEX, setting a pragma, switching ``query_only`` off) is a
+    write.  The action codes are SQLite's, so the same function serves apsw's
+    ``Connection.authorizer`` and the ``sqlite3`` module's ``set_authorizer``.
+    """
+    if action in _ALLOWED_ACTIONS:
+        return None
+    if action == apsw.SQLITE_PRAGMA:
+        name = (p1 or "").lower()
+        if p2 is None or name in _READING_PRAGMAS:
+            return None
+        if name == "query_only" and str(p2).strip("'\"").lower() in _ON:
+            return None
+        return f"PRAGMA {name} = {p2}"
+    what = _ACTION_NAMES.get(action, f"action {action}")
+    return f"{what} on {p1}" if p1 else what
+
+
 # --- connection and cursor ----------------------------------------------------------
 
 
@@ -277,7 +300,7 @@ class Cursor:
         self.connection._refused = None
         try:
             rows = self._cur.execute(sql, params if params is not None else None)
-        except BaseException as e:
+        except Exception as e:  # not BaseException: Ctrl-C stays a KeyboardInterrupt
             raise self.connection._error(e, sql) from e
         self._rows = iter(rows)
         if self._description is None and self._writes:
@@ -323,7 +346,7 @@ class Cursor:
             return None
         try:
             return next(self._rows, None)
-        except BaseException as e:
+        except Exception as e:
             self._rows = None
             raise self.connection._error(e) from e
 
@@ -426,21 +449,36 @@ class Connection:
     # SQLite authorizer: runs while a statement is prepared, before anything executes
     def _authorize(self, action: int, p1: str | None, p2: str | None,
                    dbname: str | None, trigger: str | None) -> int:
-        if action in _ALLOWED_ACTIONS:
+        refused = write_action(action, p1, p2)
+        if refused is None:
             return apsw.SQLITE_OK
-        if action == apsw.SQLITE_PRAGMA:
-            name = (p1 or "").lower()
-            if p2 is None or name in _READING_PRAGMAS:
-                return apsw.SQLITE_OK
-            if name == "query_only" and str(p2).strip("'\"").lower() in _ON:
-                return apsw.SQLITE_OK
-            self._refused = f"PRAGMA {name} = {p2}"
-            return apsw.SQLITE_DENY
-        what = _ACTION_NAMES.get(action, f"action {action}")
-        self._refused = f"{what} on {p1}" if p1 else what
+        self._refused = refused
         return apsw.SQLITE_DENY
 
-    def _error(self, e: BaseException, sql: str = "") -> Error:
+    @contextlib.contextmanager
+    def read_only_scope(self) -> Iterator[Connection]:
+        """Make this connection read-only for the ``with`` block (authorizer + ``query_only``).
+
+        For a connection opened read-write: what runs inside the block cannot change
+        anything, whatever its text; afterwards the connection is as it was.
+        """
+        self._check_open()
+        if self.read_only:
+            yield self
+            return
+        was = next(self._apsw.execute("PRAGMA query_only"))[0]
+        self.read_only = True
+        self._apsw.authorizer = self._authorize
+        try:
+            self._apsw.execute("PRAGMA query_only = 1")
+            yield self
+        finally:
+            self._apsw.authorizer = None
+            self.read_only = False
+            if not was and not self._closed:
+                self._apsw.execute("PRAGMA query_only = 0")
+
+    def _error(self, e: Exception, sql: str = "") -> Error:
         if self.read_only and (
             isinstance(e, (apsw.ReadOnlyError, apsw.ExecTraceAbort))
             or (isinstance(e, apsw.AuthError) and self._refused)
@@ -479,7 +517,7 @@ class Connection:
         if not self._apsw.get_autocommit():
             try:
                 self._apsw.execute("COMMIT")
-            except BaseException as e:
+            except Exception as e:
                 raise self._error(e) from e
 
     def rollback(self) -> None:
@@ -487,7 +525,7 @@ class Connection:
         if not self._apsw.get_autocommit():
             try:
                 self._apsw.execute("ROLLBACK")
-            except BaseException as e:
+            except Exception as e:
                 raise self._error(e) from e
 
     def close(self) -> None:
@@ -573,4 +611,5 @@ __all__ = [
     "WriteRefused", "Binary", "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks",
     "TimestampFromTicks", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
     "Connection", "Cursor", "connect", "count_statements", "engine_for_apsw",
+    "write_action",
 ]
