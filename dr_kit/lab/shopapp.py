@@ -27,6 +27,7 @@ from dr_kit.errors import DrKitError, Unavailable
 from dr_kit.fsutil import write_json
 from dr_kit.lab.kube import Kube, api_client
 from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
+from dr_kit.shop.history import history_options
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient
@@ -62,7 +63,7 @@ class ShopApp:
         vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
         self.stock, self.sales = open_shop(vfs, stock_volume=self.volumes["stock-db"],
                                            sales_volume=self.volumes["sales-db"])
-        seed(self.stock, self.sales)
+        seed(self.stock, self.sales, **history_options())  # 180 days of history when new
         self.shop = Shop(self.stock, self.sales, keep_latencies=0)
         self.stopping = threading.Event()
         self.recent: deque[tuple[float, float]] = deque(maxlen=5000)  # (time, latency ms)

@@ -11,6 +11,13 @@ Rules (brief section 4), on a crash-consistent image of both databases:
 - ``PRAGMA integrity_check`` is ``ok`` on both (SQLite only).
 An order whose stock movement is present but whose sale is not is *in flight* (the
 business transaction commits stock first), which is allowed.
+
+A movement's ``quantity`` is the units that *left* the stock: positive for an order line
+(``order_id`` set), negative for a restock (``order_id`` NULL: units that came in, from a
+delivery in the shop's history or a top-up by the workload).  So the balance rule reads
+``on_hand = initial_units - units sold + units restocked`` and holds through restocks,
+as long as a restock's movement and its ``on_hand`` update commit together (they do: one
+stock transaction).  A restock has no order, so it never counts as in flight.
 """
 
 from __future__ import annotations

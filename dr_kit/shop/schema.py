@@ -6,8 +6,9 @@ sales DB: ``products`` (the catalog the shop sells from), ``orders``, ``order_li
 Money is stored in integer cents and times as ISO-8601 UTC text, so that SQLite,
 PostgreSQL and Oracle hold exactly the same values.  A stock movement with a positive
 quantity is goods leaving for an order (``order_id`` set); a negative quantity is a
-restock (``order_id`` NULL).  Invariant per product on any consistent image:
-``on_hand + SUM(movements.quantity) = initial_units``.
+restock (``order_id`` NULL, units coming in).  Invariant per product on any consistent
+image: ``on_hand + SUM(movements.quantity) = initial_units`` (``initial_units`` is the
+stock the shop opened with, before any history; see :mod:`dr_kit.shop.consistency`).
 """
 
 from __future__ import annotations

@@ -34,8 +34,15 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] | None = None) -> int:
-    """Create the schema and load the catalog and initial stock (once); returns #products."""
+def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] | None = None,
+         *, history_days: int = 0, history_orders: int = 100_000, history_seed: int = 1,
+         now: datetime | float | None = None) -> int:
+    """Create the schema and load the catalog and initial stock (once); returns #products.
+
+    With ``history_days`` > 0, a shop that has no orders yet also gets that many days of
+    history before ``now`` (:func:`dr_kit.shop.history.seed_history`, ``history_orders``
+    orders, seeded by ``history_seed``); a shop that already has orders is left as it is.
+    """
     catalog = catalog or load_catalog()
     with stock:
         for ddl in STOCK_DDL:
@@ -51,6 +58,14 @@ def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] 
         if not next(sales.execute("SELECT COUNT(*) FROM products"))[0]:
             sales.executemany("INSERT INTO products VALUES (?,?,?,?)",
                               [(p.product_id, p.name, p.category, p.unit_price_cents) for p in catalog])
+    if history_days:
+        from dr_kit.shop.history import seed_history
+
+        new = (not next(sales.execute("SELECT COUNT(*) FROM orders"))[0]
+               and not next(stock.execute("SELECT COUNT(*) FROM stock_movements"))[0])
+        if new:
+            seed_history(stock, sales, history_days, seed=history_seed, now=now,
+                         orders=history_orders)
     return len(catalog)
 
 
