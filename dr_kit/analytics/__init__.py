@@ -27,10 +27,21 @@ every statement prepared (one command each) and ``SET TRANSACTION READ ONLY``; O
 inside ``SET TRANSACTION READ ONLY`` as a role that may only read.
 
 Modules: ``tables`` (the shop's tables for SQLAlchemy Core), ``databases`` (the pair,
-provenance, opening), ``readonly`` (read-only engines, ad hoc queries), ``shop`` (the
-analyses).
+provenance, opening), ``readonly`` (read-only engines, ad hoc queries), ``shop`` (revenue,
+best sellers, stock, reconciliation), ``trends`` (revenue trend, mix over time),
+``inventory`` (ABC classes, sell-through, days of cover, reorder list), ``compare``
+(what changed between two snapshot groups).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from dr_kit.analytics import compare as _compare
+from dr_kit.analytics import inventory as _inventory
+from dr_kit.analytics import shop as _shop
+from dr_kit.analytics import trends as _trends
+from dr_kit.analytics.compare import Comparison, compare_snapshots
 from dr_kit.analytics.databases import (
     PASSWORD_ENV,
     InconsistentCopyWarning,
@@ -39,7 +50,8 @@ from dr_kit.analytics.databases import (
     open_databases,
     open_sqlite,
 )
-from dr_kit.analytics.readonly import check_select, mask_url, run_query
+from dr_kit.analytics.inventory import abc_classes, reorder_list, stock_cover
+from dr_kit.analytics.readonly import check_select, mask_url, read_only_engine, run_query
 from dr_kit.analytics.shop import (
     days_of_cover,
     low_stock,
@@ -53,13 +65,24 @@ from dr_kit.analytics.shop import (
     revenue_by_category,
     revenue_by_channel,
     revenue_by_day,
-    statements,
     top_products,
     units_vs_stock,
 )
+from dr_kit.analytics.trends import mix_over_time, revenue_trend
+
+
+def statements() -> dict[str, tuple[str, Any]]:
+    """Every statement the analyses run, with the database it runs on (for review/compiling)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for module in (_shop, _trends, _inventory, _compare):
+        out.update(module.statements())
+    return out
+
 
 __all__ = [
-    "check_select",
+    "check_select", "read_only_engine",
+    "revenue_trend", "mix_over_time", "abc_classes", "stock_cover", "reorder_list",
+    "compare_snapshots", "Comparison",
     "InconsistentCopyWarning", "Provenance", "ShopDatabases", "PASSWORD_ENV",
     "open_sqlite", "open_databases", "mask_url", "run_query", "statements",
     "revenue_by_day", "revenue_by_category", "revenue_by_channel", "top_products",

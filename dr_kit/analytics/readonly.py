@@ -122,7 +122,11 @@ def _sqlite_engine(label: str, path: str | os.PathLike[str], vfs: str | None,
     flags = apsw.SQLITE_OPEN_READWRITE if recover else apsw.SQLITE_OPEN_READONLY
 
     def factory() -> apsw.Connection:
-        return apsw.Connection(p, flags=flags, vfs=vfs)
+        conn = apsw.Connection(p, flags=flags, vfs=vfs)
+        # sorts and DISTINCT over a large image would spill to temporary files, which an
+        # array volume (and a read-only analyst) has no place for: keep them in memory
+        conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
 
     return engine_for_apsw(factory, read_only=True)
 

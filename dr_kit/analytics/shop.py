@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import (
+    case,
     distinct,
     func,
     literal_column,
@@ -56,8 +57,8 @@ def _positive_int(value: Any, name: str) -> int:
 
 # --- statements -----------------------------------------------------------------------------
 
-_DAY = func.substr(orders.c.ordered_at, literal_column("1"), literal_column("10"))
-_LINE_REVENUE = order_lines.c.quantity * order_lines.c.unit_price_cents
+DAY = func.substr(orders.c.ordered_at, literal_column("1"), literal_column("10"))
+LINE_REVENUE = order_lines.c.quantity * order_lines.c.unit_price_cents
 
 
 def _window(stmt: Select, since: str | None, until: str | None) -> Select:
@@ -71,14 +72,14 @@ def _window(stmt: Select, since: str | None, until: str | None) -> Select:
 def q_revenue(by: Literal["day", "category", "channel"], since: str | None = None,
               until: str | None = None) -> Select:
     """Sales DB: orders, units and revenue (cents) per day, product category or channel."""
-    key = {"day": _DAY, "category": products.c.category, "channel": orders.c.channel}[by]
+    key = {"day": DAY, "category": products.c.category, "channel": orders.c.channel}[by]
     src = orders.join(order_lines, order_lines.c.order_id == orders.c.order_id)
     if by == "category":
         src = src.join(products, products.c.product_id == order_lines.c.product_id)
     stmt = (select(key.label(by),
                    func.count(distinct(orders.c.order_id)).label("orders"),
                    func.sum(order_lines.c.quantity).label("units"),
-                   func.sum(_LINE_REVENUE).label("revenue_cents"))
+                   func.sum(LINE_REVENUE).label("revenue_cents"))
             .select_from(src).group_by(key).order_by(key))
     return _window(stmt, since, until)
 
@@ -87,7 +88,7 @@ def q_top_products(n: int, by: Literal["revenue", "units"], since: str | None = 
                    until: str | None = None) -> Select:
     """Sales DB: the ``n`` best products by revenue or units (ties by product id)."""
     units = func.sum(order_lines.c.quantity)
-    revenue = func.sum(_LINE_REVENUE)
+    revenue = func.sum(LINE_REVENUE)
     metric = revenue if by == "revenue" else units
     stmt = (select(products.c.product_id, products.c.name, products.c.category,
                    units.label("units"), revenue.label("revenue_cents"))
@@ -104,7 +105,7 @@ def q_units_sold(since: str | None = None, until: str | None = None) -> Select:
     stmt = (select(order_lines.c.product_id,
                    func.sum(order_lines.c.quantity).label("units_sold"),
                    func.count(distinct(order_lines.c.order_id)).label("orders"),
-                   func.sum(_LINE_REVENUE).label("revenue_cents"))
+                   func.sum(LINE_REVENUE).label("revenue_cents"))
             .select_from(order_lines.join(orders, orders.c.order_id == order_lines.c.order_id))
             .group_by(order_lines.c.product_id)
             .order_by(order_lines.c.product_id))
@@ -135,6 +136,28 @@ def q_units_moved() -> Select:
             .order_by(stock_movements.c.product_id))
 
 
+def q_stock_flows(since: str | None = None, until: str | None = None) -> Select:
+    """Stock DB, per product: units moved out for orders (and the orders), units restocked
+    (restock movements: negative quantity, no order) and the restocks, optionally for the
+    movements in ``[since, until)``."""
+    m = stock_movements.c
+    is_sale = m.order_id.is_not(None)
+    stmt = (select(m.product_id,
+                   func.sum(case((is_sale, m.quantity), else_=literal_column("0")))
+                   .label("units_moved"),
+                   func.count(distinct(m.order_id)).label("orders_moved"),
+                   func.sum(case((is_sale, literal_column("0")), else_=-m.quantity))
+                   .label("units_restocked"),
+                   func.sum(case((is_sale, literal_column("0")), else_=literal_column("1")))
+                   .label("restocks"))
+            .group_by(m.product_id).order_by(m.product_id))
+    if since is not None:
+        stmt = stmt.where(m.moved_at >= since)
+    if until is not None:
+        stmt = stmt.where(m.moved_at < until)
+    return stmt
+
+
 def q_last_order_time() -> Select:
     """Sales DB: the time of the newest order (the image's "now")."""
     return select(func.max(orders.c.ordered_at).label("last_order_at"))
@@ -154,6 +177,8 @@ def statements() -> dict[str, tuple[Db, Select]]:
         "stock": ("stock", q_stock()),
         "low_stock": ("stock", q_stock(20)),
         "units_moved": ("stock", q_units_moved()),
+        "stock_flows": ("stock", q_stock_flows()),
+        "stock_flows_window": ("stock", q_stock_flows("2024-01-01", "2024-02-01")),
     }
 
 
@@ -324,26 +349,36 @@ def days_of_cover(dbs: ShopDatabases, window_days: int = 7, as_of: Any = None) -
 
 
 def reconciliation(dbs: ShopDatabases) -> pd.DataFrame:
-    """Per product: units sold (sales DB) vs units moved out for orders (stock DB).
+    """Per product: units sold (sales DB) vs units moved out for orders, and the stock balance.
 
     ``difference = units_sold - units_moved``; ``status`` is ``ok`` (0), ``sold without
     stock movement`` (> 0: the collapsed case) or ``moved, sale not recorded`` (< 0:
-    orders in flight, which a consistent image may contain).
+    orders in flight, which a consistent image may contain).  The stock DB's own balance:
+    ``initial_units``, ``units_restocked`` (restock movements), ``on_hand`` and
+    ``balance_diff = on_hand + units_moved - units_restocked - initial_units``, 0 when the
+    balance rule holds (non-zero: a movement without its stock update, or the reverse).
     """
     dbs._guard("reconciliation")
     sold = _sold_frame(dbs)[["product_id", "units_sold", "orders"]]
-    cols = ["product_id", "units_moved", "orders_moved"]
-    moved = _frame(cols, _rows(dbs, "stock", q_units_moved()), ints=tuple(cols))
-    df = _merge_products(_stock_frame(dbs)[["product_id", "name", "category"]],
-                         sold.merge(moved, on="product_id", how="outer"),
-                         ints=("units_sold", "orders", "units_moved", "orders_moved"))
+    cols = ["product_id", "units_moved", "orders_moved", "units_restocked", "restocks"]
+    moved = _frame(cols, _rows(dbs, "stock", q_stock_flows()), ints=tuple(cols))
+    stock = _stock_frame(dbs)[["product_id", "name", "category", "on_hand", "initial_units"]]
+    df = _merge_products(stock, sold.merge(moved, on="product_id", how="outer"),
+                         ints=("units_sold", "orders", "units_moved", "orders_moved",
+                               "units_restocked", "restocks", "on_hand", "initial_units"))
     df = df.rename(columns={"orders": "orders_sold"})
     df["difference"] = df["units_sold"] - df["units_moved"]
     df["status"] = ["ok" if d == 0 else
                     "sold without stock movement" if d > 0 else "moved, sale not recorded"
                     for d in df["difference"]]
+    df["balance_diff"] = (df["on_hand"] + df["units_moved"] - df["units_restocked"]
+                          - df["initial_units"])
+    df = df[["product_id", "name", "category", "units_sold", "orders_sold", "units_moved",
+             "orders_moved", "difference", "status", "initial_units", "units_restocked",
+             "restocks", "on_hand", "balance_diff"]]
     out = dbs.result(df, "reconciliation")
     out.attrs["units_sold"] = int(df["units_sold"].sum())
     out.attrs["units_moved"] = int(df["units_moved"].sum())
+    out.attrs["units_restocked"] = int(df["units_restocked"].sum())
+    out.attrs["unbalanced_products"] = int((df["balance_diff"] != 0).sum())
     return out
-
