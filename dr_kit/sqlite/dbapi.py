@@ -443,6 +443,12 @@ class Connection:
             return "?"
 
     @property
+    def apsw_connection(self) -> apsw.Connection:
+        """The ``apsw.Connection`` underneath (for what DBAPI has no word for: the backup API)."""
+        self._check_open()
+        return self._apsw
+
+    @property
     def in_transaction(self) -> bool:
         return not self._closed and not self._apsw.get_autocommit()
 
