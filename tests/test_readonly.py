@@ -405,3 +405,20 @@ def test_text_check_understands_postgres_strings(sql):
 ])
 def test_text_check_accepts_one_select(sql):
     an.check_select(sql)
+
+
+def test_oracle_engines_begin_every_transaction_read_only():
+    """No Oracle server here: the engine is built, and its first statement is rendered."""
+    engine = readonly.read_only_engine(make_url("oracle+oracledb://analyst@db:1521/?service_name=S"))
+    assert engine in readonly._READ_ONLY and engine.dialect.name == "oracle"
+    sent: list[str] = []
+
+    class Conn:  # what the "begin" listener sends, without a server
+        def exec_driver_sql(self, sql: str) -> None:
+            sent.append(sql)
+
+    engine.dispatch.begin(Conn())
+    assert sent == ["SET TRANSACTION READ ONLY"]
+    with pytest.raises(InvalidInput, match="oracledb driver"):
+        readonly.read_only_engine(make_url("oracle+nosuch://u@h/s"))
+    engine.dispose()
