@@ -211,6 +211,8 @@ def _read_only_connection(conn: Connection, engine: Engine) -> Iterator[None]:
             with _sqlite3_read_only(raw):
                 yield
             return
+        raise InvalidInput("ad hoc queries on SQLite run through dr_kit's apsw adapter or the "
+                           f"sqlite3 module, not {type(raw).__module__}")
     elif name == "postgresql":
         if not hasattr(raw, "prepare_threshold"):
             raise InvalidInput(f"ad hoc queries on PostgreSQL need the psycopg driver "

@@ -338,11 +338,17 @@ def _share_of_day_before(sec: float) -> float:
 
 
 def _time_of_day(rng: random.Random, hourly_cum: list[float], limit: float) -> float:
-    """Seconds after midnight, following the intraday profile, below ``limit``."""
-    while True:
-        sec = (_pick(rng, hourly_cum) + rng.random()) * 3600.0
-        if sec < limit:
-            return sec
+    """Seconds after midnight, following the intraday profile, below ``limit`` (inverse CDF)."""
+    if limit >= 86400.0:
+        top = hourly_cum[-1]
+    else:
+        hour, frac = divmod(max(0.0, limit) / 3600.0, 1.0)
+        h = int(hour)
+        top = (hourly_cum[h - 1] if h else 0.0) + HOURLY[h] * frac
+    x = rng.random() * top
+    h = min(bisect.bisect_right(hourly_cum, x), len(HOURLY) - 1)
+    low = hourly_cum[h - 1] if h else 0.0
+    return min((h + (x - low) / HOURLY[h]) * 3600.0, max(0.0, limit - 1e-6))
 
 
 def _apportion(total: int, weights: Sequence[float]) -> list[int]:
