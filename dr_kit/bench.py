@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from typing import Any
 
 import psutil
 
+from dr_kit.bench_postgres import SETTINGS, AnchorUnavailable, PgShop, PostgresAnchor
+from dr_kit.errors import InvalidInput
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
@@ -49,8 +52,8 @@ def pct(values: list[float], q: float) -> float | None:
 class _Link:
     """The link emulator as its own process (so it takes no CPU time from the shop)."""
 
-    def __init__(self, root: Path, target: str) -> None:
-        ready = root / "link.ready"
+    def __init__(self, root: Path, target: str, name: str = "link") -> None:
+        ready = root / f"{name}.ready"
         self.proc = subprocess.Popen([sys.executable, "-m", "dr_kit.storage.link", "--target", target,
                                       "--ready-file", str(ready)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -108,11 +111,42 @@ class Bench:
         self.mc: ArrayClient = self.main.client
         self.bc: ArrayClient = self.backup.client
         self.vfs = sqlite_vfs.register(f"bench-{os.getpid()}", self.mc.open_volume)
+        self.pg: PostgresAnchor | None = None
+        self.pg_link: _Link | None = None
+        self.pg_note: str | None = None
+        self.pg_result: dict[str, Any] = {}
+
+    def start_anchor(self) -> None:
+        """Start the PostgreSQL anchor; when it cannot run, keep a one-line note instead."""
+        def via_link(target: str) -> str:
+            self.pg_link = _Link(self.root, target, name="pg-link")
+            return self.pg_link.address
+
+        try:
+            self.pg = PostgresAnchor.start(via_link, progress=self.say)
+            self.say(f"  PostgreSQL {self.pg.version}: standby streaming through its own link emulator")
+        except AnchorUnavailable as e:
+            self.pg_note = str(e)
+            self.say(f"note: PostgreSQL anchor not run: {e}")
+            if self.pg_link:
+                self.pg_link.stop()
+                self.pg_link = None
+
+    def set_delay(self, delay_ms: float) -> None:
+        self.link.set(delay_ms=delay_ms)
+        if self.pg_link:
+            self.pg_link.set(delay_ms=delay_ms)
 
     def close(self) -> None:
-        self.link.stop()
-        self.main.stop()
-        self.backup.stop()
+        try:
+            if self.pg:
+                self.pg.close()
+            if self.pg_link:
+                self.pg_link.stop()
+        finally:
+            self.link.stop()
+            self.main.stop()
+            self.backup.stop()
 
     def _wait_pair(self, group: str, timeout: float = 600.0, progress: bool = False) -> None:
         last = -1.0
@@ -132,8 +166,10 @@ class Bench:
 
     # -- 1. commit latency ------------------------------------------------------------
     def commit_latency(self) -> dict[str, Any]:
-        self.say("commit latency: replication off / async / sync, interleaved")
-        shops: dict[str, Shop] = {}
+        pg = self.pg
+        self.say("commit latency: replication off / async / sync" +
+                 (", and PostgreSQL off / async," if pg else "") + " interleaved")
+        shops: dict[str, Shop | PgShop] = {}
         for mode in ("off", "async", "sync"):
             vols = {"stock": f"{mode}-stock", "sales": f"{mode}-sales"}
             for v in vols.values():
@@ -144,39 +180,56 @@ class Bench:
                 self.mc.create_group(f"bench-{mode}", list(vols.values()), self.link.address, mode=mode)
                 self._wait_pair(f"bench-{mode}")
             shops[mode] = Shop(stock, sales, seed_value=7, keep_latencies=10**6)
+        if pg:
+            shops["pg_off"], shops["pg_async"] = pg.shops["off"], pg.shops["async"]
         out: dict[str, Any] = {}
+        pg_out: dict[str, Any] = {}
         rounds = 6 if self.quick else 15
-        block = {"off": 20, "async": 20, "sync": 20}
+        block = 20
         for delay in (0, 5, 20):
-            self.link.set(delay_ms=delay)
+            self.set_delay(delay)
             lat: dict[str, list[float]] = {m: [] for m in shops}
             t_mode: dict[str, float] = {m: 0.0 for m in shops}
             for _ in range(rounds):
                 for mode, shop in shops.items():
-                    n = block[mode] if not (mode == "sync" and delay >= 5) else max(3, block[mode] // 4)
+                    n = block if not (mode == "sync" and delay >= 5) else max(3, block // 4)
                     shop.stats.latencies_ms.clear()
                     t0 = time.perf_counter()
                     shop.run(0, count=n)
                     t_mode[mode] += time.perf_counter() - t0
                     lat[mode] += shop.stats.latencies_ms
-            row = {}
-            for mode, values in lat.items():
-                row[mode] = {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "n": len(values),
-                             "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
+            rows = {mode: {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "n": len(values),
+                           "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
+                    for mode, values in lat.items()}
+            row = {m: rows[m] for m in ("off", "async", "sync")}
             row["async_over_off_p50"] = row["async"]["p50_ms"] / row["off"]["p50_ms"]
             row["async_over_off_p99"] = row["async"]["p99_ms"] / row["off"]["p99_ms"]
+            row["async_over_off_tps"] = row["async"]["tx_per_s"] / row["off"]["tx_per_s"]
             row["sync_over_off_p50"] = row["sync"]["p50_ms"] / row["off"]["p50_ms"]
             out[f"{delay}ms"] = row
-            self.say(f"  delay {delay:>2} ms: p50 off {row['off']['p50_ms']:.2f} ms, async "
-                     f"{row['async']['p50_ms']:.2f} ms ({row['async_over_off_p50']:.2f}x), sync "
-                     f"{row['sync']['p50_ms']:.2f} ms ({row['sync_over_off_p50']:.1f}x)")
-        self.link.set(delay_ms=0)
-        for shop in shops.values():
+            line = (f"  delay {delay:>2} ms: p50 off {row['off']['p50_ms']:.2f} ms, async "
+                    f"{row['async']['p50_ms']:.2f} ms ({row['async_over_off_p50']:.2f}x), sync "
+                    f"{row['sync']['p50_ms']:.2f} ms ({row['sync_over_off_p50']:.1f}x)")
+            if pg:
+                prow = {"off": rows["pg_off"], "async": rows["pg_async"]}
+                prow["async_over_off_p50"] = prow["async"]["p50_ms"] / prow["off"]["p50_ms"]
+                prow["async_over_off_p99"] = prow["async"]["p99_ms"] / prow["off"]["p99_ms"]
+                prow["async_over_off_tps"] = prow["async"]["tx_per_s"] / prow["off"]["tx_per_s"]
+                pg_out[f"{delay}ms"] = prow
+                line += (f"; PostgreSQL off {prow['off']['p50_ms']:.2f} ms, async "
+                         f"{prow['async']['p50_ms']:.2f} ms ({prow['async_over_off_p50']:.2f}x)")
+            self.say(line)
+        self.set_delay(0)
+        for mode in ("off", "async", "sync"):
+            shop = shops[mode]
+            assert isinstance(shop, Shop)
             shop.stock.close()
             shop.sales.close()
         for mode in ("async", "sync"):
             self.mc.delete_group(f"bench-{mode}")
             self.bc.delete_group(f"bench-{mode}", delete_volumes=True)
+        if pg_out:
+            self.pg_result["commit"] = pg_out
         return out
 
     # -- 2. lag -----------------------------------------------------------------------
@@ -252,6 +305,110 @@ class Bench:
         vol.close()
         self.mc.delete_group("bench-lag")
         self.bc.delete_group("bench-lag", delete_volumes=True)
+        if self.pg:
+            self.say("PostgreSQL replay lag at 1,000 writes/s (one 4 KiB row per commit, standby "
+                     "behind its link emulator)")
+            r = self.pg.lag(1000, seconds)
+            tl, view = r["samples_ms"], r["replay_lag_view_ms"]
+            self.pg_result["lag"] = {
+                "writes_per_s": r["writes_per_s"], "samples": len(tl),
+                "time_lag_ms_p50": pct(tl, 50), "time_lag_ms_p99": pct(tl, 99),
+                "replay_lag_view_samples": len(view), "replay_lag_view_ms_p50": pct(view, 50),
+                "replay_lag_view_ms_p99": pct(view, 99)}
+            pl = self.pg_result["lag"]
+            self.say(f"   1000 writes/s (achieved {pl['writes_per_s']:.0f}): time lag p50 "
+                     f"{pl['time_lag_ms_p50']:.2f} ms, p99 {pl['time_lag_ms_p99']:.2f} ms")
+        return out
+
+    # -- CPU by component --------------------------------------------------------------
+    def cpu(self) -> dict[str, Any]:
+        """CPU time of the array processes per shop transaction, by component.
+
+        The same shop transaction runs in short interleaved blocks on volumes without
+        replication (off), on volumes of an asynchronous group whose transfer is paused
+        (journal only), and on the same group streaming (journal + transfer + backup).
+        Per block: user + system CPU of the main array, backup array, link emulator and
+        this process (the shop, SQLite and the VFS client).  The streaming block ends when
+        the backup has applied everything, so its CPU for those transactions is counted.
+
+        - main_journal = main CPU (transfer paused) - main CPU (off): the journal-free
+          data path is the baseline;
+        - transfer = main CPU (streaming) - main CPU (transfer paused);
+        - backup = backup CPU (streaming) - backup CPU (off; its idle work).
+        Each is a difference of measured times, so noise can make a small one negative.
+        """
+        n_block, rounds = (100, 3) if self.quick else (200, 10)
+        self.say(f"CPU time per shop transaction by component ({n_block * rounds} transactions "
+                 "per mode: off / journal only / streaming)")
+        shops: dict[str, Shop] = {}
+        for mode in ("off", "async"):
+            vols = [f"cpu-{mode}-stock", f"cpu-{mode}-sales"]
+            for v in vols:
+                self.mc.create_volume(v, 32 << 20)
+            stock, sales = open_shop(self.vfs, stock_volume=vols[0], sales_volume=vols[1])
+            seed(stock, sales)
+            if mode == "async":
+                self.mc.create_group("bench-cpu", vols, self.link.address, mode="async",
+                                     journal_capacity=256 << 20)
+                self._wait_pair("bench-cpu")
+            shops[mode] = Shop(stock, sales, seed_value=7)
+        procs = {"main": psutil.Process(self.main.pid), "backup": psutil.Process(self.backup.pid),
+                 "link": psutil.Process(self.link.proc.pid), "shop": psutil.Process()}
+
+        def cpu_now() -> dict[str, float]:
+            out = {}
+            for k, p in procs.items():
+                t = p.cpu_times()
+                out[k] = t.user + t.system
+            return out
+
+        def caught_up(timeout: float = 60.0) -> None:
+            head = self.mc.lag("bench-cpu").main.sequence
+            deadline = time.monotonic() + timeout
+            while int(self.bc.group_status("bench-cpu")["applied"].split("/")[1]) < head:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("CPU measurement invalid: the backup did not catch up")
+                time.sleep(0.01)
+
+        spent = {m: dict.fromkeys(procs, 0.0) for m in ("off", "journal", "streaming")}
+
+        def block(mode: str, shop: Shop, wait: bool) -> None:
+            c0 = cpu_now()
+            shop.run(0, count=n_block)
+            if wait:
+                caught_up()
+            c1 = cpu_now()
+            for k in procs:
+                spent[mode][k] += c1[k] - c0[k]
+
+        for _ in range(rounds):
+            block("off", shops["off"], wait=False)
+            self.mc.group_action("bench-cpu", "pause-transfer")
+            block("journal", shops["async"], wait=False)
+            self.mc.group_action("bench-cpu", "resume-transfer")
+            caught_up()  # the paused backlog crosses outside every measured block
+            block("streaming", shops["async"], wait=True)
+        if self.mc.group_status("bench-cpu")["state"] != "pair":
+            raise RuntimeError("CPU measurement invalid: the pair left the pair state")
+        n = n_block * rounds
+        us = {m: {k: v / n * 1e6 for k, v in d.items()} for m, d in spent.items()}
+        out = {
+            "transactions_per_mode": n,
+            "us_per_tx": us,
+            "main_journal": us["journal"]["main"] - us["off"]["main"],
+            "transfer": us["streaming"]["main"] - us["journal"]["main"],
+            "backup": us["streaming"]["backup"] - us["off"]["backup"],
+            "link": us["streaming"]["link"] - us["off"]["link"],
+            "shop_process_async_minus_off": us["streaming"]["shop"] - us["off"]["shop"],
+        }
+        self.say(f"  main array: {us['off']['main']:.0f} us/tx off, +{out['main_journal']:.0f} journal, "
+                 f"+{out['transfer']:.0f} transfer; backup array {out['backup']:.0f} us/tx; "
+                 f"link emulator {out['link']:.0f} us/tx")
+        for shop in shops.values():
+            shop.stock.close()
+            shop.sales.close()
+        self.mc.delete_group("bench-cpu")
+        self.bc.delete_group("bench-cpu", delete_volumes=True)
         return out
 
     # -- 3+4+5. snapshots, initial copy, memory ---------------------------------------
@@ -303,28 +460,73 @@ class Bench:
 
 
 def run(*, quick: bool = False, workdir: str | Path | None = None,
-        progress: Progress | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, anchor: str = "auto") -> dict[str, Any]:
+    """Run the benchmarks; ``anchor`` is ``auto`` (PostgreSQL when its server binaries are
+    installed), ``postgres`` or ``none``.  An anchor that cannot run leaves a note in
+    ``result["postgres"]["skipped"]`` and None for its figures, never a failure."""
+    if anchor not in ("auto", "postgres", "none"):
+        raise InvalidInput(f"unknown anchor {anchor!r}; use postgres or none")
     say = progress or (lambda s: None)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dr-kit-bench-"))
-    bench = Bench(root, quick=quick, progress=say)
+    previous = _terminate_as_exit()
+    bench = None
     try:
+        bench = Bench(root, quick=quick, progress=say)
+        if anchor == "none":
+            bench.pg_note = "turned off (--anchor none)"
+        else:
+            bench.start_anchor()
         commit = bench.commit_latency()
         lag = bench.lag()
+        cpu = bench.cpu()
         big = bench.big()
+        if bench.pg:
+            bench.say("PostgreSQL standby: waiting for it to replay everything, comparing row counts")
+            bench.pg_result["standby"] = bench.pg.catch_up()
+            bench.pg_result["wal_senders"] = bench.pg.wal_senders()
+            bench.pg_result["version"] = bench.pg.version
+            bench.pg_result["settings"] = dict(SETTINGS)
     finally:
-        bench.close()
-        if workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        try:
+            if bench:
+                bench.close()
+        finally:
+            if workdir is None:
+                shutil.rmtree(root, ignore_errors=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    delays = ("0ms", "5ms", "20ms")
+    pg = bench.pg_result if bench.pg else {"skipped": bench.pg_note}
     return {
-        "async_over_off_p50_max": max(commit[d]["async_over_off_p50"] for d in ("0ms", "5ms", "20ms")),
+        "async_over_off_p50_max": max(commit[d]["async_over_off_p50"] for d in delays),
+        "async_over_off_tps_min": min(commit[d]["async_over_off_tps"] for d in delays),
         "sync_over_off_p50_at_20ms": commit["20ms"]["sync_over_off_p50"],
         "lag_p99_ms_at_1000": lag["1000"]["time_lag_ms_p99"],
         "apply_over_write_rate": lag["apply_over_write_rate"],
         "snapshot_ratio_1g_over_1m": big["snapshot_ratio_large_over_1m"],
         "peak_rss_mb_1g": big["peak_rss_mb_large"],
+        "cpu_us_per_tx_main_journal": cpu["main_journal"],
+        "cpu_us_per_tx_transfer": cpu["transfer"],
+        "cpu_us_per_tx_backup": cpu["backup"],
+        "postgres_async_over_off_p50": (max(pg["commit"][d]["async_over_off_p50"] for d in delays)
+                                        if "commit" in pg else None),
+        "postgres_async_over_off_tps_min": (min(pg["commit"][d]["async_over_off_tps"] for d in delays)
+                                            if "commit" in pg else None),
+        "postgres_lag_p99_ms": pg["lag"]["time_lag_ms_p99"] if "lag" in pg else None,
         "quick": quick,
-        "commit": commit, "lag": lag, "large": big,
+        "commit": commit, "lag": lag, "cpu": cpu, "large": big, "postgres": pg,
     }
+
+
+def _terminate_as_exit() -> Any:
+    """SIGTERM unwinds like Ctrl-C, so every server and array the bench started is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 TARGETS = [
@@ -334,6 +536,24 @@ TARGETS = [
     ("apply_over_write_rate", ">=", 5.0, "backup apply / write rate"),
     ("snapshot_ratio_1g_over_1m", "<=", 2.0, "snapshot time large / 1 MiB"),
 ]
+
+
+COMPARISON = [
+    ("async_over_off_p50_max", "postgres_async_over_off_p50", "async/off commit p50, worst delay"),
+    ("async_over_off_tps_min", "postgres_async_over_off_tps_min", "async/off throughput, worst delay"),
+    ("lag_p99_ms_at_1000", "postgres_lag_p99_ms", "lag p99 at 1,000 writes/s (ms)"),
+]
+
+CPU_KEYS = [
+    ("cpu_us_per_tx_main_journal", "main array, journal (async - off)"),
+    ("cpu_us_per_tx_transfer", "main array, transfer"),
+    ("cpu_us_per_tx_backup", "backup array (receive, apply)"),
+]
+
+
+def comparison(result: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """Our figure and PostgreSQL's (None when the anchor did not run), side by side."""
+    return [(label, result[ours], result[theirs]) for ours, theirs, label in COMPARISON]
 
 
 def verdicts(result: dict[str, Any]) -> list[tuple[str, float, str, float, bool]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -22,12 +23,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="benchmarks of the brief's targets, side by side",
                        description="Commit latency off/async/sync at link delays 0, 5, 20 ms; journal "
-                       "lag at 100 and 1,000 writes/s; apply throughput; snapshot group time for small "
-                       "and large volumes; initial copy throughput; peak array memory.")
+                       "lag at 100 and 1,000 writes/s; apply throughput; CPU per shop transaction by "
+                       "component; snapshot group time for small and large volumes; initial copy "
+                       "throughput; peak array memory; PostgreSQL's asynchronous streaming "
+                       "replication measured beside ours (--anchor).")
     p.add_argument("--quick", action="store_true", help="fewer rounds and a 256 MiB large volume")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--out", help="also write the JSON result and a plot (PNG) into this folder")
     p.add_argument("--workdir", help="keep the arrays in this folder (default: a temporary one)")
+    p.add_argument("--anchor", choices=("postgres", "none"), default="auto",
+                   help="measure PostgreSQL's asynchronous streaming replication beside ours in the "
+                   "same run (default: postgres when its server binaries are installed; a missing "
+                   "server is a one-line note); none turns it off")
     p.set_defaults(func=_bench)
 
     from dr_kit.drills import DRILLS
@@ -62,14 +69,17 @@ def _crashtest(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from dr_kit import bench
 
-    result = bench.run(quick=args.quick, workdir=args.workdir,
+    result = bench.run(quick=args.quick, workdir=args.workdir, anchor=args.anchor,
                        progress=None if args.json else (lambda s: print(s, flush=True)))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(result, indent=2))
         bench.plot(result).savefig(out / "bench.png", dpi=110)
+    skipped = result["postgres"].get("skipped")
     if args.json:
+        if skipped and args.anchor != "none":
+            print(f"note: PostgreSQL anchor not run: {skipped}", file=sys.stderr)
         print(json.dumps(result))
         return 0
     print()
@@ -78,6 +88,18 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"{label:<40} {value:>12.3f}   {op} {goal:<7} {'met' if ok else 'MISSED'}")
     print(f"{'peak array RSS, large volume (MB)':<40} {result['peak_rss_mb_1g']:>12.1f}   "
           f"(small volume: {result['large']['peak_rss_mb_small']:.1f} MB)")
+    print()
+    pg_head = f"PostgreSQL {result['postgres'].get('version', '')}".strip()
+    print(f"{'beside PostgreSQL, same run':<40} {'dr_kit':>12}   {pg_head}")
+    for label, ours, theirs in bench.comparison(result):
+        their = f"{theirs:.3f}" if theirs is not None else "not run"
+        print(f"{label:<40} {ours:>12.3f}   {their}")
+    if skipped:
+        print(f"(PostgreSQL anchor not run: {skipped})")
+    print()
+    print(f"{'CPU per shop transaction (us)':<40} {'measured':>12}")
+    for key, label in bench.CPU_KEYS:
+        print(f"{label:<40} {result[key]:>12.0f}")
     return 0
 
 
