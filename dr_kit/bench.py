@@ -189,7 +189,7 @@ class Bench:
             time.sleep(0.05)
 
     # -- 1. commit latency ------------------------------------------------------------
-    def commit_latency(self) -> dict[str, Any]:
+    def commit_latency(self, rounds: int | None = None) -> dict[str, Any]:
         pg = self.pg
         self.say("commit latency: replication off / async / sync" +
                  (", and PostgreSQL off / async," if pg else "") + " interleaved")
@@ -208,7 +208,7 @@ class Bench:
             shops["pg_off"], shops["pg_async"] = pg.shops["off"], pg.shops["async"]
         out: dict[str, Any] = {}
         pg_out: dict[str, Any] = {}
-        rounds = 6 if self.quick else 15
+        rounds = rounds or (6 if self.quick else 15)
         block = 20
         for shop in shops.values():  # one unrecorded block each: caches and prepared statements
             shop.run(0, count=block)
@@ -332,19 +332,36 @@ class Bench:
         self.mc.delete_group("bench-lag")
         self.bc.delete_group("bench-lag", delete_volumes=True)
         if self.pg:
-            self.say("PostgreSQL replay lag at 1,000 writes/s (one 4 KiB row per commit, standby "
-                     "behind its link emulator)")
-            r = self.pg.lag(1000, seconds)
-            tl, view = r["samples_ms"], r["replay_lag_view_ms"]
-            self.pg_result["lag"] = {
-                "writes_per_s": r["writes_per_s"], "samples": len(tl),
-                "time_lag_ms_p50": pct(tl, 50), "time_lag_ms_p99": pct(tl, 99),
-                "replay_lag_view_samples": len(view), "replay_lag_view_ms_p50": pct(view, 50),
-                "replay_lag_view_ms_p99": pct(view, 99)}
-            pl = self.pg_result["lag"]
-            self.say(f"   1000 writes/s (achieved {pl['writes_per_s']:.0f}): time lag p50 "
-                     f"{pl['time_lag_ms_p50']:.2f} ms, p99 {pl['time_lag_ms_p99']:.2f} ms")
+            self.postgres_lag(seconds)
         return out
+
+    def postgres_lag(self, seconds: float, rate: int = 1000) -> None:
+        """PostgreSQL's replay lag, defined as ours (see :mod:`dr_kit.bench_postgres`)."""
+        assert self.pg is not None
+        self.say(f"PostgreSQL replay lag at {rate:,} writes/s (one 4 KiB row per commit, standby "
+                 "behind its link emulator)")
+        r = self.pg.lag(rate, seconds)
+        tl, view = r["samples_ms"], r["replay_lag_view_ms"]
+        pl = self.pg_result["lag"] = {
+            "writes_per_s": r["writes_per_s"], "samples": len(tl),
+            "time_lag_ms_p50": pct(tl, 50), "time_lag_ms_p99": pct(tl, 99),
+            "replay_lag_view_samples": len(view), "replay_lag_view_ms_p50": pct(view, 50),
+            "replay_lag_view_ms_p99": pct(view, 99)}
+        self.say(f"  {rate:>5} writes/s (achieved {pl['writes_per_s']:.0f}): time lag p50 "
+                 f"{pl['time_lag_ms_p50']:.2f} ms, p99 {pl['time_lag_ms_p99']:.2f} ms")
+
+    def postgres_verify(self) -> None:
+        """The standby replayed everything: row counts equal the primary's after catch-up."""
+        assert self.pg is not None
+        self.say("PostgreSQL standby: waiting for it to replay everything, comparing row counts")
+        standby = self.pg_result["standby"] = self.pg.catch_up()
+        self.pg_result["wal_senders"] = self.pg.wal_senders()
+        self.pg_result["version"] = self.pg.version
+        self.pg_result["settings"] = dict(SETTINGS)
+        if not standby["standby_rows_match"]:
+            raise RuntimeError(f"PostgreSQL standby rows differ from the primary's after catch-up: "
+                               f"{standby['rows']}")
+        self.say(f"  standby rows equal the primary's: {standby['rows']['standby']}")
 
     # -- CPU by component --------------------------------------------------------------
     def cpu(self) -> dict[str, Any]:
@@ -506,11 +523,7 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         cpu = bench.cpu()
         big = bench.big()
         if bench.pg:
-            bench.say("PostgreSQL standby: waiting for it to replay everything, comparing row counts")
-            bench.pg_result["standby"] = bench.pg.catch_up()
-            bench.pg_result["wal_senders"] = bench.pg.wal_senders()
-            bench.pg_result["version"] = bench.pg.version
-            bench.pg_result["settings"] = dict(SETTINGS)
+            bench.postgres_verify()
     finally:
         try:
             if bench:
@@ -533,13 +546,20 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         "cpu_us_per_tx_main_journal": cpu["main_journal"],
         "cpu_us_per_tx_transfer": cpu["transfer"],
         "cpu_us_per_tx_backup": cpu["backup"],
-        "postgres_async_over_off_p50": (max(pg["commit"][d]["async_over_off_p50"] for d in delays)
-                                        if "commit" in pg else None),
-        "postgres_async_over_off_tps_min": (min(pg["commit"][d]["async_over_off_tps"] for d in delays)
-                                            if "commit" in pg else None),
-        "postgres_lag_p99_ms": pg["lag"]["time_lag_ms_p99"] if "lag" in pg else None,
+        **postgres_keys(pg),
         "quick": quick,
         "commit": commit, "lag": lag, "cpu": cpu, "large": big, "postgres": pg,
+    }
+
+
+def postgres_keys(pg: dict[str, Any]) -> dict[str, float | None]:
+    """PostgreSQL's headline figures, defined as ours (worst link delay); None if not run."""
+    delays = ("0ms", "5ms", "20ms")
+    commit = pg.get("commit")
+    return {
+        "postgres_async_over_off_p50": max(commit[d]["async_over_off_p50"] for d in delays) if commit else None,
+        "postgres_async_over_off_tps_min": min(commit[d]["async_over_off_tps"] for d in delays) if commit else None,
+        "postgres_lag_p99_ms": pg["lag"]["time_lag_ms_p99"] if "lag" in pg else None,
     }
 
 
