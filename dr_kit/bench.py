@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from dr_kit import bench_postgres
 from dr_kit.bench_postgres import SETTINGS, AnchorUnavailable, PgShop, PostgresAnchor
 from dr_kit.errors import InvalidInput
 from dr_kit.shop.workload import Shop, open_shop, seed
@@ -147,11 +148,15 @@ class Bench:
             return self.pg_link.address
 
         try:
-            self.pg = PostgresAnchor.start(via_link, progress=self.say)
+            self.pg = PostgresAnchor.create()  # known to kill() from here on
+            self.pg.launch(via_link, progress=self.say)
             self.say(f"  PostgreSQL {self.pg.version}: standby streaming through its own link emulator")
         except AnchorUnavailable as e:
             self.pg_note = str(e)
             self.say(f"note: PostgreSQL anchor not run: {e}")
+            if self.pg:
+                self.pg.close()
+                self.pg = None
             if self.pg_link:
                 self.pg_link.stop()
                 self.pg_link = None
@@ -160,6 +165,17 @@ class Bench:
         self.link.set(delay_ms=delay_ms)
         if self.pg_link:
             self.pg_link.set(delay_ms=delay_ms)
+
+    def kill(self) -> None:
+        """On an interrupt: stop every process this bench started, touching no connection
+        or lock that the interrupted code may hold."""
+        if self.pg:
+            self.pg.kill()
+        for link in (self.pg_link, self.link):
+            if link:
+                link.proc.kill()
+        for h in (self.main, self.backup):
+            h.kill()
 
     def close(self) -> None:
         try:
@@ -510,8 +526,23 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         raise InvalidInput(f"unknown anchor {anchor!r}; use postgres or none")
     say = progress or (lambda s: None)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dr-kit-bench-"))
-    previous = _terminate_as_exit()
-    bench = None
+    bench: Bench | None = None
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    def on_interrupt() -> None:
+        if bench:
+            bench.kill()
+        for p in psutil.Process().children(recursive=True):  # e.g. while Bench() was starting
+            if p.pid not in children_before:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+        bench_postgres.remove_leftovers()
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    previous = _exit_on_interrupt(on_interrupt)
     try:
         bench = Bench(root, quick=quick, progress=say)
         if anchor == "none":
@@ -531,8 +562,8 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         finally:
             if workdir is None:
                 shutil.rmtree(root, ignore_errors=True)
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     delays = ("0ms", "5ms", "20ms")
     pg = bench.pg_result if bench.pg else {"skipped": bench.pg_note}
     return {
@@ -563,15 +594,28 @@ def postgres_keys(pg: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def _terminate_as_exit() -> Any:
-    """SIGTERM unwinds like Ctrl-C, so every server and array the bench started is stopped."""
+def _exit_on_interrupt(cleanup: Callable[[], None]) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM stop everything the bench started and exit (130 / 143).
+
+    An exception raised at an arbitrary point, Python's default for Ctrl-C, can land in an
+    SQLite VFS callback, where SQLite turns it into an I/O error and the shop retries
+    forever; so the handler itself cleans up and leaves with ``os._exit``.  Returns the
+    previous handlers to restore (none when not on the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            print("\nbench interrupted: stopping its arrays, link emulators and PostgreSQL servers",
+                  file=sys.stderr, flush=True)
+            cleanup()
+        finally:
+            os._exit(128 + signum)
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(s) is not signal.SIG_IGN}  # nohup-style ignoring is kept
 
 
 TARGETS = [
@@ -581,7 +625,6 @@ TARGETS = [
     ("apply_over_write_rate", ">=", 5.0, "backup apply / write rate"),
     ("snapshot_ratio_1g_over_1m", "<=", 2.0, "snapshot time large / 1 MiB"),
 ]
-
 
 COMPARISON = [
     ("async_over_off_p50_max", "postgres_async_over_off_p50", "async/off commit p50, worst delay"),

@@ -116,6 +116,17 @@ def why_unavailable() -> str | None:
     return None
 
 
+def folder_prefix() -> str:
+    """The anchor's temporary folders start with this (one process's, see ``remove_leftovers``)."""
+    return f"dr-kit-bench-pg-{os.getpid()}-"
+
+
+def remove_leftovers() -> None:
+    """Remove this process's anchor folders (after an interrupt in the middle of ``create``)."""
+    for d in Path(tempfile.gettempdir()).glob(folder_prefix() + "*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,11 +197,11 @@ class PgServer:
                 if attempt == 2:
                     raise
 
-    def stop(self) -> None:
+    def stop(self, modes: tuple[str, ...] = ("fast", "immediate")) -> None:
         """Fast shutdown; immediate if that hangs; SIGKILL of the postmaster as a last resort."""
         if not (self.data / "postmaster.pid").exists():
             return
-        for mode in ("fast", "immediate"):
+        for mode in modes:
             try:
                 self.runas.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w",
                                 "-t", "30", "stop"], timeout=40, what=f"stop of {self.name}")
@@ -319,42 +330,53 @@ class PostgresAnchor:
         self.version = ""
 
     @classmethod
-    def start(cls, via_link: Callable[[str], str], *, progress: Callable[[str], None] | None = None,
-              catalog: list[Product] | None = None) -> PostgresAnchor:
-        """Start off, async and its standby; ``via_link(target)`` returns the address through
-        which the standby reaches its primary (a link emulator, or the target itself)."""
+    def create(cls) -> PostgresAnchor:
+        """An anchor with its temporary folder and no server yet (``launch`` starts them);
+        :meth:`close` or :meth:`kill` removes whatever it started."""
         reason = why_unavailable()
         if reason:
             raise AnchorUnavailable(reason)
         bindir = find_bindir()
         assert bindir is not None
-        root = Path(tempfile.mkdtemp(prefix="dr-kit-bench-pg-"))
-        self = cls(root, bindir)
-        say = progress or (lambda s: None)
+        self = cls(Path(tempfile.mkdtemp(prefix=folder_prefix())), bindir)
+        self.runas.own(self.root)
+        return self
+
+    @classmethod
+    def start(cls, via_link: Callable[[str], str], *, progress: Callable[[str], None] | None = None,
+              catalog: list[Product] | None = None) -> PostgresAnchor:
+        """``create`` and ``launch`` in one call (closing the anchor if the launch fails)."""
+        self = cls.create()
         try:
-            self.runas.own(root)
-            catalog = catalog or load_catalog()
-            say(f"PostgreSQL anchor ({bindir}): primary without standby, primary with an "
-                "asynchronous streaming standby")
-            for srv in (self.off, self.primary):
-                srv.initdb()
-                srv.start()
-                seed(srv, catalog)
-            host, port = via_link(f"127.0.0.1:{self.primary.port}").rsplit(":", 1)
-            self.runas.run([str(bindir / "pg_basebackup"), "-D", str(self.standby.data), "-h", host,
-                            "-p", port, "-U", "postgres", "-X", "stream", "-R", "--no-sync",
-                            "-c", "fast"], timeout=300, what="pg_basebackup of the standby")
-            self.standby.start()
-            self._wait_streaming()
-            with self.off.connect() as c:
-                self.version = c.execute("SHOW server_version").fetchone()[0]
-                if c.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]:
-                    raise AnchorUnavailable("the primary without standby has a WAL sender")
-            self.shops = {"off": PgShop(self.off, seed_value=7), "async": PgShop(self.primary, seed_value=7)}
-            return self
+            self.launch(via_link, progress=progress, catalog=catalog)
         except BaseException:
             self.close()
             raise
+        return self
+
+    def launch(self, via_link: Callable[[str], str], *, progress: Callable[[str], None] | None = None,
+               catalog: list[Product] | None = None) -> None:
+        """Start off, async and its standby; ``via_link(target)`` returns the address through
+        which the standby reaches its primary (a link emulator, or the target itself)."""
+        say = progress or (lambda s: None)
+        catalog = catalog or load_catalog()
+        say(f"PostgreSQL anchor ({self.bindir}): primary without standby, primary with an "
+            "asynchronous streaming standby")
+        for srv in (self.off, self.primary):
+            srv.initdb()
+            srv.start()
+            seed(srv, catalog)
+        host, port = via_link(f"127.0.0.1:{self.primary.port}").rsplit(":", 1)
+        self.runas.run([str(self.bindir / "pg_basebackup"), "-D", str(self.standby.data), "-h", host,
+                        "-p", port, "-U", "postgres", "-X", "stream", "-R", "--no-sync",
+                        "-c", "fast"], timeout=300, what="pg_basebackup of the standby")
+        self.standby.start()
+        self._wait_streaming()
+        with self.off.connect() as c:
+            self.version = c.execute("SHOW server_version").fetchone()[0]
+            if c.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]:
+                raise AnchorUnavailable("the primary without standby has a WAL sender")
+        self.shops = {"off": PgShop(self.off, seed_value=7), "async": PgShop(self.primary, seed_value=7)}
 
     def _wait_streaming(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -450,6 +472,15 @@ class PostgresAnchor:
                         counts[side]["sum_on_hand"] = int(c.execute(
                             "SELECT COALESCE(SUM(on_hand), 0) FROM stock_levels").fetchone()[0])
         return {"replayed_to": target, "rows": counts, "standby_rows_match": counts["primary"] == counts["standby"]}
+
+    def kill(self) -> None:
+        """On an interrupt: immediate shutdown of every server, no connection touched."""
+        for srv in (self.standby, self.primary, self.off):
+            try:
+                srv.stop(modes=("immediate",))
+            except DrKitError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def close(self) -> None:
         for shop in self.shops.values():
