@@ -12,7 +12,12 @@ per run.
   throughput against the write rate;
 - snapshot group creation for 1 MiB and 1 GiB volumes, and clone open time;
 - initial copy throughput of a 1 GiB volume (``--quick``: 256 MiB), with progress;
-- peak RSS of the array processes during the large runs.
+- peak RSS of the array processes during the large runs;
+- CPU time of the array processes per shop transaction, by component (:meth:`Bench.cpu`);
+- the PostgreSQL anchor (:mod:`dr_kit.bench_postgres`, when its server binaries are
+  installed): a primary without standby and a primary with an asynchronous streaming
+  standby run the same shop transactions in blocks interleaved with ours, through a link
+  emulator set to the same delay, and its replay lag is measured as ours is.
 """
 
 from __future__ import annotations
@@ -651,16 +656,22 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, float, str, float, bool]
 
 
 def plot(result: dict[str, Any]):
-    """One figure: commit latency per mode and link delay, and the lag percentiles."""
+    """One figure: commit latency per mode and link delay, and the lag percentiles (with
+    PostgreSQL's beside them when the anchor ran)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4))
     a, b = fig.subplots(1, 2)
     delays = ["0ms", "5ms", "20ms"]
-    for i, mode in enumerate(("off", "async", "sync")):
-        vals = [result["commit"][d][mode]["p50_ms"] for d in delays]
-        a.bar([x + i * 0.27 for x in range(3)], vals, width=0.27, label=mode)
-    a.set_xticks([x + 0.27 for x in range(3)], [f"link delay {d}" for d in delays])
+    series = [(mode, [result["commit"][d][mode]["p50_ms"] for d in delays]) for mode in ("off", "async", "sync")]
+    pg_commit = result.get("postgres", {}).get("commit")
+    if pg_commit:
+        series += [(f"PostgreSQL {mode}", [pg_commit[d][mode]["p50_ms"] for d in delays])
+                   for mode in ("off", "async")]
+    w = 0.8 / len(series)
+    for i, (label, vals) in enumerate(series):
+        a.bar([x + i * w for x in range(3)], vals, width=w, label=label)
+    a.set_xticks([x + 0.4 - w / 2 for x in range(3)], [f"link delay {d}" for d in delays])
     a.set_yscale("log")
     a.set_ylabel("shop commit latency p50 (ms, log)")
     a.set_title("No slowdown: asynchronous copy vs off vs synchronous")
@@ -669,6 +680,9 @@ def plot(result: dict[str, Any]):
     b.bar([0, 1], [result["lag"][r]["time_lag_ms_p50"] for r in rates], width=0.35, label="p50")
     b.bar([0.35, 1.35], [result["lag"][r]["time_lag_ms_p99"] for r in rates], width=0.35, label="p99")
     b.axhline(20, color="red", linestyle="--", label="target p99 < 20 ms")
+    if result.get("postgres_lag_p99_ms") is not None:
+        b.scatter([1.35], [result["postgres_lag_p99_ms"]], marker="D", color="black", zorder=3,
+                  label="PostgreSQL p99, same run")
     b.set_xticks([0.17, 1.17], [f"{r} writes/s" for r in rates])
     b.set_ylabel("journal time lag (ms)")
     b.set_title("Journal lag on loopback")
