@@ -394,6 +394,8 @@ class Bench:
         Per block: user + system CPU of the main array, backup array, link emulator and
         this process (the shop, SQLite and the VFS client).  The streaming block ends when
         the backup has applied everything, so its CPU for those transactions is counted.
+        The order of the three blocks rotates from round to round; each figure is the
+        median over rounds of the per-round difference (``us_per_tx``: per-mode medians).
 
         - main_journal = main CPU (transfer paused) - main CPU (off): the journal-free
           data path is the baseline;
@@ -401,7 +403,7 @@ class Bench:
         - backup = backup CPU (streaming) - backup CPU (off; its idle work).
         Each is a difference of measured times, so noise can make a small one negative.
         """
-        n_block, rounds = (100, 3) if self.quick else (200, 10)
+        n_block, rounds = (100, 6) if self.quick else (200, 10)
         self.say(f"CPU time per shop transaction by component ({n_block * rounds} transactions "
                  "per mode: off / journal only / streaming)")
         shops: dict[str, Shop] = {}
@@ -430,39 +432,45 @@ class Bench:
                     raise RuntimeError("CPU measurement invalid: the backup did not catch up")
                 time.sleep(0.01)
 
-        spent = {m: dict.fromkeys(procs, 0.0) for m in ("off", "journal", "streaming")}
+        modes = ("off", "journal", "streaming")
+        spent: dict[str, list[dict[str, float]]] = {m: [] for m in modes}  # us/tx per round
 
-        def block(mode: str, shop: Shop, wait: bool) -> None:
+        def block(mode: str) -> None:
+            if mode == "journal":
+                self.mc.group_action("bench-cpu", "pause-transfer")
             c0 = cpu_now()
-            shop.run(0, count=n_block)
-            if wait:
+            shops["off" if mode == "off" else "async"].run(0, count=n_block)
+            if mode == "streaming":
                 caught_up()
             c1 = cpu_now()
-            for k in procs:
-                spent[mode][k] += c1[k] - c0[k]
+            spent[mode].append({k: (c1[k] - c0[k]) / n_block * 1e6 for k in procs})
+            if mode == "journal":
+                self.mc.group_action("bench-cpu", "resume-transfer")
+                caught_up()  # the paused backlog crosses outside every measured block
 
         for shop in shops.values():  # unmeasured warm-up
             shop.run(0, count=n_block)
         caught_up()
-        for _ in range(rounds):
-            block("off", shops["off"], wait=False)
-            self.mc.group_action("bench-cpu", "pause-transfer")
-            block("journal", shops["async"], wait=False)
-            self.mc.group_action("bench-cpu", "resume-transfer")
-            caught_up()  # the paused backlog crosses outside every measured block
-            block("streaming", shops["async"], wait=True)
+        for r in range(rounds):  # the order rotates, so no mode always follows another
+            for mode in modes[r % 3:] + modes[:r % 3]:
+                block(mode)
         if self.mc.group_status("bench-cpu")["state"] != "pair":
             raise RuntimeError("CPU measurement invalid: the pair left the pair state")
-        n = n_block * rounds
-        us = {m: {k: v / n * 1e6 for k, v in d.items()} for m, d in spent.items()}
+
+        def median_diff(a: str, b: str, proc: str) -> float:
+            """Median over rounds of (mode a - mode b): robust to a burst of other work."""
+            return statistics.median(x[proc] - y[proc] for x, y in zip(spent[a], spent[b], strict=True))
+
+        us = {m: {k: statistics.median(r[k] for r in spent[m]) for k in procs} for m in modes}
         out = {
-            "transactions_per_mode": n,
+            "transactions_per_mode": n_block * rounds,
+            "rounds": rounds,
             "us_per_tx": us,
-            "main_journal": us["journal"]["main"] - us["off"]["main"],
-            "transfer": us["streaming"]["main"] - us["journal"]["main"],
-            "backup": us["streaming"]["backup"] - us["off"]["backup"],
-            "link": us["streaming"]["link"] - us["off"]["link"],
-            "shop_process_async_minus_off": us["streaming"]["shop"] - us["off"]["shop"],
+            "main_journal": median_diff("journal", "off", "main"),
+            "transfer": median_diff("streaming", "journal", "main"),
+            "backup": median_diff("streaming", "off", "backup"),
+            "link": median_diff("streaming", "off", "link"),
+            "shop_process_async_minus_off": median_diff("streaming", "off", "shop"),
         }
         self.say(f"  main array: {us['off']['main']:.0f} us/tx off, +{out['main_journal']:.0f} journal, "
                  f"+{out['transfer']:.0f} transfer; backup array {out['backup']:.0f} us/tx; "
