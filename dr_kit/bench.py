@@ -394,8 +394,10 @@ class Bench:
         Per block: user + system CPU of the main array, backup array, link emulator and
         this process (the shop, SQLite and the VFS client).  The streaming block ends when
         the backup has applied everything, so its CPU for those transactions is counted.
-        The order of the three blocks rotates from round to round; each figure is the
-        median over rounds of the per-round difference (``us_per_tx``: per-mode medians).
+        The order of the three blocks rotates from round to round.  Other work on a shared
+        machine only adds CPU time to a block (cache misses, time the hypervisor takes), so
+        each mode's figure is its least disturbed block (``us_per_tx``: the minimum over
+        rounds; ``us_per_tx_median`` beside it), and each component a difference of those.
 
         - main_journal = main CPU (transfer paused) - main CPU (off): the journal-free
           data path is the baseline;
@@ -457,20 +459,21 @@ class Bench:
         if self.mc.group_status("bench-cpu")["state"] != "pair":
             raise RuntimeError("CPU measurement invalid: the pair left the pair state")
 
-        def median_diff(a: str, b: str, proc: str) -> float:
-            """Median over rounds of (mode a - mode b): robust to a burst of other work."""
-            return statistics.median(x[proc] - y[proc] for x, y in zip(spent[a], spent[b], strict=True))
-
-        us = {m: {k: statistics.median(r[k] for r in spent[m]) for k in procs} for m in modes}
-        out = {
+        # CPU time on a shared machine only grows with other work (cache misses, time the
+        # hypervisor takes): each mode's least disturbed block is its best estimate
+        best = {m: {k: min(r[k] for r in spent[m]) for k in procs} for m in modes}
+        us = best
+        out: dict[str, Any] = {
             "transactions_per_mode": n_block * rounds,
             "rounds": rounds,
-            "us_per_tx": us,
-            "main_journal": median_diff("journal", "off", "main"),
-            "transfer": median_diff("streaming", "journal", "main"),
-            "backup": median_diff("streaming", "off", "backup"),
-            "link": median_diff("streaming", "off", "link"),
-            "shop_process_async_minus_off": median_diff("streaming", "off", "shop"),
+            "us_per_tx": best,
+            "us_per_tx_median": {m: {k: statistics.median(r[k] for r in spent[m]) for k in procs}
+                                 for m in modes},
+            "main_journal": best["journal"]["main"] - best["off"]["main"],
+            "transfer": best["streaming"]["main"] - best["journal"]["main"],
+            "backup": best["streaming"]["backup"] - best["off"]["backup"],
+            "link": best["streaming"]["link"] - best["off"]["link"],
+            "shop_process_async_minus_off": best["streaming"]["shop"] - best["off"]["shop"],
         }
         self.say(f"  main array: {us['off']['main']:.0f} us/tx off, +{out['main_journal']:.0f} journal, "
                  f"+{out['transfer']:.0f} transfer; backup array {out['backup']:.0f} us/tx; "
