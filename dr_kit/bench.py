@@ -559,6 +559,7 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
             shutil.rmtree(root, ignore_errors=True)
 
     previous = _exit_on_interrupt(on_interrupt)
+    load_start = os.getloadavg()
     try:
         bench = Bench(root, quick=quick, progress=say)
         if anchor == "none":
@@ -595,6 +596,9 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         "cpu_us_per_tx_backup": cpu["backup"],
         **postgres_keys(pg),
         "quick": quick,
+        # the figures depend on what else this machine ran meanwhile: say how loaded it was
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_start": load_start[0],
+                    "loadavg_1m_end": os.getloadavg()[0]},
         "commit": commit, "lag": lag, "cpu": cpu, "large": big, "postgres": pg,
     }
 

@@ -100,6 +100,9 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"{'CPU per shop transaction (us)':<40} {'measured':>12}")
     for key, label in bench.CPU_KEYS:
         print(f"{label:<40} {result[key]:>12.0f}")
+    m = result["machine"]
+    print(f"\nload average (1 min) on {m['cpus']} CPUs: {m['loadavg_1m_start']:.1f} at the start, "
+          f"{m['loadavg_1m_end']:.1f} at the end")
     return 0
 
 
