@@ -239,12 +239,17 @@ def test_watch_live_and_selector_transitions(core, ns):
     assert seen == [("ADDED", "pre"), ("ADDED", "live"), ("ADDED", "ignored"), ("DELETED", "live")]
 
 
-def test_watch_too_old_resource_version_is_gone(server):
-    handle, _ = server
-    url = f"{handle.url}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=-5"
-    with http_get(url, handle.ca_pem) as resp:
-        event = json.loads(resp.readline())
-    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+def test_watch_too_old_resource_version_is_gone(tmp_path):
+    with start_in_thread(tmp_path / "s", TOKEN) as handle:  # seeds three namespaces
+        pass
+    with start_in_thread(tmp_path / "s", TOKEN) as handle:  # history starts at the restart
+        url = f"{handle.url}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=1"
+        with http_get(url, handle.ca_pem) as resp:
+            event = json.loads(resp.readline())
+        assert event["type"] == "ERROR" and event["object"]["code"] == 410
+        with pytest.raises(urllib.error.HTTPError) as e:  # not a resourceVersion at all
+            http_get(url.replace("=1", "=-5"), handle.ca_pem)
+        assert e.value.code == 400
 
 
 def test_update_conflict(core, ns):
@@ -330,7 +335,12 @@ def test_namespace_delete_removes_content(core, ns):
     with pytest.raises(ApiException) as e:
         core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="x")))
     assert e.value.status == 403
+    # a strategic merge patch merges finalizers as a set: [] changes nothing, as on a real
+    # cluster; the $deleteFromPrimitiveList directive removes one
     core.patch_namespaced_persistent_volume_claim("held", ns, {"metadata": {"finalizers": []}})
+    assert core.read_namespaced_persistent_volume_claim("held", ns).metadata.finalizers
+    core.patch_namespaced_persistent_volume_claim(
+        "held", ns, {"metadata": {"$deleteFromPrimitiveList/finalizers": ["lab/protect"]}})
     with pytest.raises(ApiException) as e:
         core.read_namespace(ns)
     assert e.value.status == 404

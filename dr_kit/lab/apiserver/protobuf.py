@@ -37,6 +37,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 def fields(data: bytes) -> Fields:
     """Parse one message into {field number: [raw values]} (bytes for length-delimited)."""
     out: Fields = defaultdict(list)
+    data = _bytes(data)
     pos = 0
     while pos < len(data):
         tag, pos = _varint(data, pos)
@@ -58,12 +59,22 @@ def fields(data: bytes) -> Fields:
     return out
 
 
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise ValueError("a field has the wrong wire type")
+    return value
+
+
+def _message(f: Fields, n: int) -> Fields:
+    return fields(_bytes(f[n][-1])) if f.get(n) else {}
+
+
 def _str(f: Fields, n: int) -> str | None:
-    return f[n][-1].decode() if f.get(n) else None
+    return _bytes(f[n][-1]).decode() if f.get(n) else None
 
 
 def _strs(f: Fields, n: int) -> list[str]:
-    return [v.decode() for v in f.get(n, [])]
+    return [_bytes(v).decode() for v in f.get(n, [])]
 
 
 def _map(f: Fields, n: int, binary: bool = False) -> dict[str, str] | None:
@@ -71,9 +82,9 @@ def _map(f: Fields, n: int, binary: bool = False) -> dict[str, str] | None:
         return None
     out = {}
     for entry in f[n]:
-        e = fields(entry)
+        e = fields(_bytes(entry))
         key = _str(e, 1) or ""
-        raw = e[2][-1] if e.get(2) else b""
+        raw = _bytes(e[2][-1]) if e.get(2) else b""
         out[key] = base64.b64encode(raw).decode() if binary else raw.decode()
     return out
 
@@ -96,7 +107,7 @@ def _metadata(data: bytes) -> dict[str, Any]:
 def _namespace(f: Fields) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     if f.get(2):
-        obj["spec"] = {"finalizers": _strs(fields(f[2][-1]), 1)}
+        obj["spec"] = {"finalizers": _strs(_message(f, 2), 1)}
     return obj
 
 
@@ -134,7 +145,7 @@ def decode(body: bytes) -> dict[str, Any]:
         raise ApiError(400, "BadRequest", "protobuf body without the k8s envelope")
     try:
         envelope = fields(body[len(MAGIC):])
-        type_meta = fields(envelope[1][-1]) if envelope.get(1) else {}
+        type_meta = _message(envelope, 1)
         api_version, kind = _str(type_meta, 1) or "", _str(type_meta, 2) or ""
         decoder = _KINDS.get((api_version, kind))
         if decoder is None:
@@ -143,9 +154,9 @@ def decode(body: bytes) -> dict[str, Any]:
                 f"protobuf bodies are understood only for Namespace, ConfigMap and Secret, "
                 f"not {kind or 'this kind'}; send JSON (e.g. kubectl apply -f) instead",
             )
-        raw = fields(envelope[2][-1]) if envelope.get(2) else {}
+        raw = _message(envelope, 2)
         obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind}
-        obj["metadata"] = _metadata(raw[1][-1]) if raw.get(1) else {}
+        obj["metadata"] = _metadata(_bytes(raw[1][-1])) if raw.get(1) else {}
         obj.update(decoder(raw))
         return obj
     except (ValueError, IndexError, UnicodeDecodeError) as e:

@@ -35,6 +35,7 @@ class Kind:
     printer_columns: dict[str, list[dict[str, Any]]] = field(default_factory=dict, compare=False)
     categories: tuple[str, ...] = ()
     read_only: bool = False
+    selectable_fields: tuple[str, ...] = ()  # beyond metadata.name and metadata.namespace
 
     @property
     def key(self) -> tuple[str, str]:
@@ -56,8 +57,13 @@ class Kind:
     def verbs(self) -> list[str]:
         return list(_READ_VERBS if self.read_only else _VERBS)
 
+    @property
+    def field_labels(self) -> tuple[str, ...]:
+        """The field paths a field selector may use on this kind."""
+        return ("metadata.name", "metadata.namespace", *self.selectable_fields)
 
-_VERSION_RE = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+
+_VERSION_RE = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?\Z")
 
 
 def version_priority(version: str) -> tuple[int, int, int]:
@@ -82,6 +88,7 @@ def _builtin(
     short: tuple[str, ...] = (),
     status: bool = False,
     categories: tuple[str, ...] = (),
+    fields: tuple[str, ...] = (),
 ) -> Kind:
     return Kind(
         group=group,
@@ -93,17 +100,29 @@ def _builtin(
         short_names=short,
         status_subresource=status,
         categories=categories,
+        selectable_fields=fields,
     )
 
 
+_POD_FIELDS = ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
+               "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP",
+               "status.podIPs", "status.nominatedNodeName")
+_EVENT_FIELDS = ("involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
+                 "involvedObject.uid", "involvedObject.apiVersion",
+                 "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+                 "reportingComponent", "source", "type")
+
+
 BUILTIN_KINDS: tuple[Kind, ...] = (
-    _builtin("", "v1", "namespaces", "Namespace", False, ("ns",), status=True),
+    _builtin("", "v1", "namespaces", "Namespace", False, ("ns",), status=True,
+             fields=("status.phase",)),
     _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), True),
     _builtin("", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), status=True),
-    _builtin("", "v1", "pods", "Pod", True, ("po",), status=True, categories=("all",)),
-    _builtin("", "v1", "events", "Event", True, ("ev",)),
+    _builtin("", "v1", "pods", "Pod", True, ("po",), status=True, categories=("all",),
+             fields=_POD_FIELDS),
+    _builtin("", "v1", "events", "Event", True, ("ev",), fields=_EVENT_FIELDS),
     _builtin("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
-    _builtin("", "v1", "secrets", "Secret", True),
+    _builtin("", "v1", "secrets", "Secret", True, fields=("type",)),
     _builtin("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, ("sc",)),
     _builtin("apps", "v1", "deployments", "Deployment", True, ("deploy",), status=True,
              categories=("all",)),
@@ -135,6 +154,12 @@ def kind_from_crd(crd: dict[str, Any]) -> Kind:
         for v in served
     }
     columns = {v["name"]: list(v.get("additionalPrinterColumns") or []) for v in served}
+    selectable = {
+        f["jsonPath"].lstrip(".")
+        for v in served
+        for f in v.get("selectableFields") or []
+        if isinstance(f, dict) and isinstance(f.get("jsonPath"), str)
+    }
     return Kind(
         group=spec["group"],
         versions=tuple(v["name"] for v in served),
@@ -147,6 +172,7 @@ def kind_from_crd(crd: dict[str, Any]) -> Kind:
         schemas=schemas,
         printer_columns=columns,
         categories=tuple(names.get("categories") or ()),
+        selectable_fields=tuple(sorted(selectable)),
     )
 
 

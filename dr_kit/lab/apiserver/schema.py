@@ -24,11 +24,11 @@ from .resources import Kind
 
 Cause = dict[str, str]
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[munkMGTPE]i?|Ki)?$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[munkMGTPE]i?|Ki)?\Z")
 _ROOT_KEEP = ("apiVersion", "kind", "metadata")
 
 
@@ -231,37 +231,68 @@ def validate_metadata(kind: Kind, obj: dict[str, Any]) -> list[Cause]:
                     f"alphanumeric character (at most {limit} characters)",
                 )
             )
-    for key, value in (meta.get("labels") or {}).items():
-        causes.extend(_label_causes(key, value))
-    for key, value in (meta.get("annotations") or {}).items():
-        if not isinstance(value, str):
-            causes.append(
-                cause(f"metadata.annotations.{key}", f"Invalid value: {_show(value)}: must be a string")
-            )
     for field_name in ("labels", "annotations"):
-        if field_name in meta and meta[field_name] is not None and not isinstance(meta[field_name], dict):
+        if meta.get(field_name) is not None and not isinstance(meta[field_name], dict):
             causes.append(cause(f"metadata.{field_name}", "Invalid value: must be a map of strings"))
+    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+    for key, value in labels.items():
+        causes.extend(_label_causes(key, value))
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+    total = 0
+    for key, value in annotations.items():
+        if not isinstance(value, str):
+            causes.append(cause(f"metadata.annotations.{key}",
+                                f"Invalid value: {_show(value)}: must be a string"))
+            continue
+        if not _qualified(key):
+            causes.append(cause("metadata.annotations", f"Invalid value: {_show(key)}: "
+                                + _QUALIFIED_RULE))
+        total += len(key) + len(value)
+    if total > 256 * 1024:
+        causes.append(cause("metadata.annotations", "Too long: must have at most 262144 bytes",
+                            "FieldValueTooLong"))
     fins = meta.get("finalizers")
     if fins is not None and (not isinstance(fins, list) or not all(isinstance(f, str) for f in fins)):
         causes.append(cause("metadata.finalizers", "Invalid value: must be a list of strings"))
+    elif fins:
+        for i, fin in enumerate(fins):
+            if not _qualified(fin):
+                causes.append(cause(f"metadata.finalizers[{i}]",
+                                    f"Invalid value: {_show(fin)}: " + _QUALIFIED_RULE))
+    refs = meta.get("ownerReferences")
+    if isinstance(refs, list):
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, dict):
+                causes.append(cause(f"metadata.ownerReferences[{i}]", "Invalid value: must be an object"))
+                continue
+            for f in ("apiVersion", "kind", "name", "uid"):
+                if not ref.get(f):
+                    causes.append(cause(f"metadata.ownerReferences[{i}].{f}", "Required value",
+                                        "FieldValueRequired"))
     return causes
+
+
+_QUALIFIED_RULE = (
+    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
+    "end with an alphanumeric character (at most 63 characters), with an optional DNS "
+    "subdomain prefix and '/'"
+)
+
+
+def _qualified(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not prefix:
+        return False
+    return bool(
+        name and len(name) <= 63 and _LABEL_NAME.match(name)
+        and (not prefix or (len(prefix) <= 253 and DNS1123_SUBDOMAIN.match(prefix)))
+    )
 
 
 def _label_causes(key: str, value: Any) -> list[Cause]:
     causes = []
-    prefix, _, name = key.rpartition("/")
-    if (
-        not name
-        or len(name) > 63
-        or not _LABEL_NAME.match(name)
-        or (prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)))
-    ):
-        causes.append(
-            cause("metadata.labels", f'Invalid value: "{key}": name part must consist of '
-                  "alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                  "alphanumeric character (at most 63 characters), with an optional DNS "
-                  "subdomain prefix and '/'")
-        )
+    if not _qualified(key):
+        causes.append(cause("metadata.labels", f"Invalid value: {_show(key)}: " + _QUALIFIED_RULE))
     if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
         causes.append(
             cause("metadata.labels", f"Invalid value: {_show(value)}: a valid label value must "

@@ -17,15 +17,14 @@ from dr_kit.labels import SelectorError, match_selector
 LabelPredicate = Callable[[Mapping[str, str]], bool]
 ObjectPredicate = Callable[[Mapping[str, Any]], bool]
 
-_KEY_RE = re.compile(r"^([A-Za-z0-9.\-]+/)?[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
-_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_SET_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
-_CMP_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s*(?P<op>==|!=|=|<|>)\s*(?P<value>[^\s!=<>(),]*)$")
-
-
+_KEY_RE = re.compile(r"^([A-Za-z0-9.\-]+/)?[A-Za-z0-9]([A-Za-z0-9_.\-]*[A-Za-z0-9])?\Z")
+_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+_SET_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)\Z")
+_CMP_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s*(?P<op>==|!=|=|<|>)\s*(?P<value>[^\s!=<>(),]*)\Z")
 
 
 def _split_top_level(text: str) -> list[str]:
+    """The comma-separated requirements; an empty one (``a,,b``, ``a,``) is an error."""
     parts, depth, current = [], 0, []
     for ch in text:
         if ch == "(":
@@ -42,11 +41,15 @@ def _split_top_level(text: str) -> list[str]:
     if depth:
         raise SelectorError(f"unbalanced parenthesis in selector {text!r}")
     parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
+    parts = [p.strip() for p in parts]
+    if any(not p for p in parts):
+        raise SelectorError(f"found ',' without a requirement on both sides in selector {text!r}")
+    return parts
 
 
 def _check_key(key: str, text: str) -> str:
-    if not _KEY_RE.match(key):
+    prefix, _, name = key.rpartition("/")
+    if not _KEY_RE.match(key) or len(name) > 63 or len(prefix) > 253:
         raise SelectorError(f"invalid label key {key!r} in selector {text!r}")
     return key
 
@@ -120,20 +123,86 @@ def _field_value(obj: Mapping[str, Any], path: str) -> str | None:
     return None if cur is None else str(cur)
 
 
-def parse_field_selector(text: str | None) -> ObjectPredicate:
+COMMON_FIELDS = ("metadata.name", "metadata.namespace")
+
+
+class UnsupportedField(SelectorError):
+    """A field selector names a field the kind does not support (400, as on a real server)."""
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    parts, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            current.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def _split_term(term: str) -> tuple[str, str, str] | None:
+    i = 0
+    while i < len(term):
+        if term[i] == "\\":
+            i += 2
+            continue
+        for op in ("!=", "==", "="):
+            if term.startswith(op, i):
+                return term[:i], op, term[i + len(op):]
+        i += 1
+    return None
+
+
+def _unescape(value: str, text: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\":
+            if i + 1 >= len(value) or value[i + 1] not in "\\,=":
+                raise SelectorError(f"invalid escape sequence in field selector {text!r}")
+            out.append(value[i + 1])
+            i += 2
+            continue
+        if ch in ",=":
+            raise SelectorError(f"unescaped {ch!r} in field selector {text!r}")
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def parse_field_selector(
+    text: str | None, supported: tuple[str, ...] | None = None
+) -> ObjectPredicate:
     """Compile a field selector (``path=value``, ``path==value``, ``path!=value``).
 
-    Any dotted path is accepted; a missing field compares as the empty string, as the
-    real API does for the fields it supports.
+    With ``supported``, only those field paths may be used (anything else raises
+    :class:`UnsupportedField`, as a real API server refuses unknown field labels). A
+    missing field compares as the empty string. Values escape ``\\``, ``,`` and ``=``
+    with a backslash.
     """
     if not text or not text.strip():
         return lambda obj: True
     preds: list[ObjectPredicate] = []
-    for req in _split_top_level(text):
-        m = re.match(r"^([A-Za-z0-9_.\-]+)\s*(==|!=|=)\s*(.*)$", req)
-        if not m:
-            raise SelectorError(f"invalid field selector {text!r}")
-        path, op, value = m.group(1), m.group(2), m.group(3).strip()
+    for term in _split_unescaped(text, ","):
+        if not term.strip():
+            continue  # as on a real server: empty terms are skipped
+        parts = _split_term(term)
+        if parts is None:
+            raise SelectorError(f"invalid field selector {text!r}: {term!r} has no operator")
+        path, op, raw = parts[0].strip(), parts[1], parts[2]
+        if supported is not None and path not in supported:
+            raise UnsupportedField(f"field label not supported: {path}")
+        if not path:
+            raise SelectorError(f"invalid field selector {text!r}: a term has no field")
+        value = _unescape(raw, text)
 
         def pred(obj: Mapping[str, Any], path=path, op=op, value=value) -> bool:
             actual = _field_value(obj, path) or ""
@@ -143,5 +212,11 @@ def parse_field_selector(text: str | None) -> ObjectPredicate:
     return lambda obj: all(p(obj) for p in preds)
 
 
-
-__all__ = ["SelectorError", "match_selector", "parse_field_selector", "parse_label_selector"]
+__all__ = [
+    "COMMON_FIELDS",
+    "SelectorError",
+    "UnsupportedField",
+    "match_selector",
+    "parse_field_selector",
+    "parse_label_selector",
+]

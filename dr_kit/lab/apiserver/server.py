@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from . import openapi, printing, protobuf
-from .errors import ApiError, bad_request, status_body
+from . import decode, openapi, params, printing
+from .errors import ApiError, status_body
 from .resources import Kind, Registry, default_registry
 from .store import Expired, Store
 from .verbs import Api
@@ -168,40 +168,13 @@ def _unknown() -> ApiError:
     return ApiError(404, "NotFound", "the server could not find the requested resource")
 
 
-async def _body(request: web.Request) -> Any:
+async def _body(request: web.Request, accepted: tuple[str, ...]) -> Any:
     raw = await request.read()
-    if not raw:
-        return None
-    if request.headers.get("Content-Type", "").startswith(protobuf.CONTENT_TYPE):
-        return protobuf.decode(raw)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        ctype = request.headers.get("Content-Type", "")
-        if "yaml" in ctype:
-            import yaml
-
-            try:
-                return yaml.safe_load(raw)
-            except yaml.YAMLError as e:
-                raise bad_request(f"the request body is not valid YAML: {e}") from None
-        raise bad_request("the request body is not valid JSON") from None
-
-
-def _flags(request: web.Request) -> dict[str, bool]:
-    q = request.query
-    return {
-        "dry_run": q.get("dryRun") == "All",
-        "strict": q.get("fieldValidation") == "Strict",
-    }
+    return decode.decode(raw, request.headers.get("Content-Type"), accepted)
 
 
 def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
-
-
-def _is_watch(request: web.Request) -> bool:
-    return request.query.get("watch", "").lower() in ("true", "1")
 
 
 # -- handlers ----------------------------------------------------------------------------
@@ -216,10 +189,10 @@ async def _resource(request: web.Request) -> web.StreamResponse:
         raise _unknown()
     if method == "GET":
         if name is None:
-            if _is_watch(request):
-                return await _watch(request, api, kind, version, namespace)
-            listed = api.list(kind, version, namespace, q.get("labelSelector"),
-                              q.get("fieldSelector"))
+            lp = params.list_params(q)
+            if lp.watch:
+                return await _watch(request, api, kind, version, namespace, lp)
+            listed = api.list(kind, version, namespace, lp.label_selector, lp.field_selector)
             if _wants_table(request):
                 return _json(printing.table(kind, version, listed["items"],
                                             listed["metadata"]["resourceVersion"],
@@ -232,45 +205,62 @@ async def _resource(request: web.Request) -> web.StreamResponse:
             return _json(printing.table(kind, version, [obj], obj["metadata"]["resourceVersion"],
                                         q.get("includeObject", "Metadata")))
         return _json(obj)
-    if method == "POST" and name is None:
-        obj, warnings = api.create(kind, version, namespace, await _body(request), **_flags(request))
+    if method == "POST" and name is None and sub is None:
+        wp = params.write_params(q)
+        body = await _body(request, decode.OBJECT_TYPES)
+        obj, warnings = api.create(kind, version, namespace, body, wp.dry_run, wp.strict)
         return _json(obj, 201, warnings)
     if method == "PUT" and name is not None:
-        obj, warnings = api.update(kind, version, namespace, name, await _body(request), sub,
-                                   **_flags(request))
+        wp = params.write_params(q)
+        body = await _body(request, decode.OBJECT_TYPES)
+        obj, warnings = api.update(kind, version, namespace, name, body, sub, wp.dry_run,
+                                   wp.strict)
         return _json(obj, 200, warnings)
     if method == "PATCH" and name is not None:
-        obj, warnings = api.patch(kind, version, namespace, name,
-                                  request.headers.get("Content-Type", ""), await _body(request),
-                                  sub, **_flags(request))
+        wp = params.write_params(q)
+        ctype = decode.media_type(request.headers.get("Content-Type"))
+        body = await _body(request, decode.PATCH_TYPES)
+        obj, warnings = api.patch(kind, version, namespace, name, ctype, body, sub, wp.dry_run,
+                                  wp.strict)
         return _json(obj, 200, warnings)
     if method == "DELETE" and sub is None:
-        dry_run = _flags(request)["dry_run"]
+        wp = params.write_params(q)
         if name is None:
-            return _json(api.delete_collection(kind, version, namespace, q.get("labelSelector"),
-                                               q.get("fieldSelector"), dry_run))
-        return _json(api.delete(kind, version, namespace, name, await _body(request), dry_run))
+            lp = params.list_params(q)
+            return _json(api.delete_collection(kind, version, namespace, lp.label_selector,
+                                               lp.field_selector, wp.dry_run))
+        options = await _body(request, (decode.JSON, decode.YAML))
+        options = _delete_query_options(q, options)
+        return _json(api.delete(kind, version, namespace, name, options, wp.dry_run))
     raise ApiError(405, "MethodNotAllowed",
                    "the server does not allow this method on the requested resource")
 
 
+def _delete_query_options(q: Any, options: Any) -> Any:
+    """``propagationPolicy`` and ``orphanDependents`` may also come as query parameters."""
+    if options is not None and not isinstance(options, dict):
+        return options  # refused by the verb with a clear message
+    merged = dict(options or {})
+    if q.get("propagationPolicy"):
+        merged.setdefault("propagationPolicy", q["propagationPolicy"])
+    if q.get("orphanDependents"):
+        merged.setdefault("orphanDependents", params.flag(q, "orphanDependents"))
+    return merged or options
+
+
 async def _watch(
-    request: web.Request, api: Api, kind: Kind, version: str, namespace: str | None
+    request: web.Request,
+    api: Api,
+    kind: Kind,
+    version: str,
+    namespace: str | None,
+    lp: params.ListParams,
 ) -> web.StreamResponse:
     q = request.query
-    match = api.matcher(namespace, q.get("labelSelector"), q.get("fieldSelector"))
-    rv_param = q.get("resourceVersion", "")
-    since: int | None = None
-    if rv_param not in ("", "0"):
-        try:
-            since = int(rv_param)
-        except ValueError:
-            raise bad_request(f"invalid resourceVersion {rv_param!r}") from None
-    try:
-        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
-    except ValueError:
-        raise bad_request("timeoutSeconds must be a number") from None
-    bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
+    match = api.matcher(kind, namespace, lp.label_selector, lp.field_selector)
+    since = lp.since
+    timeout = lp.timeout or None
+    bookmarks = lp.bookmarks
 
     resp = web.StreamResponse(status=200)
     resp.content_type = "application/json"
@@ -297,8 +287,8 @@ async def _watch(
             return event
     initial = []
     if since is None:
-        initial = api.list(kind, version, namespace, q.get("labelSelector"),
-                           q.get("fieldSelector"))["items"]
+        initial = api.list(kind, version, namespace, lp.label_selector,
+                           lp.field_selector)["items"]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout else None
     last_write = loop.time()

@@ -12,16 +12,25 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import json
 import secrets
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from . import builtin
 from . import schema as schemas
+from .decode import check_depth
 from .errors import ApiError, already_exists, bad_request, conflict, invalid, not_found
 from .patch import apply_patch
 from .resources import CRD_KIND, Kind, Registry
-from .selectors import ObjectPredicate, SelectorError, parse_field_selector, parse_label_selector
+from .selectors import (
+    ObjectPredicate,
+    SelectorError,
+    UnsupportedField,
+    parse_field_selector,
+    parse_label_selector,
+)
 from .store import Change, Obj, Store
 
 NAMESPACES = ("", "namespaces")
@@ -30,6 +39,7 @@ _SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp",
                 "deletionGracePeriodSeconds")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+MAX_OBJECT_BYTES = 3 * 1024 * 1024  # a stored object's JSON, as the real server's request limit
 
 
 def now() -> str:
@@ -53,6 +63,39 @@ def _content(kind: Kind, obj: Obj, without_status: bool) -> Obj:
 
 def _meta_sans_rv(obj: Obj) -> Obj:
     return {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
+
+
+_DELETE_OPTIONS: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "apiVersion": (str,), "gracePeriodSeconds": (int,),
+    "preconditions": (dict,), "orphanDependents": (bool,), "propagationPolicy": (str,),
+    "dryRun": (list,), "ignoreStoreReadErrorWithClusterBreakingPotential": (bool,),
+}
+
+
+def delete_options(options: Any) -> Obj:
+    """A ``DeleteOptions`` body, checked (400 for a wrong shape, as a real server)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise bad_request("the request body must be a DeleteOptions object")
+    for key, value in options.items():
+        want = _DELETE_OPTIONS.get(key)
+        if want is None or value is None:
+            continue
+        if not isinstance(value, want) or (want == (int,) and isinstance(value, bool)):
+            raise bad_request(f"DeleteOptions.{key}: wrong type ({type(value).__name__})")
+    pre = options.get("preconditions") or {}
+    for key in ("uid", "resourceVersion"):
+        if pre.get(key) is not None and not isinstance(pre[key], str):
+            raise bad_request(f"DeleteOptions.preconditions.{key} must be a string")
+    policy = options.get("propagationPolicy")
+    if policy is not None and policy not in ("Orphan", "Background", "Foreground"):
+        raise ApiError(422, "Invalid", f'DeleteOptions is invalid: propagationPolicy: Unsupported '
+                       f'value: "{policy}": supported values: "Foreground", "Background", '
+                       '"Orphan"')
+    if any(v != "All" for v in options.get("dryRun") or []):
+        raise bad_request('DeleteOptions.dryRun: supported values: "All"')
+    return options
 
 
 class Api:
@@ -99,13 +142,22 @@ class Api:
         return present(kind, version, self._require(kind, namespace, name))
 
     def matcher(
-        self, namespace: str | None, label_selector: str | None, field_selector: str | None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        label_selector: str | None,
+        field_selector: str | None,
     ) -> ObjectPredicate:
         try:
             labels = parse_label_selector(label_selector)
-            fields = parse_field_selector(field_selector)
         except SelectorError as e:
             raise bad_request(f"unable to parse requirement: {e}") from None
+        try:
+            fields = parse_field_selector(field_selector, kind.field_labels)
+        except UnsupportedField as e:
+            raise bad_request(str(e)) from None
+        except SelectorError as e:
+            raise bad_request(f"invalid field selector: {e}") from None
 
         def match(obj: Obj) -> bool:
             meta = obj.get("metadata", {})
@@ -123,7 +175,7 @@ class Api:
         label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> Obj:
-        match = self.matcher(namespace, label_selector, field_selector)
+        match = self.matcher(kind, namespace, label_selector, field_selector)
         if kind is CRD_KIND:
             items = [o for o in self._crd_objects() if match(o)]
         else:
@@ -183,9 +235,13 @@ class Api:
 
     # -- create -------------------------------------------------------------------------
 
-    def _check_body(self, kind: Kind, version: str, body: Any, namespace: str | None) -> Obj:
+    def _check_body(
+        self, kind: Kind, version: str, body: Any, namespace: str | None
+    ) -> tuple[Obj, list[str]]:
+        """The body as an object of ``kind`` (a copy) and the unknown fields dropped from it."""
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
+        check_depth(body)
         body = copy.deepcopy(body)
         want = kind.api_version(version)
         if body.get("apiVersion") and body["apiVersion"] != want:
@@ -199,11 +255,17 @@ class Api:
                 f"({kind.kind})"
             )
         body["apiVersion"], body["kind"] = want, kind.kind
-        meta = body.get("metadata")
-        if meta is None:
-            meta = body["metadata"] = {}
-        if not isinstance(meta, dict):
-            raise bad_request("metadata must be an object")
+        if body.get("metadata") is None:
+            body["metadata"] = {}
+        problems = builtin.conform(kind, body)
+        if problems.errors:
+            shown = "; ".join(problems.errors[:5])
+            more = len(problems.errors) - 5
+            raise bad_request(
+                f'{kind.kind} in version "{version}" cannot be handled as a {kind.kind}: {shown}'
+                + (f" (and {more} more)" if more > 0 else "")
+            )
+        meta = body["metadata"]
         if kind.namespaced:
             if meta.get("namespace") and meta["namespace"] != namespace:
                 raise bad_request(
@@ -213,7 +275,7 @@ class Api:
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
-        return body
+        return body, problems.unknown
 
     def _check_namespace_open(self, kind: Kind, namespace: str | None) -> None:
         if not kind.namespaced:
@@ -242,8 +304,10 @@ class Api:
         if kind.read_only:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
         namespace = self._check_scope(kind, namespace)
-        obj = self._check_body(kind, version, body, namespace)
+        obj, unknown = self._check_body(kind, version, body, namespace)
         meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise bad_request("resourceVersion should not be set on objects to be created")
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = self._generate_name(kind, namespace, str(meta["generateName"]))
         self._check_namespace_open(kind, namespace)
@@ -255,10 +319,11 @@ class Api:
         if kind.status_subresource:
             obj.pop("status", None)
         self._defaults_on_create(kind, obj)
-        warnings = self._validate(kind, version, obj, None, strict)
+        warnings = self._validate(kind, version, obj, None, strict, unknown)
         name = meta.get("name", "")
         if self.store.get(kind.key, namespace, name) is not None:
             raise already_exists(kind.plural, kind.group, name)
+        self._check_size(obj)
         if dry_run:
             return present(kind, version, obj), warnings
         stored = self.store.put(kind.key, obj)
@@ -266,6 +331,10 @@ class Api:
 
     def _generate_name(self, kind: Kind, namespace: str | None, prefix: str) -> str:
         prefix = prefix[:58]
+        if not prefix:
+            raise invalid(kind.kind, kind.group, "", [schemas.cause(
+                "metadata.generateName", "Required value: name or generateName is required",
+                "FieldValueRequired")])
         for _ in range(20):
             name = prefix + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
             if self.store.get(kind.key, namespace, name) is None:
@@ -307,19 +376,25 @@ class Api:
             obj["data"] = data
 
     def _validate(
-        self, kind: Kind, version: str, obj: Obj, old: Obj | None, strict: bool
+        self,
+        kind: Kind,
+        version: str,
+        obj: Obj,
+        old: Obj | None,
+        strict: bool,
+        unknown: list[str] | None = None,
     ) -> list[str]:
-        warnings: list[str] = []
+        unknown = list(unknown or [])
         causes = schemas.validate_metadata(kind, obj)
         compiled = self.schema(kind, version)
         if compiled is not None:
-            unknown = schemas.prune_and_default(obj, compiled.raw)
-            if unknown and strict:
-                raise bad_request(
-                    "strict decoding error: "
-                    + ", ".join(f'unknown field "{u}"' for u in unknown)
-                )
-            warnings = [f'unknown field "{u}"' for u in unknown]
+            unknown += schemas.prune_and_default(obj, compiled.raw)
+        if unknown and strict:
+            raise bad_request(
+                "strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown)
+            )
+        warnings = [f'unknown field "{u}"' for u in unknown]
+        if compiled is not None:
             causes += compiled.validate(obj)
             if old is not None:
                 causes += compiled.immutable(obj, present(kind, version, old))
@@ -329,6 +404,14 @@ class Api:
             name = obj.get("metadata", {}).get("name") or ""
             raise invalid(kind.kind, kind.group, name, causes)
         return warnings
+
+    @staticmethod
+    def _check_size(obj: Obj) -> None:
+        size = len(json.dumps(obj, separators=(",", ":")))
+        if size > MAX_OBJECT_BYTES:
+            raise ApiError(413, "RequestEntityTooLarge",
+                           f"Request entity too large: the object is {size} bytes, the limit "
+                           f"is {MAX_OBJECT_BYTES}")
 
     # -- update and patch ---------------------------------------------------------------
 
@@ -347,7 +430,7 @@ class Api:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
         namespace = self._check_scope(kind, namespace)
         old = self._require(kind, namespace, name)
-        obj = self._check_body(kind, version, body, namespace)
+        obj, unknown = self._check_body(kind, version, body, namespace)
         meta = obj["metadata"]
         if meta.get("name") and meta["name"] != name:
             raise bad_request(
@@ -357,7 +440,7 @@ class Api:
         want_rv = meta.get("resourceVersion")
         if want_rv and str(want_rv) != old["metadata"]["resourceVersion"]:
             raise conflict(kind.plural, kind.group, name)
-        return self._replace(kind, version, old, obj, subresource, dry_run, strict)
+        return self._replace(kind, version, old, obj, subresource, dry_run, strict, unknown)
 
     def patch(
         self,
@@ -375,7 +458,7 @@ class Api:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
         namespace = self._check_scope(kind, namespace)
         old = self._require(kind, namespace, name)
-        patched = apply_patch(present(kind, version, old), content_type, body)
+        patched = apply_patch(present(kind, version, old), content_type, body, kind.custom)
         return self.update(kind, version, namespace, name, patched, subresource, dry_run, strict)
 
     def _replace(
@@ -387,6 +470,7 @@ class Api:
         subresource: str | None,
         dry_run: bool,
         strict: bool,
+        unknown: list[str] | None = None,
     ) -> tuple[Obj, list[str]]:
         if subresource == "status":
             if not kind.status_subresource:
@@ -415,7 +499,7 @@ class Api:
                     new.pop("status", None)
             self._normalize(kind, new)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        warnings = self._validate(kind, version, new, old, strict)
+        warnings = self._validate(kind, version, new, old, strict, unknown)
         if old["metadata"].get("deletionTimestamp"):
             added = set(new["metadata"].get("finalizers") or []) - set(
                 old["metadata"].get("finalizers") or []
@@ -431,6 +515,7 @@ class Api:
             new
         ) == _meta_sans_rv(old):
             return present(kind, version, old), warnings
+        self._check_size(new)
         if dry_run:
             return present(kind, version, new), warnings
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
@@ -453,8 +538,9 @@ class Api:
         if kind.read_only:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
         namespace = self._check_scope(kind, namespace)
+        opts = delete_options(options)
         old = self._require(kind, namespace, name)
-        pre = (options or {}).get("preconditions") or {} if isinstance(options, dict) else {}
+        pre = opts.get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != old["metadata"].get("uid"):
             raise conflict(kind.plural, kind.group, name)
         if pre.get("resourceVersion") and pre["resourceVersion"] != old["metadata"]["resourceVersion"]:
@@ -462,8 +548,8 @@ class Api:
         if kind.key == NAMESPACES and name in PROTECTED_NAMESPACES:
             raise ApiError(403, "Forbidden",
                            f'namespaces "{name}" is forbidden: this namespace may not be deleted')
-        orphan = isinstance(options, dict) and options.get("propagationPolicy") == "Orphan"
-        if dry_run:
+        orphan = opts.get("propagationPolicy") == "Orphan" or opts.get("orphanDependents") is True
+        if dry_run or "All" in (opts.get("dryRun") or []):
             return present(kind, version, old)
         return present(kind, version, self._delete(kind, old, orphan))
 
