@@ -510,3 +510,89 @@ def test_owner_references_are_garbage_collected(core, custom, ns):
     with pytest.raises(ApiException) as e:
         core.delete_namespace("default")
     assert e.value.status == 403
+
+
+def http_call(handle, method, path, body=b"", ctype="application/json"):
+    """A raw request; returns (status, parsed JSON body)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(handle.url + path, data=data or None, method=method,
+                                 headers={"Authorization": f"Bearer {TOKEN}",
+                                          "Content-Type": ctype})
+    ctx = ssl.create_default_context(cadata=handle.ca_pem)
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+DEPLOY = {"apiVersion": "apps/v1", "kind": "Deployment",
+          "metadata": {"name": "web"},
+          "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                   "template": {"metadata": {"labels": {"app": "web"}},
+                                "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}
+JP = "application/json-patch+json"
+MP = "application/merge-patch+json"
+SMP = "application/strategic-merge-patch+json"
+_NEST = b'{"metadata":{"name":"deep"},"data":{"a":' + b"[" * 1000 + b"]" * 1000 + b"}}"
+_NEST_PATCH = b'{"metadata":{"annotations":' + b'{"a":' * 1000 + b'"x"' + b"}" * 1001 + b"}"
+BAD_INPUTS = [  # (method, path under the namespace, body, content type, expected code)
+    ("POST", "configmaps", {"metadata": {"name": "l", "labels": ["a"]}}, None, 400),
+    ("POST", "configmaps", _NEST, None, 400),
+    ("PATCH", "configmaps/cm", _NEST_PATCH, MP, 400),
+    ("PATCH", "configmaps/cm", [{"op": "add", "path": 5, "value": "x"}], JP, 400),
+    ("PATCH", "configmaps/cm", [{"op": "move", "path": "/data/b"}], JP, 400),
+    ("PATCH", "configmaps/cm", [{"op": "copy", "path": "/data/b"}], JP, 400),
+    ("PATCH", "configmaps/cm", [{"op": "add", "path": "/metadata/finalizers", "value": []},
+                                {"op": "add", "path": "/metadata/finalizers/²", "value": "a/b"}],
+     JP, 400),
+    ("POST", "deployments", json.dumps(DEPLOY).replace('"replicas": 1', '"replicas": NaN').encode(),
+     None, 400),
+    ("PATCH", "deployments/web", b'{"spec": {"replicas": Infinity}}', MP, 400),
+    ("PATCH", "deployments/web", b'{"spec": {"replicas": 1e999}}', SMP, 400),
+    ("POST", "configmaps", {"metadata": {"name": "rv", "resourceVersion": "5"}}, None, 400),
+    ("POST", "configmaps", {"metadata": {"name": "t"}, "data": {"a": 1}}, None, 400),
+    ("POST", "configmaps", {"metadata": {"name": "t"}}, "text/plain", 415),
+    ("PATCH", "configmaps/cm", {"data": {"a": "b"}}, "application/json", 415),
+    ("PATCH", "deployments/web", {"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}},
+     SMP, 400),
+    ("PATCH", "deployments/web", {"spec": {"selector": {"matchLabels": ["x"]}}}, MP, 400),
+    ("DELETE", "configmaps/cm", {"preconditions": ["x"]}, None, 400),
+    ("DELETE", "configmaps/cm", {"propagationPolicy": "Sideways"}, None, 422),
+    ("GET", "configmaps?labelSelector=a,,b", b"", None, 400),
+    ("GET", "configmaps?fieldSelector=spec.foo%3Dbar", b"", None, 400),
+    ("GET", "configmaps?watch=1&timeoutSeconds=nan", b"", None, 400),
+    ("GET", "configmaps?watch=maybe", b"", None, 400),
+    ("GET", "configmaps?watch=1&resourceVersion=abc", b"", None, 400),
+    ("POST", "configmaps?dryRun=Sometimes", {"metadata": {"name": "d"}}, None, 400),
+]
+
+
+@pytest.mark.parametrize("method,path,body,ctype,code", BAD_INPUTS,
+                         ids=[f"{i}-{b[0]}-{b[1].split('?')[-1][:30]}" for i, b in enumerate(BAD_INPUTS)])
+def test_bad_input_is_a_status_and_changes_nothing(server, core, method, path, body, ctype, code):
+    handle, _ = server
+    ns = "bad-input"
+    if http_call(handle, "GET", f"/api/v1/namespaces/{ns}")[0] == 404:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        core.create_namespaced_config_map(ns, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="cm"), data={"a": "b"}))
+        assert http_call(handle, "POST", f"/apis/apps/v1/namespaces/{ns}/deployments",
+                         DEPLOY)[0] == 201
+    before = http_call(handle, "GET", "/api/v1/configmaps")[1]["metadata"]["resourceVersion"]
+    group = "/apis/apps/v1" if path.startswith("deployments") else "/api/v1"
+    status, reply = http_call(handle, method, f"{group}/namespaces/{ns}/{path}", body,
+                              ctype or "application/json")
+    assert status == code, reply
+    assert reply["kind"] == "Status" and reply["code"] == code and reply["message"]
+    after = http_call(handle, "GET", "/api/v1/configmaps")[1]["metadata"]["resourceVersion"]
+    assert after == before
+    deploys = http_call(handle, "GET", "/apis/apps/v1/deployments")[1]["items"]
+    assert [d["spec"]["replicas"] for d in deploys if d["metadata"]["namespace"] == ns] == [1]
+
+
+def test_quantities_are_kept_in_canonical_form(core, ns):
+    made = core.create_namespaced_persistent_volume_claim(ns, pvc("q1", size="64Mi"))
+    assert made.spec.resources.requests["storage"] == "64Mi"
+    made = core.create_namespaced_persistent_volume_claim(ns, pvc("q2", size="1024Mi"))
+    assert made.spec.resources.requests["storage"] == "1Gi"  # as a real API server stores it

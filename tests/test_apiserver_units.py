@@ -7,14 +7,15 @@ import json
 
 import pytest
 
-from dr_kit.lab.apiserver import protobuf
+from dr_kit.lab.apiserver import builtin, decode, params, protobuf, quantity
 from dr_kit.lab.apiserver.errors import ApiError
 from dr_kit.lab.apiserver.kubeconfig import kubeconfig_dict
-from dr_kit.lab.apiserver.patch import apply_patch, json_patch, merge_patch
+from dr_kit.lab.apiserver.patch import STRATEGIC, apply_patch, json_patch, merge_patch
 from dr_kit.lab.apiserver.resources import default_registry, version_priority
 from dr_kit.lab.apiserver.schema import CompiledSchema, prune_and_default
 from dr_kit.lab.apiserver.selectors import (
     SelectorError,
+    UnsupportedField,
     match_selector,
     parse_field_selector,
     parse_label_selector,
@@ -240,3 +241,204 @@ def test_store_refuses_a_log_damaged_before_its_end(tmp_path):
     healed = Store(tmp_path)
     assert sorted(o["metadata"]["name"] for o in healed.list(("", "configmaps"))) == ["c0", "c2"]
     healed.close()
+
+
+# -- bad input: decoding, parameters, selectors, patches, structure -----------------------
+
+
+def _code(fn, *args, **kw):
+    with pytest.raises(ApiError) as e:
+        fn(*args, **kw)
+    return e.value.code
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e400}',
+    b'{"a": ' + b"9" * 400 + b"}", b'{"a": ' + b"9" * 5000 + b"}", b"[" * 101 + b"]" * 101,
+    b"[" * 5000 + b"]" * 5000, b'{"a": "\xff"}', b"{", b"",
+])
+def test_json_bodies_refused(raw):
+    if not raw:
+        assert decode.decode(raw, "application/json", decode.OBJECT_TYPES) is None
+        return
+    assert _code(decode.decode, raw, "application/json", decode.OBJECT_TYPES) == 400
+
+
+def test_json_bodies_accepted_and_media_types():
+    assert decode.loads_json(b'{"a": [1, 2.5, -3e2, true, null, "x"]}') == {
+        "a": [1, 2.5, -300.0, True, None, "x"]}
+    assert decode.loads_json(b"[" * 100 + b"]" * 100) is not None
+    assert decode.decode(b'{"a": 1}', "", decode.OBJECT_TYPES) == {"a": 1}  # JSON by default
+    assert decode.decode(b'{"a": 1}', "application/json; charset=utf-8",
+                         decode.OBJECT_TYPES) == {"a": 1}
+    assert _code(decode.decode, b'{"a": 1}', "text/plain", decode.OBJECT_TYPES) == 415
+    assert _code(decode.decode, b'{"a": 1}', "application/json", decode.PATCH_TYPES) == 415
+
+
+def test_yaml_bodies():
+    doc = decode.decode(b"metadata:\n  name: x\n  annotations:\n    when: 2024-01-01\n"
+                        b"    on: yes\n1: one\n", "application/yaml", decode.OBJECT_TYPES)
+    assert doc == {"metadata": {"name": "x", "annotations": {"when": "2024-01-01", "true": True}},
+                   "1": "one"}
+    for bad in (b"a: .nan", b"a: !!binary aGk=", b"a: !!set {x}", b"a: [", b"---\na: 1\n---\nb: 2",
+                b"a: " + b"[" * 200 + b"]" * 200):
+        assert _code(decode.loads_yaml, bad) == 400, bad
+    laughs = b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n"
+        % ((c,) * 2 + (c - 1,) * 10) for c in range(ord("b"), ord("i")))
+    assert _code(decode.loads_yaml, laughs) == 400
+
+
+def test_query_parameters():
+    assert params.list_params({"watch": "true", "timeoutSeconds": "5"}).timeout == 5
+    assert params.list_params({"watch": "1"}).watch and not params.list_params({}).watch
+    for bad in ({"watch": "maybe"}, {"timeoutSeconds": "nan"}, {"timeoutSeconds": "-1"},
+                {"timeoutSeconds": "1e3"}, {"limit": "x"}, {"resourceVersion": "abc"},
+                {"resourceVersion": "-5"}, {"resourceVersionMatch": "Exact"},
+                {"resourceVersionMatch": "Sometimes", "resourceVersion": "1"},
+                {"allowWatchBookmarks": "2"}, {"includeObject": "All"}):
+        assert _code(params.list_params, bad) == 400, bad
+    assert params.write_params({"dryRun": "All", "fieldValidation": "Strict"}).strict
+    for bad in ({"dryRun": "Some"}, {"fieldValidation": "strict"}, {"fieldManager": "x" * 200},
+                {"force": "yes"}, {"gracePeriodSeconds": "soon"}, {"propagationPolicy": "All"}):
+        assert _code(params.write_params, bad) == 400, bad
+
+
+@pytest.mark.parametrize("bad", ["a,,b", "a,", ",a", " , ", "a in (b),", "x" * 64,
+                                 "a=" + "v" * 64, "a/b/c=d"])
+def test_empty_and_oversized_label_requirements(bad):
+    with pytest.raises(SelectorError):
+        parse_label_selector(bad)
+
+
+def test_field_selectors_per_kind():
+    obj = {"metadata": {"name": "a,b", "namespace": "ns"}, "type": "Opaque"}
+    assert parse_field_selector(r"metadata.name=a\,b", ("metadata.name",))(obj)
+    assert parse_field_selector("metadata.name=x,,", ("metadata.name",))  # empty terms skipped
+    with pytest.raises(UnsupportedField, match="field label not supported: spec.foo"):
+        parse_field_selector("spec.foo=bar", ("metadata.name", "metadata.namespace"))
+    for bad in ("metadata.name", r"metadata.name=a\x", "metadata.name=a=b"):
+        with pytest.raises(SelectorError):
+            parse_field_selector(bad, ("metadata.name",))
+    reg = default_registry()
+    assert "type" in reg.by_key(("", "secrets")).field_labels
+    assert reg.by_key(("", "persistentvolumeclaims")).field_labels == (
+        "metadata.name", "metadata.namespace")
+
+
+@pytest.mark.parametrize("ops,code", [
+    ([{"op": "add", "path": 5, "value": 1}], 400),
+    ([{"op": "move", "path": "/x"}], 400),
+    ([{"op": "copy", "path": "/x", "from": ["a"]}], 400),
+    ([{"op": "add", "path": "/a/c/²", "value": 1}], 400),
+    ([{"op": "add", "path": "/a/c/01", "value": 1}], 400),
+    ([{"op": "add", "path": "/a/c/9", "value": 1}], 422),
+    ([{"op": "add", "path": "/a"}], 400),
+    ([{"op": "frobnicate", "path": "/a"}], 400),
+    ([{"path": "/a"}], 400),
+    (["add"], 400),
+    ({"op": "add"}, 400),
+    ([{"op": "add", "path": "a", "value": 1}], 400),
+    ([{"op": "move", "from": "/a", "path": "/a/b"}], 400),
+    ([{"op": "test", "path": "/d", "value": True}], 422),
+])
+def test_bad_json_patches(ops, code):
+    doc = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    assert _code(json_patch, doc, ops) == code
+    assert doc == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+
+
+def test_json_patch_copies_are_bounded():
+    doc = {"a": "x" * 100_000}
+    ops = [{"op": "copy", "from": "/a", "path": f"/b{i}"} for i in range(40)]
+    assert _code(json_patch, doc, ops) == 413
+
+
+def test_strategic_merge_patch():
+    pod = {"metadata": {"finalizers": ["a"], "labels": {"x": "1"}},
+           "spec": {"containers": [{"name": "app", "image": "v1", "ports": [{"containerPort": 80}]},
+                                   {"name": "side", "image": "s1"}],
+                    "tolerations": [{"key": "k"}]},
+           "status": {"conditions": [{"type": "Ready", "status": "False"}]}}
+    out = apply_patch(pod, STRATEGIC, {
+        "metadata": {"finalizers": ["b"], "labels": {"x": None}},
+        "spec": {"containers": [{"name": "app", "image": "v2"}, {"name": "new", "image": "n"},
+                                {"name": "side", "$patch": "delete"}],
+                 "tolerations": [{"key": "other"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    assert out["metadata"] == {"finalizers": ["a", "b"], "labels": {}}
+    assert out["spec"]["containers"] == [
+        {"name": "app", "image": "v2", "ports": [{"containerPort": 80}]},
+        {"name": "new", "image": "n"}]
+    assert out["spec"]["tolerations"] == [{"key": "other"}]  # no merge key: replaced
+    assert out["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
+    out = apply_patch(pod, STRATEGIC, {
+        "metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]},
+        "spec": {"$setElementOrder/containers": [{"name": "side"}, {"name": "app"}],
+                 "containers": [{"name": "side", "image": "s2"}]},
+        "status": {"$patch": "replace", "phase": "Running"}})
+    assert out["metadata"]["finalizers"] == []
+    assert [c["name"] for c in out["spec"]["containers"]] == ["side", "app"]
+    assert out["status"] == {"phase": "Running"}
+    ns = {"spec": {"finalizers": ["kubernetes"]}}  # Namespace spec.finalizers: replaced
+    assert apply_patch(ns, STRATEGIC, {"spec": {"finalizers": []}}) == {"spec": {"finalizers": []}}
+    for bad in ({"$patch": "explode"}, {"$unknown": 1}, {"spec": {"containers": [{"image": "x"}]}},
+                {"metadata": {"finalizers": [{"a": 1}]}}, []):
+        assert _code(apply_patch, pod, STRATEGIC, bad) == 400, bad
+    assert _code(apply_patch, pod, STRATEGIC, {}, custom=True) == 415
+
+
+@pytest.mark.parametrize("given,stored", [
+    ("64Mi", "64Mi"), ("1024Mi", "1Gi"), ("0.5Gi", "512Mi"), ("1000", "1k"), ("1.5", "1500m"),
+    ("67108864", "67108864"), (1073741824, "1073741824"), ("100M", "100M"), ("1e3", "1e3"),
+    ("0.0000000001", "1n"), ("1.5Gi", "1536Mi"), ("0", "0"), ("1000Mi", "1000Mi"),
+])
+def test_quantities_canonical(given, stored):
+    assert quantity.canonical(given) == stored
+
+
+def test_quantity_refusals_and_bytes():
+    for bad in ("1.2.3", "Mi", "1Xi", "1e", "١Gi", "1Gi\n5", True):
+        with pytest.raises((quantity.InvalidQuantity, TypeError)):
+            quantity.canonical(bad)
+    assert [quantity.format_bytes(n) for n in (67108864, 1536, 1610612736, 0)] == [
+        "64Mi", "1536", "1536Mi", "0"]
+
+
+def test_builtin_structure():
+    reg = default_registry()
+    pvc_kind = reg.by_key(("", "persistentvolumeclaims"))
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": "p", "labels": {"a": None}, "bogus": 1, "annotations": None},
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1024Mi"}},
+                    "volumeMode": None, "typo": True}}
+    problems = builtin.conform(pvc_kind, pvc)
+    assert problems.errors == []
+    assert sorted(problems.unknown) == ["metadata.bogus", "spec.typo"]
+    assert pvc["metadata"] == {"name": "p", "labels": {"a": ""}}
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    deploy = reg.by_key(("apps", "deployments"))
+    bad = {"metadata": {"labels": ["x"], "ownerReferences": "me", "creationTimestamp": "yesterday"},
+           "spec": {"replicas": "3", "paused": 1, "strategy": {"rollingUpdate": {"maxSurge": "25%"}},
+                    "template": {"spec": {"containers": {"name": "x"}}}}}
+    errors = builtin.conform(deploy, bad).errors
+    assert any(e.startswith("metadata.labels: expected a map of strings, got a list") for e in errors)
+    assert {e.split(":")[0] for e in errors} == {
+        "metadata.labels", "metadata.ownerReferences", "metadata.creationTimestamp",
+        "spec.replicas", "spec.paused", "spec.template.spec.containers"}
+    secret = reg.by_key(("", "secrets"))
+    assert builtin.conform(secret, {"data": {"k": "not base64!"}}).errors
+    assert not builtin.conform(secret, {"data": {"k": "eA=="}, "stringData": {"x": "y"}}).errors
+    vgr = reg.lookup("replication.storage.openshift.io", "v1alpha1", "volumegroupreplications")
+    custom = {"metadata": {"labels": {"a": 1}, "extra": 1}, "spec": {"anything": ["kept"]}}
+    problems = builtin.conform(vgr, custom)  # custom kinds: metadata only
+    assert problems.errors == ["metadata.labels.a: expected a string, got a number"]
+    assert problems.unknown == ["metadata.extra"] and custom["spec"] == {"anything": ["kept"]}
+
+
+def test_protobuf_wrong_wire_types_are_400():
+    for body in (protobuf.MAGIC + bytes([1 << 3 | 0, 5]),  # TypeMeta as a varint
+                 protobuf.MAGIC + _field(1, bytes([1 << 3 | 0, 1])),  # apiVersion as a varint
+                 protobuf.MAGIC + bytes([1 << 3 | 3]),  # a group
+                 protobuf.MAGIC + bytes([1 << 3 | 2, 100]) + b"short"):
+        assert _code(protobuf.decode, body) == 400
