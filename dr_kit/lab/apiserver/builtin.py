@@ -53,6 +53,7 @@ _QUANTITY_FIELDS = {"limits", "requests", "capacity", "allocatable", "allocatedR
 _INT_OR_STRING = {("V1TCPSocketAction", "port"), ("V1HTTPGetAction", "port"),
                   ("V1GRPCAction", "port"), ("V1RollingUpdateDeployment", "maxSurge"),
                   ("V1RollingUpdateDeployment", "maxUnavailable")}
+_NOT_MERGED = {("V1NamespaceSpec", "finalizers")}  # replaced by a strategic merge patch
 _LIST = re.compile(r"^(?:List|list)\[(.+)\]\Z")
 _MAP = re.compile(r"^(?:Dict\[str, ?(.+)\]|dict\(str, ?(.+)\))\Z")
 _INT64 = 2**63
@@ -369,6 +370,19 @@ def _schema(t: Type, ref: str, models: set[str]) -> dict[str, Any]:
     }[t.kind]
 
 
+def _patch_meta(model_name: str, f: Field) -> dict[str, Any]:
+    """The list merge semantics a real server publishes (kubectl computes its patches by them)."""
+    from .patch import MERGE_KEYS  # the strategic merge patch's own table
+
+    if f.type.kind != "list" or f.name not in MERGE_KEYS or (model_name, f.name) in _NOT_MERGED:
+        return {}
+    key = MERGE_KEYS[f.name]
+    if not key:
+        return {"x-kubernetes-list-type": "set", "x-kubernetes-patch-strategy": "merge"}
+    return {"x-kubernetes-list-map-keys": [key], "x-kubernetes-list-type": "map",
+            "x-kubernetes-patch-merge-key": key, "x-kubernetes-patch-strategy": "merge"}
+
+
 _QUANTITY_DEF = {
     "description": "Quantity is a fixed-point representation of a number, such as 64Mi, "
                    "500m or 1.5; it is stored in canonical form.",
@@ -404,6 +418,7 @@ def definitions(roots: list[tuple[str, dict[str, Any] | None]], ref: str) -> dic
         props = {}
         for f in m.fields.values():
             schema = _schema(f.type, ref, used)
+            schema.update(_patch_meta(name, f))
             if f.description:
                 schema = ({"allOf": [schema], "description": f.description}
                           if "$ref" in schema and ref.startswith("#/components")

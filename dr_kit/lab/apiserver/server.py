@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import decode, openapi, params, printing
+from . import decode, openapi, openapi_pb, params, printing
 from .errors import ApiError, status_body
 from .resources import Kind, Registry, default_registry
 from .store import Expired, Store
@@ -384,27 +385,59 @@ async def _not_found(request: web.Request) -> web.Response:
     raise _unknown()
 
 
-OPENAPI_KEY = web.AppKey("openapi", dict)
+class OpenApiDocs:
+    """The OpenAPI documents, built once on first use in a worker thread (a few seconds of
+    CPU that must not hold up start-up or the event loop)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._task: asyncio.Future[dict[str, Any]] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        v2 = openapi.v2_doc(self.registry)
+        return {"v2": _encoded(v2), "v2pb": openapi_pb.document(v2),
+                "v3": {k: _encoded(v) for k, v in openapi.v3_docs(self.registry).items()}}
+
+    async def get(self) -> dict[str, Any]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(asyncio.to_thread(self._build))
+        return await asyncio.shield(self._task)
+
+
+def _encoded(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+OPENAPI_KEY = web.AppKey("openapi", OpenApiDocs)
+
+
+def _cached(body: bytes, content_type: str, request: web.Request) -> web.Response:
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32].upper() + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache, private", "Vary": "Accept"}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type=content_type, headers=headers)
+
+
+async def _openapi_v2(request: web.Request) -> web.Response:
+    docs = await request.app[OPENAPI_KEY].get()
+    accept = request.headers.get("Accept", "")
+    if any(t in accept for t in openapi_pb.CONTENT_TYPES):
+        return _cached(docs["v2pb"], openapi_pb.CONTENT_TYPES[1], request)
+    return _cached(docs["v2"], "application/json", request)
 
 
 async def _openapi_root(request: web.Request) -> web.Response:
-    return _json(request.app[OPENAPI_KEY]["root"])
+    docs = await request.app[OPENAPI_KEY].get()
+    return _cached(docs["v3"]["root"], "application/json", request)
 
 
 async def _openapi_gv(request: web.Request) -> web.Response:
-    doc = request.app[OPENAPI_KEY].get(request.match_info["gv"].strip("/"))
-    if doc is None:
+    docs = await request.app[OPENAPI_KEY].get()
+    path = request.match_info["gv"].strip("/")
+    if path == "root" or path not in docs["v3"]:
         raise _unknown()
-    return _json(doc)
-
-
-def _openapi_docs(registry: Registry) -> dict[str, Any]:
-    docs: dict[str, Any] = {"root": openapi.root_doc(registry)}
-    for path in docs["root"]["paths"]:
-        parts = path.split("/")
-        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
-        docs[path] = openapi.group_version_doc(registry, group, version)
-    return docs
+    return _cached(docs["v3"][path], "application/json", request)
 
 
 def make_app(
@@ -418,7 +451,7 @@ def make_app(
     app = web.Application(middlewares=[_errors, _auth], client_max_size=8 * 1024 * 1024)
     app[API_KEY] = api
     app[TOKEN_KEY] = token
-    app[OPENAPI_KEY] = _openapi_docs(api.registry)
+    app[OPENAPI_KEY] = OpenApiDocs(api.registry)
 
     async def stop_watches(app: web.Application) -> None:
         store.stop_watches()
@@ -434,6 +467,7 @@ def make_app(
     r.add_get("/apis" + slash, _groups)
     r.add_get("/apis/{group}" + slash, _group)
     r.add_get("/apis/{group}/{version}" + slash, _group_version)
+    r.add_get("/openapi/v2" + slash, _openapi_v2)
     r.add_get("/openapi/v3" + slash, _openapi_root)
     r.add_get("/openapi/v3/{gv:.+}", _openapi_gv)
     r.add_route("*", "/openapi/{tail:.*}", _not_found)
