@@ -39,6 +39,7 @@ from kubernetes.client.rest import ApiException
 
 from dr_kit.errors import Conflict, DrKitError, NotFound
 from dr_kit.fsutil import write_json
+from dr_kit.lab.apiserver.quantity import format_bytes
 from dr_kit.lab.apiserver.selectors import match_selector
 from dr_kit.lab.kube import Kube, api_client, now_rfc3339, parse_quantity
 from dr_kit.lab.layout import ANNOTATION_PREFIX, CSI_DRIVER, STORAGE_CLASS, LabDir
@@ -150,7 +151,7 @@ class SiteController:
         pv = {"apiVersion": "v1", "kind": "PersistentVolume",
               "metadata": {"name": pv_name, "labels": labels or {},
                            "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
-              "spec": {"capacity": {"storage": str(size)},
+              "spec": {"capacity": {"storage": format_bytes(size)},
                        "accessModes": pvc["spec"].get("accessModes") or ["ReadWriteOnce"],
                        "persistentVolumeReclaimPolicy": "Delete" if not labels else "Retain",
                        "storageClassName": STORAGE_CLASS, "volumeMode": "Filesystem",
@@ -168,7 +169,7 @@ class SiteController:
                                                                {"spec": {"volumeName": pv_name}})
         kube.core.patch_namespaced_persistent_volume_claim_status(
             m["name"], m["namespace"], {"status": {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
-                                                   "capacity": {"storage": str(size)}}})
+                                                   "capacity": {"storage": format_bytes(size)}}})
 
     def release(self) -> None:
         claims = {(p["metadata"]["namespace"], p["metadata"]["name"]): p["metadata"].get("uid")
@@ -560,7 +561,7 @@ class SiteController:
                 "spec": {"source": {"volumeSnapshotContentName": vsc_name}}}, ns)
             self.kube.patch_custom(*SNAP, "volumesnapshots", vs_name, {"status": {
                 "readyToUse": True, "boundVolumeSnapshotContentName": vsc_name, "creationTime": created,
-                "restoreSize": str(size), "volumeGroupSnapshotName": name}}, ns, status=True)
+                "restoreSize": format_bytes(size), "volumeGroupSnapshotName": name}}, ns, status=True)
         ann = {A + "array-snapshot": snap, A + "consistent": json.dumps(info.get("consistent")),
                A + "volumes": ",".join(p["metadata"]["name"] for p in pvcs)}
         if info.get("sequence") is not None:
