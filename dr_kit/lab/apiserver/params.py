@@ -107,6 +107,10 @@ def list_params(q: Mapping[str, str]) -> ListParams:
 class WriteParams:
     dry_run: bool
     strict: bool
+    ignore: bool  # fieldValidation=Ignore: unknown fields are dropped without a warning
+
+    def shown(self, warnings: list[str]) -> list[str]:
+        return [] if self.ignore else warnings
 
 
 def write_params(q: Mapping[str, str]) -> WriteParams:
@@ -124,4 +128,5 @@ def write_params(q: Mapping[str, str]) -> WriteParams:
     integer(q, "gracePeriodSeconds")
     choice(q, "propagationPolicy", PROPAGATION)
     flag(q, "orphanDependents")
-    return WriteParams(dry_run="All" in dry, strict=validation == "Strict")
+    return WriteParams(dry_run="All" in dry, strict=validation == "Strict",
+                       ignore=validation == "Ignore")

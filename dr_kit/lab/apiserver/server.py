@@ -210,20 +210,20 @@ async def _resource(request: web.Request) -> web.StreamResponse:
         wp = params.write_params(q)
         body = await _body(request, decode.OBJECT_TYPES)
         obj, warnings = api.create(kind, version, namespace, body, wp.dry_run, wp.strict)
-        return _json(obj, 201, warnings)
+        return _json(obj, 201, wp.shown(warnings))
     if method == "PUT" and name is not None:
         wp = params.write_params(q)
         body = await _body(request, decode.OBJECT_TYPES)
         obj, warnings = api.update(kind, version, namespace, name, body, sub, wp.dry_run,
                                    wp.strict)
-        return _json(obj, 200, warnings)
+        return _json(obj, 200, wp.shown(warnings))
     if method == "PATCH" and name is not None:
         wp = params.write_params(q)
         ctype = decode.media_type(request.headers.get("Content-Type"))
         body = await _body(request, decode.PATCH_TYPES)
         obj, warnings = api.patch(kind, version, namespace, name, ctype, body, sub, wp.dry_run,
                                   wp.strict)
-        return _json(obj, 200, warnings)
+        return _json(obj, 200, wp.shown(warnings))
     if method == "DELETE" and sub is None:
         wp = params.write_params(q)
         if name is None:
