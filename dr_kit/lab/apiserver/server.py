@@ -50,8 +50,8 @@ TOKEN_KEY = web.AppKey("token", str)
 
 def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
     headers = {}
-    if warnings:
-        headers["Warning"] = ", ".join(f'299 - "{w}"' for w in warnings)
+    if warnings:  # quoted-strings of printable ASCII: a field name may hold anything
+        headers["Warning"] = ", ".join(f'299 - "{json.dumps(w)[1:-1]}"' for w in warnings)
     return web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
         status=status,
@@ -226,12 +226,12 @@ async def _resource(request: web.Request) -> web.StreamResponse:
         return _json(obj, 200, wp.shown(warnings))
     if method == "DELETE" and sub is None:
         wp = params.write_params(q)
+        options = await _body(request, (decode.JSON, decode.YAML))
+        options = _delete_query_options(q, options)
         if name is None:
             lp = params.list_params(q)
             return _json(api.delete_collection(kind, version, namespace, lp.label_selector,
-                                               lp.field_selector, wp.dry_run))
-        options = await _body(request, (decode.JSON, decode.YAML))
-        options = _delete_query_options(q, options)
+                                               lp.field_selector, wp.dry_run, options))
         return _json(api.delete(kind, version, namespace, name, options, wp.dry_run))
     raise ApiError(405, "MethodNotAllowed",
                    "the server does not allow this method on the requested resource")

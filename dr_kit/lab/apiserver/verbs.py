@@ -639,13 +639,17 @@ class Api:
         label_selector: str | None,
         field_selector: str | None,
         dry_run: bool = False,
+        options: Any = None,
     ) -> Obj:
+        if kind.read_only:
+            raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
+        delete_options(options)
         listed = self.list(kind, version, namespace, label_selector, field_selector)
         items = []
         for item in listed["items"]:
             meta = item["metadata"]
             items.append(self.delete(kind, version, meta.get("namespace"), meta["name"],
-                                     dry_run=dry_run))
+                                     options, dry_run=dry_run))
         listed["items"] = items
         listed["metadata"] = {"resourceVersion": str(self.store.rv)}
         return listed
