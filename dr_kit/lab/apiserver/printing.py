@@ -7,6 +7,7 @@ Built-in kinds get a few familiar columns; custom resources get their CRD's
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +31,8 @@ def _path(obj: Any, path: str) -> Any:
 def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
     if not timestamp:
         return "<unknown>"
-    try:
-        then = dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
+    then = _parse_time(timestamp)
+    if then is None:
         return "<invalid>"
     secs = max(0, int(((now or dt.datetime.now(dt.UTC)) - then).total_seconds()))
     if secs < 120:
@@ -44,8 +44,25 @@ def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
     return f"{secs // 86400}d"
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_time(timestamp: str) -> dt.datetime | None:
+    """An RFC 3339 time (server-set timestamps repeat: parsed once each)."""
+    try:
+        then = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return then if then.tzinfo else then.replace(tzinfo=dt.UTC)
+
+
 def _get(*path: str) -> Callable[[Obj], Any]:
-    return lambda o: _path(o, "." + ".".join(path))
+    def get(obj: Any) -> Any:
+        for part in path:
+            if not isinstance(obj, dict):
+                return None
+            obj = obj.get(part)
+        return obj
+
+    return get
 
 
 def _modes(o: Obj) -> str:
@@ -112,8 +129,10 @@ def _columns(kind: Kind, version: str) -> list[Column]:
         for c in kind.printer_columns.get(version, []):
             if c.get("jsonPath") == ".metadata.creationTimestamp":
                 continue
-            cols.append((c["name"], c.get("type", "string"),
-                         lambda o, p=c["jsonPath"]: _path(o, p)))
+            path = str(c.get("jsonPath") or "")
+            simple = path.startswith(".") and not any(ch in path for ch in "[]?@*")
+            getter = _get(*path[1:].split(".")) if simple else (lambda o: None)
+            cols.append((c["name"], c.get("type", "string"), getter))
         return cols
     return _BUILTIN.get(kind.key, [])
 
@@ -134,10 +153,11 @@ def table(kind: Kind, version: str, items: list[Obj], resource_version: str,
              for n, t, _ in cols]
     defs.append({"name": "Age", "type": "string", "format": "", "description": "", "priority": 0})
     rows = []
+    now = dt.datetime.now(dt.UTC)
     for obj in items:
         meta = obj.get("metadata", {})
         cells = [meta.get("name", "")] + [_cell(f(obj)) for _, _, f in cols]
-        cells.append(age(meta.get("creationTimestamp")))
+        cells.append(age(meta.get("creationTimestamp"), now))
         row: Obj = {"cells": cells}
         if include_object == "Object":
             row["object"] = obj

@@ -8,6 +8,10 @@ well past the live data it is compacted: a snapshot of all live objects is writt
 temporary file, synced and renamed over the log, so a crash leaves either the old or the
 new log, never a mix.
 
+In memory, objects are indexed by kind, namespace and name, and by ``uid`` and owner
+``uid`` (``metadata.ownerReferences``), so listing a namespace, finding an object by uid
+and finding an owner's dependents cost what they return, not the size of the store.
+
 Watches: each committed change is kept in a bounded in-memory history and pushed to every
 subscribed :class:`Watcher`. A watch may start from any resourceVersion still covered by
 the history; an older one is *expired* (the server answers 410 Gone, as the real API does).
@@ -87,7 +91,11 @@ class Store:
         self.path = self.dir / LOG_NAME
         self.fsync = fsync
         self.rv = 0
-        self._objects: dict[Key, dict[ObjKey, Obj]] = collections.defaultdict(dict)
+        # kind -> namespace ("" for cluster-scoped) -> name -> object
+        self._objects: dict[Key, dict[str, dict[str, Obj]]] = collections.defaultdict(dict)
+        self._count = 0
+        self._by_uid: dict[str, tuple[Key, str, str]] = {}
+        self._dependents: dict[str, set[tuple[Key, str, str]]] = collections.defaultdict(set)
         self._history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
         self._floor = 0  # changes with rv <= floor are no longer in the history
         self._watchers: set[Watcher] = set()
@@ -145,10 +153,54 @@ class Store:
         self.rv = max(self.rv, int(rec["rv"]))
         if op == "put":
             key = (rec["k"][0], rec["k"][1])
-            self._objects[key][_name_key(rec["obj"])] = rec["obj"]
+            self._set(key, _name_key(rec["obj"]), rec["obj"])
         elif op == "del":
             key = (rec["k"][0], rec["k"][1])
-            self._objects[key].pop((rec["ns"], rec["name"]), None)
+            self._unset(key, (rec["ns"], rec["name"]))
+
+    # -- the in-memory indexes ------------------------------------------------------------
+
+    def _set(self, key: Key, nk: ObjKey, obj: Obj) -> Obj | None:
+        names = self._objects[key].setdefault(nk[0], {})
+        old = names.get(nk[1])
+        if old is not None:
+            self._unindex(key, nk, old)
+        else:
+            self._count += 1
+        names[nk[1]] = obj
+        self._index(key, nk, obj)
+        return old
+
+    def _unset(self, key: Key, nk: ObjKey) -> Obj | None:
+        names = self._objects[key].get(nk[0])
+        old = names.pop(nk[1], None) if names is not None else None
+        if old is None:
+            return None
+        if not names:
+            del self._objects[key][nk[0]]
+        self._count -= 1
+        self._unindex(key, nk, old)
+        return old
+
+    def _index(self, key: Key, nk: ObjKey, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        ref = (key, nk[0], nk[1])
+        if isinstance(meta.get("uid"), str):
+            self._by_uid[meta["uid"]] = ref
+        for owner in _owner_uids(meta):
+            self._dependents[owner].add(ref)
+
+    def _unindex(self, key: Key, nk: ObjKey, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        ref = (key, nk[0], nk[1])
+        if self._by_uid.get(meta.get("uid")) == ref:  # type: ignore[arg-type]
+            del self._by_uid[meta["uid"]]
+        for owner in _owner_uids(meta):
+            deps = self._dependents.get(owner)
+            if deps is not None:
+                deps.discard(ref)
+                if not deps:
+                    del self._dependents[owner]
 
     def _append(self, rec: dict[str, Any]) -> None:
         assert self._fd is not None, "store is closed"
@@ -170,8 +222,8 @@ class Store:
         records = 1
         with open(tmp, "wb") as f:
             f.write(json.dumps({"op": "rv", "rv": self.rv}).encode() + b"\n")
-            for key, objs in self._objects.items():
-                for obj in objs.values():
+            for key, namespaces in self._objects.items():
+                for obj in (o for names in namespaces.values() for o in names.values()):
                     rec = {"op": "put", "rv": int(obj["metadata"]["resourceVersion"]),
                            "k": list(key), "obj": obj}
                     f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
@@ -204,16 +256,34 @@ class Store:
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, key: Key, namespace: str | None, name: str) -> Obj | None:
-        return self._objects[key].get((namespace or "", name))
+        names = self._objects[key].get(namespace or "")
+        return names.get(name) if names is not None else None
 
     def list(self, key: Key, namespace: str | None = None) -> list[Obj]:
-        objs = self._objects[key].values()
+        """Objects of a kind, of one namespace (if given), in no particular order."""
+        namespaces = self._objects[key]
         if namespace:
-            return [o for o in objs if o["metadata"].get("namespace") == namespace]
-        return list(objs)
+            return list(namespaces.get(namespace, {}).values())
+        return [o for names in namespaces.values() for o in names.values()]
+
+    def has_any(self, key: Key, namespace: str) -> bool:
+        return bool(self._objects[key].get(namespace))
+
+    def by_uid(self, uid: str) -> Obj | None:
+        ref = self._by_uid.get(uid)
+        return self.get(ref[0], ref[1], ref[2]) if ref else None
+
+    def dependents(self, uid: str) -> list[tuple[Key, Obj]]:
+        """Objects whose ``ownerReferences`` name ``uid``, with their kind."""
+        out = []
+        for key, ns, name in sorted(self._dependents.get(uid, ())):
+            obj = self.get(key, ns, name)
+            if obj is not None:
+                out.append((key, obj))
+        return out
 
     def count(self) -> int:
-        return sum(len(v) for v in self._objects.values())
+        return self._count
 
     def keys(self) -> Iterator[Key]:
         return iter(list(self._objects))
@@ -228,9 +298,8 @@ class Store:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         nk = _name_key(obj)
-        old = self._objects[key].get(nk)
         self._append({"op": "put", "rv": self.rv, "k": list(key), "obj": obj})
-        self._objects[key][nk] = obj
+        old = self._set(key, nk, obj)
         self._publish(Change(self.rv, "MODIFIED" if old else "ADDED", key, obj, old))
         self._maybe_compact()
         return obj
@@ -242,14 +311,14 @@ class Store:
         finalizer); it is returned with the deletion's resourceVersion.
         """
         nk = _name_key(obj)
-        old = self._objects[key].get(nk)
+        old = self.get(key, nk[0], nk[1])
         if old is None:
             raise KeyError(nk)
         self.rv += 1
         final = dict(obj)
         final["metadata"] = dict(obj["metadata"], resourceVersion=str(self.rv))
         self._append({"op": "del", "rv": self.rv, "k": list(key), "ns": nk[0], "name": nk[1]})
-        del self._objects[key][nk]
+        self._unset(key, nk)
         self._publish(Change(self.rv, "DELETED", key, final, old))
         self._maybe_compact()
         return final
@@ -280,6 +349,13 @@ class Store:
 
     def unsubscribe(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
+
+
+def _owner_uids(meta: dict[str, Any]) -> set[str]:
+    refs = meta.get("ownerReferences")
+    if not isinstance(refs, list):
+        return set()
+    return {r["uid"] for r in refs if isinstance(r, dict) and isinstance(r.get("uid"), str)}
 
 
 def _fsync_dir(path: Path) -> None:

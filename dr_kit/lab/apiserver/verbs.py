@@ -592,32 +592,27 @@ class Api:
         lose the reference to the deleted owner (as the real garbage collector does)."""
         if not uid:
             return
-        for kind in self.registry.kinds:
+        for key, obj in self.store.dependents(uid):
+            kind = self.registry.by_key(key)
             if kind.read_only:
                 continue
-            for obj in self.store.list(kind.key):
-                refs = obj["metadata"].get("ownerReferences") or []
-                if not any(r.get("uid") == uid for r in refs):
-                    continue
-                if self.store.get(kind.key, obj["metadata"].get("namespace"),
-                                  obj["metadata"]["name"]) is None:
-                    continue  # already removed by an earlier cascade step
-                rest = [r for r in refs if r.get("uid") != uid]
-                if rest and any(self._exists(r) for r in rest):
-                    new = copy.deepcopy(obj)
-                    new["metadata"]["ownerReferences"] = rest
-                    self.store.put(kind.key, new)
-                else:
-                    self._delete(kind, obj)
+            obj = self.store.get(key, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            if obj is None:
+                continue  # removed by an earlier cascade step
+            refs = obj["metadata"].get("ownerReferences") or []
+            if not any(r.get("uid") == uid for r in refs):
+                continue
+            rest = [r for r in refs if r.get("uid") != uid]
+            if rest and any(self._exists(r) for r in rest):
+                new = copy.deepcopy(obj)
+                new["metadata"]["ownerReferences"] = rest
+                self.store.put(key, new)
+            else:
+                self._delete(kind, obj)
 
     def _exists(self, ref: Obj) -> bool:
-        uid = ref.get("uid")
-        return any(
-            o["metadata"].get("uid") == uid
-            for k in self.registry.kinds
-            if k.kind == ref.get("kind") and not k.read_only
-            for o in self.store.list(k.key)
-        )
+        owner = self.store.by_uid(str(ref.get("uid")))
+        return owner is not None and owner.get("kind", ref.get("kind")) == ref.get("kind")
 
     def _finish_namespace(self, name: str) -> Obj | None:
         """Remove a terminating namespace once it is empty and has no finalizers left."""
@@ -626,9 +621,8 @@ class Api:
             return None
         if ns["metadata"].get("finalizers"):
             return None
-        for kind in self.registry.namespaced_kinds():
-            if self.store.list(kind.key, name):
-                return None
+        if any(self.store.has_any(kind.key, name) for kind in self.registry.namespaced_kinds()):
+            return None
         return self.store.delete(NAMESPACES, ns)
 
     def delete_collection(
