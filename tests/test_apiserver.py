@@ -707,3 +707,13 @@ def _walk_refs(node):
     elif isinstance(node, list):
         for v in node:
             yield from _walk_refs(v)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "dr_kit.lab.apiserver.bench", "--namespaces", "3", "--pvcs", "2",
+         "--rounds", "2", "--watchers", "2", "--patches", "4"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "8/8 events delivered" in done.stdout and "list every PVC (6)" in done.stdout

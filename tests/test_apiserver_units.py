@@ -442,3 +442,41 @@ def test_protobuf_wrong_wire_types_are_400():
                  protobuf.MAGIC + bytes([1 << 3 | 3]),  # a group
                  protobuf.MAGIC + bytes([1 << 3 | 2, 100]) + b"short"):
         assert _code(protobuf.decode, body) == 400
+
+
+def test_store_indexes_survive_restart(tmp_path):
+    key, owner_key = ("", "configmaps"), ("apps", "deployments")
+    store = Store(tmp_path)
+    store.put(owner_key, {"metadata": {"name": "o", "namespace": "a", "uid": "u-o"}})
+    for ns, name in (("a", "x"), ("a", "y"), ("b", "x")):
+        store.put(key, {"metadata": {"name": name, "namespace": ns, "uid": f"u-{ns}{name}",
+                                     "ownerReferences": [{"uid": "u-o", "kind": "Deployment"}]}})
+    store.delete(key, store.get(key, "a", "y"))
+    store.put(key, {"metadata": {"name": "x", "namespace": "b", "uid": "u-bx"}})  # owner dropped
+    store.close()
+    again = Store(tmp_path)
+    assert [o["metadata"]["name"] for o in again.list(key, "a")] == ["x"]
+    assert again.has_any(key, "b") and not again.has_any(key, "c") and again.count() == 3
+    assert [(k, o["metadata"]["uid"]) for k, o in again.dependents("u-o")] == [(key, "u-ax")]
+    assert again.by_uid("u-bx")["metadata"]["namespace"] == "b" and again.by_uid("u-ay") is None
+    again.close()
+
+
+def test_encoded_lists_and_events_are_the_plain_json(tmp_path):
+    from dr_kit.lab.apiserver.server import Encoded
+
+    reg = default_registry()
+    api = Api(reg, Store(tmp_path))
+    ns_kind, cm = reg.by_key(("", "namespaces")), reg.by_key(("", "configmaps"))
+    api.create(ns_kind, "v1", None, {"metadata": {"name": "ns"}})
+    for i in range(3):
+        api.create(cm, "v1", "ns", {"metadata": {"name": f"c{i}"}, "data": {"i": str(i)}})
+    enc = Encoded()
+    first = enc.listing(cm, api.list(cm, "v1", "ns"))
+    api.patch(cm, "v1", "ns", "c1", "application/merge-patch+json", {"data": {"i": "new"}})
+    listed = api.list(cm, "v1", "ns")
+    assert json.loads(enc.listing(cm, listed)) == json.loads(json.dumps(listed))
+    assert json.loads(first)["items"][1]["data"] == {"i": "1"}  # the cache follows versions
+    event = {"type": "MODIFIED", "object": listed["items"][1]}
+    assert json.loads(enc.event(cm, event)) == event
+    api.store.close()

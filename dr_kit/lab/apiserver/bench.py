@@ -247,8 +247,6 @@ def _measure(port: int, token: str, ca: str, pid: int, namespaces: int, pvcs: in
     proc = psutil.Process(pid)
     print(f"server: {proc.num_threads()} threads, {proc.memory_info().rss / 2**20:.0f} MiB "
           f"resident, {len(ws)} open watches")
-    for w in ws:
-        w.conn.conn.close()
     t, cpu = time.perf_counter(), server.cpu()
     assert c.call("DELETE", "/api/v1/namespaces/ns-001")[0] == 200
     print(f"delete a namespace of {pvcs} PVCs and its VolumeGroupReplication: "
