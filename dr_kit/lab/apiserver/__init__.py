@@ -10,6 +10,7 @@ Public surface::
     write_kubeconfig(path, {"main": handle.kubeconfig_site(), ...}, current="main") -> Path
     read_ca(state_dir) -> str   # PEM of the site's self-signed serving certificate
     python -m dr_kit.lab.apiserver --state-dir DIR --token TOKEN [--port N] [--ready-file F]
+    python -m dr_kit.lab.apiserver.bench   # list and watch figures at 1,000 PVCs
 """
 
 from .kubeconfig import kubeconfig_dict, write_kubeconfig
