@@ -162,13 +162,14 @@ def run(namespaces: int, pvcs: int, rounds: int, watchers: int, patches: int,
         port = int(ready.read_text())
         ca = read_ca(folder / "state")
         _measure(port, token, ca, proc.pid, namespaces, pvcs, rounds, watchers, patches)
-        shutil.rmtree(folder, ignore_errors=True)
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _measure(port: int, token: str, ca: str, pid: int, namespaces: int, pvcs: int,
