@@ -469,7 +469,7 @@ def _ts(value: Any) -> pd.Timestamp | None:
 
 
 def _quantity(q: Any) -> int | None:
-    from dr_kit.lab.kube import parse_quantity
+    from dr_kit.kube import parse_quantity
 
     if q is None:
         return None

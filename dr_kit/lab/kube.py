@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from dr_kit.errors import InvalidInput
-
-_QTY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|[kmgtpe])?$")
-_MULT = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def parse_quantity(q: str | int) -> int:
-    """Bytes in a Kubernetes quantity such as ``64Mi`` or ``1G``."""
-    if isinstance(q, int):
-        return q
-    m = _QTY.match(str(q).strip())
-    if not m:
-        raise InvalidInput(f"not a storage quantity: {q!r} (use e.g. 64Mi or 1Gi)")
-    return int(float(m.group(1)) * _MULT[m.group(2)])
+from dr_kit.kube import parse_quantity  # noqa: F401 - re-exported for the lab
 
 
 def now_rfc3339(t: float | None = None) -> str:

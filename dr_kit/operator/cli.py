@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from dr_kit.errors import DrKitError, InvalidInput, NotFound
+from dr_kit.kube import api_client as kube_api_client
 from dr_kit.operator import manifests
 from dr_kit.operator.policy import Policy
 from dr_kit.operator.reconcile import (
@@ -46,32 +46,18 @@ LAB_MAIN_CONTEXT = "main"
 def api_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None,
                lab_dir: str | os.PathLike | None = DEFAULT_LAB_DIR, *,
                in_cluster: bool = False) -> k8s.ApiClient:
-    """An API client for one context.
+    """An API client for one context (:func:`dr_kit.kube.api_client`).
 
     Precedence: ``in_cluster``; an explicit ``kubeconfig``; ``lab_dir/kubeconfig`` when it
     exists (context defaults to ``main``); the client's default kubeconfig
     (``$KUBECONFIG`` or ``~/.kube/config``).
     """
-    try:
-        if in_cluster:
-            cfg = k8s.Configuration()
-            k8s_config.load_incluster_config(client_configuration=cfg)
-            return k8s.ApiClient(cfg)
-        path = None
-        if kubeconfig:
-            path = Path(kubeconfig)
-            if not path.is_file():
-                raise NotFound(f"kubeconfig {path} does not exist")
-        elif lab_dir and (Path(lab_dir) / "kubeconfig").is_file():
-            path = Path(lab_dir) / "kubeconfig"
-            context = context or LAB_MAIN_CONTEXT
-        return k8s_config.new_client_from_config(
-            config_file=str(path) if path else None, context=context)
-    except k8s_config.ConfigException as exc:
-        where = f"kubeconfig {path}" if path else "the default kubeconfig"
-        hint = "" if path else f" (no {Path(lab_dir or DEFAULT_LAB_DIR) / 'kubeconfig'} either: " \
-            "pass --kubeconfig, or start the lab with `dr-kit lab up`)"
-        raise InvalidInput(f"{where}: {str(exc).splitlines()[0]}{hint}") from None
+    if not in_cluster and not kubeconfig and lab_dir and (Path(lab_dir) / "kubeconfig").is_file():
+        kubeconfig = Path(lab_dir) / "kubeconfig"
+        context = context or LAB_MAIN_CONTEXT
+    hint = f" (no {Path(lab_dir or DEFAULT_LAB_DIR) / 'kubeconfig'} either: pass --kubeconfig, " \
+        "or start the lab with `dr-kit lab up`)"
+    return kube_api_client(kubeconfig, context, in_cluster=in_cluster, retries=None, hint=hint)
 
 
 def _kube(kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR) -> Kube:

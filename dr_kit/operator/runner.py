@@ -19,20 +19,16 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
-from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
-
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.kube import Kube
 from dr_kit.operator.backends import (
     MANAGED_BY_LABEL,
     REQUIRED_KINDS,
     RESOURCES,
-    Resource,
 )
 from dr_kit.operator.policy import MANAGED_BY, Policy
 from dr_kit.operator.reconcile import PROTECTING, REFUSED, Action, Plan, reconcile
@@ -80,176 +76,6 @@ def permissions(policy: Policy, *, site: str = "main") -> dict[tuple[str, str], 
             for kind in CLASS_KINDS:
                 perms.setdefault(key(kind), set()).update({"list", "create"})
     return {k: frozenset(v) for k, v in perms.items()}
-
-
-class Kube:
-    """One site's API, through the official client, returning plain dicts.
-
-    Calls outside ``allowed`` raise at once (a missing RBAC rule would fail the same way on
-    a real cluster, only later); every call made is recorded in :attr:`calls`.
-    """
-
-    def __init__(self, api_client: k8s.ApiClient,
-                 allowed: Mapping[tuple[str, str], frozenset[str]] | None = None,
-                 *, timeout: float = 10.0):
-        self.api = api_client
-        self.allowed = allowed
-        self.timeout = timeout
-        self.calls: set[tuple[str, str, str]] = set()
-        self._lock = threading.Lock()
-
-    # -- plumbing --------------------------------------------------------------------
-
-    def _check(self, res: Resource, verb: str) -> None:
-        with self._lock:
-            self.calls.add((res.group, res.plural, verb))
-        if self.allowed is not None and verb not in self.allowed.get((res.group, res.plural),
-                                                                     ()):
-            raise DrKitError(f"operator bug: {verb} {res.plural} is not in its declared "
-                             f"permissions")
-
-    @staticmethod
-    def path(res: Resource, namespace: str | None = None, name: str | None = None) -> str:
-        base = f"/api/{res.version}" if not res.group else f"/apis/{res.group}/{res.version}"
-        if res.namespaced and namespace:
-            base += f"/namespaces/{namespace}"
-        base += f"/{res.plural}"
-        return base + (f"/{name}" if name else "")
-
-    def request(self, method: str, path: str, *, query: list | None = None,
-                body: Any = None, content_type: str = "application/json") -> dict:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        try:
-            m, url, h, b, _ = self.api.param_serialize(
-                method, path, query_params=query or [], header_params=headers, body=body,
-                auth_settings=["BearerToken"])
-            resp = self.api.call_api(m, url, header_params=h, body=b,
-                                     _request_timeout=self.timeout)
-            data = resp.read()
-        except (urllib3.exceptions.HTTPError, OSError, k8s.ApiException) as exc:
-            raise Unavailable(f"{self.api.configuration.host}: {_reason(exc)}") from None
-        payload: Any = None
-        if data:
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                payload = None
-        if resp.status >= 400:
-            raise _api_error(resp.status, method, path, payload)
-        return payload if isinstance(payload, dict) else {}
-
-    # -- verbs --------------------------------------------------------------------------
-
-    def list(self, kind: str, namespace: str | None = None, *,
-             label_selector: str | None = None, field_selector: str | None = None) -> dict:
-        res = RESOURCES[kind]
-        self._check(res, "list")
-        query = []
-        if label_selector:
-            query.append(("labelSelector", label_selector))
-        if field_selector:
-            query.append(("fieldSelector", field_selector))
-        out = self.request("GET", self.path(res, namespace), query=query)
-        for item in out.get("items") or []:  # list items omit kind/apiVersion
-            item.setdefault("kind", res.kind)
-            item.setdefault("apiVersion", res.api_version)
-        return out
-
-    def items(self, kind: str, namespace: str | None = None, **kw: Any) -> list[dict]:
-        return list(self.list(kind, namespace, **kw).get("items") or [])
-
-    def create(self, kind: str, body: dict) -> dict:
-        res = RESOURCES[kind]
-        self._check(res, "create")
-        return self.request("POST", self.path(res, body["metadata"].get("namespace")),
-                            body=body)
-
-    def patch(self, kind: str, name: str, body: dict, namespace: str | None = None) -> dict:
-        res = RESOURCES[kind]
-        self._check(res, "patch")
-        return self.request("PATCH", self.path(res, namespace, name), body=body,
-                            content_type=MERGE_PATCH)
-
-    def delete(self, kind: str, name: str, namespace: str | None = None) -> dict:
-        res = RESOURCES[kind]
-        self._check(res, "delete")
-        return self.request("DELETE", self.path(res, namespace, name))
-
-    def watch(self, kind: str, resource_version: str, *, label_selector: str | None = None,
-              timeout_seconds: int = 30) -> Iterator[tuple[str, dict]]:
-        """(type, object) pairs from a watch; ends after ``timeout_seconds``."""
-        res = RESOURCES[kind]
-        self._check(res, "watch")
-        kw: dict[str, Any] = {"resource_version": resource_version,
-                              "timeout_seconds": timeout_seconds,
-                              "allow_watch_bookmarks": True}
-        if label_selector:
-            kw["label_selector"] = label_selector
-        if res.group:
-            func: Callable = k8s.CustomObjectsApi(self.api).list_cluster_custom_object
-            args: tuple = (res.group, res.version, res.plural)
-        elif kind == "Namespace":
-            func, args = k8s.CoreV1Api(self.api).list_namespace, ()
-        elif kind == "PersistentVolumeClaim":
-            func = k8s.CoreV1Api(self.api).list_persistent_volume_claim_for_all_namespaces
-            args = ()
-        else:
-            raise InvalidInput(f"cannot watch {kind}")
-        w = k8s_watch.Watch()
-        try:
-            for ev in w.stream(func, *args, **kw):
-                yield ev["type"], ev.get("raw_object") or {}
-        except k8s.ApiException as exc:
-            raise _api_error(exc.status or 0, "WATCH", self.path(res), _json(exc.body)) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unavailable(f"{self.api.configuration.host}: {_reason(exc)}") from None
-        finally:
-            w.stop()
-
-    def served_kinds(self, kinds: Iterator[str] | tuple[str, ...]) -> set[str]:
-        """Which of ``kinds`` the cluster serves, by API discovery."""
-        served: set[str] = set()
-        by_gv: dict[str, list[Resource]] = {}
-        for kind in kinds:
-            r = RESOURCES[kind]
-            by_gv.setdefault(r.api_version, []).append(r)
-        for gv, resources in by_gv.items():
-            path = f"/api/{gv}" if "/" not in gv else f"/apis/{gv}"
-            try:
-                listing = self.request("GET", path)
-            except NotFound:
-                continue
-            plurals = {r.get("name") for r in listing.get("resources") or []}
-            served.update(r.kind for r in resources if r.plural in plurals)
-        return served
-
-
-def _json(body: Any) -> Any:
-    try:
-        return json.loads(body) if body else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or exc
-    return str(reason).split("\n")[0][:200]
-
-
-def _api_error(status: int, method: str, path: str, payload: Any) -> DrKitError:
-    message = payload.get("message") if isinstance(payload, dict) else None
-    what = f"{method} {path}: {message or f'HTTP {status}'}"
-    if status == 404:
-        return NotFound(what)
-    if status == 409:
-        return Conflict(what)
-    if status in (400, 422):
-        return InvalidInput(what)
-    if status in (401, 403):
-        return DrKitError(f"{what} (check the operator's credentials and RBAC)")
-    return Unavailable(what)
 
 
 # -- the loop ------------------------------------------------------------------------------
