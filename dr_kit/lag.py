@@ -1,24 +1,28 @@
 """Journal lag (RPO) per consistency group: read once, sample over time, export to Prometheus.
 
-Two sources, and every figure says which one it came from (``source``):
+Two sources, and every figure says which one it came from (``source``, and the label of
+:attr:`GroupLag.source_label` shown in every table, figure and metric):
 
-- ``"array"`` (the lab, or any site whose array management endpoint is known): the main
-  array's own lag report per consistency group: sequence lag (journal entries), byte lag
-  and time lag (age of the oldest write not yet applied at the backup; 0 only when caught
-  up).
-- ``"k8s-status"`` (real clusters): the replication resources' status.  ``lastSyncTime``
-  is the consistency point the backup has reached, so ``now - lastSyncTime`` is reported as
-  the time lag: an upper bound of the data a disaster now would lose (it keeps growing on
-  an idle application, where the true lag is 0).  Sequence and byte lag cannot be known
-  from the status and are ``None``.
+- ``"array"``: the array's own lag report for the group's consistency group, when the
+  storage driver publishes the array's management endpoint and the group's name on the
+  array (:mod:`dr_kit.published`; the lab's plug-in does): sequence lag (journal
+  entries), byte lag and time lag (age of the oldest write not yet applied at the backup;
+  0 only when caught up).  Exact.
+- ``"k8s-status"``: the replication resource's ``lastSyncTime``, the consistency point the
+  backup has reached.  ``now - lastSyncTime`` is reported as the time lag, and it is only
+  an **upper bound**: the field has the resolution of a Kubernetes time (1 s), and it
+  keeps growing on an idle application whose true lag is 0.  Sequence and byte lag cannot
+  be known from the status and are ``None``.
 
-Unknown is ``None``, never 0: before the array has a group for a replication resource,
-when a status has no ``lastSyncTime``, when the array cannot be reached.
+``source="auto"`` uses the array for every group whose array the driver publishes and the
+status for the others.  Unknown is ``None``, never 0: before the array has a group for a
+replication resource, when a status has no ``lastSyncTime``, when the array cannot be
+reached.
 
-    reports = read_lag(Site.lab("main"))                  # list[GroupLag]
-    df = sample_lag(Site.lab("main"), duration_s=10, interval_s=0.5)
-    lag_percentiles(df)                                    # p50/p90/p99/max per group
-    serve_metrics(Site.lab("main"), "127.0.0.1:9469")      # dr-kit lag --serve
+    reports = read_lag(main)                                # list[GroupLag]
+    df = sample_lag(main, duration_s=10, interval_s=0.5)
+    lag_percentiles(df)                                     # p50/p90/p99/max per group
+    serve_metrics(main, "127.0.0.1:9469")                   # dr-kit lag --serve
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from dr_kit import published
 from dr_kit.errors import DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.sites import Site, _ts, parse_duration
 from dr_kit.storage.position import LagReport
@@ -41,7 +46,7 @@ from dr_kit.storage.position import LagReport
 Source = Literal["auto", "array", "k8s-status"]
 
 SAMPLE_COLUMNS = ["time", "group", "namespace", "state", "sequence_lag", "byte_lag",
-                  "time_lag_s", "source"]
+                  "time_lag_s", "source", "upper_bound", "resolution_s"]
 
 
 @dataclass(frozen=True)
@@ -50,25 +55,39 @@ class GroupLag(LagReport):
 
     ``main`` is None when the main position is unknown (a status source, or no group on
     the array yet); ``resource`` names the Kubernetes object the group belongs to.
+    ``upper_bound`` is set when ``time_lag_s`` is only an upper bound of the true lag
+    (read from ``lastSyncTime``), ``resolution_s`` is the resolution of the field it was
+    read from (None for the array's exact figures).
     """
 
     namespace: str | None = None
     resource: str | None = None
+    upper_bound: bool = False
+    resolution_s: float | None = None
 
     @property
     def position_known(self) -> bool:
         return self.main is not None
 
+    @property
+    def source_label(self) -> str:
+        """What the figure is, in words: ``array (exact)`` or ``≤, from lastSyncTime (1 s
+        resolution)``."""
+        return source_label(self.source, self.upper_bound, self.resolution_s)
+
+
+def source_label(source: str, upper_bound: bool = False, resolution_s: float | None = None) -> str:
+    """The label every table, figure and metric shows for a lag figure's source."""
+    if source == "array":
+        return "array (exact)"
+    if source == "k8s-status":
+        res = f"{resolution_s:g} s" if resolution_s is not None else "unknown"
+        return f"≤, from lastSyncTime ({res} resolution)" if upper_bound else \
+            f"from lastSyncTime ({res} resolution)"
+    return source
+
 
 # -- reading ---------------------------------------------------------------------------------
-
-
-def _array_group_name(namespace: str, kind: str, obj: dict[str, Any]) -> str:
-    """The lab plug-in's array group for a replication resource (see dr_kit.lab.controllers)."""
-    if kind == "Replication":
-        cg = str((obj.get("spec") or {}).get("consistencyGroupId", obj["metadata"]["name"]))
-        return f"{namespace}-cg{cg}"[:63].rstrip("-.")
-    return f"{namespace}-{obj['metadata']['name']}"[:63].rstrip("-.")
 
 
 def _resources(site: Site, namespace: str | None) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -97,37 +116,73 @@ def _unknown(group: str, namespace: str | None, resource: str | None, state: str
                     resource=resource)
 
 
-def _from_array(site: Site, namespace: str | None) -> list[GroupLag]:
-    array = site.array
-    status = array.status()
-    groups = {g["name"]: g for g in status.get("groups") or [] if g.get("side") == "main"}
-    pvs = {((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle"): pv
-           for pv in site.kube.pvs()}
-    resources = _resources(site, namespace)
-    by_group = {_array_group_name(ns, kind, obj): (ns, f"{kind} {ns}/{name}")
-                for ns, kind, name, obj in resources}
-    reports: list[GroupLag] = []
-    for gname, g in sorted(groups.items()):
-        ns, resource = by_group.get(gname, (None, None))
-        if ns is None:  # a group no resource names: find its namespace through its volumes
-            for vol in g.get("members") or {}:
-                ref = ((pvs.get(vol) or {}).get("spec") or {}).get("claimRef") or {}
-                if ref.get("namespace"):
-                    ns = ref["namespace"]
-                    break
-        if namespace and ns != namespace:
-            continue
-        try:
-            rep = array.lag(gname)
-        except NotFound:
-            continue  # removed between the two calls
-        reports.append(GroupLag(**{**rep.__dict__, "namespace": ns, "resource": resource}))
+def _storage_class(site: Site, namespace: str, kind: str, obj: dict[str, Any],
+                   classes: dict[tuple[str, str], str | None]) -> str | None:
+    """The storage class of the resource's PVCs (None when unknown or mixed)."""
+    st, spec = obj.get("status") or {}, obj.get("spec") or {}
+    names = ([spec.get("persistentVolumeClaimName")] if kind == "Replication"
+             else [r.get("name") for r in st.get("persistentVolumeClaimsRefList") or []])
+    if not any(names):
+        return None
+    if (namespace, "") not in classes:
+        classes[(namespace, "")] = None
+        for p in site.kube.items("PersistentVolumeClaim", namespace):
+            classes[(namespace, p["metadata"]["name"])] = (p.get("spec") or {}).get(
+                "storageClassName")
+    found = {classes.get((namespace, n)) for n in names if n}
+    return found.pop() if len(found) == 1 else None
+
+
+def _array_report(site: Site, ns: str, kind: str, name: str, obj: dict[str, Any],
+                  classes: dict[tuple[str, str], str | None], now: float) -> GroupLag | None:
+    """The array's report for the resource's group; None when the driver publishes no
+    array group or array endpoint for it."""
+    group = ((obj.get("metadata") or {}).get("annotations") or {}).get(published.ARRAY_GROUP)
+    access = site.array_for(_storage_class(site, ns, kind, obj, classes)) if group else None
+    resource = f"{kind} {ns}/{name}"
+    if not group or access is None:
+        return None
+    try:
+        rep = access.client(site.timeout).lag(group)
+    except NotFound:
+        return _unknown(group, ns, resource, "pending", "array",
+                        f"no consistency group {group} on the {access} yet", now)
+    return GroupLag(**{**rep.__dict__, "namespace": ns, "resource": resource})
+
+
+def _status_report(ns: str, kind: str, name: str, obj: dict[str, Any]) -> GroupLag:
     now = time.time()
-    for gname, (ns, resource) in sorted(by_group.items()):
-        if gname not in groups:
-            reports.append(_unknown(gname, ns, resource, "pending", "array",
-                                    "no consistency group on the array yet", now))
-    return reports
+    st = obj.get("status") or {}
+    resource = f"{kind} {ns}/{name}"
+    group = name if kind != "Replication" else str(
+        (obj.get("spec") or {}).get("copyGroupName") or name)
+    state = _state_from_conditions(kind, obj)
+    raw = st.get("lastSyncTime")
+    last = _ts(raw)
+    if last is None:
+        return _unknown(group, ns, resource, state, "k8s-status",
+                        "no lastSyncTime in the status yet", now)
+    resolution = time_resolution(str(raw))
+    age = max(0.0, now - last.timestamp())
+    duration = parse_duration(st.get("lastSyncDuration"))
+    extra = [f"upper bound: now - lastSyncTime ({raw}, {resolution:g} s resolution)"]
+    if duration is not None:
+        extra.append(f"lastSyncDuration {duration:g} s")
+    if st.get("lastSyncBytes") is not None:
+        extra.append(f"lastSyncBytes {st.get('lastSyncBytes')}")
+    return GroupLag(
+        group=group, state=state, main=None, applied=None, sequence_lag=None,
+        byte_lag=None, time_lag_s=round(age, 3), consistent=None, measured_at=now,
+        source="k8s-status", message="; ".join(extra), namespace=ns, resource=resource,
+        upper_bound=True, resolution_s=resolution)
+
+
+def time_resolution(rfc3339: str) -> float:
+    """The resolution of an RFC 3339 time: 1 s for ``...:05Z``, 1 ms for ``...:05.123Z``."""
+    import re
+
+    m = re.search(r"[T ]\d{2}:\d{2}:\d{2}\.(\d+)", rfc3339)
+    return 10.0 ** -len(m.group(1)) if m else 1.0
 
 
 def _state_from_conditions(kind: str, obj: dict[str, Any]) -> str:
@@ -144,48 +199,34 @@ def _state_from_conditions(kind: str, obj: dict[str, Any]) -> str:
     return "unknown"
 
 
-def _from_status(site: Site, namespace: str | None) -> list[GroupLag]:
-    reports = []
-    for ns, kind, name, obj in _resources(site, namespace):
-        now = time.time()
-        st = obj.get("status") or {}
-        group = name if kind != "Replication" else str(
-            (obj.get("spec") or {}).get("copyGroupName") or name)
-        state = _state_from_conditions(kind, obj)
-        last = _ts(st.get("lastSyncTime"))
-        if last is None:
-            reports.append(_unknown(group, ns, f"{kind} {ns}/{name}", state, "k8s-status",
-                                    "no lastSyncTime in the status yet", now))
-            continue
-        age = max(0.0, now - last.timestamp())
-        duration = parse_duration(st.get("lastSyncDuration"))
-        extra = [f"upper bound: now - lastSyncTime ({st.get('lastSyncTime')})"]
-        if duration is not None:
-            extra.append(f"lastSyncDuration {duration:g} s")
-        if st.get("lastSyncBytes") is not None:
-            extra.append(f"lastSyncBytes {st.get('lastSyncBytes')}")
-        reports.append(GroupLag(
-            group=group, state=state, main=None, applied=None, sequence_lag=None,
-            byte_lag=None, time_lag_s=round(age, 3), consistent=None, measured_at=now,
-            source="k8s-status", message="; ".join(extra), namespace=ns,
-            resource=f"{kind} {ns}/{name}"))
-    return reports
-
-
 def read_lag(main_site: Site, namespace: str | None = None, *, source: Source = "auto"
              ) -> list[GroupLag]:
     """One lag report per consistency group of the main site (in ``namespace`` if given).
 
-    ``source="auto"`` reads the array when the site knows its management endpoint (the
-    lab) and the replication resources' status otherwise.
+    ``source="auto"`` reads the array for every group whose array and array group the
+    storage driver publishes, and the replication status for the others; ``"array"``
+    refuses groups without a published array; ``"k8s-status"`` reads only the status.
     """
     if source not in ("auto", "array", "k8s-status"):
         raise InvalidInput(f"source must be 'auto', 'array' or 'k8s-status', not {source!r}")
     if namespace:
-        main_site.kube.require_namespace(namespace, main_site.name)
-    if source == "array" or (source == "auto" and main_site.has_array):
-        return _from_array(main_site, namespace)
-    return _from_status(main_site, namespace)
+        main_site.require_namespace(namespace)
+    resources = _resources(main_site, namespace)
+    if source == "array" and not main_site.has_array:
+        raise InvalidInput(f"the {main_site.name} site publishes no array management endpoint "
+                           "(see dr_kit.published); use source='k8s-status'")
+    reports: list[GroupLag] = []
+    classes: dict[tuple[str, str], str | None] = {}
+    for ns, kind, name, obj in resources:
+        now = time.time()
+        rep = None if source == "k8s-status" else _array_report(main_site, ns, kind, name,
+                                                                  obj, classes, now)
+        if rep is None and source == "array":
+            rep = _unknown(name, ns, f"{kind} {ns}/{name}", "pending", "array",
+                           "no consistency group on the array yet (the storage driver "
+                           f"publishes no {published.ARRAY_GROUP} for it)", now)
+        reports.append(rep if rep is not None else _status_report(ns, kind, name, obj))
+    return reports
 
 
 # -- sampling --------------------------------------------------------------------------------
@@ -194,7 +235,8 @@ def read_lag(main_site: Site, namespace: str | None = None, *, source: Source = 
 def _row(r: GroupLag) -> dict[str, Any]:
     return {"time": pd.Timestamp(r.measured_at, unit="s", tz="UTC"), "group": r.group,
             "namespace": r.namespace, "state": r.state, "sequence_lag": r.sequence_lag,
-            "byte_lag": r.byte_lag, "time_lag_s": r.time_lag_s, "source": r.source}
+            "byte_lag": r.byte_lag, "time_lag_s": r.time_lag_s, "source": r.source,
+            "upper_bound": r.upper_bound, "resolution_s": r.resolution_s}
 
 
 def lag_frame(reports: Iterable[LagReport]) -> pd.DataFrame:
@@ -205,7 +247,21 @@ def lag_frame(reports: Iterable[LagReport]) -> pd.DataFrame:
     df["sequence_lag"] = df["sequence_lag"].astype("Int64")
     df["byte_lag"] = df["byte_lag"].astype("Int64")
     df["time_lag_s"] = df["time_lag_s"].astype("Float64")
+    df["upper_bound"] = df["upper_bound"].astype("boolean")
+    df["resolution_s"] = df["resolution_s"].astype("Float64")
     return df
+
+
+def frame_source(df: pd.DataFrame) -> str:
+    """The source label(s) of a sample frame's figures, for a table or a figure title."""
+    if df.empty or "source" not in df:
+        return "no samples"
+    labels = []
+    for _, r in df.drop_duplicates(["source", "upper_bound", "resolution_s"]).iterrows():
+        res = r.get("resolution_s")
+        labels.append(source_label(str(r["source"]), bool(r.get("upper_bound") is True),
+                                   None if pd.isna(res) else float(res)))
+    return "; ".join(dict.fromkeys(labels))
 
 
 def sample_lag(site: Site, duration_s: float, interval_s: float, namespace: str | None = None,
@@ -245,7 +301,8 @@ def sample_lag(site: Site, duration_s: float, interval_s: float, namespace: str 
 
 def lag_percentiles(df: pd.DataFrame, column: str = "time_lag_s",
                     q: Iterable[float] = (50, 90, 99)) -> pd.DataFrame:
-    """Per group and namespace: samples, unknown (count of NA), the percentiles and max.
+    """Per group and namespace: samples, unknown (count of NA), the percentiles and max,
+    and ``source`` (what the figures are, e.g. an upper bound from lastSyncTime).
 
     Unknown samples are left out of the percentiles and counted in ``unknown``; a group
     with no known sample has NA percentiles.
@@ -264,10 +321,12 @@ def lag_percentiles(df: pd.DataFrame, column: str = "time_lag_s",
         for v in qs:
             row[f"p{v:g}"] = float(values.quantile(float(v) / 100)) if len(values) else None
         row["max"] = float(values.max()) if len(values) else None
+        row["source"] = frame_source(part)
         out.append(row)
-    cols = ["group", "namespace", "samples", "unknown", *(f"p{v:g}" for v in qs), "max"]
+    cols = ["group", "namespace", "samples", "unknown", *(f"p{v:g}" for v in qs), "max",
+            "source"]
     res = pd.DataFrame(out, columns=cols)
-    for c in cols[4:]:
+    for c in cols[4:-1]:
         res[c] = res[c].astype("Float64")
     return res
 
@@ -350,7 +409,7 @@ class LagCollector:
         yield dur
         if reports is None:
             return
-        labels = ["group", "namespace", "source"]
+        labels = ["group", "namespace", "source", "bound"]
         fams = {
             "seq": GaugeMetricFamily("dr_kit_lag_sequence_entries", "Journal entries written at "
                                      "the main site and not yet applied at the backup "
@@ -359,8 +418,13 @@ class LagCollector:
                                        "the backup (NaN: unknown)", labels=labels),
             "time": GaugeMetricFamily("dr_kit_lag_time_seconds", "Age of the oldest write not "
                                       "yet applied at the backup: data a disaster now would "
-                                      "lose (NaN: unknown; 0 only when caught up)",
+                                      "lose (NaN: unknown; 0 only when caught up; "
+                                      "bound=upper: an upper bound, from lastSyncTime)",
                                       labels=labels),
+            "resolution": GaugeMetricFamily("dr_kit_lag_time_resolution_seconds",
+                                            "Resolution of the field the time lag was read "
+                                            "from (NaN: exact, from the array)",
+                                            labels=labels),
             "known": GaugeMetricFamily("dr_kit_lag_time_known", "1 when the time lag is known, "
                                        "0 when it is not", labels=labels),
             "consistent": GaugeMetricFamily("dr_kit_backup_consistent", "1 when the backup "
@@ -374,8 +438,9 @@ class LagCollector:
             return math.nan if v is None else float(v)
 
         for r in reports:
-            lv = [r.group, r.namespace or "", r.source]
+            lv = [r.group, r.namespace or "", r.source, "upper" if r.upper_bound else "exact"]
             fams["seq"].add_metric(lv, val(r.sequence_lag))
+            fams["resolution"].add_metric(lv, val(r.resolution_s))
             fams["bytes"].add_metric(lv, val(r.byte_lag))
             fams["time"].add_metric(lv, val(r.time_lag_s))
             fams["known"].add_metric(lv, 0.0 if r.time_lag_s is None else 1.0)
@@ -421,4 +486,5 @@ def serve_metrics(site: Site, addr: str = "127.0.0.1:9469", *, namespace: str | 
 
 
 __all__ = ["GroupLag", "read_lag", "sample_lag", "lag_frame", "lag_percentiles", "LagCollector",
-           "MetricsServer", "serve_metrics", "parse_listen", "SAMPLE_COLUMNS"]
+           "MetricsServer", "serve_metrics", "parse_listen", "SAMPLE_COLUMNS", "source_label",
+           "frame_source", "time_resolution"]

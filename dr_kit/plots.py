@@ -13,16 +13,24 @@ from matplotlib.figure import Figure
 
 
 def lag_timeline(df: pd.DataFrame, *, title: str = "Journal lag under the running workload") -> Figure:
-    """Time lag (ms) over time per consistency group; phases (a ``phase`` column) shaded."""
+    """Time lag (ms) over time per consistency group; phases (a ``phase`` column) shaded.
+
+    Each line is labelled with its source (:func:`dr_kit.lag.frame_source`): the array's
+    exact figure, or an upper bound read from ``lastSyncTime`` with its resolution."""
+    from dr_kit.lag import frame_source
+
     fig = Figure(figsize=(10, 3.8))
     ax = fig.subplots()
     if df.empty:
         ax.text(0.5, 0.5, "no lag samples", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
         return fig
     d = df.copy()
     d["t"] = (pd.to_datetime(d["time"]) - pd.to_datetime(d["time"]).min()).dt.total_seconds()
     for group, g in d.groupby("group"):
-        ax.plot(g["t"], g["time_lag_s"] * 1000, marker=".", linewidth=1, label=f"time lag, {group}")
+        src = frame_source(g) if "source" in g else "source unknown"
+        ax.plot(g["t"], g["time_lag_s"] * 1000, marker=".", linewidth=1,
+                label=f"time lag, {group} ({src})")
     if "phase" in d:
         colors = ["#eef5ff", "#fff1e6", "#eefbee", "#f7eefc"]
         for i, (phase, g) in enumerate(d.groupby("phase", sort=False)):
@@ -31,9 +39,11 @@ def lag_timeline(df: pd.DataFrame, *, title: str = "Journal lag under the runnin
     unknown = d[d["time_lag_s"].isna()]
     if not unknown.empty:
         ax.plot(unknown["t"], [0] * len(unknown), "x", color="grey", label="lag unknown")
+    upper = "upper_bound" in d and bool(d["upper_bound"].fillna(False).astype(bool).any())
     ax.set_xlabel("seconds")
-    ax.set_ylabel("time lag (ms) = data a disaster would lose")
-    ax.set_title(title)
+    ax.set_ylabel("time lag (ms), upper bound" if upper else
+                  "time lag (ms) = data a disaster would lose")
+    ax.set_title(f"{title}\nsource: {frame_source(d)}" if "source" in d else title, fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

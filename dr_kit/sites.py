@@ -1,16 +1,18 @@
-"""A site: one Kubernetes cluster reached through a kubeconfig context, plus its storage array.
+"""A site: one Kubernetes cluster reached through a kubeconfig context (or in-cluster).
 
 The notebooks show the main and the backup site side by side; analysts and the CLI reach
 both through :class:`Site` objects::
 
-    main, backup = Site.lab("main"), Site.lab("backup")          # the lab in .dr-lab
-    prod = Site.from_kubeconfig("~/.kube/config", context="prod")  # a real cluster
+    main = Site.from_kubeconfig("~/.kube/config", "prod-east", name="main")
+    backup = Site.from_kubeconfig("~/.kube/config", "dr-west", name="backup")
     side_by_side(main, backup, "pvcs", namespace="shop")
 
 Every read returns a tidy pandas DataFrame (one row per object, fixed columns, times as
-UTC timestamps, ``None``/``NaN`` where a value is unknown).  In the lab a site also knows
-its array's management endpoint (from ``lab.json``); on a real cluster it does not, and
-says so (:attr:`Site.array` raises) instead of guessing one.
+UTC timestamps, ``None``/``NaN`` where a value is unknown).  A site knows its storage
+array's management endpoint only when the storage driver publishes one
+(:mod:`dr_kit.published`: a Secret named by the StorageClass); otherwise
+:attr:`Site.array` says so instead of guessing one.  The lab is reached exactly like
+this, through its kubeconfig (``dr_kit.lab.site("main")`` is a shorthand).
 
 Every failure (a bad kubeconfig or context, an unreachable API server, refused
 credentials) is one :class:`~dr_kit.errors.DrKitError` line.
@@ -22,27 +24,26 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-import yaml
 
-from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
-from dr_kit.lab.layout import ANNOTATION_PREFIX, DEFAULT_DIR, SITES, LabDir
+from dr_kit import published
+from dr_kit.errors import DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.kube import GSNAP_GROUP, GSNAP_VERSIONS, HSPC_GROUP, REPL_GROUP, SNAP_GROUP, Kube
+from dr_kit.kube import api_client as _api_client
 from dr_kit.operator.policy import DEFAULT_LABEL_KEY, DEFAULT_LABEL_VALUE, Policy
 
-# API groups the helpers read (one place)
-REPL = ("replication.storage.openshift.io", "v1alpha1")
-HSPC = ("hspc.hitachi.com", "v1")
-SNAP = ("snapshot.storage.k8s.io", "v1")
-GSNAP_GROUP = "groupsnapshot.storage.k8s.io"
-GSNAP_VERSIONS = ("v1beta2", "v1", "v1beta1")  # the lab's plug-in watches v1beta2
+# API groups the helpers read (one place: dr_kit.kube.RESOURCES)
+REPL = (REPL_GROUP, "v1alpha1")
+HSPC = (HSPC_GROUP, "v1")
+SNAP = (SNAP_GROUP, "v1")
 
 GROUP_LABEL = Policy().group_label_key  # the operator's label on every protected PVC
 STATUS_ANNOTATION = Policy().status_annotation  # the operator's status on the namespace
-REPLICATED_LABEL = ANNOTATION_PREFIX + "replicated-from"  # lab: a backup-site copy
+REPLICATED_LABEL = published.REPLICATED_FROM  # a backup-site copy (when the driver says so)
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -96,233 +97,144 @@ def wait_until(check: Callable[[], tuple[bool, str]], *, task: str, timeout: flo
         time.sleep(interval)
 
 
-# -- Kubernetes access ---------------------------------------------------------------------
+# -- array access (what the storage driver publishes) -----------------------------------
 
 
-def _first_line(text: str) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0] if lines else ""
+@dataclass(frozen=True)
+class ArrayAccess:
+    """A storage array's management endpoint as its driver publishes it (see
+    :mod:`dr_kit.published`): the Secret named by a StorageClass."""
 
+    storage_class: str
+    management_url: str
+    secret: str  # namespace/name
+    token: str | None = field(default=None, repr=False)
 
-def _api_message(e: Any) -> str:
-    try:
-        return str(json.loads(e.body).get("message", ""))
-    except (ValueError, TypeError, AttributeError):
-        return _first_line(getattr(e, "reason", "") or "")
+    def client(self, timeout: float = 10.0) -> Any:
+        from dr_kit.storage.client import ArrayClient
 
+        extra: dict[str, Any] = {"token": self.token} if self.token else {}
+        return ArrayClient(self.management_url, timeout=timeout, **extra)
 
-class KubeApi:
-    """Thin access to one cluster: raw JSON dicts, a timeout on every call, one-line errors."""
-
-    def __init__(self, api_client: Any, where: str, timeout: float = 10.0) -> None:
-        from kubernetes import client as k8s
-
-        self.api = api_client
-        self.where = where
-        self.timeout = timeout
-        self.core = k8s.CoreV1Api(api_client)
-        self.custom = k8s.CustomObjectsApi(api_client)
-        self.apis = k8s.ApisApi(api_client)
-        self._versions: dict[str, list[str]] | None = None
-
-    def call(self, fn: Callable[..., Any], *args: Any, what: str = "", **kw: Any) -> Any:
-        """Call a client method; the response body as a dict; 404 -> None."""
-        from kubernetes.client.rest import ApiException
-        from urllib3.exceptions import HTTPError as Urllib3Error
-
-        try:
-            resp = fn(*args, _preload_content=False, _request_timeout=self.timeout, **kw)
-            data = resp.data
-            return json.loads(data) if data else {}
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            msg = _api_message(e)
-            doing = f" ({what})" if what else ""
-            if e.status == 401:
-                raise InvalidInput(f"{self.where} refused the kubeconfig credentials (HTTP 401)"
-                                   f"{doing}; check the context's user/token") from None
-            if e.status == 403:
-                raise InvalidInput(f"{self.where}: forbidden{doing}: {msg}") from None
-            if e.status == 409:
-                raise Conflict(f"{self.where}: {msg or 'conflict'}{doing}") from None
-            if e.status in (400, 422):
-                raise InvalidInput(f"{self.where} rejected the request{doing}: {msg}") from None
-            if e.status == 0 or e.status >= 500:
-                raise Unavailable(f"{self.where} answered HTTP {e.status}{doing}: {msg}") from None
-            raise DrKitError(f"{self.where}: HTTP {e.status} {e.reason}{doing}: {msg}") from None
-        except (Urllib3Error, OSError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise Unavailable(f"{self.where} is unreachable ({_first_line(str(reason))[:160]})"
-                              ) from None
-
-    # -- reads ---------------------------------------------------------------------------
-    def items(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> list[dict[str, Any]]:
-        r = self.call(fn, *args, **kw)
-        return [] if r is None else list(r.get("items") or [])
-
-    def namespace(self, name: str) -> dict[str, Any] | None:
-        return self.call(self.core.read_namespace, name)
-
-    def require_namespace(self, name: str, site: str) -> dict[str, Any]:
-        ns = self.namespace(name)
-        if ns is None:
-            raise NotFound(f"namespace {name!r} does not exist at the {site} site")
-        return ns
-
-    def pvcs(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        if namespace:
-            return self.items(self.core.list_namespaced_persistent_volume_claim, namespace)
-        return self.items(self.core.list_persistent_volume_claim_for_all_namespaces)
-
-    def pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.call(self.core.read_namespaced_persistent_volume_claim, name, namespace)
-
-    def pvs(self) -> list[dict[str, Any]]:
-        return self.items(self.core.list_persistent_volume)
-
-    def served_versions(self, group: str) -> list[str]:
-        """Versions the cluster serves for an API group ([] when it does not serve it)."""
-        if self._versions is None:
-            data = self.call(self.apis.get_api_versions) or {}
-            self._versions = {g["name"]: [v["version"] for v in g.get("versions") or []]
-                              for g in data.get("groups") or []}
-        return self._versions.get(group, [])
-
-    def custom_list(self, group: str, version: str, plural: str,
-                    namespace: str | None = None, **kw: Any) -> list[dict[str, Any]]:
-        if namespace:
-            return self.items(self.custom.list_namespaced_custom_object, group, version,
-                              namespace, plural, **kw)
-        return self.items(self.custom.list_cluster_custom_object, group, version, plural, **kw)
-
-    def custom_get(self, group: str, version: str, plural: str, name: str,
-                   namespace: str | None = None) -> dict[str, Any] | None:
-        if namespace:
-            return self.call(self.custom.get_namespaced_custom_object, group, version,
-                             namespace, plural, name)
-        return self.call(self.custom.get_cluster_custom_object, group, version, plural, name)
+    def __str__(self) -> str:
+        return (f"array {self.management_url} (Secret {self.secret} of StorageClass "
+                f"{self.storage_class})")
 
 
 # -- sites ---------------------------------------------------------------------------------
 
 
-def _contexts(kubeconfig: str | None) -> list[str]:
-    from kubernetes import config as k8s_config
-
-    try:
-        contexts, _ = k8s_config.list_kube_config_contexts(kubeconfig)
-        return [c["name"] for c in contexts]
-    except Exception:  # noqa: BLE001 - only for the hint in an error message
-        return []
-
-
 class Site:
-    """One site: a kubeconfig context (the Kubernetes API) and, in the lab, its array.
+    """One site: a kubeconfig context (or the pod's service account) and what it serves.
 
-    Build with :meth:`lab` (the lab's ``main`` or ``backup``) or :meth:`from_kubeconfig`
-    (a real cluster).  The API client is made at construction, so a bad kubeconfig or
-    context fails here; an unreachable API server fails on the first call.
+    The API client is made at construction, so a bad kubeconfig or context fails here; an
+    unreachable API server fails on the first call.  ``array_url`` names an array
+    management endpoint explicitly (when the driver publishes none, or to override it).
     """
 
     def __init__(self, name: str, *, kubeconfig: str | os.PathLike[str] | None = None,
-                 context: str | None = None, array_url: str | None = None,
-                 data_socket: str | None = None, lab_dir: str | os.PathLike[str] | None = None,
-                 timeout: float = 10.0) -> None:
-        from kubernetes import config as k8s_config
-
+                 context: str | None = None, in_cluster: bool = False,
+                 array_url: str | None = None, timeout: float = 10.0) -> None:
         self.name = name
         self.context = context
         self.kubeconfig = str(Path(kubeconfig).expanduser()) if kubeconfig else None
         self.array_url = array_url
-        self.data_socket = data_socket
-        self.lab_dir = LabDir.of(lab_dir) if lab_dir is not None else None
         self.timeout = timeout
-        where_cfg = f"kubeconfig {self.kubeconfig}" if self.kubeconfig else "the default kubeconfig"
-        if self.kubeconfig and not Path(self.kubeconfig).is_file():
-            raise NotFound(f"{where_cfg} does not exist")
-        if context:
-            known = _contexts(self.kubeconfig)
-            if known and context not in known:
-                raise InvalidInput(f"context {context!r} is not in {where_cfg} "
-                                   f"(contexts: {', '.join(known)})")
-        try:
-            api = k8s_config.new_client_from_config(config_file=self.kubeconfig, context=context)
-        except k8s_config.ConfigException as e:
-            known = _contexts(self.kubeconfig)
-            hint = f" (contexts: {', '.join(known)})" if known else ""
-            raise InvalidInput(f"{where_cfg}: {_first_line(str(e))}{hint}") from None
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as e:
-            raise InvalidInput(f"{where_cfg} is not usable: {_first_line(str(e))}") from None
-        api.configuration.retries = 1
+        api = _api_client(self.kubeconfig, context, in_cluster=in_cluster)
         self.host = api.configuration.host
-        self.kube = KubeApi(api, f"the {name} site's API server at {self.host}", timeout)
+        self.kube = Kube(api, timeout=timeout, where=f"the {name} site's API server at {self.host}")
+        self._arrays: tuple[float, dict[str, ArrayAccess]] | None = None
 
     # -- constructors ------------------------------------------------------------------
     @classmethod
-    def lab(cls, name: str = "main", dir: str | os.PathLike[str] | None = DEFAULT_DIR,  # noqa: A002
-            *, timeout: float = 10.0) -> Site:
-        """The lab's ``main`` or ``backup`` site (its kubeconfig context and its array)."""
-        if name not in SITES:
-            raise InvalidInput(f"a lab site is 'main' or 'backup', not {name!r}")
-        lab = LabDir.of(dir)
-        state = lab.load()  # NotFound with the `dr-kit lab up` hint
-        ep = lab.array_endpoint(name, state)
-        return cls(name, kubeconfig=lab.kubeconfig, context=name, array_url=ep.get("mgmt_url"),
-                   data_socket=ep.get("data_socket"), lab_dir=lab.root, timeout=timeout)
-
-    @classmethod
     def from_kubeconfig(cls, kubeconfig: str | os.PathLike[str] | None = None,
                         context: str | None = None, *, name: str | None = None,
-                        timeout: float = 10.0) -> Site:
-        """A real cluster: no array endpoint is known (lag comes from resource status)."""
+                        array_url: str | None = None, timeout: float = 10.0) -> Site:
+        """A cluster through a kubeconfig context (default kubeconfig: ``$KUBECONFIG`` or
+        ``~/.kube/config``)."""
         return cls(name or context or "default", kubeconfig=kubeconfig, context=context,
-                   timeout=timeout)
+                   array_url=array_url, timeout=timeout)
+
+    @classmethod
+    def in_cluster(cls, name: str = "local", *, timeout: float = 10.0) -> Site:
+        """The cluster this process runs in (its service account)."""
+        return cls(name, in_cluster=True, timeout=timeout)
 
     # -- identity ----------------------------------------------------------------------
-    @property
-    def mode(self) -> Literal["lab", "real"]:
-        return "lab" if self.lab_dir is not None else "real"
+    def __repr__(self) -> str:
+        where = f"context {self.context!r}" if self.context else "default context"
+        return f"Site({self.name!r}, {where}, api {self.host})"
+
+    def ping(self) -> dict[str, Any]:
+        """The API server's version (raises when unreachable)."""
+        return self.kube.version()
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        return self.kube.get("Namespace", name)
+
+    def require_namespace(self, name: str) -> dict[str, Any]:
+        ns = self.namespace(name)
+        if ns is None:
+            raise NotFound(f"namespace {name!r} does not exist at the {self.name} site")
+        return ns
+
+    # -- the storage array, as published ------------------------------------------------
+    def arrays(self, *, refresh: bool = False) -> dict[str, ArrayAccess]:
+        """Storage class -> the array endpoint its driver publishes (see
+        :mod:`dr_kit.published`); {} when none does or the Secrets may not be read."""
+        now = time.monotonic()
+        if not refresh and self._arrays is not None and (self._arrays[1] or
+                                                         now - self._arrays[0] < 10.0):
+            return self._arrays[1]
+        found: dict[str, ArrayAccess] = {}
+        for sc in self.kube.items("StorageClass"):
+            params = sc.get("parameters") or {}
+            name, ns = (params.get(published.SECRET_NAME_PARAM),
+                        params.get(published.SECRET_NAMESPACE_PARAM))
+            if not name or not ns:
+                continue
+            try:
+                secret = self.kube.get("Secret", name, ns)
+            except InvalidInput:  # forbidden: this user may not read the driver's Secret
+                continue
+            url = published.secret_text(secret or {}, published.MANAGEMENT_URL_KEY)
+            if url:
+                found[sc["metadata"]["name"]] = ArrayAccess(
+                    sc["metadata"]["name"], url, f"{ns}/{name}",
+                    published.secret_text(secret or {}, published.TOKEN_KEY))
+        self._arrays = (now, found)
+        return found
+
+    def array_for(self, storage_class: str | None = None) -> ArrayAccess | None:
+        """The published array of ``storage_class`` (or the only one the site publishes)."""
+        if self.array_url:
+            return ArrayAccess(storage_class or "-", self.array_url, "(given)")
+        arrays = self.arrays()
+        if storage_class is not None and storage_class in arrays:
+            return arrays[storage_class]
+        distinct = {a.management_url: a for a in arrays.values()}
+        return next(iter(distinct.values())) if len(distinct) == 1 else None
 
     @property
     def has_array(self) -> bool:
-        return bool(self.array_url)
+        return self.array_for() is not None
 
     @property
     def array(self) -> Any:
         """The array's management API (:class:`~dr_kit.storage.client.ArrayClient`)."""
-        from dr_kit.storage.client import ArrayClient
-
-        if not self.array_url:
-            raise InvalidInput(f"the {self.name} site has no known array management endpoint "
-                               "(real clusters: dr_kit reads the replication resources' status "
-                               "instead)")
-        return ArrayClient(self.array_url, self.data_socket, timeout=self.timeout)
-
-    def peer(self) -> Site:
-        """The other site of the same lab (main <-> backup)."""
-        if self.lab_dir is None or self.name not in SITES:
-            raise InvalidInput(f"site {self.name} is not a lab site; pass the other site "
-                               "explicitly")
-        other = "backup" if self.name == "main" else "main"
-        return Site.lab(other, self.lab_dir.root, timeout=self.timeout)
-
-    def __repr__(self) -> str:
-        where = f"lab {self.lab_dir.root}" if self.lab_dir else f"context {self.context!r}"
-        array = f", array {self.array_url}" if self.array_url else ", array unknown"
-        return f"Site({self.name!r}, {where}, api {self.host}{array})"
-
-    def ping(self) -> dict[str, Any]:
-        """The API server's version (raises when unreachable)."""
-        from kubernetes import client as k8s
-
-        return self.kube.call(k8s.VersionApi(self.kube.api).get_code) or {}
+        access = self.array_for()
+        if access is None:
+            raise InvalidInput(f"the {self.name} site publishes no array management endpoint "
+                               "(no StorageClass names a Secret with key "
+                               f"{published.MANAGEMENT_URL_KEY}); dr_kit reads the replication "
+                               "resources' status instead")
+        return access.client(self.timeout)
 
     # -- frames ------------------------------------------------------------------------
     def namespaces(self) -> pd.DataFrame:
         """name, phase, protected (labelled for protection), protection state, created."""
         rows = []
-        for ns in self.kube.items(self.kube.core.list_namespace):
+        for ns in self.kube.items("Namespace"):
             m = ns["metadata"]
             status = _json_annotation(m, STATUS_ANNOTATION)
             rows.append({
@@ -336,9 +248,9 @@ class Site:
     def pvcs(self, namespace: str | None = None) -> pd.DataFrame:
         """One row per PVC: phase, volume, class, capacity, consistency group, data source."""
         if namespace:
-            self.kube.require_namespace(namespace, self.name)
+            self.require_namespace(namespace)
         rows = []
-        for p in self.kube.pvcs(namespace):
+        for p in self.kube.items("PersistentVolumeClaim", namespace):
             m, spec, st = p["metadata"], p.get("spec") or {}, p.get("status") or {}
             src = spec.get("dataSource") or spec.get("dataSourceRef") or {}
             labels = m.get("labels") or {}
@@ -358,7 +270,7 @@ class Site:
     def pvs(self) -> pd.DataFrame:
         """One row per PV: claim, phase, capacity, class, reclaim policy, driver, volume handle."""
         rows = []
-        for pv in self.kube.pvs():
+        for pv in self.kube.items("PersistentVolume"):
             m, spec, st = pv["metadata"], pv.get("spec") or {}, pv.get("status") or {}
             ref = spec.get("claimRef") or {}
             csi = spec.get("csi") or {}
@@ -384,7 +296,7 @@ class Site:
         ``last_sync_duration_s`` and ``last_sync_bytes`` as the resource reports them.
         """
         if namespace:
-            self.kube.require_namespace(namespace, self.name)
+            self.require_namespace(namespace)
         rows = [replication_row(kind, obj) for kind, obj in self.replication_objects(namespace)]
         return _frame(rows, REPLICATION_COLUMNS, sort=["namespace", "kind", "name"])
 
@@ -392,14 +304,11 @@ class Site:
                             ) -> list[tuple[str, dict[str, Any]]]:
         """(kind, object) of every replication resource the cluster serves, in ``namespace``."""
         out: list[tuple[str, dict[str, Any]]] = []
-        for kind, plural, (group, version) in (
-                ("VolumeGroupReplication", "volumegroupreplications", REPL),
-                ("VolumeReplication", "volumereplications", REPL),
-                ("Replication", "replications", HSPC)):
-            if version not in self.kube.served_versions(group):
-                continue
-            for obj in self.kube.custom_list(group, version, plural, namespace):
-                out.append((kind, obj))
+        kinds = ("VolumeGroupReplication", "VolumeReplication", "Replication")
+        served = self.kube.served_kinds(kinds)
+        for kind in kinds:
+            if kind in served:
+                out += [(kind, obj) for obj in self.kube.items(kind, namespace)]
         return out
 
     def group_snapshot_version(self) -> str:
@@ -411,21 +320,21 @@ class Site:
         raise NotFound(f"the {self.name} site does not serve {GSNAP_GROUP} (VolumeGroupSnapshot);"
                        " install the external-snapshotter group snapshot CRDs")
 
+    def serves_group_snapshots(self) -> bool:
+        return any(v in self.kube.served_versions(GSNAP_GROUP) for v in GSNAP_VERSIONS)
+
     def snapshots(self, namespace: str | None = None) -> pd.DataFrame:
         """VolumeGroupSnapshots: readiness, consistency point (sequence, time), lag at that moment.
 
-        The consistency point and lag come from the lab's storage plug-in annotations; a
-        real driver does not publish them, so they are None there (``created`` is the
-        snapshot's creation time).
+        The consistency point and lag are what the storage driver publishes
+        (:mod:`dr_kit.published`; the lab's plug-in does); a driver that publishes none leaves
+        them None (``created`` is the snapshot's creation time).
         """
         if namespace:
-            self.kube.require_namespace(namespace, self.name)
-        served = self.kube.served_versions(GSNAP_GROUP)
-        if not any(v in served for v in GSNAP_VERSIONS):
+            self.require_namespace(namespace)
+        if not self.serves_group_snapshots():
             return _frame([], SNAPSHOT_COLUMNS)
-        version = self.group_snapshot_version()
-        rows = [snapshot_row(o) for o in self.kube.custom_list(
-            GSNAP_GROUP, version, "volumegroupsnapshots", namespace)]
+        rows = [snapshot_row(o) for o in self.kube.items("VolumeGroupSnapshot", namespace)]
         return _frame(rows, SNAPSHOT_COLUMNS, sort=["namespace", "created", "name"])
 
 
@@ -524,25 +433,25 @@ def replication_row(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
 def snapshot_row(vgs: dict[str, Any]) -> dict[str, Any]:
     m, st = vgs["metadata"], vgs.get("status") or {}
     ann = m.get("annotations") or {}
-    a = ANNOTATION_PREFIX
 
     def num(key: str, cast: Callable[[str], Any]) -> Any:
         try:
-            return cast(ann[a + key]) if ann.get(a + key) not in (None, "") else None
+            return cast(ann[key]) if ann.get(key) not in (None, "") else None
         except ValueError:
             return None
 
-    consistent = ann.get(a + "consistent")
+    consistent = ann.get(published.SNAPSHOT_CONSISTENT)
     err = st.get("error") or {}
     return {
         "namespace": m.get("namespace"), "name": m["name"], "ready": bool(st.get("readyToUse")),
         "created": _ts(st.get("creationTime") or m.get("creationTimestamp")),
-        "sequence": num("sequence", int), "position": ann.get(a + "position") or None,
-        "point_time": _ts(num("consistency-time", float)),
-        "lag_seconds": num("lag-seconds", float),
+        "sequence": num(published.SNAPSHOT_SEQUENCE, int),
+        "position": ann.get(published.SNAPSHOT_POSITION) or None,
+        "point_time": _ts(num(published.SNAPSHOT_TIME, float)),
+        "lag_seconds": num(published.SNAPSHOT_LAG, float),
         "consistent": None if consistent in (None, "", "null") else consistent == "true",
-        "volumes": ann.get(a + "volumes") or None,
-        "array_snapshot": ann.get(a + "array-snapshot") or None,
+        "volumes": ann.get(published.SNAPSHOT_VOLUMES) or None,
+        "array_snapshot": ann.get(published.SNAPSHOT_ARRAY_SNAPSHOT) or None,
         "error": err.get("message") if isinstance(err, dict) else (str(err) if err else None),
     }
 
@@ -608,5 +517,5 @@ def side_by_side(main: Site, backup: Site, what: What = "pvs", *, namespace: str
     return out.sort_index()
 
 
-__all__ = ["Site", "KubeApi", "ProgressEvent", "Progress", "side_by_side", "frame",
+__all__ = ["Site", "ArrayAccess", "ProgressEvent", "Progress", "side_by_side", "frame",
            "wait_until", "parse_duration", "GROUP_LABEL", "STATUS_ANNOTATION"]

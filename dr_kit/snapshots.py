@@ -3,8 +3,9 @@
 A snapshot group is a VolumeGroupSnapshot selecting the namespace's replicated PVCs (the
 operator's consistency-group label, which the backup copies carry too).  The storage
 plug-in freezes all of them at one journal sequence number while replication continues;
-the lab's plug-in records that consistency point (sequence, main-site time of the last
-applied write) and the time lag at that moment on the object.
+a driver that publishes it (:mod:`dr_kit.published`; the lab's plug-in does) records that
+consistency point (sequence, main-site time of the last applied write) and the time lag
+at that moment on the object.
 
     snap = create_snapshot_group(backup, "snap-1", "shop")       # waits until ready
     list_snapshot_groups(backup, "shop")                          # DataFrame
@@ -14,7 +15,10 @@ applied write) and the time lag at that moment on the object.
 
 Restored PVCs are writable clones (``dataSource: VolumeSnapshot``), named
 ``<group>-<pvc>`` and labelled ``dr-kit.io/restored-from=<group>``, so that deleting the
-group deletes them first (the array keeps a snapshot while a clone of it exists).
+group deletes them first (the array keeps a snapshot while a clone of it exists).  The
+databases on them are reached the way an analyst reaches them on any cluster: through
+the URLs a DBA publishes (:mod:`dr_kit.published`; in the lab its storage plug-in plays
+that part).
 
 Bad input ends in one :class:`~dr_kit.errors.DrKitError` line and changes nothing: an
 unknown namespace or snapshot group, a namespace that is not protected, a group that is
@@ -23,22 +27,18 @@ not ready, a name that is already taken.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
-import threading
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
 
+from dr_kit import published
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
-from dr_kit.lab.layout import ANNOTATION_PREFIX, SHOP_PVCS, SNAPSHOT_CLASS
+from dr_kit.kube import SNAP_GROUP
 from dr_kit.sites import (
     GROUP_LABEL,
-    GSNAP_GROUP,
-    SNAP,
     STATUS_ANNOTATION,
     Progress,
     Site,
@@ -53,9 +53,6 @@ SNAPSHOT_OF = "dr-kit.io/snapshot-of"  # on a VolumeGroupSnapshot: the consisten
 MANAGED_BY = {"app.kubernetes.io/managed-by": "dr-kit"}
 DEFAULT_CLASS_ANNOTATION = "groupsnapshot.storage.kubernetes.io/is-default-class"
 
-# database -> (PVC, file on it): the shop's layout (dr_kit.lab.layout.SHOP_PVCS)
-SHOP_DATABASES: dict[str, tuple[str, str]] = {
-    f.split(".")[0]: (pvc, f) for pvc, f in SHOP_PVCS.items()}
 STOCK_URL_ENV = "DR_KIT_STOCK_URL"
 SALES_URL_ENV = "DR_KIT_SALES_URL"
 DB_SECRET_ENV = "DR_KIT_DB_SECRET"
@@ -112,18 +109,13 @@ def _check_name(name: Any, what: str = "snapshot group name") -> str:
     return name
 
 
-def _vgs_api(site: Site) -> tuple[str, str]:
-    return GSNAP_GROUP, site.group_snapshot_version()
-
-
 def _get_vgs(site: Site, name: str, namespace: str) -> dict[str, Any] | None:
-    g, v = _vgs_api(site)
-    return site.kube.custom_get(g, v, "volumegroupsnapshots", name, namespace)
+    return site.kube.get("VolumeGroupSnapshot", name, namespace)
 
 
 def _require_vgs(site: Site, name: str, namespace: str) -> dict[str, Any]:
     _check_name(name)
-    site.kube.require_namespace(namespace, site.name)
+    site.require_namespace(namespace)
     vgs = _get_vgs(site, name, namespace)
     if vgs is None:
         raise NotFound(f"snapshot group {name!r} does not exist in namespace {namespace} at the "
@@ -145,36 +137,28 @@ def _require_ready(vgs: dict[str, Any]) -> None:
                        "(dr-kit snapshot list shows READY)")
 
 
-def _main_for(site: Site, main_site: Site | None) -> Site | None:
-    if main_site is not None:
-        return main_site
-    if site.mode == "lab" and site.name == "backup":
-        return site.peer()
-    return None
-
-
 def protected_pvcs(backup: Site, namespace: str, main_site: Site | None = None
                    ) -> tuple[str, list[dict[str, Any]]]:
     """The consistency group name and the replicated PVCs of ``namespace`` at the backup.
 
     Raises NotFound for an unknown namespace and Conflict for one that is not protected
-    (checked at the main site too when it is known: the lab's, or ``main_site``).
+    (checked at the main site too when it is given: ``main_site``).
     """
-    main = _main_for(backup, main_site)
+    main = main_site
     if main is not None:
-        ns = main.kube.require_namespace(namespace, main.name)
+        ns = main.require_namespace(namespace)
         status = _json_annotation(ns["metadata"], STATUS_ANNOTATION)
         state = status.get("state")
         if state not in ("Protected", "Degraded"):
             why = f"state {state}" if state else "the operator has not protected it"
             raise Conflict(f"namespace {namespace} is not protected ({why}); protect it first: "
                            f"dr-kit protect {namespace}")
-    if backup.kube.namespace(namespace) is None:
+    if backup.namespace(namespace) is None:
         if main is None:
             raise NotFound(f"namespace {namespace!r} does not exist at the {backup.name} site")
         raise Conflict(f"namespace {namespace} has no copy at the {backup.name} site yet; wait "
                        "for the operator to finish protecting it")
-    pvcs = [p for p in backup.kube.pvcs(namespace)
+    pvcs = [p for p in backup.kube.items("PersistentVolumeClaim", namespace)
             if (p["metadata"].get("labels") or {}).get(GROUP_LABEL)
             and not (p["metadata"].get("labels") or {}).get(RESTORED_FROM)]
     if not pvcs:
@@ -192,16 +176,14 @@ def protected_pvcs(backup: Site, namespace: str, main_site: Site | None = None
     return groups[0], sorted(pvcs, key=lambda p: p["metadata"]["name"])
 
 
-def _snapshot_class(site: Site, version: str, wanted: str | None) -> str:
-    classes = site.kube.custom_list(GSNAP_GROUP, version, "volumegroupsnapshotclasses")
+def _snapshot_class(site: Site, wanted: str | None) -> str:
+    classes = site.kube.items("VolumeGroupSnapshotClass")
     names = sorted(c["metadata"]["name"] for c in classes)
     if wanted:
         if wanted not in names:
             raise NotFound(f"VolumeGroupSnapshotClass {wanted!r} does not exist at the "
                            f"{site.name} site (classes: {', '.join(names) or 'none'})")
         return wanted
-    if site.mode == "lab" and SNAPSHOT_CLASS in names:
-        return SNAPSHOT_CLASS
     default = [c["metadata"]["name"] for c in classes
                if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
     if len(default) == 1:
@@ -228,20 +210,16 @@ def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait:
     """
     _check_name(name)
     group, pvcs = protected_pvcs(backup_site, namespace, main_site)
-    g, version = _vgs_api(backup_site)
     if _get_vgs(backup_site, name, namespace) is not None:
         raise Conflict(f"snapshot group {name!r} already exists in namespace {namespace}")
-    cls = _snapshot_class(backup_site, version, snapshot_class)
-    body = {"apiVersion": f"{g}/{version}", "kind": "VolumeGroupSnapshot",
-            "metadata": {"name": name, "namespace": namespace,
+    cls = _snapshot_class(backup_site, snapshot_class)
+    body = {"metadata": {"name": name, "namespace": namespace,
                          "labels": {**MANAGED_BY, SNAPSHOT_OF: group}},
             "spec": {"volumeGroupSnapshotClassName": cls,
                      "source": {"selector": {"matchLabels": {GROUP_LABEL: group}}}}}
-    kube = backup_site.kube
-    kube.call(kube.custom.create_namespaced_custom_object, g, version, namespace,
-              "volumegroupsnapshots", body, what=f"create snapshot group {name}")
+    created = backup_site.kube.create("VolumeGroupSnapshot", body)
     if not wait:
-        return _group_from(_get_vgs(backup_site, name, namespace) or body, {})
+        return _group_from(_get_vgs(backup_site, name, namespace) or created, {})
     failure: list[str] = []
 
     def check() -> tuple[bool, str]:
@@ -265,7 +243,7 @@ def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait:
     if failure:
         _delete_vgs(backup_site, name, namespace)
         raise Conflict(f"snapshot group {name} failed and was removed: {failure[0]}")
-    group_ = _group_from(_get_vgs(backup_site, name, namespace) or body, {})
+    group_ = _group_from(_get_vgs(backup_site, name, namespace) or created, {})
     if group_.consistent is False and not allow_inconsistent:
         delete_snapshot_group(backup_site, name, namespace, timeout=timeout)
         raise Conflict(f"the backup of namespace {namespace} was not consistent when snapshot "
@@ -277,8 +255,7 @@ def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait:
 def _restored_pvcs(site: Site, namespace: str, name: str | None = None
                    ) -> list[dict[str, Any]]:
     sel = f"{RESTORED_FROM}={name}" if name else RESTORED_FROM
-    return site.kube.items(site.kube.core.list_namespaced_persistent_volume_claim, namespace,
-                           label_selector=sel)
+    return site.kube.items("PersistentVolumeClaim", namespace, label_selector=sel)
 
 
 def get_snapshot_group(site: Site, name: str, namespace: str) -> SnapshotGroup:
@@ -307,28 +284,36 @@ def list_snapshot_groups(site: Site, namespace: str) -> pd.DataFrame:
 
 
 def _volume_snapshots(site: Site, vgs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Source PVC -> VolumeSnapshot of a ready group."""
+    """Source PVC -> VolumeSnapshot of a ready group, from the standard objects only.
+
+    The members are the VolumeSnapshots whose ``status.volumeGroupSnapshotName`` is the
+    group; each one's content has a snapshot handle, the group's content pairs snapshot
+    handles with volume handles, and a volume handle is a PV bound to the source PVC.
+    """
     m = vgs["metadata"]
     name, ns = m["name"], m["namespace"]
-    snaps = site.kube.custom_list(*SNAP, "volumesnapshots", ns)
-    mine = [s for s in snaps if (s.get("status") or {}).get("volumeGroupSnapshotName") == name
-            or (s["metadata"].get("labels") or {}).get(ANNOTATION_PREFIX + "group-snapshot") == name]
+    kube = site.kube
+    mine = [s for s in kube.items("VolumeSnapshot", ns)
+            if (s.get("status") or {}).get("volumeGroupSnapshotName") == name]
+    group_content = kube.get("VolumeGroupSnapshotContent", (vgs.get("status") or {}).get(
+        "boundVolumeGroupSnapshotContentName") or "") if mine else None
+    gst = (group_content or {}).get("status") or {}
+    volume_of = {p.get("snapshotHandle"): p.get("volumeHandle")
+                 for p in (gst.get("volumeSnapshotInfoList")  # v1beta2
+                           or gst.get("volumeSnapshotHandlePairList") or [])}  # v1beta1
+    claims = {((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle"):
+              ((pv.get("spec") or {}).get("claimRef") or {})
+              for pv in kube.items("PersistentVolume")} if mine else {}
     out: dict[str, dict[str, Any]] = {}
-    pv_claims: dict[str, str] | None = None
     for s in mine:
-        pvc = (s["metadata"].get("labels") or {}).get(ANNOTATION_PREFIX + "pvc")
-        if not pvc:  # a real driver: VolumeSnapshotContent -> volume handle -> PV -> claim
-            content = site.kube.custom_get(*SNAP, "volumesnapshotcontents",
-                                           (s.get("status") or {}).get(
-                                               "boundVolumeSnapshotContentName") or "")
-            handle = (((content or {}).get("spec") or {}).get("source") or {}).get("volumeHandle")
-            if pv_claims is None:
-                pv_claims = {((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle"):
-                             ((pv.get("spec") or {}).get("claimRef") or {}).get("name")
-                             for pv in site.kube.pvs()}
-            pvc = pv_claims.get(handle)
-        if pvc:
-            out[pvc] = s
+        content = kube.get("VolumeSnapshotContent", (s.get("status") or {}).get(
+            "boundVolumeSnapshotContentName") or "") or {}
+        src = (content.get("spec") or {}).get("source") or {}
+        handle = src.get("volumeHandle") or volume_of.get(
+            (content.get("status") or {}).get("snapshotHandle") or src.get("snapshotHandle"))
+        ref = claims.get(handle) or {}
+        if ref.get("name") and ref.get("namespace") == ns:
+            out[ref["name"]] = s
     return out
 
 
@@ -355,14 +340,14 @@ def restore_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool 
     try:
         for pvc_name, vs in sorted(snaps.items()):
             target = restored_name(name, pvc_name)
-            existing = kube.pvc(namespace, target)
+            existing = kube.get("PersistentVolumeClaim", target, namespace)
             if existing is not None:
                 if (existing["metadata"].get("labels") or {}).get(RESTORED_FROM) != name:
                     raise Conflict(f"PVC {target} already exists in namespace {namespace} and is "
                                    f"not a restore of snapshot group {name}")
                 out[pvc_name] = target
                 continue
-            source = kube.pvc(namespace, pvc_name) or {}
+            source = kube.get("PersistentVolumeClaim", pvc_name, namespace) or {}
             sspec = source.get("spec") or {}
             size = (vs.get("status") or {}).get("restoreSize") or (
                 (sspec.get("resources") or {}).get("requests") or {}).get("storage")
@@ -373,21 +358,21 @@ def restore_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool 
                                         RESTORED_PVC: pvc_name}},
                 "spec": {"accessModes": sspec.get("accessModes") or ["ReadWriteOnce"],
                          "resources": {"requests": {"storage": str(size)}},
-                         "dataSource": {"apiGroup": SNAP[0], "kind": "VolumeSnapshot",
+                         "dataSource": {"apiGroup": SNAP_GROUP, "kind": "VolumeSnapshot",
                                         "name": vs["metadata"]["name"]}}}
             if sspec.get("storageClassName"):
                 body["spec"]["storageClassName"] = sspec["storageClassName"]
-            kube.call(kube.core.create_namespaced_persistent_volume_claim, namespace, body,
-                      what=f"restore {pvc_name}")
+            kube.create("PersistentVolumeClaim", body)
             created.append(target)
             out[pvc_name] = target
     except DrKitError:
         for target in created:  # all or nothing
-            kube.call(kube.core.delete_namespaced_persistent_volume_claim, target, namespace)
+            kube.delete("PersistentVolumeClaim", target, namespace, missing_ok=True)
         raise
     if wait:
         def check() -> tuple[bool, str]:
-            phases = {t: ((kube.pvc(namespace, t) or {}).get("status") or {}).get("phase")
+            phases = {t: ((kube.get("PersistentVolumeClaim", t, namespace) or {}).get("status")
+                          or {}).get("phase")
                       for t in out.values()}
             pending = sorted(t for t, ph in phases.items() if ph != "Bound")
             return (not pending, "all Bound" if not pending else f"waiting for {', '.join(pending)}")
@@ -400,9 +385,7 @@ def restore_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool 
 
 
 def _delete_vgs(site: Site, name: str, namespace: str) -> None:
-    g, v = _vgs_api(site)
-    site.kube.call(site.kube.custom.delete_namespaced_custom_object, g, v, namespace,
-                   "volumegroupsnapshots", name, what=f"delete snapshot group {name}")
+    site.kube.delete("VolumeGroupSnapshot", name, namespace, missing_ok=True)
 
 
 def delete_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool = True,
@@ -416,11 +399,7 @@ def delete_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool =
     kube = site.kube
     restored = _restored_pvcs(site, namespace, name)
     for p in restored:
-        vol = (p.get("spec") or {}).get("volumeName")
-        if vol:
-            _forget_volume(site, vol)
-        kube.call(kube.core.delete_namespaced_persistent_volume_claim, p["metadata"]["name"],
-                  namespace, what=f"delete restored PVC {p['metadata']['name']}")
+        kube.delete("PersistentVolumeClaim", p["metadata"]["name"], namespace, missing_ok=True)
     _delete_vgs(site, name, namespace)
     if wait:
         def check() -> tuple[bool, str]:
@@ -440,80 +419,93 @@ def delete_snapshot_group(site: Site, name: str, namespace: str, *, wait: bool =
 
 # -- databases ---------------------------------------------------------------------------------
 
-_VFS_LOCK = threading.Lock()
-_VFS_USERS: dict[tuple[str, str], int] = {}  # (vfs name, volume) -> open ShopDatabases
+
+def _secret_urls(site: Site, namespace: str, secret: str
+                 ) -> tuple[str | None, str | None, str | None] | None:
+    """(stock url, sales url, password) from a Secret; None when it does not exist."""
+    obj = site.kube.get("Secret", secret, namespace)
+    if obj is None:
+        return None
+
+    def value(key: str) -> str | None:
+        if not ((obj.get("data") or {}).get(key) or (obj.get("stringData") or {}).get(key)):
+            return None
+        text = published.secret_text(obj, key)
+        if text is None:
+            raise InvalidInput(f"Secret {secret}: key {key} is not valid base64 text")
+        return text
+
+    return (value(published.STOCK_URL_KEY), value(published.SALES_URL_KEY),
+            value(published.PASSWORD_KEY))
 
 
-def _vfs_name(site: Site) -> str:
-    key = f"{site.array_url}|{site.data_socket}"
-    return f"dr-kit-{site.name}-{zlib.crc32(key.encode()):08x}"
+def _wait_for_database_secret(site: Site, namespace: str, name: str, timeout: float,
+                              progress: Progress | None
+                              ) -> tuple[str | None, str | None, str | None] | None:
+    secret = published.databases_secret(name)
+    got: list[tuple[str | None, str | None, str | None]] = []
 
+    def check() -> tuple[bool, str]:
+        urls = _secret_urls(site, namespace, secret)
+        if urls is not None and urls[0] and urls[1]:
+            got.append(urls)
+            return True, f"Secret {secret} published"
+        return False, f"waiting for Secret {secret} (its databases' URLs)"
 
-def _site_vfs(site: Site) -> Any:
-    from dr_kit.sqlite import vfs as sqlite_vfs
+    class _NotPublished(Unavailable):
+        pass
 
-    array = site.array
-    if not site.data_socket:
-        raise InvalidInput(f"the {site.name} site has no array data path; give database URLs")
-    return sqlite_vfs.register(_vfs_name(site), array.open_volume)
-
-
-def _forget_volume(site: Site, volume: str) -> None:
-    """Drop this process's cached handle of a clone volume (before it is deleted)."""
-    if not site.data_socket:
-        return
-    from dr_kit.sqlite import vfs as sqlite_vfs
-
-    vfs = sqlite_vfs._REGISTRY.get(_vfs_name(site))
-    if vfs is not None:
-        with _VFS_LOCK:
-            _VFS_USERS.pop((vfs.vfs_name, volume), None)
-        vfs.forget(volume)
-
-
-def _clone_volume(site: Site, namespace: str, pvc: str) -> str:
-    p = site.kube.pvc(namespace, pvc)
-    vol = ((p or {}).get("spec") or {}).get("volumeName")
-    pv = site.kube.call(site.kube.core.read_persistent_volume, vol) if vol else None
-    handle = (((pv or {}).get("spec") or {}).get("csi") or {}).get("volumeHandle")
-    if not handle:
-        raise Conflict(f"restored PVC {pvc} in namespace {namespace} is not bound to a volume")
-    return handle
+    try:
+        wait_until(check, task=f"databases of snapshot group {name}", timeout=timeout,
+                   progress=progress, interval=0.2, on_timeout=_NotPublished)
+    except _NotPublished:
+        return None
+    return got[0]
 
 
 def _urls(site: Site, namespace: str, name: str, stock_url: str | None, sales_url: str | None,
-          secret: str | None) -> tuple[str, str, str | None]:
+          secret: str | None, *, restore: bool, timeout: float, progress: Progress | None
+          ) -> tuple[str, str, str | None, str]:
+    """(stock url, sales url, password, where they came from)."""
     password = None
     stock_url = stock_url or os.environ.get(STOCK_URL_ENV) or None
     sales_url = sales_url or os.environ.get(SALES_URL_ENV) or None
     secret = secret or os.environ.get(DB_SECRET_ENV) or None
+    origin = "given URLs"
     if (not stock_url or not sales_url) and secret:
-        obj = site.kube.call(site.kube.core.read_namespaced_secret, secret, namespace,
-                             what=f"read Secret {secret}")
-        if obj is None:
+        got = _secret_urls(site, namespace, secret)
+        if got is None:
             raise NotFound(f"Secret {secret!r} does not exist in namespace {namespace} at the "
                            f"{site.name} site")
-        data = obj.get("data") or {}
-
-        def dec(key: str) -> str | None:
-            try:
-                return base64.b64decode(data[key]).decode() if data.get(key) else None
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidInput(f"Secret {secret}: key {key} is not valid base64 text"
-                                   ) from None
-
-        stock_url = stock_url or dec("stock-url")
-        sales_url = sales_url or dec("sales-url")
-        password = dec("password")
+        stock_url, sales_url = stock_url or got[0], sales_url or got[1]
+        password, origin = got[2], f"Secret {namespace}/{secret}"
     if not stock_url or not sales_url:
-        raise InvalidInput(f"no database URLs for snapshot group {name}: pass stock_url and "
-                           f"sales_url, set {STOCK_URL_ENV} and {SALES_URL_ENV}, or name a Secret "
-                           "with keys stock-url and sales-url (secret=)")
+        # what the DBA (in the lab: the storage plug-in) publishes for a restored group
+        conventional = published.databases_secret(name)
+        got = _secret_urls(site, namespace, conventional)
+        if got is None or not (got[0] and got[1]):
+            restored = _restored_pvcs(site, namespace, name)
+            if not restored and not restore:
+                raise Conflict(f"snapshot group {name} is not restored; restore it first: "
+                               f"dr-kit snapshot restore {name} --namespace {namespace}")
+            if not restored:
+                restore_snapshot_group(site, name, namespace, timeout=timeout, progress=progress)
+            got = _wait_for_database_secret(site, namespace, name, timeout, progress)
+        if got is not None:
+            stock_url, sales_url = stock_url or got[0], sales_url or got[1]
+            password, origin = got[2], f"Secret {namespace}/{conventional}"
+    if not stock_url or not sales_url:
+        raise InvalidInput(f"no database URLs for snapshot group {name}: no Secret "
+                           f"{published.databases_secret(name)} in namespace {namespace} at "
+                           f"the {site.name} site after {timeout:g} s (a DBA publishes it once "
+                           f"the restored volumes serve databases); pass stock_url and "
+                           f"sales_url, set {STOCK_URL_ENV} and {SALES_URL_ENV}, or name a "
+                           "Secret with keys stock-url and sales-url (secret=)")
 
     def fill(u: str) -> str:
         return u.replace("{snapshot}", name).replace("{namespace}", namespace)
 
-    return fill(stock_url), fill(sales_url), password
+    return fill(stock_url), fill(sales_url), password, origin
 
 
 def open_snapshot_databases(site: Site, name: str, namespace: str, *, restore: bool = True,
@@ -523,77 +515,42 @@ def open_snapshot_databases(site: Site, name: str, namespace: str, *, restore: b
                             timeout: float = 60.0, progress: Progress | None = None) -> Any:
     """The snapshot group's stock and sales databases as :class:`analytics.ShopDatabases`.
 
-    Lab (the site knows its array's data path, no URLs given): restores the group when it
-    is not restored yet (``restore=False`` refuses instead), then opens SQLite on the
-    writable clones through the backup array's VFS; SQLite rolls back the transaction the
-    snapshot caught in flight.  Real mode: SQLAlchemy URLs from ``stock_url``/``sales_url``,
-    else ``$DR_KIT_STOCK_URL``/``$DR_KIT_SALES_URL``, else the Secret ``secret`` (keys
-    ``stock-url``, ``sales-url``, optional ``password``); ``{snapshot}`` and ``{namespace}``
-    in a URL are filled in.  Passwords are never printed.  Every result carries the
-    snapshot's consistency point and the lag at snapshot time.
+    The databases' SQLAlchemy URLs come from ``stock_url``/``sales_url``, else
+    ``$DR_KIT_STOCK_URL``/``$DR_KIT_SALES_URL``, else the Secret ``secret``
+    (``$DR_KIT_DB_SECRET``), else the Secret ``<group>-databases`` that a DBA publishes in
+    the namespace once the restored volumes serve databases (:mod:`dr_kit.published`; in
+    the lab the storage plug-in does, with ``drkit+array://`` URLs that open SQLite over
+    the backup array's data path).  When that Secret is missing the group is restored
+    first (``restore=False`` refuses instead) and the Secret awaited.  Keys ``stock-url``,
+    ``sales-url``, optional ``password``; ``{snapshot}`` and ``{namespace}`` in a URL are
+    filled in.  Passwords are never printed.  Every result carries the snapshot's
+    consistency point and the lag at snapshot time.
     """
     from dr_kit import analytics
+    from dr_kit.sqlite import dialect
 
+    dialect.register()  # drkit+array:// URLs (also an entry point of the installed package)
     if on_inconsistent not in ("warn", "raise"):
         raise InvalidInput(f"on_inconsistent must be 'warn' or 'raise', not {on_inconsistent!r}")
     vgs = _require_vgs(site, name, namespace)
     _require_ready(vgs)
     row = snapshot_row(vgs)
-    prov: dict[str, Any] = {
-        "snapshot": name, "sequence": row["sequence"],
-        "point_time": row["point_time"].to_pydatetime(warn=False) if row["point_time"] is not None else None,
-        "lag_seconds": row["lag_seconds"], "on_inconsistent": on_inconsistent}
-    url_given = any((stock_url, sales_url, secret))
-    if url_given or not site.data_socket:
-        s_url, l_url, password = _urls(site, namespace, name, stock_url, sales_url, secret)
-        return analytics.open_databases(s_url, l_url, password=password, **prov)
-    restored = {p["metadata"]["labels"].get(RESTORED_PVC): p["metadata"]["name"]
-                for p in _restored_pvcs(site, namespace, name)}
-    missing = [pvc for pvc, _ in SHOP_DATABASES.values() if pvc not in restored]
-    if missing:
-        if not restore:
-            raise Conflict(f"snapshot group {name} is not restored (missing {', '.join(missing)});"
-                           f" restore it first: dr-kit snapshot restore {name} --namespace "
-                           f"{namespace}")
-        restored.update(restore_snapshot_group(site, name, namespace, timeout=timeout,
-                                               progress=progress))
-    missing = [pvc for pvc, _ in SHOP_DATABASES.values() if pvc not in restored]
-    if missing:
-        raise Conflict(f"snapshot group {name} has no snapshot of {', '.join(missing)}")
-    vols = {db: _clone_volume(site, namespace, restored[pvc])
-            for db, (pvc, _f) in SHOP_DATABASES.items()}
-    vfs = _site_vfs(site)
-    paths = {db: f"{vols[db]}/{SHOP_DATABASES[db][1]}" for db in SHOP_DATABASES}
-    prov["source"] = (f"{site.name} site, snapshot group {namespace}/{name}: "
-                      f"stock={restored[SHOP_DATABASES['stock'][0]]} "
-                      f"sales={restored[SHOP_DATABASES['sales'][0]]} (writable clones)")
-    dbs = analytics.open_sqlite(paths["stock"], paths["sales"], vfs=vfs.vfs_name, **prov)
-    keys = [(vfs.vfs_name, v) for v in vols.values()]
-    with _VFS_LOCK:
-        for k in keys:
-            _VFS_USERS[k] = _VFS_USERS.get(k, 0) + 1
-    close = dbs.close
-
-    def close_and_release() -> None:
-        close()
-        with _VFS_LOCK:
-            drop = []
-            for k in keys:
-                n = _VFS_USERS.get(k, 0) - 1
-                if n <= 0:
-                    _VFS_USERS.pop(k, None)
-                    drop.append(k[1])
-                else:
-                    _VFS_USERS[k] = n
-        for v in drop:
-            vfs.forget(v)
-        keys.clear()
-
-    dbs.close = close_and_release  # the clone's data path handle goes with the engines
-    return dbs
+    s_url, l_url, password, origin = _urls(site, namespace, name, stock_url, sales_url, secret,
+                                           restore=restore, timeout=timeout, progress=progress)
+    if origin == "given URLs":
+        where = f"stock={analytics.mask_url(s_url)} sales={analytics.mask_url(l_url)}"
+    else:
+        schemes = sorted({u.split("://", 1)[0] for u in (s_url, l_url)})
+        where = f"databases from {origin} ({', '.join(schemes)})"
+    source = f"{site.name} site, snapshot group {namespace}/{name}, {where}"
+    return analytics.open_databases(
+        s_url, l_url, password=password, snapshot=name, sequence=row["sequence"],
+        point_time=(row["point_time"].to_pydatetime(warn=False)
+                    if row["point_time"] is not None else None),
+        lag_seconds=row["lag_seconds"], on_inconsistent=on_inconsistent, source=source)
 
 
 __all__ = ["SnapshotGroup", "create_snapshot_group", "list_snapshot_groups",
            "get_snapshot_group", "restore_snapshot_group", "delete_snapshot_group",
-           "open_snapshot_databases", "protected_pvcs", "restored_name", "SHOP_DATABASES",
-           "RESTORED_FROM", "RESTORED_PVC"]
+           "open_snapshot_databases", "protected_pvcs", "restored_name", "RESTORED_FROM",
+           "RESTORED_PVC"]

@@ -1,9 +1,12 @@
 """What the walkthrough notebooks do, as functions a test can call.
 
-Each notebook keeps a parameters cell and short cells; the steps live here.  ``connect``
-reaches the two sites (the embedded lab by default, started when needed, or real clusters
-through a kubeconfig); the other functions are the notebooks' steps; ``record`` writes a
-notebook's headline results to a JSON file that tests and ``dr-kit notebooks run`` read.
+Each notebook keeps a parameters cell and short cells; the steps live here.  A notebook
+first gets its two sites (``dr_kit.lab.connect``: the embedded lab, started when needed,
+or real clusters through a kubeconfig) and, in the lab, its :class:`~dr_kit.controls.
+LabControls`; the functions here are the notebooks' steps and work on any cluster.  Steps
+that need the lab's controls (a slower link, a busier shop) are skipped with a note when
+there are none.  ``record`` writes a notebook's headline results to a JSON file that tests
+and ``dr-kit notebooks run`` read.
 """
 
 from __future__ import annotations
@@ -17,29 +20,18 @@ from typing import Any
 
 import pandas as pd
 
+from dr_kit.controls import LabControls, needs
 from dr_kit.errors import DrKitError, InvalidInput, Unavailable
 from dr_kit.sites import Progress, Site, wait_until
 
-
-def connect(lab_dir: str | None = ".dr-lab", kubeconfig: str | None = None, main_context: str = "main",
-            backup_context: str = "backup", *, rate: float | None = None,
-            progress: Callable[[str], None] | None = print) -> tuple[Site, Site]:
-    """The main and backup sites.  Without a kubeconfig: the lab in ``lab_dir`` (started
-    when it is not running; ``rate`` sets the shop's transactions per second)."""
-    if kubeconfig:
-        return (Site.from_kubeconfig(kubeconfig, main_context),
-                Site.from_kubeconfig(kubeconfig, backup_context))
-    from dr_kit.lab import manager
-
-    manager.ensure_up(lab_dir, progress=progress)
-    if rate is not None:
-        manager.set_workload(lab_dir, rate)
-    return Site.lab(main_context, dir=lab_dir), Site.lab(backup_context, dir=lab_dir)
+Note = Callable[[str], None]
 
 
-def lab_path(site: Site) -> str | None:
-    """The lab folder of a lab site (None for a real cluster)."""
-    return str(site.lab_dir.root) if site.lab_dir is not None else None
+def real_sites(kubeconfig: str | os.PathLike[str] | None, main_context: str = "main",
+               backup_context: str = "backup") -> tuple[Site, Site]:
+    """The main and backup sites of a kubeconfig (one context each)."""
+    return (Site.from_kubeconfig(kubeconfig, main_context, name="main"),
+            Site.from_kubeconfig(kubeconfig, backup_context, name="backup"))
 
 
 def record(results_file: str | os.PathLike[str] | None, data: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +55,8 @@ def protect_and_wait(main: Site, backup: Site, namespace: str, *, backend: str =
     if main_pvcs.empty:
         raise InvalidInput(f"namespace {namespace!r} has no PVCs at the main site; nothing to protect")
     t0 = time.monotonic()
-    status = protect(namespace, kubeconfig=main.kubeconfig, context=main.context,
-                     lab_dir=lab_path(main), backend=backend, wait=timeout)
+    status = protect(namespace, kubeconfig=main.kubeconfig, context=main.context, lab_dir=None,
+                     backend=backend, wait=timeout)
     if status.get("state") in ("Refused",):
         raise DrKitError(f"the operator refused to protect {namespace}: {status.get('message')}")
     wanted = set(main_pvcs["name"])
@@ -90,38 +82,58 @@ def protect_and_wait(main: Site, backup: Site, namespace: str, *, backend: str =
 # -- 02 journal lag --------------------------------------------------------------------
 
 def lag_phases(main: Site, namespace: str, phases: list[dict[str, Any]], *,
-               interval_s: float = 0.1) -> pd.DataFrame:
-    """Sample the lag through phases; each phase dict has ``name``, ``seconds`` and
-    optionally ``delay_ms``/``rate_mbit`` (link, lab only) and ``tx_per_s`` (shop rate)."""
-    from dr_kit.lab import manager
+               controls: LabControls | None = None, interval_s: float = 0.1,
+               note: Note | None = print) -> pd.DataFrame:
+    """Sample the lag through phases.  Each phase dict has ``name`` and ``seconds``, and
+    optionally ``delay_ms``/``rate_mbit`` (the link) and ``tx_per_s`` (the shop's rate),
+    which need the lab's ``controls``: without them such a phase is skipped, with a note,
+    and listed in ``df.attrs["skipped"]`` — it is never sampled under its name."""
     from dr_kit.lag import sample_lag
 
-    lab_dir = lab_path(main)
-    frames = []
-    for ph in phases:
-        if main.mode == "lab":
-            if "delay_ms" in ph or "rate_mbit" in ph:
-                manager.set_link(lab_dir, delay_ms=ph.get("delay_ms", 0), rate_mbit=ph.get("rate_mbit", 0))
-            if "tx_per_s" in ph:
-                manager.set_workload(lab_dir, ph["tx_per_s"])
-        df = sample_lag(main, float(ph["seconds"]), interval_s, namespace)
-        frames.append(df.assign(phase=ph["name"]))
-    if main.mode == "lab":
-        manager.set_link(lab_dir, delay_ms=0, rate_mbit=0)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frames, skipped = [], []
+    try:
+        for ph in phases:
+            link = {k: ph[k] for k in ("delay_ms", "rate_mbit") if k in ph}
+            why = None
+            if link:
+                why = needs(f"phase {ph['name']!r}", controls, "link control")
+            if why is None and "tx_per_s" in ph:
+                why = needs(f"phase {ph['name']!r}", controls, "workload control")
+            if why is not None:
+                skipped.append({"phase": ph["name"], "why": why})
+                if note:
+                    note(why)
+                continue
+            if controls is not None and link:
+                controls.set_link(**link)
+            if controls is not None and "tx_per_s" in ph:
+                controls.set_workload(ph["tx_per_s"])
+            df = sample_lag(main, float(ph["seconds"]), interval_s, namespace)
+            frames.append(df.assign(phase=ph["name"]))
+    finally:
+        if controls is not None:
+            controls.set_link(delay_ms=0, rate_mbit=0)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    out.attrs["skipped"] = skipped
+    return out
 
 
 def lag_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """p50/p99/max of time lag (ms) and sequence lag per phase; unknown readings counted."""
+    """p50/p99/max of time lag (ms) and sequence lag per phase, unknown readings counted,
+    and the figures' source (e.g. an upper bound from lastSyncTime, 1 s resolution)."""
+    from dr_kit.lag import frame_source
+
     rows = []
-    for phase, g in df.groupby("phase", sort=False):
+    for phase, g in (df.groupby("phase", sort=False) if not df.empty else []):
         t = g["time_lag_s"].dropna() * 1000
         rows.append({"phase": phase, "samples": len(g), "unknown": int(g["time_lag_s"].isna().sum()),
                      "time_lag_ms_p50": t.quantile(0.5) if len(t) else None,
                      "time_lag_ms_p99": t.quantile(0.99) if len(t) else None,
                      "time_lag_ms_max": t.max() if len(t) else None,
-                     "entries_max": g["sequence_lag"].max()})
-    return pd.DataFrame(rows)
+                     "entries_max": g["sequence_lag"].max(), "source": frame_source(g)})
+    return pd.DataFrame(rows, columns=["phase", "samples", "unknown", "time_lag_ms_p50",
+                                       "time_lag_ms_p99", "time_lag_ms_max", "entries_max",
+                                       "source"])
 
 
 def collapse_experiment(trials: int, seed: int = 1, rate: float = 150.0) -> dict[str, Any]:
@@ -174,9 +186,12 @@ def _member_sequences(backup: Site, array_snapshot: str | None) -> dict[str, int
 
 
 def _frame_stats(df: pd.DataFrame) -> dict[str, Any]:
+    from dr_kit.lag import frame_source
+
     t = df["time_lag_s"].dropna() * 1000
     return {"samples": len(df), "time_lag_ms_p50": float(t.quantile(0.5)) if len(t) else None,
-            "time_lag_ms_p99": float(t.quantile(0.99)) if len(t) else None}
+            "time_lag_ms_p99": float(t.quantile(0.99)) if len(t) else None,
+            "source": frame_source(df)}
 
 
 # -- 04 snapshot analytics -------------------------------------------------------------
@@ -202,22 +217,25 @@ def analyse_snapshot(backup: Site, name: str, namespace: str, *, low_stock_thres
     return {"dbs": dbs, "frames": frames, "provenance": prov, "stamp": prov.stamp()}
 
 
-def wait_for_orders(main: Site, namespace: str, minimum: int, timeout: float = 60.0) -> None:
-    """Wait until the shop has committed at least ``minimum`` orders (lab: its status file)."""
-    if main.mode != "lab":
-        return
-    from dr_kit.lab.layout import LabDir
-
-    lab = LabDir.of(lab_path(main))
+def wait_for_orders(controls: LabControls | None, minimum: int, timeout: float = 60.0,
+                    note: Note | None = print) -> int | None:
+    """Wait until the lab's shop has committed at least ``minimum`` orders; returns the
+    last order id (None, with a note, without the lab's controls)."""
+    why = needs("waiting for the shop's orders", controls, "shop status")
+    if why is not None or controls is None:
+        if note and why:
+            note(why)
+        return None
+    lab = controls
 
     def check() -> tuple[bool, str]:
-        try:
-            st = json.loads(lab.shop_status.read_text())
-        except (OSError, ValueError):
+        n = lab.committed_orders()
+        if n is None:
             return False, "shop not reporting yet"
-        return st.get("last_order", 0) >= minimum, f"{st.get('last_order', 0)} orders"
+        return n >= minimum, f"{n} orders"
 
     try:
         wait_until(check, task="orders in the shop", timeout=timeout)
     except DrKitError as e:
         raise Unavailable(f"the shop did not reach {minimum} orders: {e}") from None
+    return lab.committed_orders()

@@ -37,9 +37,10 @@ results_file = "results/01_protect_namespace.json"
 # %%
 from dr_kit import ui
 from dr_kit import walkthrough as wt
+from dr_kit.lab import connect
 from dr_kit.sites import side_by_side
 
-main, backup = wt.connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
+main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
 main, backup
 
 # %% [markdown]

@@ -33,9 +33,10 @@ results_file = "results/03_snapshot_group.json"
 # %%
 from dr_kit import plots, ui
 from dr_kit import walkthrough as wt
+from dr_kit.lab import connect
 from dr_kit.snapshots import list_snapshot_groups
 
-main, backup = wt.connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
+main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
 
 # %% [markdown]
 # ## Take the snapshot group while the shop keeps writing

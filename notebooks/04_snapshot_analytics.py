@@ -16,7 +16,9 @@
 #
 # The snapshot group is restored to writable PVCs at the backup site; the two databases
 # open there (running their own crash recovery) and the analyses run on them, away from
-# the main site. Every result carries its **provenance**: which snapshot, which
+# the main site. Their URLs come from the Secret `<snapshot group>-databases` that a DBA
+# publishes once the restored volumes serve databases (in the lab its storage plug-in
+# plays that part, with URLs that open SQLite over the backup array's data path). Every result carries its **provenance**: which snapshot, which
 # consistency point, the lag at that moment, and the consistency verdict.
 
 # %% tags=["parameters"]
@@ -34,8 +36,9 @@ results_file = "results/04_snapshot_analytics.json"
 # %%
 from dr_kit import plots, ui
 from dr_kit import walkthrough as wt
+from dr_kit.lab import connect
 
-main, backup = wt.connect(lab_dir, kubeconfig, main_context, backup_context)
+main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context)
 result = wt.analyse_snapshot(backup, snapshot_name, namespace, low_stock_threshold=low_stock_threshold,
                              top_n=top_n, progress=ui.progress_printer())
 frames, stamp = result["frames"], result["stamp"]

@@ -79,3 +79,54 @@ def arrays(tmp_path: Path):
         yield a
     finally:
         a.close()
+
+
+# -- the shared lab and the slow marker ---------------------------------------------------------
+
+# Modules whose tests start processes without one of the fixtures below (kubectl, array
+# pairs of their own, papermill kernels, whole labs): all of them are ``slow``.
+PROCESS_MODULES = {"test_apiserver", "test_crashtest", "test_drills", "test_lab",
+                   "test_lab_controllers", "test_notebooks", "test_operator_e2e",
+                   "test_package", "test_storage_replication", "test_vfs"}
+PROCESS_FIXTURES = {"arrays", "shop_lab"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that spawns processes, so ``-m "not slow"`` (``make
+    test-fast``) is the quick inner loop."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in PROCESS_MODULES or PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def shop_lab(tmp_path_factory: pytest.TempPathFactory):
+    """One running lab for the session: the shop protected, its backup consistent, and the
+    replication status following the array.  Tests that use it leave it as they found it
+    (they delete what they create, restore the link and the rate); tests that break a lab
+    on purpose start their own."""
+    from dr_kit import lag
+    from dr_kit.lab import manager, site
+    from dr_kit.operator.cli import protect
+
+    d = tmp_path_factory.mktemp("shared") / "lab"
+    manager.up(d, rate=SHARED_RATE)
+    try:
+        state = protect("shop", lab_dir=d, wait=40)
+        assert state["state"] == "Protected", state
+        main = site("main", d)
+
+        def ready() -> bool:
+            arr = lag.read_lag(main, "shop")
+            st = lag.read_lag(main, "shop", source="k8s-status")
+            return (any(r.state == "pair" and r.consistent for r in arr)
+                    and [r.state for r in st] == ["replicating"])
+
+        wait_for(ready, timeout=60, interval=0.2, what="the shop's group in pair, consistent")
+        yield d
+    finally:
+        manager.down(d, purge=True)
+
+
+SHARED_RATE = 25.0  # the shop's transactions per second in the shared lab

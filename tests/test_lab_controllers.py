@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from dr_kit import published
+from dr_kit.kube import Kube, api_client
 from dr_kit.lab.apiserver import start_in_thread, write_kubeconfig
-from dr_kit.lab.controllers import GSNAP, REPL, SNAP, SiteController
-from dr_kit.lab.kube import Kube, api_client
+from dr_kit.lab.controllers import GSNAP, SiteController
 from dr_kit.lab.layout import CSI_DRIVER, LabDir
 from dr_kit.operator.cli import runner_for
 from dr_kit.storage.client import start_array
@@ -34,8 +35,9 @@ def wait(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 
 
 def pvc(name: str, size: str = "16Mi", **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {"storageClassName": "lab-array", "accessModes": ["ReadWriteOnce"],
-                                                 "resources": {"requests": {"storage": size}}, **spec}}
+    return {"metadata": {"name": name, "namespace": "shop"},
+            "spec": {"storageClassName": "lab-array", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": size}}, **spec}}
 
 
 @pytest.fixture
@@ -56,13 +58,13 @@ def lab(tmp_path: Path):
         "link": {"listen": link.address}}})
     mk, bk = Kube(api_client(lab.kubeconfig, "main")), Kube(api_client(lab.kubeconfig, "backup"))
     for k in (mk, bk):
-        k.storage.create_storage_class({"metadata": {"name": "lab-array"}, "provisioner": CSI_DRIVER})
-    bk.create_custom(*GSNAP, "volumegroupsnapshotclasses", {
+        k.create("StorageClass", {"metadata": {"name": "lab-array"}, "provisioner": CSI_DRIVER})
+    bk.create("VolumeGroupSnapshotClass", {
         "apiVersion": "/".join(GSNAP), "kind": "VolumeGroupSnapshotClass",
         "metadata": {"name": "lab-array-group"}, "driver": CSI_DRIVER, "deletionPolicy": "Delete"})
-    mk.core.create_namespace({"metadata": {"name": "shop"}})
+    mk.create("Namespace", {"metadata": {"name": "shop"}})
     for name in ("sales-db", "stock-db"):
-        mk.core.create_namespaced_persistent_volume_claim("shop", pvc(name))
+        mk.create("PersistentVolumeClaim", pvc(name))
     ctls = [SiteController(lab, s, interval=0.1) for s in ("main", "backup")]
     threads = [threading.Thread(target=c.run, daemon=True) for c in ctls]
     for t in threads:
@@ -83,20 +85,20 @@ def lab(tmp_path: Path):
 
 
 def bound(k: Kube, ns: str) -> list[str]:
-    return sorted(p["metadata"]["name"] for p in k.pvcs(ns) if p.get("status", {}).get("phase") == "Bound")
+    return sorted(p["metadata"]["name"] for p in k.items("PersistentVolumeClaim", ns) if p.get("status", {}).get("phase") == "Bound")
 
 
 def test_label_to_replicating_backup_snapshot_restore_unlabel(lab):
     mk, bk, ma, ba = lab["mk"], lab["bk"], lab["ma"], lab["ba"]
     wait(lambda: bound(mk, "shop") == ["sales-db", "stock-db"], "main PVCs bound")
-    pv_handles = {pv["spec"]["csi"]["volumeHandle"] for pv in mk.pvs()}
+    pv_handles = {pv["spec"]["csi"]["volumeHandle"] for pv in mk.items("PersistentVolume")}
     assert pv_handles <= {v["name"] for v in ma.client.status()["volumes"]}
 
     t0 = time.monotonic()
-    mk.core.patch_namespace("shop", {"metadata": {"labels": LABEL}})
+    mk.patch("Namespace", "shop", {"metadata": {"labels": LABEL}})
 
     def replicating():
-        vgrs = mk.list_custom(*REPL, "volumegroupreplications", "shop")
+        vgrs = mk.items("VolumeGroupReplication", "shop")
         return vgrs and any(c["type"] == "Completed" and c["status"] == "True"
                             for c in vgrs[0].get("status", {}).get("conditions", []))
     wait(replicating, "the group replicating")
@@ -105,41 +107,43 @@ def test_label_to_replicating_backup_snapshot_restore_unlabel(lab):
     assert elapsed < 10, f"label -> backup PVs bound and replicating took {elapsed:.1f} s"
     groups = [g for g in ma.client.status()["groups"] if g["side"] == "main"]
     assert len(groups) == 1 and len(groups[0]["members"]) == 2  # ONE consistency group
-    vgr = mk.list_custom(*REPL, "volumegroupreplications", "shop")[0]
+    vgr = mk.items("VolumeGroupReplication", "shop")[0]
     assert {r["name"] for r in vgr["status"]["persistentVolumeClaimsRefList"]} == {"sales-db", "stock-db"}
     assert vgr["status"]["state"] == "Primary"
+    # what the plug-in publishes: the array group behind the resource
+    assert vgr["metadata"]["annotations"][published.ARRAY_GROUP] == groups[0]["name"]
 
     # a third PVC joins the same group
-    mk.core.create_namespaced_persistent_volume_claim("shop", pvc("audit-db", "8Mi"))
+    mk.create("PersistentVolumeClaim", pvc("audit-db", "8Mi"))
     wait(lambda: bound(bk, "shop") == ["audit-db", "sales-db", "stock-db"], "third backup PVC", 40)
     wait(lambda: len(ma.client.group_status(groups[0]["name"])["members"]) == 3, "third member")
     assert len([g for g in ma.client.status()["groups"] if g["side"] == "main"]) == 1
 
     # a group snapshot at the backup: one sequence for all members
     wait(lambda: ma.client.group_status(groups[0]["name"])["state"] == "pair", "pair again", 40)
-    bk.create_custom(*GSNAP, "volumegroupsnapshots", {
+    bk.create("VolumeGroupSnapshot", {
         "apiVersion": "/".join(GSNAP), "kind": "VolumeGroupSnapshot", "metadata": {"name": "snap1", "namespace": "shop"},
-        "spec": {"volumeGroupSnapshotClassName": "lab-array-group", "source": {"selector": {"matchLabels": {}}}}}, "shop")
+        "spec": {"volumeGroupSnapshotClassName": "lab-array-group", "source": {"selector": {"matchLabels": {}}}}})
     vgs = wait(lambda: (lambda o: o if (o or {}).get("status", {}).get("readyToUse") else None)(
-        bk.get_custom(*GSNAP, "volumegroupsnapshots", "snap1", "shop")), "group snapshot ready")
+        bk.get("VolumeGroupSnapshot", "snap1", "shop")), "group snapshot ready")
     ann = vgs["metadata"]["annotations"]
-    assert ann["lab.dr-kit.io/consistent"] == "true" and "lab.dr-kit.io/sequence" in ann
-    snaps = bk.list_custom(*SNAP, "volumesnapshots", "shop")
+    assert ann[published.SNAPSHOT_CONSISTENT] == "true" and published.SNAPSHOT_SEQUENCE in ann
+    snaps = bk.items("VolumeSnapshot", "shop")
     assert sorted(s["metadata"]["name"] for s in snaps) == ["snap1-audit-db", "snap1-sales-db", "snap1-stock-db"]
     assert all(s["status"]["readyToUse"] and s["status"]["volumeGroupSnapshotName"] == "snap1" for s in snaps)
-    info = ba.client.snapshot(ann["lab.dr-kit.io/array-snapshot"])
-    assert info["sequence"] == int(ann["lab.dr-kit.io/sequence"]) and len(info["volumes"]) == 3
+    info = ba.client.snapshot(ann[published.SNAPSHOT_ARRAY_SNAPSHOT])
+    assert info["sequence"] == int(ann[published.SNAPSHOT_SEQUENCE]) and len(info["volumes"]) == 3
 
     # restore one snapshot to a writable PVC
-    bk.core.create_namespaced_persistent_volume_claim("shop", pvc("restored-sales", dataSource={
+    bk.create("PersistentVolumeClaim", pvc("restored-sales", dataSource={
         "kind": "VolumeSnapshot", "apiGroup": "snapshot.storage.k8s.io", "name": "snap1-sales-db"}))
     wait(lambda: "restored-sales" in bound(bk, "shop"), "restored PVC bound")
-    clone = bk.get_pvc("shop", "restored-sales")["spec"]["volumeName"]
+    clone = bk.get("PersistentVolumeClaim", "restored-sales", "shop")["spec"]["volumeName"]
     assert next(v for v in ba.client.status()["volumes"] if v["name"] == clone)["role"] == "clone"
 
     # unlabel: replication removed, backup data kept
-    mk.core.patch_namespace("shop", {"metadata": {"labels": {"dr-kit.io/backup": None}}})
-    wait(lambda: not mk.list_custom(*REPL, "volumegroupreplications", "shop"), "VGR removed")
+    mk.patch("Namespace", "shop", {"metadata": {"labels": {"dr-kit.io/backup": None}}})
+    wait(lambda: not mk.items("VolumeGroupReplication", "shop"), "VGR removed")
     wait(lambda: not ma.client.status()["groups"], "array group removed at main")
     assert {"sales-db", "stock-db", "audit-db"} <= set(bound(bk, "shop"))
     assert not [g for g in ba.client.status()["groups"]], "backup side of the group removed"

@@ -21,49 +21,45 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from dr_kit import cli, lag
+from dr_kit import cli, lag, published
 from dr_kit.errors import InvalidInput, NotFound, Unavailable
-from dr_kit.lab import manager
-from dr_kit.operator.cli import protect
-from dr_kit.sites import REPL, Site
+from dr_kit.lab import Lab, site
+from dr_kit.sites import Site
 
 NS = "shop"
 RULES = Path(__file__).resolve().parents[1] / "docs" / "prometheus-rules.yml"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("laglab")
-    manager.up(d, rate=25)
-    try:
-        assert protect(NS, lab_dir=d, wait=40)["state"] == "Protected"
-        main = Site.lab("main", d)
-        deadline = time.monotonic() + 40
-        while not (any(r.state == "pair" and r.consistent for r in lag.read_lag(main, NS))
-                   and [r.state for r in lag.read_lag(main, NS, source="k8s-status")]
-                   == ["replicating"]):  # the resource status follows the array a pass later
-            assert time.monotonic() < deadline, "the shop's group never reached pair"
-            time.sleep(0.2)
-        _pending_group(main)
-        yield d
-    finally:
-        manager.down(d, purge=True)
-
-
-def _pending_group(main: Site) -> None:
-    """A VolumeGroupReplication whose selector matches no PVC: the array has no group for it."""
+def lab(shop_lab: Path) -> Iterator[Path]:
+    """The shared lab plus a VolumeGroupReplication whose selector matches no PVC: the
+    array has no group for it (removed again at the end)."""
+    main = site("main", shop_lab)
     k = main.kube
-    k.call(k.core.create_namespace, {"metadata": {"name": "pending"}})
-    k.call(k.custom.create_namespaced_custom_object, *REPL, "pending", "volumegroupreplications", {
-        "apiVersion": "/".join(REPL), "kind": "VolumeGroupReplication",
+    k.create("Namespace", {"metadata": {"name": "pending"}})
+    k.create("VolumeGroupReplication", {
         "metadata": {"name": "nothing-yet", "namespace": "pending"},
         "spec": {"volumeGroupReplicationClassName": "dr-kit-lab-array", "replicationState": "primary",
                  "source": {"selector": {"matchLabels": {"no": "such-pvc"}}}}})
+    try:
+        yield shop_lab
+    finally:
+        k.delete("VolumeGroupReplication", "nothing-yet", "pending", missing_ok=True)
+        k.delete("Namespace", "pending", missing_ok=True)
 
 
 @pytest.fixture(scope="module")
 def main(lab: Path) -> Site:
-    return Site.lab("main", lab)
+    return site("main", lab)
+
+
+def _pending_annotated(main: Site) -> None:
+    """The plug-in names the array group of a resource before the group exists."""
+    deadline = time.monotonic() + 20
+    while not ((main.kube.get("VolumeGroupReplication", "nothing-yet", "pending") or {})
+               .get("metadata", {}).get("annotations") or {}).get(published.ARRAY_GROUP):
+        assert time.monotonic() < deadline, "the plug-in never annotated the pending group"
+        time.sleep(0.1)
 
 
 def test_read_lag_from_the_array(main: Site) -> None:
@@ -72,14 +68,16 @@ def test_read_lag_from_the_array(main: Site) -> None:
     r = reports[0]
     assert isinstance(r, lag.GroupLag) and r.source == "array" and r.namespace == NS
     assert r.group == "shop-dr-kit-shop" and r.resource == "VolumeGroupReplication shop/dr-kit-shop"
-    assert r.position_known and r.main.generation >= 1
-    assert r.sequence_lag is not None and r.sequence_lag >= 0
-    assert r.byte_lag is not None and r.byte_lag >= 0
-    assert r.time_lag_s is not None and r.time_lag_s >= 0
-    assert (r.time_lag_s == 0.0) == (r.sequence_lag == 0)
+    assert not r.upper_bound and r.resolution_s is None and r.source_label == "array (exact)"
+    assert r.position_known and r.main.generation >= 1 and r.applied is not None
+    # the figures of one report agree with each other
+    assert r.sequence_lag == r.main.sequence - r.applied.sequence
+    assert (r.time_lag_s == 0.0) == (r.sequence_lag == 0) == (r.byte_lag == 0)
+    assert r.time_lag_s is not None and r.time_lag_s < 5.0, r  # an unthrottled loopback link
 
 
 def test_unknown_is_none_not_zero_before_the_group_exists(main: Site) -> None:
+    _pending_annotated(main)
     (r,) = lag.read_lag(main, "pending")
     assert r.source == "array" and r.state == "pending" and r.namespace == "pending"
     assert r.sequence_lag is None and r.byte_lag is None and r.time_lag_s is None
@@ -90,33 +88,44 @@ def test_unknown_is_none_not_zero_before_the_group_exists(main: Site) -> None:
     assert d["time_lag_s"] is None and d["namespace"] == "pending"
 
 
-def test_status_source_and_a_site_without_array(lab: Path, main: Site) -> None:
+def test_status_source_is_an_upper_bound_and_says_so(lab: Path, main: Site) -> None:
     (r,) = lag.read_lag(main, NS, source="k8s-status")
     assert r.source == "k8s-status" and r.group == "dr-kit-shop" and r.state == "replicating"
     assert r.sequence_lag is None and r.byte_lag is None  # the status cannot know them
-    assert r.time_lag_s is not None and 0 <= r.time_lag_s < 30
-    real = Site.from_kubeconfig(lab / "kubeconfig", "main")
-    assert not real.has_array
-    with pytest.raises(InvalidInput, match="no known array management endpoint"):
-        real.array  # noqa: B018
-    assert [x.source for x in lag.read_lag(real, NS)] == ["k8s-status"]  # auto falls back
-    with pytest.raises(InvalidInput, match="no known array"):
-        lag.read_lag(real, NS, source="array")
+    assert r.upper_bound and r.resolution_s == 1.0  # a Kubernetes time: whole seconds
+    assert r.source_label == "≤, from lastSyncTime (1 s resolution)"
+    assert r.time_lag_s is not None and r.time_lag_s < 30 and "upper bound" in r.message
+    # the exact figure never exceeds the bound read just after it
+    (exact,) = lag.read_lag(main, NS)
+    (bound,) = lag.read_lag(main, NS, source="k8s-status")
+    assert exact.time_lag_s is not None and bound.time_lag_s is not None
+    assert exact.time_lag_s <= bound.time_lag_s + 1e-3, (exact, bound)
     with pytest.raises(NotFound, match="namespace 'nope' does not exist"):
         lag.read_lag(main, "nope")
     with pytest.raises(InvalidInput, match="source must be"):
         lag.read_lag(main, NS, source="guess")  # type: ignore[arg-type]
 
 
+def test_a_driver_that_publishes_nothing_gives_the_status(lab: Path, monkeypatch) -> None:
+    bare = Site.from_kubeconfig(lab / "kubeconfig", "main")
+    monkeypatch.setattr(bare, "arrays", lambda **kw: {})  # as a vendor driver: no array endpoint
+    assert not bare.has_array
+    with pytest.raises(InvalidInput, match="publishes no array management endpoint"):
+        bare.array  # noqa: B018
+    assert [x.source for x in lag.read_lag(bare, NS)] == ["k8s-status"]  # auto falls back
+    with pytest.raises(InvalidInput, match="publishes no array"):
+        lag.read_lag(bare, NS, source="array")
+
+
 def test_unreachable_array(lab: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    site = Site("main", kubeconfig=lab / "kubeconfig", context="main",
-                array_url=f"http://127.0.0.1:{port}", timeout=2)
+    dead = Site.from_kubeconfig(lab / "kubeconfig", "main", array_url=f"http://127.0.0.1:{port}",
+                                timeout=2)
     with pytest.raises(Unavailable, match="unreachable"):
-        lag.read_lag(site, NS)
-    srv = lag.serve_metrics(site, "127.0.0.1:0")
+        lag.read_lag(dead, NS)
+    srv = lag.serve_metrics(dead, "127.0.0.1:0")
     try:
         fams = _scrape(srv.url)
     finally:
@@ -125,6 +134,7 @@ def test_unreachable_array(lab: Path) -> None:
 
 
 def test_sample_lag_and_percentiles(lab: Path, main: Site) -> None:
+    _pending_annotated(main)
     seen: list[tuple[int, int]] = []
     df = lag.sample_lag(main, 1.0, 0.2, progress=lambda i, n, reps: seen.append((i, n)))
     assert list(df.columns) == lag.SAMPLE_COLUMNS
@@ -133,30 +143,35 @@ def test_sample_lag_and_percentiles(lab: Path, main: Site) -> None:
     pending = df[df["namespace"] == "pending"]
     assert len(shop) == 6 and len(pending) == 6
     assert shop["time"].is_monotonic_increasing and str(shop["time"].dt.tz) == "UTC"
-    assert (shop["sequence_lag"] >= 0).all() and (shop["byte_lag"] >= 0).all()
-    assert (shop["time_lag_s"] >= 0).all() and set(shop["source"]) == {"array"}
+    assert set(shop["source"]) == {"array"} and not shop["upper_bound"].any()
+    assert ((shop["time_lag_s"] == 0) == (shop["sequence_lag"] == 0)).all()
+    assert shop["time_lag_s"].max() < 5.0  # unthrottled loopback link
     # unknown stays unknown in the frame: NA, not 0
     assert pending["time_lag_s"].isna().all() and pending["sequence_lag"].isna().all()
     assert str(df["time_lag_s"].dtype) == "Float64" and str(df["sequence_lag"].dtype) == "Int64"
 
     p = lag.lag_percentiles(df).set_index("namespace")
     assert p.loc[NS, "samples"] == 6 and p.loc[NS, "unknown"] == 0
-    assert 0 <= p.loc[NS, "p50"] <= p.loc[NS, "p99"] <= p.loc[NS, "max"]
+    assert p.loc[NS, "p50"] <= p.loc[NS, "p99"] <= p.loc[NS, "max"]
+    assert p.loc[NS, "max"] == shop["time_lag_s"].max() and p.loc[NS, "source"] == "array (exact)"
     assert p.loc["pending", "unknown"] == 6 and pd.isna(p.loc["pending", "p99"])
+    status = lag.sample_lag(main, 0.4, 0.2, NS, source="k8s-status")
+    assert lag.lag_percentiles(status)["source"].tolist() == ["≤, from lastSyncTime (1 s resolution)"]
     with pytest.raises(InvalidInput):
         lag.sample_lag(main, 1, 0)
     with pytest.raises(InvalidInput):
         lag.lag_percentiles(df, q=(101,))
 
-    # a slower link: the time lag is visibly above zero while the shop writes
-    manager.set_link(lab, delay_ms=300)
+    # a slower link (the lab's control): the lag is visibly above zero while the shop writes
+    controls = Lab(lab)
+    controls.set_link(delay_ms=300)
     try:
         time.sleep(0.5)
         slow = lag.sample_lag(main, 1.0, 0.1, NS)
     finally:
-        manager.set_link(lab, delay_ms=0)
+        controls.set_link(delay_ms=0)
     assert slow["time_lag_s"].max() >= 0.1, slow
-    assert (slow["time_lag_s"].dropna() >= 0).all()
+    assert slow["sequence_lag"].max() > 0, slow
 
 
 def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -168,11 +183,13 @@ def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def _labels(group: str, ns: str, source: str = "array") -> tuple[tuple[str, str], ...]:
-    return (("group", group), ("namespace", ns), ("source", source))
+def _labels(group: str, ns: str, source: str = "array", bound: str = "exact"
+            ) -> tuple[tuple[str, str], ...]:
+    return (("bound", bound), ("group", group), ("namespace", ns), ("source", source))
 
 
 def test_exporter_serves_gauges_over_loopback(main: Site) -> None:
+    _pending_annotated(main)
     srv = lag.serve_metrics(main, "127.0.0.1:0")
     try:
         assert srv.url.startswith("http://127.0.0.1:")
@@ -181,15 +198,24 @@ def test_exporter_serves_gauges_over_loopback(main: Site) -> None:
         srv.stop()
     shop = _labels("shop-dr-kit-shop", NS)
     assert fams["dr_kit_lag_up"][()] == 1.0
-    assert fams["dr_kit_lag_time_seconds"][shop] >= 0
-    assert fams["dr_kit_lag_sequence_entries"][shop] >= 0
-    assert fams["dr_kit_lag_bytes"][shop] >= 0
+    t, seq = fams["dr_kit_lag_time_seconds"][shop], fams["dr_kit_lag_sequence_entries"][shop]
+    assert math.isfinite(t) and t < 5.0 and (t == 0) == (seq == 0)
+    assert (fams["dr_kit_lag_bytes"][shop] == 0) == (seq == 0)
+    assert math.isnan(fams["dr_kit_lag_time_resolution_seconds"][shop])  # exact
     assert fams["dr_kit_lag_time_known"][shop] == 1.0
     assert fams["dr_kit_backup_consistent"][shop] == 1.0
     assert fams["dr_kit_replication_state"][(*shop, ("state", "pair"))] == 1.0
     pend = _labels("pending-nothing-yet", "pending")
     assert math.isnan(fams["dr_kit_lag_time_seconds"][pend])  # unknown, not 0
     assert fams["dr_kit_lag_time_known"][pend] == 0.0
+    srv = lag.serve_metrics(main, "127.0.0.1:0", namespace=NS, source="k8s-status")
+    try:
+        st = _scrape(srv.url)
+    finally:
+        srv.stop()
+    upper = _labels("dr-kit-shop", NS, "k8s-status", "upper")
+    assert st["dr_kit_lag_time_resolution_seconds"][upper] == 1.0
+    assert st["dr_kit_lag_time_known"][upper] == 1.0
 
     # every metric the example rules use is one the exporter serves
     rules = yaml.safe_load(RULES.read_text())
@@ -219,7 +245,8 @@ def test_cli_lag(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = str(lab)
     assert cli.main(["lag", "--json", "-n", NS, "--dir", d]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["group"] for r in out] == ["shop-dr-kit-shop"] and out[0]["time_lag_s"] >= 0
+    assert [r["group"] for r in out] == ["shop-dr-kit-shop"] and out[0]["time_lag_s"] < 5.0
+    assert out[0]["source"] == "array" and out[0]["upper_bound"] is False
     assert cli.main(["lag", "--dir", d]) == 0
     table = capsys.readouterr().out
     assert "shop-dr-kit-shop" in table and re.search(r"pending-nothing-yet .* unknown", table)

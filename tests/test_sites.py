@@ -1,50 +1,102 @@
-"""Sites against a real lab: the frames the notebooks show side by side, and one clear
-error line for a bad kubeconfig, a bad context, refused credentials, an unreachable site."""
+"""Sites against a real lab: the frames the notebooks show side by side, the array its
+driver publishes, and one clear error line for a bad kubeconfig, a bad context, refused
+credentials, an unreachable site."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
 
-from dr_kit import sites
+from dr_kit import published, sites
 from dr_kit.errors import InvalidInput, NotFound, Unavailable
-from dr_kit.lab import manager
-from dr_kit.operator.cli import protect
+from dr_kit.lab import site
 from dr_kit.sites import ProgressEvent, Site, side_by_side
 
 NS = "shop"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("sitelab")
-    manager.up(d)
-    try:
-        assert protect(NS, lab_dir=d, wait=40)["state"] == "Protected"
-        yield d
-    finally:
-        manager.down(d, purge=True)
+def pair(shop_lab: Path) -> tuple[Site, Site]:
+    return site("main", shop_lab), site("backup", shop_lab)
 
 
-@pytest.fixture(scope="module")
-def pair(lab: Path) -> tuple[Site, Site]:
-    return Site.lab("main", lab), Site.lab("backup", lab)
-
-
-def test_lab_sites_know_their_array(lab: Path, pair: tuple[Site, Site]) -> None:
+def test_sites_know_the_array_their_driver_publishes(shop_lab: Path,
+                                                    pair: tuple[Site, Site]) -> None:
     main, backup = pair
-    assert main.mode == backup.mode == "lab" and main.context == "main"
-    assert main.has_array and main.array_url != backup.array_url
+    assert main.context == "main" and main.kubeconfig == str(shop_lab / "kubeconfig")
+    assert main.has_array and backup.has_array
+    (m,), (b,) = main.arrays().values(), backup.arrays().values()
+    assert m.storage_class == "lab-array" and m.secret == "lab-storage/array-credentials"
+    assert m.management_url != b.management_url and m.management_url.startswith("http://127.0.0.1:")
     assert main.array.status()["name"] == "main" and backup.array.status()["name"] == "backup"
-    assert main.peer().name == "backup" and backup.peer().name == "main"
-    assert "token" not in repr(main).lower() and "array http://127.0.0.1:" in repr(main)
-    assert isinstance(main.ping(), dict)
+    assert "token" not in repr(main).lower() and "kubeconfig" not in repr(main)
+    assert isinstance(main.ping(), dict) and main.ping().get("gitVersion")
+
+
+class _FakeKube:
+    """Storage classes and Secrets as dicts, for the publication rules alone."""
+
+    def __init__(self, classes: list[dict[str, Any]], secrets: dict[tuple[str, str], Any]) -> None:
+        self.classes, self.secrets = classes, secrets
+
+    def items(self, kind: str, namespace: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        assert kind == "StorageClass"
+        return self.classes
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Any:
+        got = self.secrets.get((namespace or "", name))
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
+def _site_with(kube: _FakeKube, array_url: str | None = None) -> Site:
+    s = Site.__new__(Site)
+    s.name, s.timeout, s.array_url, s._arrays, s.kube = "main", 1.0, array_url, None, kube  # type: ignore[assignment]
+    return s
+
+
+def _sc(name: str, secret: str | None, ns: str | None = "drv") -> dict[str, Any]:
+    params = {}
+    if secret:
+        params = {published.SECRET_NAME_PARAM: secret, published.SECRET_NAMESPACE_PARAM: ns}
+    return {"metadata": {"name": name}, "parameters": params}
+
+
+def _secret(**values: str) -> dict[str, Any]:
+    return {"data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+
+
+def test_publication_rules_without_a_cluster() -> None:
+    url = published.MANAGEMENT_URL_KEY
+    s = _site_with(_FakeKube(
+        [_sc("fast", "creds"), _sc("plain", None), _sc("vendor", "vendor-creds"),
+         _sc("hidden", "secret-we-may-not-read")],
+        {("drv", "creds"): _secret(**{url: "http://10.0.0.1:8080", "token": "t0ken"}),
+         ("drv", "vendor-creds"): _secret(user="admin", password="x"),  # not dr_kit's array API
+         ("drv", "secret-we-may-not-read"): InvalidInput("forbidden")}))
+    arrays = s.arrays()
+    assert list(arrays) == ["fast"] and arrays["fast"].token == "t0ken"
+    assert "t0ken" not in repr(arrays["fast"]) and "t0ken" not in str(arrays["fast"])
+    assert s.array_for("fast") is arrays["fast"] and s.array_for() is arrays["fast"]
+    assert s.has_array
+    nothing = _site_with(_FakeKube([_sc("plain", None)], {}))
+    assert nothing.arrays() == {} and not nothing.has_array
+    with pytest.raises(InvalidInput, match="publishes no array management endpoint"):
+        nothing.array  # noqa: B018
+    given = _site_with(_FakeKube([], {}), array_url="http://127.0.0.1:1")
+    assert given.has_array and given.array_for().management_url == "http://127.0.0.1:1"
+    two = _site_with(_FakeKube(
+        [_sc("a", "ca"), _sc("b", "cb")],
+        {("drv", "ca"): _secret(**{url: "http://a"}), ("drv", "cb"): _secret(**{url: "http://b"})}))
+    assert two.array_for() is None and two.array_for("b").management_url == "http://b"
 
 
 def test_frames(pair: tuple[Site, Site]) -> None:
@@ -130,7 +182,8 @@ def _kubeconfig_with(lab: Path, tmp_path: Path, **change: str) -> Path:
     return p
 
 
-def test_bad_kubeconfig_context_and_unreachable(lab: Path, tmp_path: Path) -> None:
+def test_bad_kubeconfig_context_and_unreachable(shop_lab: Path, tmp_path: Path) -> None:
+    lab = shop_lab
     with pytest.raises(InvalidInput, match=r"'nosuch'.*contexts: main, backup"):
         Site.from_kubeconfig(lab / "kubeconfig", "nosuch")
     with pytest.raises(NotFound, match="does not exist"):
@@ -140,9 +193,9 @@ def test_bad_kubeconfig_context_and_unreachable(lab: Path, tmp_path: Path) -> No
     with pytest.raises(InvalidInput):
         Site.from_kubeconfig(junk, "main")
     with pytest.raises(NotFound, match="no lab in"):
-        Site.lab("main", tmp_path / "no-lab")
+        site("main", tmp_path / "no-lab")
     with pytest.raises(InvalidInput, match="'main' or 'backup'"):
-        Site.lab("elsewhere", lab)
+        site("elsewhere", lab)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,8 +206,8 @@ def test_bad_kubeconfig_context_and_unreachable(lab: Path, tmp_path: Path) -> No
     with pytest.raises(Unavailable, match="unreachable") as e:
         down.namespaces()
     assert time.monotonic() - t0 < 10 and "\n" not in str(e.value)
-    with pytest.raises(InvalidInput, match="no known array management endpoint"):
-        down.array  # noqa: B018
+    with pytest.raises(Unavailable, match="unreachable"):
+        down.array  # noqa: B018 - looking for what the driver publishes needs the API
 
     (tmp_path / "bad").mkdir()
     refused = Site.from_kubeconfig(_kubeconfig_with(lab, tmp_path / "bad", token="wrong"), "main")

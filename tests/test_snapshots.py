@@ -11,41 +11,33 @@ import base64
 import json
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from dr_kit import analytics, cli, snapshots
+from dr_kit import analytics, cli, published, snapshots
 from dr_kit.errors import Conflict, InvalidInput, NotFound, Unavailable
-from dr_kit.lab import manager
-from dr_kit.lab.layout import CSI_DRIVER
+from dr_kit.lab import site
+from dr_kit.lab.layout import CSI_DRIVER, LabDir
 from dr_kit.lag import read_lag
-from dr_kit.operator.cli import protect
-from dr_kit.sites import GSNAP_GROUP, Site
+from dr_kit.sites import Site
 from dr_kit.sqlite import vfs as sqlite_vfs
+from dr_kit.storage.client import ArrayClient
 
 NS = "shop"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("snaplab")
-    manager.up(d, rate=25)
-    try:
-        st = protect(NS, lab_dir=d, wait=40)
-        assert st["state"] == "Protected", st
-        wait_consistent(Site.lab("main", d))
-        yield d
-    finally:
-        manager.down(d, purge=True)
+def lab(shop_lab: Path) -> Path:
+    wait_consistent(site("main", shop_lab))
+    return shop_lab
 
 
 @pytest.fixture(scope="module")
 def sites(lab: Path) -> tuple[Site, Site]:
-    return Site.lab("main", lab), Site.lab("backup", lab)
+    return site("main", lab), site("backup", lab)
 
 
 def wait_consistent(main: Site, timeout: float = 40.0) -> None:
@@ -60,13 +52,11 @@ def wait_consistent(main: Site, timeout: float = 40.0) -> None:
 
 
 def _vgs_names(site: Site, ns: str = NS) -> list[str]:
-    v = site.group_snapshot_version()
-    return sorted(o["metadata"]["name"] for o in site.kube.custom_list(
-        GSNAP_GROUP, v, "volumegroupsnapshots", ns))
+    return sorted(o["metadata"]["name"] for o in site.kube.items("VolumeGroupSnapshot", ns))
 
 
 def _pvc_names(site: Site, ns: str = NS) -> list[str]:
-    return sorted(p["metadata"]["name"] for p in site.kube.pvcs(ns))
+    return sorted(p["metadata"]["name"] for p in site.kube.items("PersistentVolumeClaim", ns))
 
 
 # -- the reference: the main site's databases, cut at the snapshot's consistency point ------
@@ -81,9 +71,10 @@ class MainReference:
     databases as they were at the snapshot's consistency point.
     """
 
-    def __init__(self, main: Site, tag: str) -> None:
-        self.array = main.array
-        pvs = {pv["spec"]["csi"]["volumeHandle"]: pv for pv in main.kube.pvs()
+    def __init__(self, main: Site, lab: Path, tag: str) -> None:
+        ep = LabDir.of(lab).array_endpoint("main")  # the data path: the test's own access
+        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
+        pvs = {pv["spec"]["csi"]["volumeHandle"]: pv for pv in main.kube.items("PersistentVolume")
                if pv["spec"].get("csi", {}).get("driver") == CSI_DRIVER}
         vols = {pv["spec"]["claimRef"]["name"]: h for h, pv in pvs.items()
                 if pv["spec"].get("claimRef", {}).get("namespace") == NS}
@@ -149,7 +140,8 @@ ANALYSES = {
 # -- the whole life of a snapshot group while the shop writes ----------------------------------
 
 
-def test_create_list_restore_open_delete_and_analytics_equal_main(sites: tuple[Site, Site]) -> None:
+def test_create_list_restore_open_delete_and_analytics_equal_main(lab: Path,
+                                                                 sites: tuple[Site, Site]) -> None:
     main, backup = sites
     events: list[Any] = []
     t0 = time.monotonic()
@@ -168,7 +160,7 @@ def test_create_list_restore_open_delete_and_analytics_equal_main(sites: tuple[S
     assert row["point_time"] == g.point_time and pd.isna(row["restored"])
 
     # a reference image of the main site, taken after the snapshot
-    ref = MainReference(main, "a")
+    ref = MainReference(main, lab, "a")
     try:
         restored = snapshots.restore_snapshot_group(backup, "snap-a", NS)
         assert restored == {"sales-db": "snap-a-sales-db", "stock-db": "snap-a-stock-db"}
@@ -240,9 +232,16 @@ def test_bad_input_changes_nothing(sites: tuple[Site, Site]) -> None:
     with pytest.raises(InvalidInput, match="not valid"):
         snapshots.create_snapshot_group(backup, "Bad_Name", NS)
     # a namespace that exists but is not protected
-    main.kube.call(main.kube.core.create_namespace, {"metadata": {"name": "plain"}})
-    with pytest.raises(Conflict, match="not protected"):
-        snapshots.create_snapshot_group(backup, "x", "plain")
+    main.kube.create("Namespace", {"metadata": {"name": "plain"}})
+    backup.kube.create("Namespace", {"metadata": {"name": "plain"}})
+    try:
+        with pytest.raises(Conflict, match="not protected"):
+            snapshots.create_snapshot_group(backup, "x", "plain", main_site=main)
+        with pytest.raises(Conflict, match="no replicated PVCs"):
+            snapshots.create_snapshot_group(backup, "x", "plain")  # the backup alone can tell
+    finally:
+        main.kube.delete("Namespace", "plain")
+        backup.kube.delete("Namespace", "plain")
     # unknown snapshot group
     with pytest.raises(NotFound, match="snapshot group 'ghost' does not exist"):
         snapshots.restore_snapshot_group(backup, "ghost", NS)
@@ -255,32 +254,39 @@ def test_bad_input_changes_nothing(sites: tuple[Site, Site]) -> None:
     assert _vgs_names(backup) == [] and _pvc_names(backup) == pvcs_before
 
     # a snapshot group that never becomes ready (a class of another driver)
-    v = backup.group_snapshot_version()
-    backup.kube.call(backup.kube.custom.create_cluster_custom_object, GSNAP_GROUP, v,
-                     "volumegroupsnapshotclasses", {
-                         "apiVersion": f"{GSNAP_GROUP}/{v}", "kind": "VolumeGroupSnapshotClass",
-                         "metadata": {"name": "other-driver"}, "driver": "other.example.com",
-                         "deletionPolicy": "Delete"})
-    pending = snapshots.create_snapshot_group(backup, "pending", NS, wait=False,
-                                              snapshot_class="other-driver")
-    assert not pending.ready
-    with pytest.raises(Conflict, match="not ready yet"):
-        snapshots.restore_snapshot_group(backup, "pending", NS)
-    with pytest.raises(Conflict, match="not ready yet"):
-        snapshots.open_snapshot_databases(backup, "pending", NS)
-    assert _pvc_names(backup) == pvcs_before
-    with pytest.raises(Conflict, match="already exists"):
-        snapshots.create_snapshot_group(backup, "pending", NS)
-    real = Site.from_kubeconfig(backup.kubeconfig, "backup")  # no lab default class to fall back on
-    with pytest.raises(InvalidInput, match="no default VolumeGroupSnapshotClass"):
-        snapshots.create_snapshot_group(real, "z", NS, main_site=main)
-    with pytest.raises(NotFound, match="VolumeGroupSnapshotClass 'nope'"):
-        snapshots.create_snapshot_group(backup, "y", NS, snapshot_class="nope")
-    with pytest.raises(Unavailable, match="not ready after"):
-        snapshots.create_snapshot_group(backup, "slow", NS, snapshot_class="other-driver",
-                                        timeout=0.3)
-    snapshots.delete_snapshot_group(backup, "slow", NS)
-    snapshots.delete_snapshot_group(backup, "pending", NS)
+    backup.kube.create("VolumeGroupSnapshotClass", {
+        "metadata": {"name": "other-driver"}, "driver": "other.example.com",
+        "deletionPolicy": "Delete"})
+    try:
+        pending = snapshots.create_snapshot_group(backup, "pending", NS, wait=False,
+                                                  snapshot_class="other-driver")
+        assert not pending.ready
+        with pytest.raises(Conflict, match="not ready yet"):
+            snapshots.restore_snapshot_group(backup, "pending", NS)
+        with pytest.raises(Conflict, match="not ready yet"):
+            snapshots.open_snapshot_databases(backup, "pending", NS)
+        assert _pvc_names(backup) == pvcs_before
+        with pytest.raises(Conflict, match="already exists"):
+            snapshots.create_snapshot_group(backup, "pending", NS)
+        # two classes and none marked default: name one
+        default = "groupsnapshot.storage.kubernetes.io/is-default-class"
+        backup.kube.patch("VolumeGroupSnapshotClass", "lab-array-group",
+                          {"metadata": {"annotations": {default: None}}})
+        try:
+            with pytest.raises(InvalidInput, match="no default VolumeGroupSnapshotClass"):
+                snapshots.create_snapshot_group(backup, "z", NS, main_site=main)
+        finally:
+            backup.kube.patch("VolumeGroupSnapshotClass", "lab-array-group",
+                              {"metadata": {"annotations": {default: "true"}}})
+        with pytest.raises(NotFound, match="VolumeGroupSnapshotClass 'nope'"):
+            snapshots.create_snapshot_group(backup, "y", NS, snapshot_class="nope")
+        with pytest.raises(Unavailable, match="not ready after"):
+            snapshots.create_snapshot_group(backup, "slow", NS, snapshot_class="other-driver",
+                                            timeout=0.3)
+        snapshots.delete_snapshot_group(backup, "slow", NS)
+        snapshots.delete_snapshot_group(backup, "pending", NS)
+    finally:
+        backup.kube.delete("VolumeGroupSnapshotClass", "other-driver")
     assert _vgs_names(backup) == []
 
 
@@ -303,13 +309,14 @@ def test_database_urls_bad_and_unreachable(sites: tuple[Site, Site]) -> None:
             "stock-url": "postgresql+psycopg://shop@127.0.0.1:1/{snapshot}_stock",
             "sales-url": "postgresql+psycopg://shop@127.0.0.1:1/{snapshot}_sales",
             "password": "pw-from-secret"}.items()}
-        backup.kube.call(backup.kube.core.create_namespaced_secret, NS, {
-            "metadata": {"name": "db-urls"}, "data": enc})
+        backup.kube.create("Secret", {"metadata": {"name": "db-urls", "namespace": NS},
+                                      "data": enc})
         with pytest.raises(Unavailable, match="urls_stock") as e:
             snapshots.open_snapshot_databases(backup, "urls", NS, secret="db-urls")
         assert "pw-from-secret" not in str(e.value)
         assert [p for p in _pvc_names(backup) if p.startswith("urls-")] == []
     finally:
+        backup.kube.delete("Secret", "db-urls", NS, missing_ok=True)
         snapshots.delete_snapshot_group(backup, "urls", NS)
 
 
@@ -395,22 +402,46 @@ def test_cli_snapshot_and_query(lab: Path, sites: tuple[Site, Site],
     assert _vgs_names(backup) == [] and _pvc_names(backup) == ["sales-db", "stock-db"]
 
 
-def test_real_mode_site_reads_snapshots_without_array(lab: Path, sites: tuple[Site, Site]) -> None:
-    """Through the kubeconfig alone (no array endpoint), as on a real cluster."""
-    real = Site.from_kubeconfig(lab / "kubeconfig", "backup")
-    assert not real.has_array and real.mode == "real"
-    main = Site.from_kubeconfig(lab / "kubeconfig", "main")
-    g = snapshots.create_snapshot_group(real, "real-1", NS, main_site=main,
-                                        snapshot_class="lab-array-group")
+def test_the_databases_secret_follows_the_restore(sites: tuple[Site, Site]) -> None:
+    """What a DBA publishes (the lab's plug-in plays the part): the URLs of the restored
+    databases in ``<group>-databases``, opened over the backup array's data path."""
+    main, backup = sites
+    secret = published.databases_secret("dba-1")
+    g = snapshots.create_snapshot_group(backup, "dba-1", NS, main_site=main)
     try:
-        assert g.ready
-        with pytest.raises(InvalidInput, match="no database URLs"):
-            snapshots.open_snapshot_databases(real, "real-1", NS)
-        assert snapshots.restore_snapshot_group(real, "real-1", NS) == {
-            "sales-db": "real-1-sales-db", "stock-db": "real-1-stock-db"}
+        assert g.ready and backup.kube.get("Secret", secret, NS) is None  # not restored yet
+        restored = snapshots.restore_snapshot_group(backup, "dba-1", NS)
+        deadline = time.monotonic() + 20
+        while (obj := backup.kube.get("Secret", secret, NS)) is None:
+            assert time.monotonic() < deadline, "the databases' Secret never appeared"
+            time.sleep(0.2)
+        urls = {k: published.secret_text(obj, k) for k in ("stock-url", "sales-url")}
+        pvs = {p["metadata"]["name"]: p["spec"]["volumeName"]
+               for p in backup.kube.items("PersistentVolumeClaim", NS)}
+        assert urls["stock-url"].startswith("drkit+array://backup/" + pvs[restored["stock-db"]])
+        assert urls["sales-url"].split("?")[0].endswith(f"{pvs[restored['sales-db']]}/sales.db")
+        with snapshots.open_snapshot_databases(backup, "dba-1", NS, restore=False) as dbs:
+            assert dbs.provenance.sequence == g.sequence and dbs.provenance.consistent
+            assert f"Secret {NS}/{secret}" in dbs.provenance.source
+        # the same URLs through SQLAlchemy alone, as an analyst's own code would open them
+        from sqlalchemy import create_engine, text
+
+        import dr_kit.sqlite.dialect  # noqa: F401 - registers drkit+array (an entry point too)
+
+        engine = create_engine(urls["sales-url"])
+        try:
+            with engine.connect() as c:
+                assert c.execute(text("SELECT COUNT(*) FROM orders")).scalar() > 0
+                with pytest.raises(InvalidInput, match="read-only"):
+                    c.execute(text("DELETE FROM orders"))
+        finally:
+            engine.dispose()
     finally:
-        snapshots.delete_snapshot_group(real, "real-1", NS)
-    assert _pvc_names(real) == ["sales-db", "stock-db"]
+        snapshots.delete_snapshot_group(backup, "dba-1", NS)
+    deadline = time.monotonic() + 20
+    while backup.kube.get("Secret", secret, NS) is not None:
+        assert time.monotonic() < deadline, "the databases' Secret outlived the restore"
+        time.sleep(0.2)
 
 
 def test_inflight_order_is_rolled_back_on_the_clone(sites: tuple[Site, Site]) -> None:

@@ -1,18 +1,22 @@
 """Command-line subcommands of the analyst library, one file each (snapshot, lag, query).
 
-Every command reaches a site through ``--dir DIR`` (the lab, default ``.dr-lab``) or
-``--kubeconfig K --context C`` (a real cluster); :func:`site_options` adds them and
-:func:`site_from_args` turns them into a :class:`~dr_kit.sites.Site`.
+Every command reaches a site through a kubeconfig context: ``--kubeconfig K --context C``
+(a real cluster), or ``--dir DIR`` (a lab folder, default ``.dr-lab``), which is short for
+``--kubeconfig DIR/kubeconfig --context main|backup``: a lab is reached exactly like a
+real cluster.  :func:`site_options` adds the options and :func:`site_from_args` turns
+them into a :class:`~dr_kit.sites.Site`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from dr_kit.errors import InvalidInput
-from dr_kit.lab.layout import DEFAULT_DIR
+from dr_kit.errors import InvalidInput, NotFound
 from dr_kit.sites import ProgressEvent, Site
+
+DEFAULT_DIR = ".dr-lab"  # a lab folder holds kubeconfig, with contexts main and backup
 
 
 def site_options(p: argparse.ArgumentParser, *, site: str) -> None:
@@ -31,7 +35,16 @@ def site_from_args(args: argparse.Namespace, site: str) -> Site:
                            "cluster), not both")
     if real:
         return Site.from_kubeconfig(args.kubeconfig, args.context, name=site)
-    return Site.lab(site, args.dir or DEFAULT_DIR)
+    return lab_site(args.dir or DEFAULT_DIR, site)
+
+
+def lab_site(lab_dir: str | Path, site: str) -> Site:
+    """Site ``main`` or ``backup`` of a lab folder, through its kubeconfig."""
+    kubeconfig = Path(lab_dir) / "kubeconfig"
+    if not kubeconfig.is_file():
+        root = Path(lab_dir).resolve()
+        raise NotFound(f"no lab in {root}; start one with: dr-kit lab up --dir {root}")
+    return Site.from_kubeconfig(kubeconfig, site, name=site)
 
 
 class CliProgress:
@@ -55,4 +68,4 @@ class CliProgress:
         self.stream.flush()
 
 
-__all__ = ["site_options", "site_from_args", "CliProgress"]
+__all__ = ["site_options", "site_from_args", "lab_site", "CliProgress", "DEFAULT_DIR"]

@@ -13,12 +13,13 @@ from dr_kit.commands import site_from_args, site_options
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lag", help="journal lag (RPO) per consistency group, once or as Prometheus metrics",
                        description="Read the replication lag of every consistency group at the main "
-                       "site: from the array in the lab, from the replication resources' status on "
-                       "real clusters.  Unknown figures are shown as unknown, never as 0.")
+                       "site: from the array when the storage driver publishes it (exact), otherwise "
+                       "from the replication resources' lastSyncTime (an upper bound, 1 s "
+                       "resolution).  Unknown figures are shown as unknown, never as 0.")
     p.add_argument("--namespace", "-n", metavar="NS", help="only this namespace")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     p.add_argument("--source", choices=("auto", "array", "k8s-status"), default="auto",
-                   help="where to read the lag (default: the array when known)")
+                   help="where to read the lag (default: the array where its driver publishes it)")
     p.add_argument("--serve", metavar="ADDR", help="serve Prometheus gauges at http://ADDR/metrics "
                    "until interrupted (e.g. 127.0.0.1:9469)")
     p.add_argument("--allow-remote", action="store_true",
@@ -64,7 +65,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{'GROUP':<28} {'NAMESPACE':<14} {'STATE':<12} {'SEQ LAG':>8} {'BYTE LAG':>10} "
           f"{'TIME LAG':>10}  SOURCE")
     for r in reports:
+        t = _fmt(r.time_lag_s, " s")
+        t = f"≤ {t}" if r.upper_bound and r.time_lag_s is not None else t
         print(f"{r.group:<28} {r.namespace or '-':<14} {r.state:<12} {_fmt(r.sequence_lag):>8} "
-              f"{_fmt(r.byte_lag):>10} {_fmt(r.time_lag_s, ' s'):>10}  {r.source}"
+              f"{_fmt(r.byte_lag):>10} {t:>10}  {r.source_label}"
               + (f"  ({r.message})" if r.message else ""))
     return 0

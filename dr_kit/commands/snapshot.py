@@ -53,9 +53,12 @@ def _sites(args: argparse.Namespace):  # noqa: ANN202
     backup = site_from_args(args, "backup")
     main = None
     if args.main_context:
-        if backup.mode == "lab":
-            raise InvalidInput("--main-context is for real clusters; the lab knows its main site")
+        if not (args.kubeconfig or args.context):
+            raise InvalidInput("--main-context goes with --kubeconfig/--context; a lab folder "
+                               "(--dir) has its main site as context main")
         main = Site.from_kubeconfig(args.kubeconfig, args.main_context, name="main")
+    elif not (args.kubeconfig or args.context):
+        main = site_from_args(args, "main")
     return backup, main
 
 

@@ -33,27 +33,35 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
+from dr_kit import published
 from dr_kit.errors import Conflict, DrKitError, NotFound
 from dr_kit.fsutil import write_json
+from dr_kit.kube import Kube, api_client, parse_quantity
+from dr_kit.kube import rfc3339 as now_rfc3339
 from dr_kit.lab.apiserver.quantity import format_bytes
 from dr_kit.lab.apiserver.selectors import match_selector
-from dr_kit.lab.kube import Kube, api_client, now_rfc3339, parse_quantity
-from dr_kit.lab.layout import ANNOTATION_PREFIX, CSI_DRIVER, STORAGE_CLASS, LabDir
+from dr_kit.lab.layout import (
+    ANNOTATION_PREFIX,
+    ARRAY_SECRET,
+    CSI_DRIVER,
+    PLUGIN_NAMESPACE,
+    SHOP_PVCS,
+    STORAGE_CLASS,
+    LabDir,
+)
 from dr_kit.storage.client import ArrayClient
 
 log = logging.getLogger("dr_kit.lab.controllers")
 
-REPL = ("replication.storage.openshift.io", "v1alpha1")
-HSPC = ("hspc.hitachi.com", "v1")
-GSNAP = ("groupsnapshot.storage.k8s.io", "v1beta2")
+GSNAP = ("groupsnapshot.storage.k8s.io", "v1beta2")  # the version this plug-in writes
 SNAP = ("snapshot.storage.k8s.io", "v1")
 FINALIZER = "lab.dr-kit.io/storage"
-REPLICATED_LABEL = "lab.dr-kit.io/replicated-from"
+REPLICATED_LABEL = published.REPLICATED_FROM
 A = ANNOTATION_PREFIX
+PUBLISH_EVERY = 5.0  # seconds between checks of what the plug-in publishes
 
 
 def _meta(o: dict[str, Any]) -> dict[str, Any]:
@@ -74,13 +82,14 @@ class SiteController:
         self.site = site
         self.interval = interval
         self.state = lab.load()
-        self.kube = Kube(api_client(lab.kubeconfig, site))
+        self.kube = Kube(api_client(lab.kubeconfig, site), where=f"the {site} site's API server")
         ep = lab.array_endpoint(site, self.state)
         self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
         self.backup_kube: Kube | None = None
         self.backup_array: ArrayClient | None = None
         if site == "main":
-            self.backup_kube = Kube(api_client(lab.kubeconfig, "backup"))
+            self.backup_kube = Kube(api_client(lab.kubeconfig, "backup"),
+                                    where="the backup site's API server")
             bep = lab.array_endpoint("backup", self.state)
             self.backup_array = ArrayClient(bep["mgmt_url"], bep["data_socket"])
         self.stopping = threading.Event()
@@ -92,20 +101,54 @@ class SiteController:
         for step in self.steps():
             try:
                 step()
-            except (ApiException, DrKitError, OSError) as e:
+            except (DrKitError, OSError) as e:
                 key = step.__name__
                 msg = str(e).splitlines()[0][:300]
                 if self._errors.get(key) != msg:
                     log.warning("%s: %s", key, msg)
                     self._errors[key] = msg
 
-    def steps(self):
-        s = [self.provision, self.release]
+    def steps(self) -> list[Callable[[], None]]:
+        s = [self.publish_array, self.provision, self.release]
         if self.site == "main":
             s += [self.replicate_csi_addons, self.replicate_hitachi, self.shop_status]
         else:
-            s += [self.group_snapshots]
+            s += [self.group_snapshots, self.publish_databases]
         return s
+
+    def _items(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Objects of ``kind`` ([] when the cluster does not serve it)."""
+        try:
+            return self.kube.items(kind, namespace)
+        except NotFound:
+            return []
+
+    # -- what the plug-in publishes (see dr_kit.published) -----------------------------
+    def publish_array(self) -> None:
+        """The array's management endpoint, in a Secret of the plug-in's own namespace that
+        the storage class names (as a CSI driver names its credentials)."""
+        now = time.monotonic()
+        if now < getattr(self, "_next_publish", 0.0):
+            return
+        self._next_publish = now + PUBLISH_EVERY
+        self.kube.create("Namespace", {"metadata": {"name": PLUGIN_NAMESPACE, "labels": {
+            "app.kubernetes.io/part-of": "dr-kit-lab"}}}, exist_ok=True)
+        values = {published.MANAGEMENT_URL_KEY: self.array.url, "array": self.site}
+        secret = self.kube.get("Secret", ARRAY_SECRET, PLUGIN_NAMESPACE)
+        if secret is None:
+            self.kube.create("Secret", {
+                "metadata": {"name": ARRAY_SECRET, "namespace": PLUGIN_NAMESPACE,
+                             "labels": {"app.kubernetes.io/part-of": "dr-kit-lab"}},
+                "type": "Opaque", "data": published.encode(values)}, exist_ok=True)
+        elif any(published.secret_text(secret, k) != v for k, v in values.items()):
+            self.kube.patch("Secret", ARRAY_SECRET, {"data": published.encode(values)},
+                            PLUGIN_NAMESPACE)
+
+    def _annotate_group(self, kind: str, obj: dict[str, Any], gname: str) -> None:
+        m = obj["metadata"]
+        if (m.get("annotations") or {}).get(published.ARRAY_GROUP) != gname:
+            self.kube.patch(kind, m["name"], {"metadata": {"annotations": {
+                published.ARRAY_GROUP: gname}}}, m.get("namespace"))
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -118,7 +161,7 @@ class SiteController:
         return {v["name"] for v in self.array.status()["volumes"]}
 
     def provision(self) -> None:
-        pvcs = [p for p in self.kube.pvcs() if p["spec"].get("storageClassName") == STORAGE_CLASS
+        pvcs = [p for p in self.kube.items("PersistentVolumeClaim") if p["spec"].get("storageClassName") == STORAGE_CLASS
                 and not _meta(p).get("deletionTimestamp")]
         pending = [p for p in pvcs if p.get("status", {}).get("phase") != "Bound"]
         if not pending:
@@ -158,23 +201,19 @@ class SiteController:
                        "csi": {"driver": CSI_DRIVER, "volumeHandle": vol},
                        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                                     "namespace": m["namespace"], "name": m["name"], "uid": m.get("uid")}}}
-        try:
-            kube.core.create_persistent_volume(pv)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-        kube.core.patch_persistent_volume_status(pv_name, {"status": {"phase": "Bound"}})
+        kube.create("PersistentVolume", pv, exist_ok=True)
+        kube.patch("PersistentVolume", pv_name, {"status": {"phase": "Bound"}}, status=True)
         if pvc["spec"].get("volumeName") != pv_name:
-            kube.core.patch_namespaced_persistent_volume_claim(m["name"], m["namespace"],
-                                                               {"spec": {"volumeName": pv_name}})
-        kube.core.patch_namespaced_persistent_volume_claim_status(
-            m["name"], m["namespace"], {"status": {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
-                                                   "capacity": {"storage": format_bytes(size)}}})
+            kube.patch("PersistentVolumeClaim", m["name"], {"spec": {"volumeName": pv_name}},
+                       m["namespace"])
+        kube.patch("PersistentVolumeClaim", m["name"],
+                   {"status": {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
+                               "capacity": {"storage": format_bytes(size)}}}, m["namespace"], status=True)
 
     def release(self) -> None:
         claims = {(p["metadata"]["namespace"], p["metadata"]["name"]): p["metadata"].get("uid")
-                  for p in self.kube.pvcs()}
-        for pv in self.kube.pvs():
+                  for p in self.kube.items("PersistentVolumeClaim")}
+        for pv in self.kube.items("PersistentVolume"):
             spec = pv.get("spec", {})
             if spec.get("csi", {}).get("driver") != CSI_DRIVER:
                 continue
@@ -191,29 +230,25 @@ class SiteController:
                     continue  # still replicated or snapshotted: try again later
             else:
                 if pv.get("status", {}).get("phase") != "Released":
-                    self.kube.core.patch_persistent_volume_status(pv["metadata"]["name"],
-                                                                  {"status": {"phase": "Released"}})
+                    self.kube.patch("PersistentVolume", pv["metadata"]["name"],
+                                    {"status": {"phase": "Released"}}, status=True)
                 continue
-            try:
-                self.kube.core.delete_persistent_volume(pv["metadata"]["name"])
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            self.kube.delete("PersistentVolume", pv["metadata"]["name"], missing_ok=True)
 
     def _snapshot_handle(self, ns: str, name: str) -> str | None:
-        vs = self.kube.get_custom(*SNAP, "volumesnapshots", name, ns)
+        vs = self.kube.get("VolumeSnapshot", name, ns)
         if not vs or not vs.get("status", {}).get("readyToUse"):
             return None
-        content = self.kube.get_custom(*SNAP, "volumesnapshotcontents",
-                                       vs["status"]["boundVolumeSnapshotContentName"])
+        content = self.kube.get("VolumeSnapshotContent",
+                                vs["status"]["boundVolumeSnapshotContentName"])
         return (content or {}).get("status", {}).get("snapshotHandle")
 
     # -- replication plug-in (main site) --------------------------------------------
     def _group_members(self, ns: str, selector: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         """Bound PVCs of the namespace matching the selector, and their array volumes."""
         pvcs, vols = [], []
-        pvs = {pv["metadata"]["name"]: pv for pv in self.kube.pvs()}
-        for p in sorted(self.kube.pvcs(ns), key=lambda p: p["metadata"]["name"]):
+        pvs = {pv["metadata"]["name"]: pv for pv in self.kube.items("PersistentVolume")}
+        for p in sorted(self.kube.items("PersistentVolumeClaim", ns), key=lambda p: p["metadata"]["name"]):
             if _meta(p).get("deletionTimestamp"):
                 continue
             if not match_selector(selector, p["metadata"].get("labels") or {}):
@@ -249,14 +284,11 @@ class SiteController:
         assert self.backup_kube is not None and self.backup_array is not None
         bk = self.backup_kube
         backup_vols = {v["name"]: v for v in self.backup_array.status()["volumes"]}
-        names = {n["metadata"]["name"] for n in bk.namespaces()}
+        names = {n["metadata"]["name"] for n in bk.items("Namespace")}
         if ns not in names:
-            try:
-                bk.core.create_namespace({"metadata": {"name": ns, "labels": {REPLICATED_LABEL: "main"}}})
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-        existing = {p["metadata"]["name"]: p for p in bk.pvcs(ns)}
+            bk.create("Namespace", {"metadata": {"name": ns, "labels": {REPLICATED_LABEL: "main"}}},
+                      exist_ok=True)
+        existing = {p["metadata"]["name"]: p for p in bk.items("PersistentVolumeClaim", ns)}
         for pvc, vol in zip(pvcs, vols, strict=True):
             if vol not in backup_vols:
                 continue  # the backup array creates it when the pair starts
@@ -271,12 +303,7 @@ class SiteController:
                         "spec": {"storageClassName": STORAGE_CLASS,
                                  "accessModes": pvc["spec"].get("accessModes") or ["ReadWriteOnce"],
                                  "resources": pvc["spec"]["resources"], "volumeName": vol}}
-                try:
-                    bp = bk._d(bk.core.create_namespaced_persistent_volume_claim(ns, body))
-                except ApiException as e:
-                    if e.status != 409:
-                        raise
-                    bp = bk.get_pvc(ns, name)
+                bp = bk.create("PersistentVolumeClaim", body, exist_ok=True)
             if bp and bp.get("status", {}).get("phase") != "Bound":
                 self._bind(bk, bp, vol, backup_vols[vol]["size"], pv_name=vol,
                            labels={REPLICATED_LABEL: "main"})
@@ -317,8 +344,8 @@ class SiteController:
         return bg.get("applied_time"), bg.get("applied_at")
 
     def replicate_csi_addons(self) -> None:
-        classes = {c["metadata"]["name"]: c for c in self.kube.list_custom(*REPL, "volumegroupreplicationclasses")}
-        for vgr in self.kube.list_custom(*REPL, "volumegroupreplications"):
+        classes = {c["metadata"]["name"]: c for c in self._items("VolumeGroupReplicationClass")}
+        for vgr in self._items("VolumeGroupReplication"):
             m = vgr["metadata"]
             ns, name = m["namespace"], m["name"]
             cls = classes.get(vgr["spec"].get("volumeGroupReplicationClassName", ""))
@@ -328,21 +355,22 @@ class SiteController:
             if m.get("deletionTimestamp"):
                 self._teardown(gname)
                 fins = [f for f in m.get("finalizers", []) if f != FINALIZER]
-                self.kube.patch_custom(*REPL, "volumegroupreplications", name, {"metadata": {"finalizers": fins}}, ns)
+                self.kube.patch("VolumeGroupReplication", name, {"metadata": {"finalizers": fins}}, ns)
                 continue
             if FINALIZER not in (m.get("finalizers") or []):
-                self.kube.patch_custom(*REPL, "volumegroupreplications", name,
-                                       {"metadata": {"finalizers": [*(m.get("finalizers") or []), FINALIZER]}}, ns)
+                self.kube.patch("VolumeGroupReplication", name,
+                                {"metadata": {"finalizers": [*(m.get("finalizers") or []), FINALIZER]}}, ns)
+            self._annotate_group("VolumeGroupReplication", vgr, gname)
             pvcs, vols = self._group_members(ns, vgr["spec"].get("source", {}).get("selector") or {})
             if not vols:
                 continue
             g = self._ensure_array_group(gname, vols, cls["spec"].get("parameters") or {})
             self._ensure_backup_objects(ns, pvcs, vols, gname)
             status = self._status_from(g, pvcs, m.get("generation"), f"vgr/{ns}/{name}")
-            self.kube.patch_custom(*REPL, "volumegroupreplications", name, {"status": status}, ns, status=True)
+            self.kube.patch("VolumeGroupReplication", name, {"status": status}, ns, status=True)
 
     def replicate_hitachi(self) -> None:
-        reps = self.kube.list_custom(*HSPC, "replications")
+        reps = self._items("Replication")
         by_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in reps:
             cg = str(r["spec"].get("consistencyGroupId", r["metadata"]["name"]))
@@ -356,14 +384,17 @@ class SiteController:
                     if not live:
                         self._teardown(gname)
                     fins = [f for f in m.get("finalizers", []) if f != FINALIZER]
-                    self.kube.patch_custom(*HSPC, "replications", m["name"], {"metadata": {"finalizers": fins}}, ns)
+                    self.kube.patch("Replication", m["name"], {"metadata": {"finalizers": fins}}, ns)
                 elif FINALIZER not in (m.get("finalizers") or []):
-                    self.kube.patch_custom(*HSPC, "replications", m["name"],
-                                           {"metadata": {"finalizers": [*(m.get("finalizers") or []), FINALIZER]}}, ns)
+                    self.kube.patch("Replication", m["name"],
+                                    {"metadata": {"finalizers": [*(m.get("finalizers") or []), FINALIZER]}}, ns)
+                if not m.get("deletionTimestamp"):
+                    self._annotate_group("Replication", r, gname)
             pvcs, vols = [], []
-            pvs = {pv["metadata"]["name"]: pv for pv in self.kube.pvs()}
+            pvs = {pv["metadata"]["name"]: pv for pv in self.kube.items("PersistentVolume")}
             for r in sorted(live, key=lambda r: r["spec"].get("persistentVolumeClaimName", "")):
-                p = self.kube.get_pvc(ns, r["spec"].get("persistentVolumeClaimName", ""))
+                p = self.kube.get("PersistentVolumeClaim",
+                                  r["spec"].get("persistentVolumeClaimName", ""), ns)
                 pv = pvs.get((p or {}).get("spec", {}).get("volumeName") or "")
                 if p and pv and pv["spec"].get("csi", {}).get("driver") == CSI_DRIVER:
                     pvcs.append(p)
@@ -374,7 +405,7 @@ class SiteController:
             g = self._ensure_array_group(gname, vols, {"mode": mode})
             parent = live[0]["spec"].get("parentName")
             if parent:
-                rg = self.kube.get_custom(*HSPC, "replicationgroups", parent, ns)
+                rg = self.kube.get("ReplicationGroup", parent, ns)
                 want = (rg or {}).get("spec", {}).get("desiredPairState", "pair")
                 if want == "split" and g["state"] == "pair":
                     self.array.group_action(gname, "suspend")
@@ -389,9 +420,9 @@ class SiteController:
                       "lastSyncTime": now_rfc3339(t) if t else None,
                       "timeLagSeconds": g["lag"].get("time_lag_s"), "message": g.get("message", ""),
                       "persistentVolumeClaimName": p["metadata"]["name"]}
-                self.kube.patch_custom(*HSPC, "replications", r["metadata"]["name"], {"status": st}, ns, status=True)
+                self.kube.patch("Replication", r["metadata"]["name"], {"status": st}, ns, status=True)
             if parent:
-                self.kube.patch_custom(*HSPC, "replicationgroups", parent,
+                self.kube.patch("ReplicationGroup", parent,
                                        {"status": {"pairState": pair_state, "copyGroup": gname,
                                                    "members": [p["metadata"]["name"] for p in pvcs]}}, ns, status=True)
 
@@ -441,32 +472,28 @@ class SiteController:
                                           "message": f"process {record.get('pid')} is gone",
                                           "finishedAt": now_rfc3339()}})}]}
         name = "shop-0"
-        try:
-            self.kube.core.read_namespaced_pod(name, SHOP_NAMESPACE)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            self.kube.core.create_namespaced_pod(SHOP_NAMESPACE, {
-                "metadata": {"name": name, "labels": labels,
+        if self.kube.get("Pod", name, SHOP_NAMESPACE) is None:
+            self.kube.create("Pod", {
+                "metadata": {"name": name, "namespace": SHOP_NAMESPACE, "labels": labels,
                              "annotations": {A + "pid": str(record.get("pid"))}},
-                "spec": {"containers": [{"name": "shop", "image": "dr-kit/shopapp:lab"}]}})
-        self.kube.core.patch_namespaced_pod(name, SHOP_NAMESPACE,
-                                            {"metadata": {"annotations": {A + "pid": str(record.get("pid"))}}})
-        self.kube.core.patch_namespaced_pod_status(name, SHOP_NAMESPACE, {"status": pod_status})
+                "spec": {"containers": [{"name": "shop", "image": "dr-kit/shopapp:lab"}]}},
+                exist_ok=True)
+        self.kube.patch("Pod", name, {"metadata": {"annotations": {A + "pid": str(record.get("pid"))}}},
+                        SHOP_NAMESPACE)
+        self.kube.patch("Pod", name, {"status": pod_status}, SHOP_NAMESPACE, status=True)
         n = 1 if running else 0
         try:
-            self.kube.apps.patch_namespaced_deployment_status("shop", SHOP_NAMESPACE, {"status": {
+            self.kube.patch("Deployment", "shop", {"status": {
                 "replicas": 1, "updatedReplicas": 1, "readyReplicas": n, "availableReplicas": n,
-                "unavailableReplicas": 1 - n}})
-        except ApiException as e:
-            if e.status != 404:
-                raise
+                "unavailableReplicas": 1 - n}}, SHOP_NAMESPACE, status=True)
+        except NotFound:
+            pass
         self._shop_reported = key
 
     # -- group snapshots (backup site) ----------------------------------------------
     def group_snapshots(self) -> None:
-        classes = {c["metadata"]["name"]: c for c in self.kube.list_custom(*GSNAP, "volumegroupsnapshotclasses")}
-        for vgs in self.kube.list_custom(*GSNAP, "volumegroupsnapshots"):
+        classes = {c["metadata"]["name"]: c for c in self._items("VolumeGroupSnapshotClass")}
+        for vgs in self._items("VolumeGroupSnapshot"):
             m = vgs["metadata"]
             if m.get("deletionTimestamp"):
                 self._delete_group_snapshot(vgs)
@@ -482,26 +509,26 @@ class SiteController:
                 continue
             self._take_group_snapshot(vgs, cls)
 
-    def _error(self, group_version: tuple[str, str], plural: str, obj: dict[str, Any], msg: str) -> None:
+    def _error(self, kind: str, obj: dict[str, Any], msg: str) -> None:
         m = obj["metadata"]
-        self.kube.patch_custom(*group_version, plural, m["name"],
-                               {"status": {"readyToUse": False, "error": {"message": msg, "time": now_rfc3339()}}},
-                               m.get("namespace"), status=True)
+        self.kube.patch(kind, m["name"],
+                        {"status": {"readyToUse": False, "error": {"message": msg, "time": now_rfc3339()}}},
+                        m.get("namespace"), status=True)
 
     def _take_group_snapshot(self, vgs: dict[str, Any], cls: dict[str, Any]) -> None:
         m = vgs["metadata"]
         ns, name, uid = m["namespace"], m["name"], m["uid"]
         selector = vgs["spec"].get("source", {}).get("selector")
         if not selector:
-            self._error(GSNAP, "volumegroupsnapshots", vgs,
+            self._error("VolumeGroupSnapshot", vgs,
                         "only spec.source.selector is supported by the lab driver")
             return
         if FINALIZER not in (m.get("finalizers") or []):
-            self.kube.patch_custom(*GSNAP, "volumegroupsnapshots", name,
-                                   {"metadata": {"finalizers": [*(m.get("finalizers") or []), FINALIZER]}}, ns)
+            self.kube.patch("VolumeGroupSnapshot", name,
+                            {"metadata": {"finalizers": [*(m.get("finalizers") or []), FINALIZER]}}, ns)
         pvcs, vols = self._group_members(ns, selector)
         if not vols:
-            self._error(GSNAP, "volumegroupsnapshots", vgs,
+            self._error("VolumeGroupSnapshot", vgs,
                         f"no bound PVC of the lab driver in namespace {ns} matches the selector")
             return
         status = self.array.status()
@@ -522,7 +549,7 @@ class SiteController:
         created = now_rfc3339(info.get("created"))
         content_name = f"groupsnapcontent-{uid}"
         handles = [f"{snap}/{v}" for v in vols]
-        self.kube.create_custom(*GSNAP, "volumegroupsnapshotcontents", {
+        self.kube.create("VolumeGroupSnapshotContent", {
             "apiVersion": "/".join(GSNAP), "kind": "VolumeGroupSnapshotContent",
             "metadata": {"name": content_name},
             "spec": {"deletionPolicy": cls.get("deletionPolicy", "Delete"), "driver": CSI_DRIVER,
@@ -530,8 +557,9 @@ class SiteController:
                      "source": {"groupSnapshotHandles": {"volumeGroupSnapshotHandle": snap,
                                                          "volumeSnapshotHandles": handles}},
                      "volumeGroupSnapshotRef": {"kind": "VolumeGroupSnapshot", "apiVersion": "/".join(GSNAP),
-                                                "name": name, "namespace": ns, "uid": uid}}})
-        self.kube.patch_custom(*GSNAP, "volumegroupsnapshotcontents", content_name, {"status": {
+                                                "name": name, "namespace": ns, "uid": uid}}},
+            exist_ok=True)
+        self.kube.patch("VolumeGroupSnapshotContent", content_name, {"status": {
             "readyToUse": True, "creationTime": created, "volumeGroupSnapshotHandle": snap,
             "volumeSnapshotInfoList": [{"volumeHandle": v, "snapshotHandle": h, "readyToUse": True,
                                         "creationTime": int(info["created"] * 1e9)}
@@ -542,39 +570,90 @@ class SiteController:
             vsc_name = f"snapcontent-{uid[:8]}-{vol}"[:253]
             size = parse_quantity((pvc.get("status", {}).get("capacity") or {}).get("storage")
                                   or pvc["spec"]["resources"]["requests"]["storage"])
-            self.kube.create_custom(*SNAP, "volumesnapshotcontents", {
+            self.kube.create("VolumeSnapshotContent", {
                 "apiVersion": "/".join(SNAP), "kind": "VolumeSnapshotContent",
                 "metadata": {"name": vsc_name, "labels": {A + "group-snapshot-uid": uid}},
                 "spec": {"deletionPolicy": "Delete", "driver": CSI_DRIVER,
                          "source": {"snapshotHandle": handle},
                          "volumeSnapshotRef": {"kind": "VolumeSnapshot", "apiVersion": "/".join(SNAP),
-                                               "name": vs_name, "namespace": ns}}})
-            self.kube.patch_custom(*SNAP, "volumesnapshotcontents", vsc_name, {"status": {
+                                               "name": vs_name, "namespace": ns}}},
+                exist_ok=True)
+            self.kube.patch("VolumeSnapshotContent", vsc_name, {"status": {
                 "readyToUse": True, "snapshotHandle": handle, "volumeGroupSnapshotHandle": snap,
                 "creationTime": int(info["created"] * 1e9), "restoreSize": size}}, status=True)
-            self.kube.create_custom(*SNAP, "volumesnapshots", {
+            self.kube.create("VolumeSnapshot", {
                 "apiVersion": "/".join(SNAP), "kind": "VolumeSnapshot",
                 "metadata": {"name": vs_name, "namespace": ns,
                              "labels": {A + "group-snapshot": name, A + "pvc": pname},
                              "ownerReferences": [{"apiVersion": "/".join(GSNAP), "kind": "VolumeGroupSnapshot",
                                                   "name": name, "uid": uid}]},
-                "spec": {"source": {"volumeSnapshotContentName": vsc_name}}}, ns)
-            self.kube.patch_custom(*SNAP, "volumesnapshots", vs_name, {"status": {
+                "spec": {"source": {"volumeSnapshotContentName": vsc_name}}}, exist_ok=True)
+            self.kube.patch("VolumeSnapshot", vs_name, {"status": {
                 "readyToUse": True, "boundVolumeSnapshotContentName": vsc_name, "creationTime": created,
                 "restoreSize": format_bytes(size), "volumeGroupSnapshotName": name}}, ns, status=True)
-        ann = {A + "array-snapshot": snap, A + "consistent": json.dumps(info.get("consistent")),
-               A + "volumes": ",".join(p["metadata"]["name"] for p in pvcs)}
+        ann = {published.SNAPSHOT_ARRAY_SNAPSHOT: snap,
+               published.SNAPSHOT_CONSISTENT: json.dumps(info.get("consistent")),
+               published.SNAPSHOT_VOLUMES: ",".join(p["metadata"]["name"] for p in pvcs)}
         if info.get("sequence") is not None:
-            ann[A + "sequence"] = str(info["sequence"])
-            ann[A + "position"] = info.get("position", "")
-        if info.get("time"):
-            ann[A + "consistency-time"] = f"{info['time']:.6f}"  # unix time of the last applied write
+            ann[published.SNAPSHOT_SEQUENCE] = str(info["sequence"])
+            ann[published.SNAPSHOT_POSITION] = info.get("position", "")
+        if info.get("time"):  # unix time of the last applied write
+            ann[published.SNAPSHOT_TIME] = f"{info['time']:.6f}"
         if info.get("lag_s") is not None:
-            ann[A + "lag-seconds"] = f"{info['lag_s']:.6f}"
-        self.kube.patch_custom(*GSNAP, "volumegroupsnapshots", name, {"metadata": {"annotations": ann}}, ns)
-        self.kube.patch_custom(*GSNAP, "volumegroupsnapshots", name, {"status": {
+            ann[published.SNAPSHOT_LAG] = f"{info['lag_s']:.6f}"
+        self.kube.patch("VolumeGroupSnapshot", name, {"metadata": {"annotations": ann}}, ns)
+        self.kube.patch("VolumeGroupSnapshot", name, {"status": {
             "readyToUse": True, "boundVolumeGroupSnapshotContentName": content_name,
             "creationTime": created}}, ns, status=True)
+
+    # -- the DBA's part for the lab's shop (backup site) -------------------------------
+    def publish_databases(self) -> None:
+        """Once each shop database's PVC of a snapshot group is restored and bound, publish
+        the databases' URLs in the Secret ``<group>-databases`` (``drkit+array://`` URLs
+        over this array's data path), as a DBA publishes the database instances serving
+        restored volumes; remove it when the restores are gone."""
+        from dr_kit.sqlite.dialect import url_for
+
+        pvs = {pv["metadata"]["name"]: pv for pv in self.kube.items("PersistentVolume")}
+        snaps: dict[tuple[str, str], dict[str, Any] | None] = {}
+        found: dict[tuple[str, str], dict[str, str]] = {}
+        claims = sorted(self.kube.items("PersistentVolumeClaim"),
+                        key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
+        for pvc in claims:
+            m, spec = pvc["metadata"], pvc.get("spec") or {}
+            src = spec.get("dataSource") or spec.get("dataSourceRef") or {}
+            if src.get("kind") != "VolumeSnapshot" or m.get("deletionTimestamp") or \
+                    (pvc.get("status") or {}).get("phase") != "Bound":
+                continue
+            ns = m["namespace"]
+            key = (ns, src.get("name") or "")
+            if key not in snaps:
+                snaps[key] = self.kube.get("VolumeSnapshot", key[1], ns)
+            vs = snaps[key] or {}
+            group = (vs.get("status") or {}).get("volumeGroupSnapshotName")
+            db_file = SHOP_PVCS.get((vs.get("metadata", {}).get("labels") or {}).get(A + "pvc", ""))
+            pv = pvs.get(spec.get("volumeName") or "") or {}
+            volume = ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle")
+            if group and db_file and volume and self.array.data_socket:
+                found.setdefault((ns, group), {}).setdefault(
+                    db_file.split(".")[0], url_for(self.site, volume, db_file, self.array.data_socket))
+        complete = {k: v for k, v in found.items() if set(v) == {"stock", "sales"}}
+        for (ns, group), urls in complete.items():
+            name = published.databases_secret(group)
+            values = {published.STOCK_URL_KEY: urls["stock"], published.SALES_URL_KEY: urls["sales"]}
+            secret = self.kube.get("Secret", name, ns)
+            if secret is None:
+                self.kube.create("Secret", {
+                    "metadata": {"name": name, "namespace": ns,
+                                 "labels": {A + "databases-of": group,
+                                            "app.kubernetes.io/part-of": "dr-kit-lab"}},
+                    "type": "Opaque", "data": published.encode(values)}, exist_ok=True)
+            elif any(published.secret_text(secret, k) != v for k, v in values.items()):
+                self.kube.patch("Secret", name, {"data": published.encode(values)}, ns)
+        for secret in self.kube.items("Secret", label_selector=A + "databases-of"):
+            m = secret["metadata"]
+            if (m["namespace"], m["labels"][A + "databases-of"]) not in complete:
+                self.kube.delete("Secret", m["name"], m["namespace"], missing_ok=True)
 
     def _backup_lag(self, group: str | None) -> float | None:
         """Time lag of the group at this moment, read at the main site (None when unknown)."""
@@ -591,22 +670,22 @@ class SiteController:
         ns, name, uid = m["namespace"], m["name"], m["uid"]
         if FINALIZER not in (m.get("finalizers") or []):
             return
-        for vs in self.kube.list_custom(*SNAP, "volumesnapshots", ns):
+        for vs in self._items("VolumeSnapshot", ns):
             if (vs["metadata"].get("labels") or {}).get(A + "group-snapshot") == name:
-                self.kube.delete_custom(*SNAP, "volumesnapshots", vs["metadata"]["name"], ns)
-        for vsc in self.kube.list_custom(*SNAP, "volumesnapshotcontents"):
+                self.kube.delete("VolumeSnapshot", vs["metadata"]["name"], ns, missing_ok=True)
+        for vsc in self._items("VolumeSnapshotContent"):
             if (vsc["metadata"].get("labels") or {}).get(A + "group-snapshot-uid") == uid:
-                self.kube.delete_custom(*SNAP, "volumesnapshotcontents", vsc["metadata"]["name"])
-        self.kube.delete_custom(*GSNAP, "volumegroupsnapshotcontents", f"groupsnapcontent-{uid}")
+                self.kube.delete("VolumeSnapshotContent", vsc["metadata"]["name"], missing_ok=True)
+        self.kube.delete("VolumeGroupSnapshotContent", f"groupsnapcontent-{uid}", missing_ok=True)
         try:
             self.array.delete_snapshot(f"groupsnapshot-{uid}")
         except NotFound:
             pass
         except Conflict as e:  # restored PVCs still use it
-            self._error(GSNAP, "volumegroupsnapshots", vgs, f"cannot delete yet: {e}")
+            self._error("VolumeGroupSnapshot", vgs, f"cannot delete yet: {e}")
             return
         fins = [f for f in m.get("finalizers", []) if f != FINALIZER]
-        self.kube.patch_custom(*GSNAP, "volumegroupsnapshots", name, {"metadata": {"finalizers": fins}}, ns)
+        self.kube.patch("VolumeGroupSnapshot", name, {"metadata": {"finalizers": fins}}, ns)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,9 @@ SHOP_NAMESPACE = "shop"
 SHOP_PVCS = {"sales-db": "sales.db", "stock-db": "stock.db"}
 SHOP_PVC_SIZE = "64Mi"
 DEFAULT_DIR = ".dr-lab"
-ANNOTATION_PREFIX = "lab.dr-kit.io/"
+ANNOTATION_PREFIX = "lab.dr-kit.io/"  # the lab's own bookkeeping (what it publishes: dr_kit.published)
+PLUGIN_NAMESPACE = "lab-storage"  # the storage plug-ins' own namespace at each site
+ARRAY_SECRET = "array-credentials"  # there: the array's management endpoint
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,14 @@ from typing import Any
 
 import yaml
 
-from dr_kit.errors import InvalidInput, NotFound, Unavailable
+from dr_kit import published
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.kube import Kube, api_client
 from dr_kit.lab import processes
 from dr_kit.lab.layout import (
+    ARRAY_SECRET,
     CSI_DRIVER,
+    PLUGIN_NAMESPACE,
     SHOP_NAMESPACE,
     SHOP_PVC_SIZE,
     SHOP_PVCS,
@@ -251,34 +255,23 @@ def _start_all(lab: LabDir, names: list[str], state: dict[str, Any], tokens: dic
 # -- Kubernetes -----------------------------------------------------------------------------------
 
 
-def _client(lab: LabDir, site: str):
-    from kubernetes import config as k8s_config
-
+def _kube(lab: LabDir, site: str, timeout: float = 10.0) -> Kube:
     try:
-        return k8s_config.new_client_from_config(config_file=str(lab.kubeconfig), context=site)
-    except k8s_config.ConfigException as e:
-        raise Unavailable(f"kubeconfig {lab.kubeconfig}: {str(e).splitlines()[0]}") from None
+        api = api_client(lab.kubeconfig, site)
+    except InvalidInput as e:
+        raise Unavailable(str(e)) from None
+    return Kube(api, timeout=timeout, where=f"the lab's {site} API server")
 
 
-def _create(fn: Callable[..., Any], *args: Any) -> bool:
-    """Create an object; False when it already exists."""
-    from kubernetes.client.rest import ApiException
-
+def _create(kube: Kube, kind: str, body: dict[str, Any]) -> bool:
+    """Create a seed object; False when it already exists."""
     try:
-        fn(*args, _request_timeout=10)
+        kube.create(kind, body)
         return True
-    except ApiException as e:
-        if e.status == 409:
-            return False
-        raise Unavailable(f"could not create a seed object: HTTP {e.status} {e.reason}: "
-                          f"{_api_message(e)}") from None
-
-
-def _api_message(e: Exception) -> str:
-    try:
-        return json.loads(e.body).get("message", "")  # type: ignore[attr-defined]
-    except (ValueError, TypeError, AttributeError):
-        return ""
+    except Conflict:
+        return False
+    except DrKitError as e:
+        raise Unavailable(f"could not create a seed object: {e}") from None
 
 
 def _shop_deployment() -> dict[str, Any]:
@@ -300,65 +293,57 @@ def _shop_deployment() -> dict[str, Any]:
 
 def _seed(lab: LabDir) -> list[str]:
     """Create the lab's standing objects (idempotent); returns what was created."""
-    from kubernetes import client as k8s
-
     created: list[str] = []
     for site in SITES:
-        api = _client(lab, site)
+        kube = _kube(lab, site)
         sc = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
               "metadata": {"name": STORAGE_CLASS}, "provisioner": CSI_DRIVER,
-              "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}
-        if _create(k8s.StorageV1Api(api).create_storage_class, sc):
+              "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+              # the plug-in's Secret with the array's endpoint (dr_kit.published)
+              "parameters": {published.SECRET_NAME_PARAM: ARRAY_SECRET,
+                             published.SECRET_NAMESPACE_PARAM: PLUGIN_NAMESPACE}}
+        if _create(kube, "StorageClass", sc):
             created.append(f"{site}: storageclass/{STORAGE_CLASS}")
         if site == "backup":
-            custom = k8s.CustomObjectsApi(api)
             vgsc = {"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
-                    "kind": "VolumeGroupSnapshotClass", "metadata": {"name": SNAPSHOT_CLASS},
+                    "kind": "VolumeGroupSnapshotClass",
+                    "metadata": {"name": SNAPSHOT_CLASS, "annotations": {
+                        "groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
                     "driver": CSI_DRIVER, "deletionPolicy": "Delete"}
-            if _create(custom.create_cluster_custom_object, "groupsnapshot.storage.k8s.io",
-                       "v1beta2", "volumegroupsnapshotclasses", vgsc):
+            if _create(kube, "VolumeGroupSnapshotClass", vgsc):
                 created.append(f"{site}: volumegroupsnapshotclass/{SNAPSHOT_CLASS}")
             vsc = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
                    "metadata": {"name": VOLUME_SNAPSHOT_CLASS}, "driver": CSI_DRIVER,
                    "deletionPolicy": "Delete"}
-            if _create(custom.create_cluster_custom_object, "snapshot.storage.k8s.io", "v1",
-                       "volumesnapshotclasses", vsc):
+            if _create(kube, "VolumeSnapshotClass", vsc):
                 created.append(f"{site}: volumesnapshotclass/{VOLUME_SNAPSHOT_CLASS}")
-    api = _client(lab, "main")
-    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    kube = _kube(lab, "main")
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": SHOP_NAMESPACE, "labels": {"app.kubernetes.io/part-of": "dr-kit-lab"}}}
-    if _create(core.create_namespace, ns):
+    if _create(kube, "Namespace", ns):
         created.append(f"main: namespace/{SHOP_NAMESPACE}")
     for pvc in SHOP_PVCS:
         body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": pvc, "namespace": SHOP_NAMESPACE, "labels": {"app": "shop"}},
                 "spec": {"storageClassName": STORAGE_CLASS, "accessModes": ["ReadWriteOnce"],
                          "resources": {"requests": {"storage": SHOP_PVC_SIZE}}}}
-        if _create(core.create_namespaced_persistent_volume_claim, SHOP_NAMESPACE, body):
+        if _create(kube, "PersistentVolumeClaim", body):
             created.append(f"main: persistentvolumeclaim/{pvc}")
-    if _create(apps.create_namespaced_deployment, SHOP_NAMESPACE, _shop_deployment()):
+    if _create(kube, "Deployment", _shop_deployment()):
         created.append(f"main: deployment/{SHOP_DEPLOYMENT}")
     return created
 
 
 def _wait_bound(lab: LabDir, deadline: float) -> None:
-    from kubernetes import client as k8s
-    from kubernetes.client.rest import ApiException
-
-    core = k8s.CoreV1Api(_client(lab, "main"))
+    kube = _kube(lab, "main", timeout=5.0)
     pending = set(SHOP_PVCS)
     while pending:
         for pvc in sorted(pending):
-            try:
-                obj = core.read_namespaced_persistent_volume_claim(pvc, SHOP_NAMESPACE,
-                                                                   _request_timeout=5)
-            except ApiException as e:
-                if e.status == 404:  # deleted by a user after seeding: nothing to wait for
-                    pending.discard(pvc)
-                    continue
-                raise
-            if obj.status and obj.status.phase == "Bound":
+            obj = kube.get("PersistentVolumeClaim", pvc, SHOP_NAMESPACE)
+            if obj is None:  # deleted by a user after seeding: nothing to wait for
+                pending.discard(pvc)
+                continue
+            if (obj.get("status") or {}).get("phase") == "Bound":
                 pending.discard(pvc)
         if not pending:
             return
@@ -370,24 +355,23 @@ def _wait_bound(lab: LabDir, deadline: float) -> None:
 
 def _mark_shop(lab: LabDir, running: bool, pid: int | None = None) -> None:
     """Give the shop Deployment a truthful status (best effort: the API may be down)."""
-    from kubernetes import client as k8s
-
     try:
-        apps = k8s.AppsV1Api(_client(lab, "main"))
-        dep = apps.read_namespaced_deployment(SHOP_DEPLOYMENT, SHOP_NAMESPACE, _request_timeout=5)
+        kube = _kube(lab, "main", timeout=5.0)
+        dep = kube.get("Deployment", SHOP_DEPLOYMENT, SHOP_NAMESPACE)
+        if dep is None:
+            return
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         n = 1 if running else 0
         message = (f"the shop application runs as process {pid}" if running
                    else "the shop application is stopped")
-        status = {"observedGeneration": dep.metadata.generation or 1, "replicas": n,
+        status = {"observedGeneration": dep["metadata"].get("generation") or 1, "replicas": n,
                   "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
                   "unavailableReplicas": 1 - n,
                   "conditions": [{"type": "Available", "status": "True" if running else "False",
                                   "reason": "ShopRunning" if running else "ShopStopped",
                                   "message": message, "lastUpdateTime": now,
                                   "lastTransitionTime": now}]}
-        apps.patch_namespaced_deployment_status(SHOP_DEPLOYMENT, SHOP_NAMESPACE,
-                                                {"status": status}, _request_timeout=5)
+        kube.patch("Deployment", SHOP_DEPLOYMENT, {"status": status}, SHOP_NAMESPACE, status=True)
     except Exception:  # noqa: BLE001 - best effort: the site may be down
         pass
 
@@ -633,28 +617,23 @@ def set_link(dir: str | os.PathLike[str] | None, delay_ms: float | None = None, 
 
 
 def _site_objects(lab: LabDir, site: str) -> dict[str, Any]:
-    from kubernetes import client as k8s
-
     try:
-        api = _client(lab, site)
-        api.configuration.retries = 0
-        core = k8s.CoreV1Api(api)
-        nss = core.list_namespace(_request_timeout=QUERY_TIMEOUT)
-        pvcs = core.list_persistent_volume_claim_for_all_namespaces(_request_timeout=QUERY_TIMEOUT)
+        kube = _kube(lab, site, timeout=QUERY_TIMEOUT)
+        kube.api.configuration.retries = 0
+        nss = kube.items("Namespace")
+        pvcs = kube.items("PersistentVolumeClaim")
         return {"reachable": True,
-                "namespaces": sorted(n.metadata.name for n in nss.items),
-                "pvcs": [{"namespace": p.metadata.namespace, "name": p.metadata.name,
-                          "phase": p.status.phase if p.status else None,
-                          "volume": p.spec.volume_name} for p in pvcs.items]}
+                "namespaces": sorted(n["metadata"]["name"] for n in nss),
+                "pvcs": [{"namespace": p["metadata"]["namespace"], "name": p["metadata"]["name"],
+                          "phase": (p.get("status") or {}).get("phase"),
+                          "volume": (p.get("spec") or {}).get("volumeName")} for p in pvcs]}
     except Exception as e:  # noqa: BLE001 - any failure means: not reachable now
         return {"reachable": False, "error": _one_line(e), "namespaces": [], "pvcs": []}
 
 
 def _one_line(e: Exception) -> str:
-    from kubernetes.client.rest import ApiException
-
-    if isinstance(e, ApiException):
-        return f"HTTP {e.status} {e.reason}"
+    if isinstance(e, DrKitError):
+        return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:200]
 

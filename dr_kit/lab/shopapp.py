@@ -25,7 +25,7 @@ import apsw
 
 from dr_kit.errors import DrKitError, Unavailable
 from dr_kit.fsutil import write_json
-from dr_kit.lab.kube import Kube, api_client
+from dr_kit.kube import Kube, api_client
 from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
 from dr_kit.shop.history import history_options
 from dr_kit.shop.workload import Shop, open_shop, seed
@@ -38,9 +38,9 @@ def resolve_volumes(kube: Kube, namespace: str = SHOP_NAMESPACE, timeout: float 
     deadline = time.monotonic() + timeout
     while True:
         out: dict[str, str] = {}
-        pvs = {pv["metadata"]["name"]: pv for pv in kube.pvs()}
+        pvs = {pv["metadata"]["name"]: pv for pv in kube.items("PersistentVolume")}
         for pvc in SHOP_PVCS:
-            p = kube.get_pvc(namespace, pvc)
+            p = kube.get("PersistentVolumeClaim", pvc, namespace)
             pv = pvs.get(((p or {}).get("spec") or {}).get("volumeName") or "")
             if p and p.get("status", {}).get("phase") == "Bound" and pv:
                 out[pvc] = pv["spec"]["csi"]["volumeHandle"]
@@ -58,7 +58,7 @@ class ShopApp:
         state = lab.load()
         ep = lab.array_endpoint("main", state)
         self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
-        self.kube = Kube(api_client(lab.kubeconfig, "main"))
+        self.kube = Kube(api_client(lab.kubeconfig, "main"), where="the main site's API server")
         self.volumes = resolve_volumes(self.kube)
         vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
         self.stock, self.sales = open_shop(vfs, stock_volume=self.volumes["stock-db"],
