@@ -16,22 +16,14 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    from dr_kit.commands import measure, notebooks
+    """Every area's subcommands.  All of them are part of the package: an ImportError here
+    is a broken installation and must show, not silently remove commands."""
+    from dr_kit.commands import lag, measure, notebooks, query, snapshot
+    from dr_kit.lab.cli import add_parser as lab_parser
+    from dr_kit.operator.cli import add_parser as operator_parser
 
-    regs: list[Registrar] = [measure.add_parser, notebooks.add_parser]
-    try:
-        from dr_kit.operator.cli import add_parser as operator_parser
-        regs.append(operator_parser)
-    except ImportError:  # pragma: no cover - optional area not installed
-        pass
-    try:
-        from dr_kit.lab.cli import add_parser as lab_parser
-        regs.append(lab_parser)
-    except ImportError:  # pragma: no cover - optional area not installed
-        pass
-    from dr_kit.commands import lag, query, snapshot
-    regs += [snapshot.add_parser, lag.add_parser, query.add_parser]
-    return regs
+    return [measure.add_parser, notebooks.add_parser, operator_parser, lab_parser,
+            snapshot.add_parser, lag.add_parser, query.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

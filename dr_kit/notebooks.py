@@ -25,8 +25,11 @@ NOTEBOOKS = ("01_protect_namespace", "02_journal_lag", "03_snapshot_group", "04_
 
 
 def notebook_dir() -> Path:
-    env = os.environ.get("DR_KIT_NOTEBOOKS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "notebooks"
+    """The walkthrough notebooks: ``$DR_KIT_NOTEBOOKS``, else those the package carries
+    (an installed wheel), else the checkout's ``notebooks/``."""
+    from dr_kit.resources import resource_dir
+
+    return resource_dir("notebooks", env="DR_KIT_NOTEBOOKS")
 
 
 def declared_parameters(path: Path) -> dict[str, Any]:
@@ -40,31 +43,61 @@ def prepare_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
     relative lab folder is resolved here, against the caller's working directory."""
     params = dict(parameters or {})
     params["lab_dir"] = str(Path(params.get("lab_dir") or ".dr-lab").resolve())
+    for key in ("kubeconfig", "results_file"):
+        if params.get(key):
+            params[key] = str(Path(str(params[key])).expanduser().resolve())
     return params
+
+
+def select(only: list[str] | None = None, src: Path | None = None) -> list[Path]:
+    """The notebooks to run, in order (``only``: name prefixes such as ``03``)."""
+    names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
+    if only and not names:
+        raise InvalidInput(f"no notebook matches {only}; notebooks: {', '.join(NOTEBOOKS)}")
+    src = src or notebook_dir()
+    paths = [src / f"{n}.ipynb" for n in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise InvalidInput(f"notebook {missing[0]} not found; set DR_KIT_NOTEBOOKS to the "
+                           "notebooks folder")
+    return paths
+
+
+def check_parameters(paths: list[Path], parameters: dict[str, Any] | None) -> dict[str, set[str]]:
+    """Notebook -> the parameters it declares; a parameter that none of them declares is
+    refused (a misspelt ``-p lab_dri /x`` must not quietly run against ``.dr-lab``)."""
+    declared = {p.stem: set(declared_parameters(p)) for p in paths}
+    known = set().union(*declared.values()) if declared else set()
+    unknown = sorted(k for k in (parameters or {}) if k not in known)
+    if unknown:
+        raise InvalidInput(f"unknown notebook parameter{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(unknown)}: the notebooks run declare "
+                           f"{', '.join(sorted(known - {'results_file', 'interactive'}))}")
+    return declared
 
 
 def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = None, *,
             only: list[str] | None = None, progress: Callable[[str], None] | None = None,
-            html: bool = True) -> dict[str, Any]:
-    """Execute the notebooks in order; returns the recorded results per notebook."""
+            html: bool = True, notebooks: str | os.PathLike[str] | None = None
+            ) -> dict[str, Any]:
+    """Execute the notebooks in order; returns the recorded results per notebook.
+
+    Every parameter must be declared by at least one of the notebooks run, checked before
+    anything starts; each notebook gets the parameters it declares.  ``notebooks`` is the
+    folder to run them from (default: :func:`notebook_dir`).
+    """
     import papermill as pm
 
     say = progress or (lambda s: None)
+    paths = select(only, Path(notebooks) if notebooks else None)
+    declared = check_parameters(paths, parameters)
+    params = prepare_parameters(parameters)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params = prepare_parameters(parameters)
-    names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
-    if only and not names:
-        raise InvalidInput(f"no notebook matches {only}; notebooks: {', '.join(NOTEBOOKS)}")
-    src = notebook_dir()
     results: dict[str, Any] = {}
-    for name in names:
-        path = src / f"{name}.ipynb"
-        if not path.is_file():
-            raise InvalidInput(f"notebook {path} not found; set DR_KIT_NOTEBOOKS to the notebooks folder")
-        declared = declared_parameters(path)
-        unknown = [k for k in params if k not in declared and k not in ("lab_dir",)]
-        mine = {k: v for k, v in params.items() if k in declared}
+    for path in paths:
+        name = path.stem
+        mine = {k: v for k, v in params.items() if k in declared[name]}
         mine["results_file"] = str(out / "results" / f"{name}.json")
         mine["interactive"] = False
         t0 = time.monotonic()
@@ -80,9 +113,30 @@ def run_all(out: str | os.PathLike[str], parameters: dict[str, Any] | None = Non
             _to_html(out / f"{name}.ipynb")
         results[name] = json.loads((out / "results" / f"{name}.json").read_text())
         say(f"  {name} done in {time.monotonic() - t0:.1f} s")
-        del unknown
     (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
     return results
+
+
+def copy_notebooks(dest: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
+    """Editable copies of the notebooks (and their ``py:percent`` twins) in ``dest``.
+
+    Refuses, before copying anything, to overwrite a file that is already there unless
+    ``force``.
+    """
+    import shutil
+
+    src = notebook_dir()
+    files = [src / f"{n}{ext}" for n in NOTEBOOKS for ext in (".ipynb", ".py")
+             if (src / f"{n}{ext}").is_file()]
+    target = Path(dest)
+    if target.exists() and not target.is_dir():
+        raise InvalidInput(f"{target} is a file, not a folder")
+    clash = [f.name for f in files if (target / f.name).exists()]
+    if clash and not force:
+        raise InvalidInput(f"{target} already has {', '.join(clash[:3])}"
+                           f"{' ...' if len(clash) > 3 else ''}; pass --force to overwrite")
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(f, target / f.name)) for f in files]
 
 
 @contextlib.contextmanager
@@ -118,7 +172,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     r2 = results.get("02_journal_lag")
     if r2:
         c = r2.get("collapse", {})
-        lines.append(f"journal lag (steady): p50 {_ms(r2.get('lag_p50_ms'))}, p99 {_ms(r2.get('lag_p99_ms'))}")
+        lines.append(f"journal lag (steady): p50 {_ms(r2.get('lag_p50_ms'))}, p99 {_ms(r2.get('lag_p99_ms'))}"
+                     f" [{r2.get('lag_source') or 'source unknown'}]")
+        skipped = [p.get("phase") for p in r2.get("skipped_phases") or []]
+        if skipped:
+            lines.append(f"  skipped without the lab's controls: {', '.join(map(str, skipped))}")
         if c:
             lines.append("collapse experiment: " + "; ".join(
                 f"{k}: {v['collapsed']} collapsed / {v['trials']} (corrupt {v['corrupt']})" for k, v in c.items()))

@@ -10,7 +10,7 @@ import papermill as pm
 import pytest
 
 from dr_kit import notebooks
-from dr_kit.lab import manager
+from dr_kit.errors import InvalidInput, NotFound
 
 NB = notebooks.notebook_dir()
 COMMON = {"lab_dir", "kubeconfig", "main_context", "backup_context", "namespace", "interactive", "results_file"}
@@ -42,21 +42,50 @@ def test_percent_twin_matches_the_notebook(name):
     assert [c.source for c in twin.cells] == [c.source for c in nb.cells]
 
 
+def test_a_parameter_no_notebook_declares_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInput, match="unknown notebook parameter lab_dri") as e:
+        notebooks.run_all(out, {"lab_dri": "/x"})
+    assert "\n" not in str(e.value) and "lab_dir" in str(e.value)  # says what is known
+    assert not out.exists(), "nothing may start for a refused parameter"
+    with pytest.raises(InvalidInput, match="phase_seconds"):  # only 02 declares it
+        notebooks.run_all(out, {"phase_seconds": 1}, only=["03"])
+    assert not out.exists()
+
+
+# A lab run and a real-cluster run of the whole walkthrough, both on the session's lab: the
+# second reaches it through its kubeconfig alone, as a user with a real cluster would.
+SMALL = {"phase_seconds": 1.5, "collapse_trials": 3, "around_s": 1.0, "busy_rate": 80.0}
+
+
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory):
+def ran(shop_lab, tmp_path_factory):
+    from conftest import SHARED_RATE
+
+    from dr_kit import snapshots
+    from dr_kit.lab import site
+
     root = tmp_path_factory.mktemp("walkthrough")
-    lab_dir = root / "lab"
-    params = {"lab_dir": str(lab_dir), "phase_seconds": 1.5, "collapse_trials": 3, "around_s": 1.0,
-              "rate": 30.0, "busy_rate": 80.0}
     try:
-        results = notebooks.run_all(root / "out", params, html=True)
-        yield root / "out", results, lab_dir
+        lab_run = notebooks.run_all(root / "lab", {"lab_dir": str(shop_lab), "rate": SHARED_RATE,
+                                                   **SMALL}, html=True, progress=print)
+        real_run = notebooks.run_all(root / "real", {"kubeconfig": str(shop_lab / "kubeconfig"),
+                                                     "snapshot_name": "analytics-real", **SMALL},
+                                     html=True, progress=print)
+        yield root, lab_run, real_run, shop_lab
     finally:
-        manager.down(lab_dir, purge=True)
+        backup = site("backup", shop_lab)
+        for name in ("analytics-1", "analytics-real"):
+            try:
+                snapshots.delete_snapshot_group(backup, name, "shop")
+            except NotFound:
+                pass
 
 
+@pytest.mark.slow
 def test_walkthrough_records_what_the_demo_claims(ran):
-    out, results, lab_dir = ran
+    root, results, _, _ = ran
+    out = root / "lab"
     for name in notebooks.NOTEBOOKS:
         assert (out / f"{name}.ipynb").is_file() and (out / f"{name}.html").stat().st_size > 10_000
     r1 = results["01_protect_namespace"]
@@ -65,26 +94,61 @@ def test_walkthrough_records_what_the_demo_claims(ran):
     r2 = results["02_journal_lag"]
     assert r2["collapse"]["consistency_group"]["collapsed"] == 0
     assert r2["collapse"]["consistency_group"]["corrupt"] == 0
-    assert r2["lag_p99_ms"] is None or r2["lag_p99_ms"] >= 0
+    assert r2["lag_source"] == "array (exact)" and r2["skipped_phases"] == []
+    assert [p["phase"] for p in r2["phases"]] == ["steady", "slow link", "busy shop", "recovered"]
+    assert r2["lag_p99_ms"] is not None and r2["lag_p99_ms"] < 2000, r2  # unthrottled link
+    phases = {p["phase"]: p for p in r2["phases"]}
+    assert phases["slow link"]["time_lag_ms_max"] > phases["steady"]["time_lag_ms_p50"]
     r3 = results["03_snapshot_group"]
     assert r3["ready"] and r3["consistent"] and r3["one_sequence"] is True
     assert len(set(r3["member_sequences"].values())) == 1 and r3["sequence"] in r3["member_sequences"].values()
+    assert r3["lag_before"]["source"] == "array (exact)"
     r4 = results["04_snapshot_analytics"]
     assert r4["provenance"]["verdict"]["consistent"] is True
     assert r4["provenance"]["sequence"] == r3["sequence"]
     assert r4["revenue_total_cents"] > 0
+    assert "analytics-1-databases" in r4["provenance"]["source"]
     r5 = results["05_dr_drill"]
     assert r5["ok"] and r5["rto_s"] > 0
 
 
+@pytest.mark.slow
+def test_the_real_cluster_path_runs_every_notebook_and_skips_only_the_lab_controls(ran):
+    root, _, results, lab = ran
+    assert set(results) == set(notebooks.NOTEBOOKS)
+    r1 = results["01_protect_namespace"]
+    assert r1["backup_pvcs"] == r1["protected_pvcs"] == ["sales-db", "stock-db"]
+    r2 = results["02_journal_lag"]
+    # the phases that need the lab's link and workload controls are skipped and say so ...
+    assert [p["phase"] for p in r2["skipped_phases"]] == ["slow link", "busy shop", "recovered"]
+    assert all("needs the lab's" in p["why"] for p in r2["skipped_phases"])
+    # ... and never sampled under their names
+    assert [p["phase"] for p in r2["phases"]] == ["steady"]
+    html = (root / "real" / "02_journal_lag.html").read_text()
+    assert "skipped: phase &#x27;slow link&#x27; needs the lab&#x27;s link control" in html \
+        or "skipped: phase 'slow link' needs the lab's link control" in html
+    # the better source the lab's plug-in publishes (its arrays) is used, and named
+    assert r2["lag_source"] == "array (exact)"
+    r3 = results["03_snapshot_group"]
+    assert r3["ready"] and r3["consistent"] and r3["one_sequence"] is True
+    r4 = results["04_snapshot_analytics"]
+    assert r4["snapshot"] == "analytics-real" and r4["revenue_total_cents"] > 0
+    assert r4["provenance"]["verdict"]["consistent"] is True
+    assert r4["provenance"]["sequence"] == r3["sequence"]
+    assert "Secret shop/analytics-real-databases" in r4["provenance"]["source"]
+    assert results["05_dr_drill"]["ok"]
+
+
+@pytest.mark.slow
 def test_notebook_outputs_never_show_the_token(ran):
-    out, _, lab_dir = ran
+    root, _, _, lab_dir = ran
     import yaml
 
-    cfg = yaml.safe_load((Path(lab_dir) / "kubeconfig").read_text()) if (Path(lab_dir) / "kubeconfig").exists() else None
-    tokens = [u["user"]["token"] for u in cfg["users"]] if cfg else []
-    for p in out.glob("*.ipynb"):
+    cfg = yaml.safe_load((Path(lab_dir) / "kubeconfig").read_text())
+    tokens = [u["user"]["token"] for u in cfg["users"]]
+    assert tokens
+    for p in [*root.glob("*/*.ipynb"), *root.glob("*/*.html")]:
         text = p.read_text()
         for t in tokens:
-            assert t not in text
-    assert json.loads((out / "summary.json").read_text())
+            assert t not in text, p
+    assert json.loads((root / "lab" / "summary.json").read_text())

@@ -7,6 +7,7 @@ import sys
 
 import ipywidgets as w
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
 from dr_kit import plots, ui
@@ -68,6 +69,7 @@ def test_plots_return_figures_for_empty_and_real_data():
     assert [t.get_text() for t in chart.axes[0].get_xticklabels()] == ["one consistency group", "independent pairs"]
 
 
+@pytest.mark.slow
 def test_notebooks_run_refuses_an_unknown_notebook_in_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "dr_kit.cli", "notebooks", "run", "--out", str(tmp_path),
                         "--only", "99"], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,6 @@ stock the shop opened with, before any history; see :mod:`dr_kit.shop.consistenc
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +71,11 @@ class Product:
 
 
 def data_dir() -> Path:
-    """The folder holding the seed catalog (``$DR_KIT_DATA`` or the repository's ``data/``)."""
-    env = os.environ.get("DR_KIT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    """The folder holding the seed catalog (``$DR_KIT_DATA``, the package's copy of the
+    repository's ``data/``, or that folder in a checkout: :mod:`dr_kit.resources`)."""
+    from dr_kit.resources import data_dir as resource_data_dir
+
+    return resource_data_dir()
 
 
 def load_catalog(path: str | Path | None = None) -> list[Product]:
