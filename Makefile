@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: demo test install lint clean
+.PHONY: demo test test-fast install lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	@bash scripts/test.sh
 
+# the inner loop: lint, then every test that starts no process (about a minute)
+test-fast: $(STAMP)
+	@bash scripts/test.sh -m "not slow"
+
+# ruff, the import contracts (the library knows no lab) and mypy on dr_kit
 lint: $(STAMP)
 	@$(BIN)/ruff check dr_kit tests
+	@$(BIN)/lint-imports --no-cache
+	@$(BIN)/mypy dr_kit
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test run behind `make test` (and CI): lint, then the whole suite.
+# The test run behind `make test` (and CI): lint (ruff, import contracts, mypy), then the
+# whole suite; arguments go to pytest (`make test-fast` passes -m "not slow").
 # Starts the services the tests need on 127.0.0.1 (a throwaway PostgreSQL) and installs
 # Debian's kubectl when we may (root), so the kubectl compatibility tests run too.
 set -uo pipefail
@@ -21,6 +22,9 @@ else
 fi
 
 $BIN/ruff check dr_kit tests || exit 1
+$BIN/lint-imports --no-cache >/tmp/dr-kit-lint-imports.log 2>&1 \
+    || { cat /tmp/dr-kit-lint-imports.log; exit 1; }
+$BIN/mypy dr_kit || exit 1
 $BIN/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 [ $rc -eq 5 ] && { echo "no tests collected"; exit 1; }

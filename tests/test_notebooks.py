@@ -1,4 +1,5 @@
-"""The walkthrough notebooks, executed unattended with papermill on a fresh lab."""
+"""The walkthrough notebooks, executed unattended with papermill on the session's lab: in lab
+mode and through its kubeconfig alone (the real-cluster path)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pytest
 
 from dr_kit.errors import InvalidInput, JournalError
 from dr_kit.storage import record as rec
+from dr_kit.storage.array import Vol
 from dr_kit.storage.blocks import (
     CHUNK,
     ChunkMap,
@@ -385,19 +386,9 @@ def _pattern(tag: int, n: int) -> bytes:
     return bytes((tag + i) & 0xFF for i in range(n))
 
 
-class _Live:
-    """A live volume with snapshots, as the array keeps it: preserve, then write."""
-
-    def __init__(self, dev: FileVolume) -> None:
-        self.dev, self.size, self.cows = dev, dev.size, []
-
-    def write(self, offset: int, data: bytes) -> None:
-        for s in self.cows:
-            s.preserve(offset, len(data))
-        self.dev.write(offset, data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.dev.read(offset, length)
+def _live(dev: FileVolume) -> Vol:
+    """A live volume with snapshots: the array's own Vol (preserve, then write)."""
+    return Vol(name="v", id=1, dev=dev, role="data")
 
 
 def test_file_volume_is_sparse_and_bounds_checked(tmp_path):
@@ -418,7 +409,7 @@ def test_file_volume_is_sparse_and_bounds_checked(tmp_path):
 
 def test_snapshot_keeps_old_content_after_live_writes(tmp_path):
     size = 1 << 20
-    live = _Live(FileVolume(tmp_path / "v.vol", size, create=True))
+    live = _live(FileVolume(tmp_path / "v.vol", size, create=True))
     live.write(0, _pattern(1, size))
     store = CowStore(tmp_path / "snap", live.dev, create=True)
     live.cows.append(store)
@@ -472,7 +463,7 @@ def test_snapshot_creation_does_not_copy_data(tmp_path):
 
 def test_clone_writes_touch_neither_snapshot_nor_live(tmp_path):
     size = 1 << 20
-    live = _Live(FileVolume(tmp_path / "v.vol", size, create=True))
+    live = _live(FileVolume(tmp_path / "v.vol", size, create=True))
     live.write(0, _pattern(3, size))
     store = CowStore(tmp_path / "snap", live.dev, create=True)
     live.cows.append(store)
