@@ -337,7 +337,8 @@ def open_databases(stock_url: str | URL, sales_url: str | URL, *, password: str 
     The password comes from ``password``, else from the URL, else from the environment
     variable ``password_env`` (``$DR_KIT_DB_PASSWORD``); it is never printed: URLs in
     ``repr``, provenance and errors are masked.  A ``sqlite:///path`` URL is opened through
-    the read-only apsw adapter.  Malformed URL -> :class:`InvalidInput`; unreachable
+    the read-only apsw adapter, and so is a ``drkit+array://`` URL (SQLite on an array
+    volume over its data path, :mod:`dr_kit.sqlite.dialect`).  Malformed URL -> :class:`InvalidInput`; unreachable
     database -> :class:`Unavailable`.  Remaining keywords are the provenance
     (``snapshot=``, ``sequence=``, ``point_time=``, ``lag_*=``, ``source=``).
     """
@@ -348,6 +349,11 @@ def open_databases(stock_url: str | URL, sales_url: str | URL, *, password: str 
     secrets = tuple(s for s in (s_secret, l_secret) if s)
     engines = []
     for label, url in (("stock", surl), ("sales", lurl)):
+        if url.drivername == "drkit+array":  # SQLite on an array volume, read-only adapter
+            from dr_kit.sqlite.dialect import engine as array_volume_engine
+
+            engines.append(array_volume_engine(url))
+            continue
         if url.drivername.split("+")[0] == "sqlite":
             if not url.database or url.database == ":memory:":
                 raise InvalidInput(f"{label} sqlite URL needs a file path: "

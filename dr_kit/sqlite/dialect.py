@@ -148,6 +148,23 @@ class ArrayVolumeDialect(SQLiteDialect_pysqlite):
                 raise InvalidInput(str(ctx.original_exception)) from None
 
 
+def engine(url: str | URL) -> Any:
+    """A read-only SQLAlchemy engine on a ``drkit+array://`` URL (:class:`InvalidInput` when
+    the URL is not a complete one)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    register()
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+        if u.drivername != SCHEME:
+            raise ArgumentError(f"not a {SCHEME} URL: {u.drivername}://...")
+        parse(u)
+    except ArgumentError as e:
+        raise InvalidInput(f"bad database URL: {e}") from None
+    return create_engine(u.set(password=None))
+
+
 def register() -> None:
     """Make ``drkit+array://`` known to SQLAlchemy in this process (idempotent)."""
     from sqlalchemy.dialects import registry
@@ -157,4 +174,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["ArrayVolumeDialect", "SCHEME", "connect", "parse", "register", "url_for"]
+__all__ = ["ArrayVolumeDialect", "SCHEME", "connect", "engine", "parse", "register", "url_for"]
