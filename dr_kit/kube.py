@@ -22,6 +22,7 @@ unreachable server.  Nothing here prints or logs a token.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import threading
@@ -348,7 +349,7 @@ class Kube:
              ) -> dict[str, Any]:
         res = self.resource(kind)
         self._check(res, "list")
-        query = []
+        query: builtins.list[tuple[str, str]] = []
         if label_selector:
             query.append(("labelSelector", label_selector))
         if field_selector:
@@ -359,8 +360,9 @@ class Kube:
             item.setdefault("apiVersion", res.api_version)
         return out
 
-    def items(self, kind: str, namespace: str | None = None, **kw: Any) -> list[dict[str, Any]]:
-        return list(self.list(kind, namespace, **kw).get("items") or [])
+    def items(self, kind: str, namespace: str | None = None, **kw: Any
+              ) -> builtins.list[dict[str, Any]]:
+        return builtins.list(self.list(kind, namespace, **kw).get("items") or [])
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """One object, None when it does not exist."""

@@ -230,7 +230,7 @@ def create_snapshot_group(backup_site: Site, name: str, namespace: str, *, wait:
         st = vgs.get("status") or {}
         err = st.get("error")
         if err:
-            failure.append(err.get("message") if isinstance(err, dict) else str(err))
+            failure.append(str(err.get("message")) if isinstance(err, dict) else str(err))
             return True, "failed"
         if st.get("readyToUse"):
             return True, f"ready ({len(pvcs)} volumes)"

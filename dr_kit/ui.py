@@ -48,7 +48,7 @@ def side_by_side(left: Any, right: Any, titles: tuple[str, str] = ("main site", 
 
 def progress_printer(prefix: str = "") -> Callable[[ProgressEvent], None]:
     """A progress callback printing one line per change of message (and the last one)."""
-    last = {"msg": None}
+    last: dict[str, str | None] = {"msg": None}
 
     def cb(ev: ProgressEvent) -> None:
         if ev.message != last["msg"] or ev.done:

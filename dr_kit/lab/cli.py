@@ -53,7 +53,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_workload(args: argparse.Namespace) -> int:
-    control = manager.set_workload(args.dir, _number(args.rate, "--rate"))
+    rate = _number(args.rate, "--rate")
+    assert rate is not None  # --rate is required
+    control = manager.set_workload(args.dir, rate)
     r = control["rate"]
     print(f"shop rate set to {r:g} transactions/s" + (" (paused)" if r == 0 else ""))
     return 0
@@ -76,7 +78,7 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
             for r in [header, *rows]]
 
 
-def _size(n: int | None) -> str:
+def _size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -191,7 +191,7 @@ class SiteController:
               labels: dict[str, str] | None = None) -> None:
         m = pvc["metadata"]
         pv_name = pv_name or vol
-        pv = {"apiVersion": "v1", "kind": "PersistentVolume",
+        pv: dict[str, Any] = {"apiVersion": "v1", "kind": "PersistentVolume",
               "metadata": {"name": pv_name, "labels": labels or {},
                            "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
               "spec": {"capacity": {"storage": format_bytes(size)},

@@ -63,7 +63,7 @@ class ShopApp:
         vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
         self.stock, self.sales = open_shop(vfs, stock_volume=self.volumes["stock-db"],
                                            sales_volume=self.volumes["sales-db"])
-        seed(self.stock, self.sales, **history_options())  # 180 days of history when new
+        seed(self.stock, self.sales, None, **history_options())  # 180 days of history when new
         self.shop = Shop(self.stock, self.sales, keep_latencies=0)
         self.stopping = threading.Event()
         self.recent: deque[tuple[float, float]] = deque(maxlen=5000)  # (time, latency ms)
