@@ -44,7 +44,7 @@ def lag_timeline(df: pd.DataFrame, *, title: str = "Journal lag under the runnin
     ax.set_ylabel("time lag (ms), upper bound" if upper else
                   "time lag (ms) = data a disaster would lose")
     ax.set_title(f"{title}\nsource: {frame_source(d)}" if "source" in d else title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -75,10 +75,19 @@ def revenue(frames: dict[str, pd.DataFrame], stamp: str = "") -> Figure:
     fig = Figure(figsize=(13, 3.8))
     axes = fig.subplots(1, 3)
     day, cat, ch = frames["by_day"], frames["by_category"], frames["by_channel"]
-    axes[0].bar(day.iloc[:, 0].astype(str), day["revenue"], color="#4a7ab7")
+    days = pd.to_datetime(day.iloc[:, 0].astype(str), errors="coerce")
+    if len(day) and days.notna().all():  # a date axis: readable for a week or half a year
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+        axes[0].bar(days, day["revenue"], width=0.8, color="#4a7ab7")
+        locator = AutoDateLocator(maxticks=8)
+        axes[0].xaxis.set_major_locator(locator)
+        axes[0].xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    else:
+        axes[0].bar(day.iloc[:, 0].astype(str), day["revenue"], color="#4a7ab7")
+        axes[0].tick_params(axis="x", rotation=45)
     axes[0].set_title("revenue by day")
     axes[0].set_ylabel("revenue")
-    axes[0].tick_params(axis="x", rotation=45)
     axes[1].barh(cat.iloc[:, 0].astype(str), cat["revenue"], color="#6aa56a")
     axes[1].set_title("revenue by category")
     axes[2].pie(ch["revenue"], labels=ch.iloc[:, 0].astype(str), autopct="%1.0f%%")

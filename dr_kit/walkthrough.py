@@ -2,10 +2,10 @@
 
 Each notebook keeps a parameters cell and short cells; the steps live here.  A notebook
 first gets its two sites (``dr_kit.lab.connect``: the embedded lab, started when needed,
-or real clusters through a kubeconfig) and, in the lab, its :class:`~dr_kit.controls.
-LabControls`; the functions here are the notebooks' steps and work on any cluster.  Steps
-that need the lab's controls (a slower link, a busier shop) are skipped with a note when
-there are none.  ``record`` writes a notebook's headline results to a JSON file that tests
+or real clusters through a kubeconfig) and, in the lab, its controls
+(:class:`~dr_kit.controls.LabControls`); the functions here are the notebooks' steps and
+work on any cluster.  Steps that need the lab's controls (a slower link, a busier shop)
+are skipped with a note when there are none.  ``record`` writes a notebook's headline results to a JSON file that tests
 and ``dr-kit notebooks run`` read.
 """
 

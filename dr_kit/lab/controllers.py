@@ -61,7 +61,8 @@ SNAP = ("snapshot.storage.k8s.io", "v1")
 FINALIZER = "lab.dr-kit.io/storage"
 REPLICATED_LABEL = published.REPLICATED_FROM
 A = ANNOTATION_PREFIX
-PUBLISH_EVERY = 5.0  # seconds between checks of what the plug-in publishes
+PUBLISH_EVERY = 5.0  # seconds between checks of the published array endpoint
+DATABASES_EVERY = 0.5  # seconds between looks for restored shop databases to publish
 
 
 def _meta(o: dict[str, Any]) -> dict[str, Any]:
@@ -614,6 +615,10 @@ class SiteController:
         restored volumes; remove it when the restores are gone."""
         from dr_kit.sqlite.dialect import url_for
 
+        now = time.monotonic()
+        if now < getattr(self, "_next_databases", 0.0):
+            return
+        self._next_databases = now + DATABASES_EVERY
         pvs = {pv["metadata"]["name"]: pv for pv in self.kube.items("PersistentVolume")}
         snaps: dict[tuple[str, str], dict[str, Any] | None] = {}
         found: dict[tuple[str, str], dict[str, str]] = {}
