@@ -22,3 +22,17 @@ def test_import_contracts_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.count(" KEPT") == 2 and "BROKEN" not in out
+
+
+def test_every_library_module_is_under_the_contract() -> None:
+    """A new module of dr_kit is library (and may not import the lab) unless it is the lab
+    or the command line's entry point, which registers the lab's commands."""
+    import pkgutil
+    import tomllib
+
+    import dr_kit
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = [c for c in conf["contracts"] if c["forbidden_modules"] == ["dr_kit.lab"]]
+    modules = {f"dr_kit.{m.name}" for m in pkgutil.iter_modules(dr_kit.__path__)}
+    assert set(contract["source_modules"]) == modules - {"dr_kit.lab", "dr_kit.cli"}
