@@ -25,6 +25,7 @@ from __future__ import annotations
 import builtins
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -158,7 +159,7 @@ def first_line(text: Any) -> str:
 # -- the client factory ------------------------------------------------------------------------
 
 
-def contexts(kubeconfig: str | Path | None) -> list[str]:
+def contexts(kubeconfig: str | os.PathLike[str] | None) -> list[str]:
     """Context names in a kubeconfig ([] when it cannot be read)."""
     from kubernetes import config as k8s_config
 
@@ -170,7 +171,7 @@ def contexts(kubeconfig: str | Path | None) -> list[str]:
         return []
 
 
-def api_client(kubeconfig: str | Path | None = None, context: str | None = None, *,
+def api_client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None, *,
                in_cluster: bool = False, retries: int | None = 1, hint: str = "") -> Any:
     """An official-client ``ApiClient`` for one kubeconfig context, or the pod's service
     account (``in_cluster``).  Without ``kubeconfig``: ``$KUBECONFIG`` or ``~/.kube/config``.

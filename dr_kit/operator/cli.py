@@ -69,7 +69,7 @@ def _policy(policy: Policy | str | os.PathLike | None) -> Policy:
         return Policy()
     if isinstance(policy, Policy):
         return policy
-    return Policy.load(policy)
+    return Policy.load(Path(policy))
 
 
 def _namespace(kube: Kube, name: str) -> dict:
@@ -110,9 +110,7 @@ def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LA
         stale = None if was_labelled else _status_of(ns, pol)
         return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED),
                      stale=stale)
-    if was_labelled and _status_of(ns, pol):
-        return _status_of(ns, pol)
-    return {"state": "Requested"}
+    return (_status_of(ns, pol) if was_labelled else None) or {"state": "Requested"}
 
 
 def unprotect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR,

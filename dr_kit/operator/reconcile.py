@@ -253,7 +253,7 @@ def _protect(ctx: _Context, plan: Plan) -> None:
 def _check_kinds(ctx: _Context, kinds: Iterable[str]) -> None:
     if ctx.available_kinds is None:
         return
-    missing = [RESOURCES[k].crd_name for k in kinds if k not in ctx.available_kinds]
+    missing = [RESOURCES[k].crd_name or k for k in kinds if k not in ctx.available_kinds]
     if missing:
         raise _Refusal(f"missing CRDs on the cluster: {', '.join(missing)}; install them "
                        f"(the storage vendor's replication operator) and the namespace "
@@ -549,7 +549,7 @@ def _protect_status(ctx: _Context, plan: Plan, backend: str, group: str,
             hitachi.GROUP_ID_LABEL)
         gid = int(gid_raw) if gid_raw and gid_raw.isdigit() else None
         for a in plan.actions:  # a group about to be created: its id is decided already
-            if a.ref.kind == "ReplicationGroup" and a.op == "create":
+            if a.ref.kind == "ReplicationGroup" and a.op == "create" and a.body:
                 gid = int(a.body["metadata"]["labels"][hitachi.GROUP_ID_LABEL])
         pair_states = {}
         for n, r in zip(names, reps, strict=True):
@@ -585,7 +585,8 @@ def _hitachi_pair_state(st: Mapping[str, Any]) -> str | None:
 
 
 def _set_status(ctx: _Context, plan: Plan, state: str, message: str, *, reason: str,
-                level: str = "Normal", backend: str | None = None, group: dict | None = None,
+                level: Literal["Normal", "Warning"] = "Normal", backend: str | None = None,
+                group: dict | None = None,
                 pvcs: list[str] | None = None, replication: dict | None = None,
                 backup: dict | None = None) -> None:
     prev = ctx.previous or {}

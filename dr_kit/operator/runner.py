@@ -148,7 +148,7 @@ class Runner:
     def missing_crds(self) -> list[str]:
         kinds = self.served_kinds(refresh=True)
         needed = [k for b in self.policy.backends for k in REQUIRED_KINDS[b]]
-        return [RESOURCES[k].crd_name for k in dict.fromkeys(needed) if k not in kinds]
+        return [RESOURCES[k].crd_name or k for k in dict.fromkeys(needed) if k not in kinds]
 
     def served_kinds(self, refresh: bool = False) -> set[str]:
         now = time.monotonic()
@@ -235,19 +235,20 @@ class Runner:
 
     def _apply_one(self, kube: Kube, a: Action) -> None:
         ns = a.ref.namespace
+        body = a.body or {}
         if a.op == "create":
             try:
-                kube.create(a.ref.kind, a.body)
+                kube.create(a.ref.kind, body)
             except Conflict:
                 # Already there (a previous pass, a restart, a stale read): converge by name.
                 if not a.ref.kind.endswith("Class"):
-                    patch = {"metadata": {"labels": a.body["metadata"].get("labels") or {}}}
-                    if "spec" in a.body and a.ref.kind != "VolumeGroupReplication":
-                        patch["spec"] = a.body["spec"]
+                    patch = {"metadata": {"labels": body["metadata"].get("labels") or {}}}
+                    if "spec" in body and a.ref.kind != "VolumeGroupReplication":
+                        patch["spec"] = body["spec"]
                     kube.patch(a.ref.kind, a.ref.name, patch, ns)
         elif a.op == "patch":
             try:
-                kube.patch(a.ref.kind, a.ref.name, a.body, ns)
+                kube.patch(a.ref.kind, a.ref.name, body, ns)
             except NotFound:
                 if a.ref.kind != "PersistentVolumeClaim":  # a PVC may go meanwhile
                     raise
@@ -281,7 +282,7 @@ class Runner:
                 if a.op == "create" and not a.ref.kind.endswith("Class"):
                     self.kube.delete(a.ref.kind, a.ref.name, a.ref.namespace)
                 elif a.op == "patch" and a.ref.kind == "PersistentVolumeClaim":
-                    labels = {k: None for k in (a.body["metadata"].get("labels") or {})}
+                    labels = {k: None for k in ((a.body or {})["metadata"].get("labels") or {})}
                     self.kube.patch(a.ref.kind, a.ref.name, {"metadata": {"labels": labels}},
                                     a.ref.namespace)
             except DrKitError as exc:
@@ -313,7 +314,7 @@ class Runner:
 
     def _note_namespace(self, ns: dict, deleted: bool = False) -> bool:
         md = ns.get("metadata") or {}
-        name = md.get("name")
+        name = str(md.get("name") or "")
         interesting = not deleted and (
             self.policy.label_key in (md.get("labels") or {})
             or self.policy.status_annotation in (md.get("annotations") or {}))
@@ -386,7 +387,8 @@ class Runner:
                 self._later(name, self.requeue_seconds)  # follow the plugin's progress
 
     def _later(self, name: str, delay: float) -> None:
-        timer = threading.Timer(delay, lambda: self.stop_event.is_set() or self.enqueue(name))
+        timer = threading.Timer(delay, lambda: None if self.stop_event.is_set()
+                                else self.enqueue(name))
         timer.daemon = True
         timer.start()
 

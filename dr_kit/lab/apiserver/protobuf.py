@@ -39,6 +39,7 @@ def fields(data: bytes) -> Fields:
     out: Fields = defaultdict(list)
     data = _bytes(data)
     pos = 0
+    value: int | bytes
     while pos < len(data):
         tag, pos = _varint(data, pos)
         number, wire = tag >> 3, tag & 7

@@ -141,7 +141,8 @@ def start_in_thread(
     if "error" in result:
         thread.join()
         raise result["error"]  # type: ignore[misc]
-    bound = int(result["port"])  # type: ignore[arg-type]
+    bound = result["port"]
+    assert isinstance(bound, int)
     bind = check_loopback(host)
     return ServerHandle(
         url=f"{'https' if tls else 'http'}://{bind}:{bound}",

@@ -320,7 +320,7 @@ async def _watch(
         as_object = to_event
         include = q.get("includeObject", "Metadata")
 
-        def to_event(change):  # type: ignore[no-redef]
+        def to_event(change):
             event = as_object(change)
             if event:
                 obj = event["object"]
@@ -346,8 +346,8 @@ async def _watch(
         await resp.prepare(request)
         for obj in initial:
             await send({"type": "ADDED", "object": obj})
-        for change in backlog:
-            event = to_event(change)
+        for missed in backlog:
+            event = to_event(missed)
             if event:
                 await send(event)
         while True:
