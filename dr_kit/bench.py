@@ -40,12 +40,22 @@ import psutil
 
 from dr_kit import bench_postgres
 from dr_kit.bench_postgres import SETTINGS, AnchorUnavailable, PgShop, PostgresAnchor
-from dr_kit.errors import InvalidInput
+from dr_kit.errors import DrKitError, InvalidInput
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
+from dr_kit.storage.position import JournalPosition
 
 Progress = Callable[[str], None]
+
+
+
+def _head(client: ArrayClient, group: str) -> JournalPosition:
+    """The main site's journal position of ``group`` (a main array knows its own)."""
+    pos = client.lag(group).main
+    if pos is None:
+        raise DrKitError(f"the array reports no journal position for group {group}")
+    return pos
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -245,10 +255,11 @@ class Bench:
                     shop.run(0, count=n)
                     t_mode[mode] += time.perf_counter() - t0
                     lat[mode] += shop.stats.latencies_ms
-            rows = {mode: {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "n": len(values),
+            rows: dict[str, dict[str, Any]] = {
+                mode: {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "n": len(values),
                            "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
                     for mode, values in lat.items()}
-            row = {m: rows[m] for m in ("off", "async", "sync")}
+            row: dict[str, Any] = {m: rows[m] for m in ("off", "async", "sync")}
             row["async_over_off_p50"] = row["async"]["p50_ms"] / row["off"]["p50_ms"]
             row["async_over_off_p99"] = row["async"]["p99_ms"] / row["off"]["p99_ms"]
             row["async_over_off_tps"] = row["async"]["tx_per_s"] / row["off"]["tx_per_s"]
@@ -258,7 +269,7 @@ class Bench:
                     f"{row['async']['p50_ms']:.2f} ms ({row['async_over_off_p50']:.2f}x), sync "
                     f"{row['sync']['p50_ms']:.2f} ms ({row['sync_over_off_p50']:.1f}x)")
             if pg:
-                prow = {"off": rows["pg_off"], "async": rows["pg_async"]}
+                prow: dict[str, Any] = {"off": rows["pg_off"], "async": rows["pg_async"]}
                 prow["async_over_off_p50"] = prow["async"]["p50_ms"] / prow["off"]["p50_ms"]
                 prow["async_over_off_p99"] = prow["async"]["p99_ms"] / prow["off"]["p99_ms"]
                 prow["async_over_off_tps"] = prow["async"]["tx_per_s"] / prow["off"]["tx_per_s"]
@@ -330,7 +341,7 @@ class Bench:
         for i in range(backlog):
             vol.write((i % 4000) * 4096, data)
         write_rate = backlog / (time.monotonic() - t0)
-        head = self.mc.lag("bench-lag").main.sequence
+        head = _head(self.mc, "bench-lag").sequence
         deadline = time.monotonic() + 120
         while self.bc.group_status("bench-lag")["received"] < head and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -427,7 +438,7 @@ class Bench:
             return {k: clock() for k, clock in procs.items()}
 
         def caught_up(timeout: float = 60.0) -> None:
-            head = self.mc.lag("bench-cpu").main.sequence
+            head = _head(self.mc, "bench-cpu").sequence
             deadline = time.monotonic() + timeout
             while int(self.bc.group_status("bench-cpu")["applied"].split("/")[1]) < head:
                 if time.monotonic() > deadline:

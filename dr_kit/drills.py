@@ -42,10 +42,20 @@ from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
 from dr_kit.storage.link import LinkEmulator
+from dr_kit.storage.position import JournalPosition
 
 Progress = Callable[[str], None]
 VOLS = ("stock-db", "sales-db")
 GROUP = "shop"
+
+
+
+def _head(client: ArrayClient, group: str) -> JournalPosition:
+    """The main site's journal position of ``group`` (a main array knows its own)."""
+    pos = client.lag(group).main
+    if pos is None:
+        raise DrKitError(f"the array reports no journal position for group {group}")
+    return pos
 
 
 def _wait(pred: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.02) -> Any:
@@ -207,7 +217,7 @@ def journal_full(sites: Sites, say: Progress, *, rate: float = 150.0) -> dict[st
     lag = mc.lag(GROUP)
     say(f"  suspended after {fill_s:.1f} s ({lag.message}); main still commits: "
         f"{len(suspended)} transactions in 1 s")
-    generation = lag.main.generation
+    generation = _head(mc, GROUP).generation
     sites.link.restore()
     seen_resync, progress, guard_verdict = False, [], None
     deadline = time.monotonic() + 120
@@ -227,7 +237,7 @@ def journal_full(sites: Sites, say: Progress, *, rate: float = 150.0) -> dict[st
     if guard_verdict is None and f"resync-guard-{GROUP}" in [s["name"] for s in sites.backup.client.status()["snapshots"]]:
         guard_verdict, _ = sites.judge_backup(f"resync-guard-{GROUP}")
     # a short resync can end between two polls: the new journal generation proves it ran
-    seen_resync = seen_resync or mc.lag(GROUP).main.generation > generation
+    seen_resync = seen_resync or _head(mc, GROUP).generation > generation
     sites.stop_shop()
     sites.wait_caught_up()
     same = all(_digest(mc, v) == _digest(sites.backup.client, v) for v in VOLS)
@@ -253,7 +263,7 @@ def corrupt(sites: Sites, say: Progress) -> dict[str, Any]:
     # on the backup's disk
     bc.group_action(GROUP, "pause-apply")
     time.sleep(0.3)
-    head = mc.lag(GROUP).main.sequence
+    head = _head(mc, GROUP).sequence
     _wait(lambda: bc.group_status(GROUP)["received"] >= head, "entries stored at the backup")
     bst = bc.group_status(GROUP)
     applied = int(bst["applied"].split("/")[1])

@@ -154,7 +154,7 @@ class ShopDatabases:
         self.on_inconsistent = on_inconsistent
         self.integrity_check = integrity_check
         self._secrets = tuple(s for s in _secrets if s)
-        self._point = dict(
+        self._point: dict[str, Any] = dict(
             snapshot=snapshot, sequence=sequence, point_time=_as_time(point_time),
             lag_entries=lag_entries, lag_bytes=lag_bytes,
             lag_seconds=float(lag_seconds) if lag_seconds is not None else None,

@@ -198,7 +198,7 @@ def check_select(sql: str) -> None:
 @contextlib.contextmanager
 def _read_only_connection(conn: Connection, engine: Engine) -> Iterator[None]:
     """Make what runs on ``conn`` inside the block unable to write, enforced by the database."""
-    raw = conn.connection.dbapi_connection
+    raw: Any = conn.connection.dbapi_connection
     name = conn.dialect.name
     if name == "sqlite":
         from dr_kit.sqlite import dbapi

@@ -110,6 +110,7 @@ def q_mix(by: Mix, period: Period, since: str | None = None, until: str | None =
                            func.sum(order_lines.c.quantity).label("units"),
                            func.sum(LINE_REVENUE).label("revenue_cents"))
                     .select_from(src).group_by(DAY, key), since, until).subquery("daily")
+    label: Any
     if period == "day":
         label = daily.c.day
     elif period == "month":

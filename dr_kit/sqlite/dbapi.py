@@ -82,6 +82,9 @@ class NotSupportedError(DatabaseError):
     pass
 
 
+_DBAPIError = Error  # the module's Error, where a class attribute of that name hides it
+
+
 class WriteRefused(OperationalError, InvalidInput):
     """A statement would change a database opened read-only; nothing was executed."""
 
@@ -484,7 +487,7 @@ class Connection:
             if not was and not self._closed:
                 self._apsw.execute("PRAGMA query_only = 0")
 
-    def _error(self, e: Exception, sql: str = "") -> Error:
+    def _error(self, e: Exception, sql: str = "") -> _DBAPIError:
         if self.read_only and (
             isinstance(e, (apsw.ReadOnlyError, apsw.ExecTraceAbort))
             or (isinstance(e, apsw.AuthError) and self._refused)

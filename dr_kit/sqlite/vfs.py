@@ -121,7 +121,7 @@ class ArrayVFS(apsw.VFS):
             close()
 
     # -- VFS methods ----------------------------------------------------------------
-    def xOpen(self, name: Any, flags: list[int]) -> _File:  # noqa: N802
+    def xOpen(self, name: Any, flags: list[int]) -> Any:  # noqa: N802 - a _File
         if name is None:
             raise apsw.CantOpenError("temporary files are not supported on array volumes; "
                                      "use PRAGMA temp_store=MEMORY")

@@ -175,7 +175,8 @@ class VolumeFS:
 
     def write(self, i: int, offset: int, data: bytes) -> None:
         with self.lock:
-            e = self.entries[i]  # type: ignore[index]
+            assert self.entries is not None  # formatted: write() is reached through open files
+            e = self.entries[i]
             end = offset + len(data)
             if end > e.capacity:
                 raise InvalidInput(f"file {e.name} on volume {self.volume!r} would grow past its "

@@ -22,6 +22,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class Vol:
     def size(self) -> int:
         return self.dev.size
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         for s in self.cows:
             s.preserve(offset, len(data))
         self.dev.write(offset, data)
@@ -234,7 +235,7 @@ class Array:
         else:
             v.write(offset, data)
 
-    def writev(self, name: str, extents: list[tuple[int, bytes | memoryview]],
+    def writev(self, name: str, extents: Sequence[tuple[int, bytes | memoryview]],
                packed: bytes | memoryview | None = None) -> None:
         """Several writes in order, acknowledged together (what a host sends between two
         flushes).  In a consistency group they form one journal entry (applied whole at
@@ -282,8 +283,8 @@ class Array:
                 if v.role != "data":
                     raise InvalidInput(f"volume {v.name!r} is a {v.role} volume and cannot be replicated")
             Journal(self.root, journal_capacity)  # validates the capacity before anything changes
-            for v in volumes:
-                check_name("backup volume", remote_names.setdefault(v, v))
+            for vname in volumes:
+                check_name("backup volume", remote_names.setdefault(vname, vname))
             conf = {"members": {str(v.id): remote_names[v.name] for v in vols}, "mode": mode,
                     "remote": remote, "journal_capacity": journal_capacity,
                     "transfer_interval_ms": transfer_interval_ms, "sync_timeout_s": sync_timeout_s,
@@ -538,7 +539,7 @@ class Array:
     def status(self) -> dict[str, Any]:
         with self.lock:
             vols = [{"name": v.name, "id": v.id, "size": v.size, "role": v.role,
-                     "group": (v.primary or v.secondary).name if (v.primary or v.secondary) else None,
+                     "group": g.name if (g := v.primary or v.secondary) else None,
                      "snapshots": len(v.cows), **({"snapshot": self.conf["volumes"][v.name].get("snapshot"),
                                                     "source": self.conf["volumes"][v.name].get("source")}
                                                    if v.role == "clone" else {})}

@@ -173,6 +173,7 @@ class Journal:
                 seg = self._roll(size)
             elif self._fd is None:
                 self._fd = os.open(seg.path, os.O_RDWR)
+            assert self._fd is not None  # _roll opens the new segment
             os.pwritev(self._fd, parts, seg.size)
             if self.fsync:
                 os.fdatasync(self._fd)
@@ -195,6 +196,7 @@ class Journal:
                 while j < len(records) and (j == i or size + len(records[j][0]) <= room):
                     size += len(records[j][0])
                     j += 1
+                assert self._fd is not None  # _roll opens the new segment
                 os.pwrite(self._fd, b"".join(r for r, _ in records[i:j]), seg.size)
                 if self.fsync:
                     os.fdatasync(self._fd)

@@ -62,7 +62,7 @@ class Record:
         return out
 
 
-def pack_extents(extents: list[tuple[int, bytes]]) -> tuple[int, int, bytes]:
+def pack_extents(extents: list[tuple[int, bytes | memoryview]]) -> tuple[int, int, bytes]:
     """(kind, offset, data) of a record holding ``extents``: one write, or a write vector."""
     if len(extents) == 1:
         return KIND_WRITE, extents[0][0], bytes(extents[0][1])

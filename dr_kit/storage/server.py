@@ -211,10 +211,10 @@ class ManagementServer(ThreadingHTTPServer):
                 self.service.ensure_threads()
                 return {"name": g.name, "state": g.state}
             case "GET", ["groups", name, "lag"]:
-                g = a.group(name)
-                if not isinstance(g, PrimaryGroup):
+                main = a.group(name)
+                if not isinstance(main, PrimaryGroup):
                     raise InvalidInput(f"lag is measured at the main site; {name!r} is a backup-side group here")
-                return g.lag().to_dict()
+                return main.lag().to_dict()
             case "POST", ["groups", name, "members"]:
                 g = a.add_member(name, body["volume"], body.get("remote_name"))
                 return {"name": name, "members": sorted(v.name for v in g.members.values()), "state": g.state}
@@ -224,8 +224,7 @@ class ManagementServer(ThreadingHTTPServer):
             case "POST", ["groups", name, "actions"]:
                 return self._action(name, body)
             case "DELETE", ["groups", name]:
-                g = a.group(name)
-                if isinstance(g, PrimaryGroup):
+                if isinstance(a.group(name), PrimaryGroup):
                     a.delete_primary_group(name)
                 else:
                     a.delete_secondary_group(name, delete_volumes=query.get("delete_volumes") in ("1", "true"))
