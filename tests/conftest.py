@@ -85,9 +85,9 @@ def arrays(tmp_path: Path):
 
 # Modules whose tests start processes without one of the fixtures below (kubectl, array
 # pairs of their own, papermill kernels, whole labs): all of them are ``slow``.
-PROCESS_MODULES = {"test_apiserver", "test_crashtest", "test_drills", "test_lab",
-                   "test_lab_controllers", "test_notebooks", "test_operator_e2e",
-                   "test_package", "test_storage_replication", "test_vfs"}
+PROCESS_MODULES = {"test_apiserver", "test_bench", "test_crashtest", "test_drills", "test_lab",
+                   "test_lab_controllers", "test_operator_e2e", "test_package",
+                   "test_storage_replication", "test_vfs"}
 PROCESS_FIXTURES = {"arrays", "shop_lab"}
 
 
