@@ -216,8 +216,8 @@ def _measure(port: int, token: str, ca: str, pid: int, namespaces: int, pvcs: in
 
     rv = c.call("GET", "/api/v1/persistentvolumeclaims?limit=1")[1]["metadata"]["resourceVersion"]
     ws = []
-    for w in range(watchers):
-        query = rv + ("&labelSelector=app%3Dshop" if w % 2 else "")
+    for i in range(watchers):
+        query = rv + ("&labelSelector=app%3Dshop" if i % 2 else "")
         ws.append(Watcher(port, token, ca, query))
     for w in ws:
         w.start()

@@ -155,7 +155,7 @@ def model(name: str) -> Model | None:
     pyd = getattr(cls, "model_fields", None) or {}
     fields = {}
     for attr, text in types.items():
-        json_name = names.get(attr, attr)
+        json_name = str(names.get(attr, attr))
         ftype = _parse_type(text, name, json_name)
         if json_name in _QUANTITY_FIELDS:
             if ftype.kind == "string":

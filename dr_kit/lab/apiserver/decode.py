@@ -140,7 +140,7 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
 _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):
     """Safe YAML without timestamp resolution (a date stays the string it was)."""
 
 

@@ -234,10 +234,11 @@ def validate_metadata(kind: Kind, obj: dict[str, Any]) -> list[Cause]:
     for field_name in ("labels", "annotations"):
         if meta.get(field_name) is not None and not isinstance(meta[field_name], dict):
             causes.append(cause(f"metadata.{field_name}", "Invalid value: must be a map of strings"))
-    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+    labels: dict[str, Any] = meta["labels"] if isinstance(meta.get("labels"), dict) else {}
     for key, value in labels.items():
         causes.extend(_label_causes(key, value))
-    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+    annotations: dict[str, Any] = (meta["annotations"] if isinstance(meta.get("annotations"), dict)
+                                   else {})
     total = 0
     for key, value in annotations.items():
         if not isinstance(value, str):

@@ -25,7 +25,9 @@ _CMP_RE = re.compile(r"^(?P<key>[^\s!=<>(),]+)\s*(?P<op>==|!=|=|<|>)\s*(?P<value
 
 def _split_top_level(text: str) -> list[str]:
     """The comma-separated requirements; an empty one (``a,,b``, ``a,``) is an error."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1

@@ -21,6 +21,7 @@ The store is used from a single event loop thread and takes no locks.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import fcntl
 import json
@@ -259,7 +260,7 @@ class Store:
         names = self._objects[key].get(namespace or "")
         return names.get(name) if names is not None else None
 
-    def list(self, key: Key, namespace: str | None = None) -> list[Obj]:
+    def list(self, key: Key, namespace: str | None = None) -> builtins.list[Obj]:
         """Objects of a kind, of one namespace (if given), in no particular order."""
         namespaces = self._objects[key]
         if namespace:
@@ -273,7 +274,7 @@ class Store:
         ref = self._by_uid.get(uid)
         return self.get(ref[0], ref[1], ref[2]) if ref else None
 
-    def dependents(self, uid: str) -> list[tuple[Key, Obj]]:
+    def dependents(self, uid: str) -> builtins.list[tuple[Key, Obj]]:
         """Objects whose ``ownerReferences`` name ``uid``, with their kind."""
         out = []
         for key, ns, name in sorted(self._dependents.get(uid, ())):
@@ -333,12 +334,12 @@ class Store:
             if w.key == change.key:
                 w.queue.put_nowait(change)
 
-    def subscribe(self, key: Key, since: int | None) -> tuple[Watcher, list[Change]]:
+    def subscribe(self, key: Key, since: int | None) -> tuple[Watcher, builtins.list[Change]]:
         """Subscribe to changes of ``key``; with ``since``, also return the missed ones.
 
         Raises :class:`Expired` when changes after ``since`` are no longer all known.
         """
-        backlog: list[Change] = []
+        backlog: builtins.list[Change] = []
         if since is not None:
             if since < self._floor:
                 raise Expired(since, self._floor)

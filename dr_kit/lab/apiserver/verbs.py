@@ -10,12 +10,13 @@ not stored and produce no watch event, as in the real server.
 from __future__ import annotations
 
 import base64
+import builtins
 import copy
 import datetime as dt
 import json
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import builtin
@@ -159,7 +160,7 @@ class Api:
         except SelectorError as e:
             raise bad_request(f"invalid field selector: {e}") from None
 
-        def match(obj: Obj) -> bool:
+        def match(obj: Mapping[str, Any]) -> bool:
             meta = obj.get("metadata", {})
             if namespace and meta.get("namespace") != namespace:
                 return False
@@ -211,7 +212,7 @@ class Api:
 
         return event
 
-    def _crd_objects(self) -> list[Obj]:
+    def _crd_objects(self) -> builtins.list[Obj]:
         out = []
         for crd in self.registry.crds:
             obj = copy.deepcopy(crd)
@@ -237,7 +238,7 @@ class Api:
 
     def _check_body(
         self, kind: Kind, version: str, body: Any, namespace: str | None
-    ) -> tuple[Obj, list[str]]:
+    ) -> tuple[Obj, builtins.list[str]]:
         """The body as an object of ``kind`` (a copy) and the unknown fields dropped from it."""
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
@@ -299,7 +300,7 @@ class Api:
         body: Any,
         dry_run: bool = False,
         strict: bool = False,
-    ) -> tuple[Obj, list[str]]:
+    ) -> tuple[Obj, builtins.list[str]]:
         """Create; returns the stored object (as ``version``) and warnings."""
         if kind.read_only:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
@@ -382,8 +383,8 @@ class Api:
         obj: Obj,
         old: Obj | None,
         strict: bool,
-        unknown: list[str] | None = None,
-    ) -> list[str]:
+        unknown: builtins.list[str] | None = None,
+    ) -> builtins.list[str]:
         unknown = list(unknown or [])
         causes = schemas.validate_metadata(kind, obj)
         compiled = self.schema(kind, version)
@@ -425,7 +426,7 @@ class Api:
         subresource: str | None = None,
         dry_run: bool = False,
         strict: bool = False,
-    ) -> tuple[Obj, list[str]]:
+    ) -> tuple[Obj, builtins.list[str]]:
         if kind.read_only:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
         namespace = self._check_scope(kind, namespace)
@@ -453,7 +454,7 @@ class Api:
         subresource: str | None = None,
         dry_run: bool = False,
         strict: bool = False,
-    ) -> tuple[Obj, list[str]]:
+    ) -> tuple[Obj, builtins.list[str]]:
         if kind.read_only:
             raise ApiError(405, "MethodNotAllowed", f"{kind.plural} are read-only here")
         namespace = self._check_scope(kind, namespace)
@@ -470,8 +471,8 @@ class Api:
         subresource: str | None,
         dry_run: bool,
         strict: bool,
-        unknown: list[str] | None = None,
-    ) -> tuple[Obj, list[str]]:
+        unknown: builtins.list[str] | None = None,
+    ) -> tuple[Obj, builtins.list[str]]:
         if subresource == "status":
             if not kind.status_subresource:
                 raise not_found(kind.plural + "/status", kind.group, old["metadata"]["name"])
@@ -596,9 +597,10 @@ class Api:
             kind = self.registry.by_key(key)
             if kind.read_only:
                 continue
-            obj = self.store.get(key, obj["metadata"].get("namespace"), obj["metadata"]["name"])
-            if obj is None:
+            current = self.store.get(key, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            if current is None:
                 continue  # removed by an earlier cascade step
+            obj = current
             refs = obj["metadata"].get("ownerReferences") or []
             if not any(r.get("uid") == uid for r in refs):
                 continue
