@@ -122,17 +122,17 @@ def test_rbac_rules_are_exactly_the_runner_permissions(policy):
     assert "delete" not in got[("", "persistentvolumeclaims")]
     if policy.backend == "csi-addons":
         assert got[("replication.storage.openshift.io", "volumegroupreplicationclasses")] == {
-            "list", "create"}  # classes are never changed or deleted
+            "list", "watch", "create"}  # classes are never changed or deleted
     assert "update" not in set().union(*got.values())  # merge patches only
 
 
 def test_backup_site_rbac_reads_pvcs_and_deletes_only_when_asked():
     (role,) = [d for d in manifests.render(Policy(), site="backup") if d["kind"] == "ClusterRole"]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["persistentvolumeclaims"],
-                              "verbs": ["list"]}]
+                              "verbs": ["list", "watch"]}]
     (role,) = [d for d in manifests.render(Policy(delete_backup_on_unprotect=True),
                                            site="backup") if d["kind"] == "ClusterRole"]
-    assert role["rules"][0]["verbs"] == ["list", "delete"]
+    assert role["rules"][0]["verbs"] == ["list", "watch", "delete"]
 
 
 def test_deployment_runs_the_cli_with_the_mounted_policy():

@@ -122,10 +122,19 @@ def pvc_labels(cluster: Cluster) -> dict[str, str | None]:
             for p in cluster.of("PersistentVolumeClaim")}
 
 
-def mark_replicating(cluster: Cluster) -> None:
+def csi_conditions(completed="True", degraded="False", resyncing="False",
+                   reasons=("Promoted", "Healthy", "NotResyncing"), message="") -> list[dict]:
+    return [{"type": t, "status": v, "reason": r, "message": message,
+             "lastTransitionTime": "2030-01-01T00:00:00Z"}
+            for t, v, r in zip(("Completed", "Degraded", "Resyncing"),
+                               (completed, degraded, resyncing), reasons, strict=True)]
+
+
+def mark_replicating(cluster: Cluster, sync: str = "2030-01-01T00:00:05Z") -> None:
     for vgr in cluster.of("VolumeGroupReplication"):
         names = [n for n, g in pvc_labels(cluster).items() if g == vgr["metadata"]["name"]]
-        vgr["status"] = {"state": "Primary", "lastSyncTime": "2030-01-01T00:00:05Z",
+        vgr["status"] = {"state": "Primary", "lastSyncTime": sync,
+                         "conditions": csi_conditions(),
                          "persistentVolumeClaimsRefList": [{"name": n} for n in names]}
     for rep in cluster.of("Replication"):
         rep["status"] = {"pairState": "PAIR"}
@@ -163,7 +172,8 @@ def test_label_creates_one_group_covering_exactly_the_pvcs():
     st = c.status()
     assert st["state"] == PROTECTING and st["pvcs"] == ["sales-db", "stock-db"]
     assert st["group"] == {"name": "dr-kit-shop", "id": None}
-    assert st["lagSeconds"] is None and st["lastSync"] is None  # unknown, never 0
+    assert "lastSync" not in st and "lagSeconds" not in st  # moving figures: read live
+    assert st["lagSource"].startswith("VolumeGroupReplication status.lastSyncTime")
     reasons = [e.reason for e in plan.events]
     assert reasons.count("Created") == 2 and "Protecting" in reasons
 
@@ -180,9 +190,12 @@ def test_status_turns_protected_when_the_plugin_reports_and_backup_pvcs_bound():
         b["status"]["phase"] = "Bound"
     plan = c.converge(backup_pvcs=backup, now=T0 + timedelta(seconds=3))
     st = c.status()
-    assert st["state"] == PROTECTED and st["lastSync"] == "2030-01-01T00:00:05Z"
+    assert st["state"] == PROTECTED and st["reason"] == "Replicating"
     assert st["since"] == "2030-01-01T00:00:03Z"
-    assert st["backup"] == {"sales-db": "Bound", "stock-db": "Bound"}
+    assert st["backup"] == {"bound": 2, "of": 2, "notBound": {}}
+    assert st["replication"]["conditions"] == {
+        "Completed": "True/Promoted", "Degraded": "False/Healthy",
+        "Resyncing": "False/NotResyncing"}
     assert [e.reason for e in plan.events] == ["Protected"]
 
 
@@ -194,7 +207,8 @@ def test_degraded_condition_is_reported():
         {"type": "Degraded", "status": "True", "message": "journal full", "reason": "X",
          "lastTransitionTime": "2030-01-01T00:00:00Z"}]}
     plan = c.converge()
-    assert c.status()["state"] == "Degraded" and c.status()["message"] == "journal full"
+    assert c.status()["state"] == "Degraded" and c.status()["message"] == \
+        "degraded (X): journal full"
     assert plan.events[-1].type == "Warning"
 
 

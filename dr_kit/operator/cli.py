@@ -25,20 +25,26 @@ from kubernetes import client as k8s
 from dr_kit.errors import DrKitError, InvalidInput, NotFound
 from dr_kit.kube import api_client as kube_api_client
 from dr_kit.operator import manifests
-from dr_kit.operator.policy import Policy
+from dr_kit.operator.backends import MANAGED_BY_LABEL
+from dr_kit.operator.health import DEFAULT_ADDRESS, parse_address
+from dr_kit.operator.policy import MANAGED_BY, Policy
 from dr_kit.operator.reconcile import (
     BACKEND_ANNOTATION,
     DEGRADED,
     PROTECTED,
     REFUSED,
+    SITES,
+    STANDBY,
     UNPROTECTED,
     WAITING,
     read_status,
 )
 from dr_kit.operator.runner import Kube, Runner, permissions
+from dr_kit.operator.status import Lag, lag_of
 
 DEFAULT_LAB_DIR = ".dr-lab"
 LAB_MAIN_CONTEXT = "main"
+OWNED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 
 # -- connecting ---------------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LA
     if wait > 0:
         # a verdict given before this label is not an answer to it
         stale = None if was_labelled else _status_of(ns, pol)
-        return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED),
+        return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED, STANDBY),
                      stale=stale)
     return (_status_of(ns, pol) if was_labelled else None) or {"state": "Requested"}
 
@@ -125,12 +131,51 @@ def unprotect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_
     return _status_of(ns, pol) or {"state": UNPROTECTED}
 
 
+def _group_objects(kube: Kube, namespace: str | None) -> dict[str, list[dict]]:
+    """The operator's replication resources (one list per kind), by namespace."""
+    out: dict[str, list[dict]] = {}
+    for kind in ("VolumeGroupReplication", "Replication"):
+        try:
+            objs = kube.items(kind, namespace, label_selector=OWNED_SELECTOR)
+        except NotFound:  # the cluster does not serve this backend's CRDs
+            continue
+        for o in objs:
+            out.setdefault(o["metadata"].get("namespace", ""), []).append(o)
+    return out
+
+
+def _with_live_lag(status: dict, objects: list[dict], now: datetime) -> dict:
+    """``status`` plus the lag read now from the namespace's replication resources."""
+    backend = status.get("backend")
+    kind = "Replication" if backend == "hitachi" else "VolumeGroupReplication"
+    mine = [o for o in objects if o.get("kind") == kind]
+    if status.get("state") in (None, UNPROTECTED, WAITING) or not backend:
+        lag = Lag(None, f"{kind} status", note="not replicating")
+    else:
+        lag = lag_of(kind, mine, now)
+    out = dict(status)
+    out["lag"] = lag.as_dict()
+    out["lagText"] = lag.describe()
+    times = [(o.get("status") or {}).get("lastSyncTime") for o in mine]
+    out["lastSync"] = min(times) if times and all(times) else None
+    out["sinceLastSyncSeconds"] = None
+    if out["lastSync"]:
+        try:
+            t = datetime.fromisoformat(out["lastSync"].replace("Z", "+00:00"))
+            out["sinceLastSyncSeconds"] = round((now - t).total_seconds(), 3)
+        except ValueError:
+            pass
+    return out
+
+
 def protection_status(namespace: str, *, kubeconfig=None, context=None,
                       lab_dir=DEFAULT_LAB_DIR, policy: Policy | str | None = None) -> dict:
-    """The operator's status annotation, plus ``labelled`` and the live age of the last sync.
+    """The operator's status annotation, plus ``labelled`` and the lag read now.
 
-    ``sinceLastSyncSeconds`` is computed now from ``lastSync`` (an upper bound of the data
-    a disaster would lose); it is None when the last sync time is unknown, never 0.
+    ``lag`` says where the figure comes from: the plug-in's own time lag when it publishes
+    one (exact), else ``now - lastSyncTime`` (an upper bound of the data a disaster would
+    lose, at the one-second resolution of a Kubernetes time); ``seconds`` None = unknown,
+    never 0.  ``sinceLastSyncSeconds`` is the age of ``lastSync`` (None when unknown).
     """
     pol = _policy(policy)
     kube = _kube(kubeconfig, context, lab_dir)
@@ -140,15 +185,43 @@ def protection_status(namespace: str, *, kubeconfig=None, context=None,
     status["namespace"] = namespace
     status["labelled"] = (ns["metadata"].get("labels") or {}).get(pol.label_key) == \
         pol.label_value
-    status["sinceLastSyncSeconds"] = None
-    if status.get("lastSync"):
-        try:
-            t = datetime.fromisoformat(status["lastSync"].replace("Z", "+00:00"))
-            status["sinceLastSyncSeconds"] = round(
-                (datetime.now(UTC) - t).total_seconds(), 3)
-        except ValueError:
-            pass
-    return status
+    objects = _group_objects(kube, namespace).get(namespace, [])
+    return _with_live_lag(status, objects, datetime.now(UTC))
+
+
+def protection_table(*, kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR,
+                     policy: Policy | str | None = None, include_unprotected: bool = False
+                     ) -> list[dict]:
+    """Every namespace the operator handles, with state, PVCs and lag, in three API calls
+    (namespaces, VolumeGroupReplications, Replications) whatever their number."""
+    pol = _policy(policy)
+    kube = _kube(kubeconfig, context, lab_dir)
+    now = datetime.now(UTC)
+    namespaces = kube.items("Namespace")
+    objects = _group_objects(kube, None)
+    return status_rows(namespaces, objects, pol, now, include_unprotected=include_unprotected)
+
+
+def status_rows(namespaces: list[dict], objects: dict[str, list[dict]], policy: Policy,
+                now: datetime, *, include_unprotected: bool = False) -> list[dict]:
+    """One row per handled namespace (pure: the table of ``protection status``)."""
+    rows = []
+    for ns in namespaces:
+        md = ns["metadata"]
+        labelled = policy.label_key in (md.get("labels") or {})
+        status = _status_of(ns, policy)
+        if status is None and not labelled:
+            continue
+        status = dict(status or {"state": "Requested", "message": "labelled; no answer from "
+                                 "the operator yet"})
+        if status.get("state") == UNPROTECTED and not include_unprotected and not labelled:
+            continue
+        status["namespace"] = md["name"]
+        status["labelled"] = (md.get("labels") or {}).get(policy.label_key) == \
+            policy.label_value
+        rows.append(_with_live_lag(status, objects.get(md["name"], []), now))
+    rows.sort(key=lambda r: r["namespace"])
+    return rows
 
 
 def _wait(kube: Kube, namespace: str, policy: Policy, timeout: float, done: tuple,
@@ -169,8 +242,20 @@ def _wait(kube: Kube, namespace: str, policy: Policy, timeout: float, done: tupl
 def runner_for(kubeconfig=None, context=None, backup_context: str | None = None, *,
                lab_dir=DEFAULT_LAB_DIR, policy: Policy | str | None = None,
                backup_kubeconfig=None, in_cluster: bool = False,
-               resync_seconds: float = 30.0, watch_seconds: int = 30) -> Runner:
-    """A ready-to-start :class:`Runner` (the lab starts one in a thread with this)."""
+               resync_seconds: float = 300.0, watch_seconds: int = 30, site: str = "main",
+               workers: int = 4, serve: str | None = None) -> Runner:
+    """A ready-to-start :class:`Runner` (the lab starts one in a thread with this).
+
+    ``serve``: ``HOST:PORT`` for ``/healthz``, ``/readyz`` and ``/metrics`` (loopback only
+    unless ``in_cluster``); None or ``off`` serves nothing.
+    """
+    if site not in SITES:
+        raise InvalidInput(f"--site {site!r}: choose one of {', '.join(SITES)}")
+    if workers < 1 or workers > 64:
+        raise InvalidInput(f"--workers {workers}: choose 1..64")
+    if resync_seconds <= 0:
+        raise InvalidInput(f"--resync {resync_seconds:g}: must be a positive number of seconds")
+    address = parse_address(serve, allow_remote=in_cluster) if serve else None
     pol = _policy(policy)
     main = Kube(api_client(kubeconfig, context, lab_dir, in_cluster=in_cluster),
                 permissions(pol))
@@ -180,7 +265,7 @@ def runner_for(kubeconfig=None, context=None, backup_context: str | None = None,
                                  lab_dir if not backup_kubeconfig else None),
                       permissions(pol, site="backup"))
     return Runner(main, pol, backup=backup, resync_seconds=resync_seconds,
-                  watch_seconds=watch_seconds)
+                  watch_seconds=watch_seconds, site=site, workers=workers, serve=address)
 
 
 def run(kubeconfig=None, context=None, backup_context: str | None = None, **kw: Any) -> int:
@@ -188,12 +273,21 @@ def run(kubeconfig=None, context=None, backup_context: str | None = None, **kw: 
     runner = runner_for(kubeconfig, context, backup_context, **kw)
     missing = runner.missing_crds()
     log = logging.getLogger("dr_kit.operator")
-    log.info("operator watching %s (backends: %s)%s", runner.kube.api.configuration.host,
-             ", ".join(runner.policy.backends),
+    runner.start()
+    log.info("operator watching %s as the %s site (backends: %s; %d workers)%s%s",
+             runner.kube.api.configuration.host, runner.site,
+             ", ".join(runner.policy.backends), runner.workers,
+             f"; health and metrics on {runner.health.url}" if runner.health else "",
              f"; missing CRDs: {', '.join(missing)}" if missing else "")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: runner.stop_event.set())
-    runner.run()
+    try:
+        while not runner.stop_event.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()
     return 0
 
 
@@ -243,13 +337,43 @@ def _print_status(status: dict, as_json: bool) -> None:
         print(f"  group:  {group.get('name')}{gid}, backend {status.get('backend')}")
     if status.get("pvcs"):
         print(f"  PVCs:   {', '.join(status['pvcs'])}")
-    if status.get("backup"):
-        print("  backup: " + ", ".join(f"{k} {v or '?'}" for k, v in
-                                       sorted(status["backup"].items())))
+    elif status.get("pvcCount"):
+        print(f"  PVCs:   {status['pvcCount']}")
+    backup = status.get("backup")
+    if isinstance(backup, dict) and "of" in backup:
+        waiting = ", ".join(f"{k} {v or '?'}" for k, v in sorted(
+            (backup.get("notBound") or {}).items()))
+        print(f"  backup: {backup.get('bound')}/{backup.get('of')} PVCs bound"
+              + (f" (not yet: {waiting})" if waiting else ""))
+    if "lag" in status:
+        lag = status["lag"] or {}
+        src = f" ({lag.get('source')})" if lag.get("source") else ""
+        print(f"  lag:    {status.get('lagText')}{src}")
     if "sinceLastSyncSeconds" in status:
         s = status["sinceLastSyncSeconds"]
         print(f"  last sync: {status.get('lastSync') or 'unknown'}"
               + ("" if s is None else f" ({s:.1f} s ago)"))
+
+
+def _print_table(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        print("no protected namespaces (label one: dr-kit protect NAMESPACE)")
+        return
+    table = [("NAMESPACE", "STATE", "PVCS", "LAG", "LAG SOURCE", "MESSAGE")]
+    for r in rows:
+        lag = r.get("lag") or {}
+        source = (lag.get("source") or "").replace(" status.", " ")
+        count = r.get("pvcCount", len(r.get("pvcs") or []))
+        message = str(r.get("message") or "")
+        table.append((r["namespace"], str(r.get("state")), str(count), r.get("lagText") or "",
+                      source if lag.get("seconds") is not None else "",
+                      message if len(message) <= 70 else message[:67] + "..."))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 @_guard
@@ -272,7 +396,10 @@ def _cmd_unprotect(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_status(args: argparse.Namespace) -> int:
-    _print_status(protection_status(args.namespace, **_conn(args)), args.json)
+    if args.namespace:
+        _print_status(protection_status(args.namespace, **_conn(args)), args.json)
+    else:
+        _print_table(protection_table(include_unprotected=args.all, **_conn(args)), args.json)
     return 0
 
 
@@ -282,7 +409,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     return run(args.kubeconfig, args.context, args.backup_context, lab_dir=args.lab_dir,
                policy=args.policy, backup_kubeconfig=args.backup_kubeconfig,
-               in_cluster=args.in_cluster, resync_seconds=args.resync)
+               in_cluster=args.in_cluster, resync_seconds=args.resync, site=args.site,
+               workers=args.workers, serve=args.serve)
 
 
 @_guard
@@ -303,7 +431,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backup-kubeconfig", help="kubeconfig for the backup site, if separate")
     p.add_argument("--in-cluster", action="store_true",
                    help="use the pod's service account (inside the Deployment)")
-    p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
+    p.add_argument("--resync", type=float, default=300.0,
+                   help="seconds between full resyncs (changes arrive by watch; default 300)")
+    p.add_argument("--site", default="main", choices=SITES,
+                   help="the site this operator runs at (a namespace whose DR state names the "
+                        "other site as primary is left alone here)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="reconcile threads, whatever the number of namespaces (default 4)")
+    p.add_argument("--serve", default=DEFAULT_ADDRESS, metavar="HOST:PORT",
+                   help=f"serve /healthz, /readyz and /metrics (default {DEFAULT_ADDRESS}; "
+                        f"port 0 picks a free one; 'off' serves nothing)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_run)
 
@@ -334,12 +471,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("protection", help="protection of a namespace")
     prot_sub = p.add_subparsers(dest="protection_command", required=True)
-    s = prot_sub.add_parser("status", help="the operator's status for a namespace")
-    s.add_argument("namespace")
+    s = prot_sub.add_parser("status", help="the operator's status for a namespace, or a "
+                            "table of every protected namespace (state, PVCs, lag)")
+    s.add_argument("namespace", nargs="?", help="one namespace (default: all of them)")
     _site_args(s)
+    s.add_argument("--all", action="store_true",
+                   help="the table lists unprotected namespaces the operator handled too")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_status)
 
 
-__all__ = ["add_parser", "api_client", "protect", "protection_status", "render_manifests",
-           "run", "runner_for", "unprotect"]
+__all__ = ["add_parser", "api_client", "protect", "protection_status", "protection_table",
+           "render_manifests", "run", "runner_for", "status_rows", "unprotect"]

@@ -37,17 +37,26 @@ from dr_kit.operator.backends import (
     is_owned,
 )
 from dr_kit.operator.policy import BACKENDS, Policy, ReplicationClass
+from dr_kit.operator.status import (
+    DEGRADED,
+    PROTECTED,
+    PROTECTING,
+    REFUSED,
+    STANDBY,
+    UNPROTECTED,
+    WAITING,
+    csi_addons_health,
+    hitachi_health,
+)
 
 BACKEND_ANNOTATION = "dr-kit.io/backend"
+# The most PVCs one namespace (one consistency group) may have, per backend, and why.
+MAX_PVCS = {"csi-addons": csi_addons.MAX_PVCS, "hitachi": hitachi.MAX_PAIRS}
+LIMIT_REASONS = {"csi-addons": csi_addons.LIMIT_REASON, "hitachi": hitachi.LIMIT_REASON}
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
-# Namespace protection states, as written in the status annotation.
-UNPROTECTED = "Unprotected"
-WAITING = "WaitingForPVCs"
-REFUSED = "Refused"
-PROTECTING = "Protecting"
-PROTECTED = "Protected"
-DEGRADED = "Degraded"
+DR_STATE_ANNOTATION = "dr-kit.io/dr-state"  # {"primary": "main"|"backup", ...}
+SITES = ("main", "backup")
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ def reconcile(
     taken_group_ids: Mapping[int, str] | None = None,
     backup_pvcs: Iterable[Mapping[str, Any]] | None = None,
     backup_site: bool = False,
+    site: str = "main",
 ) -> Plan:
     """Plan the writes that bring ``namespace`` to its desired protection.
 
@@ -126,8 +136,12 @@ def reconcile(
     VolumeGroupReplicationClasses / VolumeReplicationClasses.  ``available_kinds``: the
     kinds the cluster serves (from discovery); None skips the CRD check.
     ``taken_group_ids``: Hitachi consistency group ids used elsewhere, id -> namespace.
-    ``backup_pvcs``: the namespace's PVCs at the backup site when observed (None when not).
-    ``backup_site``: whether the runner can act on the backup site.
+    ``backup_pvcs``: the namespace's PVCs at the other site when observed (None when not).
+    ``backup_site``: whether the runner can act on the other site.
+    ``site``: which site this operator runs at (``main`` or ``backup``).  When the
+    namespace's DR state (annotation ``dr-kit.io/dr-state``, ``{"primary": ...}``; no
+    annotation = ``main``) names the other site as primary, nothing is created or patched
+    here: protection runs from the primary site.  Unprotecting works at either site.
     """
     now = now or datetime.now(UTC)
     ns_name = namespace["metadata"]["name"]
@@ -144,13 +158,18 @@ def reconcile(
         taken_group_ids=dict(taken_group_ids or {}),
         backup_pvcs=None if backup_pvcs is None else list(backup_pvcs),
         backup_site=backup_site,
+        site=site,
     )
     plan = Plan(namespace=ns_name)
     if namespace["metadata"].get("deletionTimestamp"):
         return plan  # everything namespaced goes with it; nothing to say
     if ctx.labels.get(policy.label_key) == policy.label_value:
         try:
-            _protect(ctx, plan)
+            primary = primary_site(ctx.annotations)
+            if primary != site:
+                _standby(ctx, plan, primary)
+            else:
+                _protect(ctx, plan)
         except _Refusal as refusal:
             plan.actions.clear()
             plan.refusal = str(refusal)
@@ -159,6 +178,27 @@ def reconcile(
     else:
         _unprotect(ctx, plan)
     return plan
+
+
+def primary_site(annotations: Mapping[str, str]) -> str:
+    """The namespace's primary site from its DR state (``main`` when none is recorded).
+
+    Raises a refusal for a DR state that cannot be read: acting on a guess could
+    replicate in the wrong direction.
+    """
+    raw = annotations.get(DR_STATE_ANNOTATION)
+    if raw is None:
+        return "main"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    primary = value.get("primary") if isinstance(value, dict) else None
+    if primary not in SITES:
+        raise _Refusal(f"annotation {DR_STATE_ANNOTATION} is unreadable ({str(raw)[:80]!r}); "
+                       f"it must be JSON like {{\"primary\": \"main\"}} with primary one of "
+                       f"{', '.join(SITES)}; nothing is created until it is fixed")
+    return str(primary)
 
 
 # -- internals ----------------------------------------------------------------------------
@@ -178,6 +218,7 @@ class _Context:
     taken_group_ids: dict
     backup_pvcs: list | None
     backup_site: bool
+    site: str = "main"
 
     @property
     def previous(self) -> dict | None:
@@ -223,6 +264,11 @@ def _protect(ctx: _Context, plan: Plan) -> None:
     group = policy.group_name(ctx.ns)
     live = sorted((p for p in ctx.pvcs if not p["metadata"].get("deletionTimestamp")),
                   key=lambda p: p["metadata"]["name"])
+    limit = MAX_PVCS[backend]
+    if len(live) > limit:
+        raise _Refusal(f"the namespace has {len(live)} PVCs and one consistency group of the "
+                       f"{backend} backend holds at most {limit} ({LIMIT_REASONS[backend]}); "
+                       f"move PVCs to another namespace (each namespace is one group)")
     _check_conflicts(ctx, live, group)
     sc_of = {p["metadata"]["name"]: _storage_class_of(ctx, p) for p in live}
 
@@ -496,7 +542,14 @@ def _unprotect(ctx: _Context, plan: Plan) -> None:
                f"replication removed")
     else:
         why = "replication removed"
-    if policy.delete_backup_on_unprotect and plan.actions:
+    try:
+        primary_here = primary_site(ctx.annotations) == ctx.site
+    except _Refusal:
+        primary_here = False
+    if policy.delete_backup_on_unprotect and plan.actions and not primary_here:
+        why += (f"; data at the other site KEPT: the {ctx.site} site is not the namespace's "
+                f"primary ({DR_STATE_ANNOTATION}), so the other site holds the production data")
+    elif policy.delete_backup_on_unprotect and plan.actions:
         if ctx.backup_site:
             plan.backup_actions.extend(Action("delete", Ref("PersistentVolumeClaim", n, ctx.ns))
                                        for n in members)
@@ -521,92 +574,90 @@ def _protect_status(ctx: _Context, plan: Plan, backend: str, group: str,
                     backend=backend, group={"name": group, "id": None}, pvcs=[],
                     reason="WaitingForPVCs")
         return
-    repl: dict[str, Any] = {}
-    state, message = PROTECTING, "replication resources created; waiting for the storage plugin"
     gid = None
     if backend == "csi-addons":
         vgr = ctx.find("VolumeGroupReplication", group)
-        st = (vgr or {}).get("status") or {}
-        refs = {r.get("name") for r in st.get("persistentVolumeClaimsRefList") or []}
-        repl = {k: st.get(k) for k in ("state", "lastSyncTime", "lastSyncDuration",
-                                       "lastSyncBytes")}
-        degraded = [c for c in st.get("conditions") or []
-                    if c.get("type") == "Degraded" and c.get("status") == "True"]
-        if degraded:
-            state, message = DEGRADED, degraded[0].get("message") or "replication degraded"
-        elif vgr is not None and str(st.get("state", "")).lower() == "primary" and \
-                set(names) <= refs:
-            state, message = PROTECTED, "replicating"
-        elif vgr is not None and st:
-            missing = sorted(set(names) - refs)
-            message = (f"replication state {st.get('state') or 'unknown'}"
-                       + (f"; not yet in the group: {', '.join(missing)}" if missing else ""))
+        creating = any(a.op == "create" and a.ref.kind == "VolumeGroupReplication"
+                       for a in plan.actions)
+        health = csi_addons_health(None if creating else vgr, names)
+        lag_source = "VolumeGroupReplication status.lastSyncTime (upper bound, 1 s resolution)"
     else:
-        reps = [ctx.find("Replication", hitachi.replication_name(ctx.policy, ctx.ns, n))
-                for n in names]
+        reps = {n: ctx.find("Replication", hitachi.replication_name(ctx.policy, ctx.ns, n))
+                for n in names}
         rg = ctx.find("ReplicationGroup", group)
+        health = hitachi_health(reps, rg)
+        lag_source = "Replication status.timeLagSeconds"
         gid_raw = ((rg or {}).get("metadata", {}).get("labels") or {}).get(
             hitachi.GROUP_ID_LABEL)
         gid = int(gid_raw) if gid_raw and gid_raw.isdigit() else None
         for a in plan.actions:  # a group about to be created: its id is decided already
             if a.ref.kind == "ReplicationGroup" and a.op == "create" and a.body:
                 gid = int(a.body["metadata"]["labels"][hitachi.GROUP_ID_LABEL])
-        pair_states = {}
-        for n, r in zip(names, reps, strict=True):
-            st = (r or {}).get("status") or {}
-            pair_states[n] = _hitachi_pair_state(st)
-        repl = {"pairStates": pair_states}
-        if all(s and "PAIR" in s.upper() and "PSUE" not in s.upper()
-               for s in pair_states.values()):
-            state, message = PROTECTED, "replicating"
-        elif any(s and s.upper() in ("PSUE", "PSUS", "SSUS", "ERROR") for s in
-                 pair_states.values()):
-            bad = {n: s for n, s in pair_states.items() if s}
-            state, message = DEGRADED, f"pairs not replicating: {bad}"
+    state, reason, message = health.state, health.reason, health.message
+    if plan.actions and state == PROTECTED:  # members change in this pass
+        state, reason = PROTECTING, "Updating"
+        message = "the group's members change; waiting for the storage plugin"
 
     backup = None
     if ctx.backup_pvcs is not None:
-        backup = {p["metadata"]["name"]: (p.get("status") or {}).get("phase")
-                  for p in ctx.backup_pvcs if p["metadata"]["name"] in names}
-        if state == PROTECTED and any(backup.get(n) != "Bound" for n in names):
-            state = PROTECTING
-            message = "replicating; waiting for the backup-site PVCs to be bound"
+        phases = {p["metadata"]["name"]: (p.get("status") or {}).get("phase")
+                  for p in ctx.backup_pvcs}
+        not_bound = [n for n in names if phases.get(n) != "Bound"]
+        backup = {"bound": len(names) - len(not_bound), "of": len(names),
+                  "notBound": {n: phases.get(n) for n in not_bound[:10]}}
+        if state == PROTECTED and not_bound:
+            state, reason = PROTECTING, "WaitingForBackup"
+            message = (f"replicating; waiting for the backup-site PVCs to be bound "
+                       f"({len(not_bound)} of {len(names)} not yet)")
     _set_status(ctx, plan, state, message, backend=backend,
-                group={"name": group, "id": gid}, pvcs=names, replication=repl,
-                backup=backup, reason=state,
+                group={"name": group, "id": gid}, pvcs=names,
+                replication=health.summary, backup=backup, reason=reason,
+                lag_source=lag_source, event_reason=state,
                 level="Warning" if state == DEGRADED else "Normal")
 
 
-def _hitachi_pair_state(st: Mapping[str, Any]) -> str | None:
-    for key in ("pairState", "currentPairState", "state"):
-        if st.get(key):
-            return str(st[key])
-    return None
+def _standby(ctx: _Context, plan: Plan, primary: str) -> None:
+    """The other site is primary for this namespace: report, create nothing."""
+    prev = ctx.previous or {}
+    _set_status(ctx, plan, STANDBY,
+                f"the {primary} site is primary for this namespace ({DR_STATE_ANNOTATION}); "
+                f"protection runs from there, nothing is created or changed at the "
+                f"{ctx.site} site", reason="Standby", backend=prev.get("backend"),
+                group=prev.get("group"), pvcs=prev.get("pvcs") or [])
+
+
+STATUS_BUDGET = 64 * 1024  # bytes of the status annotation (Kubernetes allows 256 KiB in all)
 
 
 def _set_status(ctx: _Context, plan: Plan, state: str, message: str, *, reason: str,
                 level: Literal["Normal", "Warning"] = "Normal", backend: str | None = None,
                 group: dict | None = None,
                 pvcs: list[str] | None = None, replication: dict | None = None,
-                backup: dict | None = None) -> None:
+                backup: dict | None = None, lag_source: str | None = None,
+                event_reason: str | None = None) -> None:
+    """The status annotation holds facts that change with the state, never a moving figure
+    (lag, last sync time): rewriting it on every sync would be a write per second per
+    namespace.  Readers compute the lag from the replication resources
+    (:func:`dr_kit.operator.status.lag_of`)."""
     prev = ctx.previous or {}
-    repl = replication or {}
-    status = {
+    status: dict[str, Any] = {
         "state": state,
+        "reason": reason,
         "message": message,
         "backend": backend,
         "group": group,
         "pvcs": pvcs if pvcs is not None else [],
-        "replication": repl or None,
-        "lastSync": repl.get("lastSyncTime"),
-        # Time lag is only reported when a source states it; unknown is null, never 0.
-        "lagSeconds": repl.get("lagSeconds"),
+        "replication": replication or None,
+        "lagSource": lag_source,
         "backup": backup,
     }
     if state == REFUSED:  # keep showing what is protected while a change is refused
-        for key in ("backend", "group", "pvcs"):
+        for key in ("backend", "group", "pvcs", "replication", "lagSource", "backup"):
             status[key] = prev.get(key)
         status["pvcs"] = status["pvcs"] or []
+    status["pvcCount"] = len(status["pvcs"])
+    if len(json.dumps(status)) > STATUS_BUDGET:  # thousands of PVCs: count them, not list
+        status["pvcs"] = None
     same_state = prev.get("state") == state and prev.get("message") == message
     status["since"] = prev.get("since") if same_state and prev.get("since") else _rfc3339(
         ctx.now)
@@ -615,7 +666,7 @@ def _set_status(ctx: _Context, plan: Plan, state: str, message: str, *, reason: 
     for a in plan.actions:
         plan.events.append(Event("Normal", _action_reason(a), _action_message(ctx, a)))
     if not same_state:
-        plan.events.append(Event(level, reason, f"{state}: {message}"))
+        plan.events.append(Event(level, event_reason or reason, f"{state}: {message}"))
 
 
 def _action_reason(a: Action) -> str:
@@ -656,6 +707,6 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
         return False
 
 
-__all__ = ["Action", "Event", "Plan", "Ref", "reconcile", "selector_matches",
-           "UNPROTECTED", "WAITING", "REFUSED", "PROTECTING", "PROTECTED", "DEGRADED",
-           "BACKEND_ANNOTATION"]
+__all__ = ["Action", "Event", "Plan", "Ref", "reconcile", "selector_matches", "primary_site",
+           "read_status", "UNPROTECTED", "WAITING", "REFUSED", "PROTECTING", "PROTECTED",
+           "DEGRADED", "STANDBY", "BACKEND_ANNOTATION", "DR_STATE_ANNOTATION", "MAX_PVCS"]

@@ -2,7 +2,8 @@
 
 The group's selector is a single label the operator owns (``<group label>=<group name>``),
 so it never has to change (upstream makes ``spec.source`` immutable): PVCs join and leave
-the group by gaining or losing that label.
+the group by gaining or losing that label.  Upstream allows at most :data:`MAX_PVCS` PVCs in
+one group; a namespace with more is refused as a whole (never a half group).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from dr_kit.operator.backends import RESOURCES, owner_labels
 from dr_kit.operator.policy import Policy
 
 VGR = RESOURCES["VolumeGroupReplication"]
+# "The maximum number of allowed PVCs in the group is 100." (upstream API,
+# VolumeGroupReplication status.persistentVolumeClaimsRefList)
+MAX_PVCS = 100
+LIMIT_REASON = "the csi-addons VolumeGroupReplication API allows 100 PVCs per group"
 VGRC = RESOURCES["VolumeGroupReplicationClass"]
 VRC = RESOURCES["VolumeReplicationClass"]
 

@@ -4,6 +4,12 @@ Every Replication of a namespace is asynchronous Universal Replicator (``UR``) w
 ``isConsistency: true``, the namespace's single ``consistencyGroupId``, the journal ids of
 the policy and ``parentName`` pointing at the namespace's ReplicationGroup: one journal,
 one write order for all the namespace's volumes.
+
+Limit: the plug-in's resources state no maximum number of pairs per consistency group.
+The array's does: every pair of one UR consistency group shares its journals, and a
+Universal Replicator journal holds at most 8,192 data volumes (Hitachi's UR
+documentation).  The operator therefore refuses a namespace of more than
+:data:`MAX_PAIRS` PVCs, as a whole, before creating anything.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from dr_kit.operator.policy import Policy
 REPLICATION = RESOURCES["Replication"]
 REPLICATION_GROUP = RESOURCES["ReplicationGroup"]
 GROUP_ID_LABEL = "dr-kit.io/consistency-group-id"
+MAX_PAIRS = 8192
+LIMIT_REASON = "a Universal Replicator journal, shared by one consistency group, holds at " \
+    "most 8,192 data volumes"
 
 
 def replication_name(policy: Policy, namespace: str, pvc: str) -> str:
