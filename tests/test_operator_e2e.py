@@ -7,6 +7,7 @@ the replication plugin by writing the VolumeGroupReplication's status.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -34,8 +35,10 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "con
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def lab(tmp_path):
+@contextlib.contextmanager
+def lab_server(tmp_path):
+    """A lab API server in a thread, the shop namespace with two PVCs, and ``start(**kw)``
+    for runners (stopped at the end)."""
     server = apiserver.start_in_thread(tmp_path / "state", "operator-test-token")
     apiserver.write_kubeconfig(tmp_path / "kubeconfig", {
         "main": (server.url, "operator-test-token", getattr(server, "ca_pem", None))})
@@ -48,16 +51,26 @@ def lab(tmp_path):
         add_pvc(core, name)
     runners = []
 
-    def start(**kw):
+    def start(*, backoff=None, **kw):
         kw.setdefault("resync_seconds", 1.0)
-        runner = cli.runner_for(lab_dir=tmp_path, watch_seconds=1, **kw).start()
-        runners.append(runner)
+        runner = cli.runner_for(lab_dir=tmp_path, watch_seconds=1, **kw)
+        if backoff is not None:
+            runner.backoff = backoff
+        runners.append(runner.start())
         return runner
 
-    yield tmp_path, api, start
-    for r in runners:
-        r.stop()
-    server.stop()
+    try:
+        yield tmp_path, api, start
+    finally:
+        for r in runners:
+            r.stop()
+        server.stop()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with lab_server(tmp_path) as value:
+        yield value
 
 
 def add_pvc(core: k8s.CoreV1Api, name: str, ns: str = "shop") -> None:

@@ -152,7 +152,83 @@ def test_deployment_runs_the_cli_with_the_mounted_policy():
     cli.add_parser(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(container["args"])
     assert args.in_cluster and args.policy == manifests.POLICY_PATH
+    assert args.serve == "0.0.0.0:8080"
     assert args.backup_context == "backup" and args.func.__name__ == "_cmd_run"
     binding = docs[4]
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "dr-kit-operator",
                                       "namespace": "dr-kit-system"}
+
+
+# -- the Deployment against the Kubernetes API's own types ---------------------------------
+
+K8S_KINDS = {("apps/v1", "Deployment"): "V1Deployment", ("v1", "Namespace"): "V1Namespace",
+             ("v1", "ServiceAccount"): "V1ServiceAccount", ("v1", "ConfigMap"): "V1ConfigMap",
+             ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
+             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding"}
+
+
+def check_k8s(value, type_name: str, where: str = "") -> None:
+    """Strictly check ``value`` against the official client's model ``type_name`` (generated
+    from the Kubernetes OpenAPI schema): unknown fields, wrong types, missing required
+    fields all fail (the API server would prune or refuse them)."""
+    from kubernetes.client import ApiClient
+    from kubernetes.client import models as k8s_models
+
+    if type_name.startswith("List["):
+        assert isinstance(value, list), f"{where}: expected a list"
+        for i, v in enumerate(value):
+            check_k8s(v, type_name[5:-1], f"{where}[{i}]")
+        return
+    if type_name.startswith("Dict["):
+        assert isinstance(value, dict), f"{where}: expected a map"
+        for k, v in value.items():
+            check_k8s(v, type_name[5:-1].split(", ", 1)[1], f"{where}.{k}")
+        return
+    simple = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
+              "datetime": str}
+    if type_name in simple:
+        assert isinstance(value, simple[type_name]) and not (
+            type_name == "int" and isinstance(value, bool)), f"{where}: not a {type_name}"
+        return
+    model = getattr(k8s_models, type_name)
+    assert isinstance(value, dict), f"{where}: expected an object ({type_name})"
+    by_json = {j: a for a, j in model.attribute_map.items()}
+    unknown = set(value) - set(by_json)
+    assert not unknown, f"{where}: fields {sorted(unknown)} are not in {type_name}"
+    for key, v in value.items():
+        check_k8s(v, model.openapi_types[by_json[key]], f"{where}.{key}")
+    if not where:  # required fields and enums: the client's own model validation
+        ApiClient()._ApiClient__deserialize(value, type_name)
+
+
+@pytest.mark.parametrize("kw", [{}, {"backup_secret": "backup-kubeconfig", "health_port": 9000}])
+def test_rendered_objects_validate_against_the_kubernetes_api_types(kw):
+    for doc in manifests.render(POLICIES[1], **kw):
+        check_k8s(doc, K8S_KINDS[(doc["apiVersion"], doc["kind"])])
+
+
+def test_strict_k8s_check_catches_a_misspelt_probe_field():
+    dep = manifests.render(Policy())[-1]
+    probe = dep["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    probe["httpget"] = probe.pop("httpGet")
+    with pytest.raises(AssertionError, match="httpget"):
+        check_k8s(dep, "V1Deployment")
+
+
+@pytest.mark.parametrize("port", [8080, 9000])
+def test_probes_hit_the_address_the_operator_serves(port):
+    dep = manifests.render(Policy(), health_port=port)[-1]
+    pod = dep["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    (cport,) = container["ports"]
+    assert cport == {"name": "health", "containerPort": port, "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(container["args"])
+    # the address the container's command serves is the probes' port, on the pod's addresses
+    from dr_kit.operator.health import parse_address
+    assert parse_address(args.serve, allow_remote=args.in_cluster) == ("0.0.0.0", port)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}

@@ -416,7 +416,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 @_guard
 def _cmd_manifests(args: argparse.Namespace) -> int:
     sys.stdout.write(render_manifests(args.policy, namespace=args.namespace, image=args.image,
-                                      backup_secret=args.backup_secret, site=args.site))
+                                      backup_secret=args.backup_secret, site=args.site,
+                                      health_port=args.health_port))
     return 0
 
 
@@ -451,6 +452,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backup-secret", help="Secret holding a kubeconfig for the backup site")
     p.add_argument("--site", choices=("main", "backup"), default="main",
                    help="backup: the RBAC the operator needs at the backup site")
+    p.add_argument("--health-port", type=int, default=manifests.DEFAULT_HEALTH_PORT,
+                   help="container port of /healthz, /readyz and /metrics (default "
+                        f"{manifests.DEFAULT_HEALTH_PORT})")
     p.set_defaults(func=_cmd_manifests)
 
     p = subparsers.add_parser("protect", help="label a namespace for consistent copy")

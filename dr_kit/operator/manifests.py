@@ -2,7 +2,10 @@
 
 A Namespace, a ServiceAccount, the policy as a ConfigMap, a least-privilege ClusterRole
 (exactly :func:`dr_kit.operator.runner.permissions` for the policy's backends) and its
-binding, and a one-replica Deployment.  ``site="backup"`` renders the backup site's
+binding, and a one-replica Deployment (``Recreate``: two operators never overlap) whose
+container serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``health_port`` (bound to
+the pod's addresses, where the kubelet probes it), with liveness and readiness probes and
+the usual Prometheus scrape annotations.  ``site="backup"`` renders the backup site's
 ClusterRole instead: list PVCs (and delete them only if the policy deletes backup data).
 """
 
@@ -12,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dr_kit.errors import InvalidInput
 from dr_kit.operator.policy import Policy
 from dr_kit.operator.runner import permissions
 
@@ -21,6 +25,7 @@ DEFAULT_IMAGE = "dr-kit:0.1.0"
 POLICY_PATH = "/etc/dr-kit/policy.yaml"
 BACKUP_KUBECONFIG_DIR = "/etc/dr-kit/backup"
 VERB_ORDER = ("get", "list", "watch", "create", "update", "patch", "delete")
+DEFAULT_HEALTH_PORT = 8080
 
 
 def rbac_rules(policy: Policy, *, site: str = "main") -> list[dict]:
@@ -38,13 +43,17 @@ def _labels() -> dict[str, str]:
 
 def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
            image: str = DEFAULT_IMAGE, backup_secret: str | None = None,
-           backup_context: str = "backup", site: str = "main") -> list[dict[str, Any]]:
+           backup_context: str = "backup", site: str = "main",
+           health_port: int = DEFAULT_HEALTH_PORT) -> list[dict[str, Any]]:
     """The manifests as dicts, in apply order."""
     policy = policy or Policy()
+    if not 1 <= health_port <= 65535:
+        raise InvalidInput(f"health port {health_port} is not in 1..65535")
     if site == "backup":
         return _role_and_binding(policy, namespace, "backup", f"{NAME}-backup") + [
             _service_account(namespace)]
-    args = ["operator", "run", "--in-cluster", "--policy", POLICY_PATH]
+    args = ["operator", "run", "--in-cluster", "--policy", POLICY_PATH,
+            "--serve", f"0.0.0.0:{health_port}"]
     volumes: list[dict] = [{"name": "policy", "configMap": {"name": f"{NAME}-policy"}}]
     mounts: list[dict] = [{"name": "policy", "mountPath": "/etc/dr-kit", "readOnly": True}]
     if backup_secret:
@@ -61,7 +70,9 @@ def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
             "template": {
-                "metadata": {"labels": _labels()},
+                "metadata": {"labels": _labels(), "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(health_port),
+                    "prometheus.io/path": "/metrics"}},
                 "spec": {
                     "serviceAccountName": NAME,
                     "securityContext": {"runAsNonRoot": True,
@@ -69,6 +80,16 @@ def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
                     "containers": [{
                         "name": "operator", "image": image,
                         "command": ["dr-kit"], "args": args,
+                        "ports": [{"name": "health", "containerPort": health_port,
+                                   "protocol": "TCP"}],
+                        # liveness catches the catastrophic cases (a dead thread, a hung
+                        # watch); progress is measured by the metrics, not by probes
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"},
+                                          "initialDelaySeconds": 10, "periodSeconds": 20,
+                                          "timeoutSeconds": 5, "failureThreshold": 3},
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"},
+                                           "periodSeconds": 10, "timeoutSeconds": 5,
+                                           "failureThreshold": 3},
                         "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
                                       "limits": {"memory": "256Mi"}},
                         "securityContext": {"allowPrivilegeEscalation": False,
@@ -126,4 +147,5 @@ def render_yaml(policy: Policy | None = None, **kw: Any) -> str:
     return yaml.dump_all(render(policy, **kw), Dumper=_Dumper, sort_keys=False)
 
 
-__all__ = ["DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "rbac_rules", "render", "render_yaml"]
+__all__ = ["DEFAULT_HEALTH_PORT", "DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "rbac_rules", "render",
+           "render_yaml"]

@@ -572,8 +572,10 @@ class Runner:
                     last = time.monotonic()
                     kinds = now_kinds
                     for ns in self.caches["Namespace"].items():
-                        if self._interesting(ns):
-                            self._trigger(ns["metadata"]["name"])
+                        name = ns["metadata"]["name"]
+                        # a namespace in backoff keeps its own schedule
+                        if self._interesting(ns) and not self.backoff.failures(name):
+                            self._trigger(name)
             except Exception as exc:  # noqa: BLE001 - the resync never dies
                 log.warning("resync: %s: %s", type(exc).__name__, exc,
                             exc_info=not isinstance(exc, DrKitError))
