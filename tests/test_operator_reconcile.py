@@ -553,3 +553,137 @@ def test_policy_round_trips_through_dict():
     assert Policy.from_dict(p.to_dict()) == p
     with pytest.raises(InvalidInput, match="unknown policy key"):
         Policy.from_dict({"bakend": "x"})
+
+
+# -- truthful, quiet status ------------------------------------------------------------------
+
+
+def test_status_annotation_does_not_move_with_the_sync_figures():
+    c = Cluster(labels=LABEL)
+    c.converge()
+    mark_replicating(c, sync="2030-01-01T00:00:05Z")
+    c.converge()
+    assert c.status()["state"] == PROTECTED
+    (vgr,) = c.of("VolumeGroupReplication")
+    for i in range(5):  # what a plug-in refreshes on every pass
+        vgr["status"].update(lastSyncTime=f"2030-01-01T00:01:0{i}Z", lastSyncBytes=i * 512,
+                             lastSyncDuration=f"0.00{i}s")
+        for cnd in vgr["status"]["conditions"]:
+            cnd["lastTransitionTime"] = f"2030-01-01T00:01:0{i}Z"
+        plan = c.reconcile(now=T0 + timedelta(seconds=i))
+        assert plan.changes_nothing and not plan.events
+
+
+def test_resyncing_group_is_not_protected_and_says_why():
+    c = Cluster(labels=LABEL)
+    c.converge()
+    mark_replicating(c)
+    c.converge()
+    (vgr,) = c.of("VolumeGroupReplication")
+    vgr["status"]["conditions"] = csi_conditions(
+        completed="False", resyncing="True", reasons=("Resyncing", "Healthy", "ResyncTriggered"),
+        message="initial copy")
+    plan = c.converge()
+    st = c.status()
+    assert st["state"] == PROTECTING and st["reason"] == "Resyncing"
+    assert st["message"].startswith("resyncing (ResyncTriggered): initial copy")
+    assert [e.reason for e in plan.events] == ["Protecting"]
+
+
+# -- limits: refused as a whole ----------------------------------------------------------------
+
+
+def test_more_pvcs_than_one_volume_group_replication_holds_is_refused_as_a_whole():
+    c = Cluster(labels=LABEL, pvcs=[f"p{i:03d}" for i in range(100)])
+    c.converge()
+    assert c.status()["state"] == PROTECTING and c.status()["pvcCount"] == 100
+    c.add_pvc("p100")  # the 101st
+    plan = assert_refused(c, "has 101 PVCs", "holds at most 100",
+                          "csi-addons VolumeGroupReplication API allows 100 PVCs")
+    assert plan.status["pvcCount"] == 100  # what is protected stays protected and shown
+    assert pvc_labels(c)["p100"] is None
+    c = Cluster(labels=LABEL, pvcs=[f"p{i:03d}" for i in range(101)])
+    assert_refused(c, "has 101 PVCs")
+    assert c.of("VolumeGroupReplication") == [] and c.of("VolumeGroupReplicationClass") == []
+
+
+def test_hitachi_backend_states_and_enforces_its_own_limit():
+    from dr_kit.operator.backends import hitachi
+    assert hitachi.MAX_PAIRS == 8192 and "8,192" in hitachi.LIMIT_REASON
+    c = Cluster(labels=LABEL, pvcs=[f"p{i}" for i in range(101)])
+    c.converge(HITACHI)  # 101 is fine for Hitachi
+    assert len(c.of("Replication")) == 101
+    c = Cluster(labels=LABEL, pvcs=[f"p{i}" for i in range(8193)])
+    assert_refused(c, "has 8193 PVCs", "at most 8192", "Universal Replicator journal",
+                   policy=HITACHI)
+
+
+def test_status_of_thousands_of_pvcs_counts_them_within_the_annotation_budget():
+    names = [f"data-{'x' * 50}-{i:05d}" for i in range(1500)]
+    c = Cluster(labels=LABEL, pvcs=names)
+    c.converge(HITACHI)
+    st = c.status()
+    assert st["pvcCount"] == 1500 and st["pvcs"] is None
+    assert len(json.dumps(st)) < 64 * 1024
+
+
+# -- DR state: only the primary site protects ------------------------------------------------
+
+def dr(primary: str) -> dict:
+    return {"dr-kit.io/dr-state": json.dumps({"primary": primary})}
+
+
+def test_the_site_that_is_not_primary_creates_and_changes_nothing():
+    c = Cluster(labels=LABEL)
+    c.namespace["metadata"]["annotations"] = dr("backup")
+    plan = c.converge()  # the operator at the main site, the backup site is primary
+    assert plan.actions == [] and plan.backup_actions == []
+    st = c.status()
+    assert st["state"] == "Standby" and "the backup site is primary" in st["message"]
+    assert [e.reason for e in plan.events] == ["Standby"]
+    # the backup site's operator is the one that protects (toward the main site)
+    c2 = Cluster(labels=LABEL)
+    c2.namespace["metadata"]["annotations"] = dr("backup")
+    c2.converge(site="backup")
+    assert len(c2.of("VolumeGroupReplication")) == 1 and c2.status()["state"] == PROTECTING
+
+
+def test_a_demoted_group_is_not_patched_back_to_primary_by_the_old_main():
+    c = Cluster(labels=LABEL)
+    c.converge()
+    (vgr,) = c.of("VolumeGroupReplication")
+    vgr["spec"]["replicationState"] = "secondary"  # a role swap demoted it here
+    c.namespace["metadata"]["annotations"]["dr-kit.io/dr-state"] = json.dumps(
+        {"primary": "backup", "operation": "relocate"})
+    plan = c.converge()
+    assert plan.actions == [] and vgr["spec"]["replicationState"] == "secondary"
+    assert c.status()["state"] == "Standby" and c.status()["pvcs"] == ["sales-db", "stock-db"]
+
+
+def test_unreadable_dr_state_is_refused_before_anything_is_created():
+    for raw in ("primary: backup", json.dumps({"primary": "elsewhere"}), "[]"):
+        c = Cluster(labels=LABEL)
+        c.namespace["metadata"]["annotations"] = {"dr-kit.io/dr-state": raw}
+        assert_refused(c, "dr-kit.io/dr-state is unreadable", "nothing is created")
+
+
+@pytest.mark.parametrize(("site", "primary"), [("main", "main"), ("main", "backup"),
+                                              ("backup", "backup"), ("backup", "main")])
+def test_unprotect_works_at_either_site_and_never_deletes_the_primarys_data(site, primary):
+    policy = Policy(delete_backup_on_unprotect=True)
+    c = Cluster(labels=LABEL)
+    c.namespace["metadata"]["annotations"] = dr(primary)
+    c.converge(policy, site=primary)  # protected from its primary
+    c.label(None)
+    plan = c.reconcile(policy, site=site, backup_site=True)
+    assert [a.ref.kind for a in plan.actions][0] == "VolumeGroupReplication"
+    assert {a.op for a in plan.actions} == {"delete", "patch"}
+    deletes_other_site = [str(a) for a in plan.backup_actions]
+    if site == primary:  # the other site holds the copy: the policy may delete it
+        assert deletes_other_site == ["delete PersistentVolumeClaim shop/sales-db",
+                                      "delete PersistentVolumeClaim shop/stock-db"]
+    else:  # the other site is primary: its data is production, never deleted from here
+        assert deletes_other_site == []
+        assert "other site KEPT" in plan.status["message"]
+    c.apply(plan)
+    assert c.of("VolumeGroupReplication") == [] and c.status()["state"] == UNPROTECTED
