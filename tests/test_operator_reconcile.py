@@ -586,7 +586,9 @@ def test_resyncing_group_is_not_protected_and_says_why():
     plan = c.converge()
     st = c.status()
     assert st["state"] == PROTECTING and st["reason"] == "Resyncing"
-    assert st["message"].startswith("resyncing (ResyncTriggered): initial copy")
+    assert st["message"].startswith("resyncing (ResyncTriggered); the backup is not")
+    vgr["status"]["conditions"][0]["message"] = "initial copy (7/9 regions copied)"
+    assert c.reconcile().changes_nothing  # progress is not a state change
     assert [e.reason for e in plan.events] == ["Protecting"]
 
 

@@ -239,3 +239,32 @@ def test_a_namespace_over_the_group_limit_is_refused_and_nothing_is_created(lab)
     wait_for(lambda: cli.protection_status("big", lab_dir=lab_dir)["pvcCount"] == 100,
              what="100 members")
     assert runner.errors == []
+
+
+def test_protection_status_without_a_namespace_is_one_table_of_all(lab, capsys):
+    lab_dir, api, start = lab
+    from test_operator_e2e import cli_main
+    core = k8s.CoreV1Api(api)
+    start()
+    for name in ("erp", "crm"):
+        core.create_namespace({"metadata": {"name": name}})
+        add_pvc(core, "db", name)
+        cli.protect(name, lab_dir=lab_dir)
+    cli.protect("shop", lab_dir=lab_dir)
+    (vgr,) = wait_for(lambda: vgrs(api), what="the shop group")
+    wait_for(lambda: vgrs(api, "erp") and vgrs(api, "crm"), what="the other groups")
+    play_plugin(api, vgr)
+    wait_for(lambda: cli.protection_status("shop", lab_dir=lab_dir)["state"] == "Protected",
+             what="Protected")
+    capsys.readouterr()
+    assert cli_main(["protection", "status", "--dir", str(lab_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["NAMESPACE", "STATE", "PVCS", "LAG", "LAG"]
+    rows = {ln.split()[0]: ln for ln in lines[1:]}
+    assert sorted(rows) == ["crm", "erp", "shop"]
+    assert rows["shop"].split()[1:3] == ["Protected", "2"] and "<= " in rows["shop"]
+    assert "VolumeGroupReplication lastSyncTime" in rows["shop"]
+    assert rows["erp"].split()[1:3] == ["Protecting", "1"] and "unknown" in rows["erp"]
+    assert cli_main(["protection", "status", "--dir", str(lab_dir), "--json"]) == 0
+    table = __import__("json").loads(capsys.readouterr().out)
+    assert [r["namespace"] for r in table] == ["crm", "erp", "shop"]

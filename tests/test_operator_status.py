@@ -53,7 +53,7 @@ def test_replicating_group_is_protected():
     # promoted behind the kit's back: the old main resyncs, nothing replicates
     (replace(HEALTHY, cond("Completed", "False", "Resyncing"),
              cond("Resyncing", "True", "ResyncTriggered", "not connected")),
-     PROTECTING, ["resyncing (ResyncTriggered): not connected", "not a consistent copy"]),
+     PROTECTING, ["resyncing (ResyncTriggered); the backup is not a consistent copy"]),
     (replace(HEALTHY, cond("Degraded", "True", "VolumeDegraded", "journal full")),
      DEGRADED, ["degraded (VolumeDegraded): journal full"]),
     (HEALTHY + [cond("Validated", "False", "PrerequisiteNotMet", "no peer")],
@@ -136,3 +136,39 @@ def test_lag_names_its_source_and_unknown_is_none_never_zero():
     assert lag_of("Replication", [rep("PAIR", -1)], NOW).bound != "exact"  # nonsense ignored
     future = (NOW + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert lag_of("VolumeGroupReplication", [vgr(lastSyncTime=future)], NOW).seconds == 0.0
+
+
+def test_status_table_rows_from_namespaces_and_their_groups():
+    import json
+
+    from dr_kit.operator.cli import status_rows
+    from dr_kit.operator.policy import Policy
+
+    def ns(name: str, labelled: bool, status: dict | None) -> dict:
+        md: dict = {"name": name, "labels": {}, "annotations": {}}
+        if labelled:
+            md["labels"]["dr-kit.io/backup"] = "ConsistentCopyToCloud"
+        if status is not None:
+            md["annotations"]["dr-kit.io/protection-status"] = json.dumps(status)
+        return {"metadata": md}
+
+    sync = (NOW - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    namespaces = [
+        ns("b-shop", True, {"state": "Protected", "backend": "csi-addons", "pvcCount": 2,
+                            "pvcs": MEMBERS}),
+        ns("a-erp", True, {"state": "Protected", "backend": "hitachi", "pvcCount": 1}),
+        ns("c-new", True, None),
+        ns("d-gone", False, {"state": "Unprotected"}),
+        ns("e-plain", False, None),
+    ]
+    objects = {"b-shop": [vgr(lastSyncTime=sync)],
+               "a-erp": [rep("PAIR", 0.0, sync=sync)]}
+    rows = status_rows(namespaces, objects, Policy(), NOW)
+    assert [r["namespace"] for r in rows] == ["a-erp", "b-shop", "c-new"]
+    erp, shop, new = rows
+    assert erp["lag"]["seconds"] == 0.0 and erp["lag"]["bound"] == "exact"
+    assert shop["lag"]["seconds"] == 2.0 and shop["lagText"] == "<= 2.0 s"
+    assert shop["lastSync"] == sync and shop["sinceLastSyncSeconds"] == 2.0
+    assert new["state"] == "Requested" and new["lag"]["seconds"] is None
+    every = status_rows(namespaces, objects, Policy(), NOW, include_unprotected=True)
+    assert [r["namespace"] for r in every] == ["a-erp", "b-shop", "c-new", "d-gone"]

@@ -11,8 +11,9 @@ level-triggered: every pass lists the objects and brings the array and the clust
   ``Replication`` objects sharing a ``consistencyGroupId`` — becomes one array consistency
   group with one asynchronous pair per selected PVC, replicating through the lab's link.
   At the backup site it creates the namespace and a PV and bound PVC per replicated
-  volume.  Status carries ``state``, conditions, ``lastSyncTime`` (the main-site time of
-  the last write applied at the backup: the consistency point), ``lastSyncDuration`` (how
+  volume.  Status carries ``state``, conditions, ``lastSyncTime`` (the consistency point:
+  the main-site time of the last write applied at the backup, or the time of the
+  measurement when the backup has caught up), ``lastSyncDuration`` (how
   long that write took from its acknowledgement at the main site to being applied at the
   backup), ``lastSyncBytes`` (bytes applied at the backup since
   the previous status update) and ``persistentVolumeClaimsRefList``.
@@ -329,10 +330,13 @@ class SiteController:
             "lastSyncBytes": synced,
         }
         t, at = self._applied(g)
+        if t and at:
+            st["lastSyncDuration"] = f"{max(0.0, at - t):.3f}s"
+        if state == "pair" and consistent and lag.get("sequence_lag") == 0 and \
+                lag.get("time_lag_s") == 0:
+            t = lag.get("measured_at") or t  # caught up: the backup equals the main as of now
         if t:
             st["lastSyncTime"] = now_rfc3339(t)
-            if at:
-                st["lastSyncDuration"] = f"{max(0.0, at - t):.3f}s"
         return st
 
     def _applied(self, g: dict[str, Any]) -> tuple[float | None, float | None]:

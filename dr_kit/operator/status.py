@@ -151,10 +151,11 @@ def csi_addons_health(vgr: Mapping[str, Any] | None, members: Iterable[str]) -> 
         return GroupHealth(DEGRADED, "Secondary",
                            "the group is Secondary at this site: nothing replicates from "
                            "here (promoted elsewhere?)", summary)
-    if status(RESYNCING) == "True":
+    if status(RESYNCING) == "True":  # (its message is left out: copy progress moves)
+        reason = conds[RESYNCING]["reason"]
         return GroupHealth(PROTECTING, "Resyncing",
-                           f"resyncing{_said(conds[RESYNCING])}; the backup is not a "
-                           f"consistent copy until it completes", summary)
+                           f"resyncing{f' ({reason})' if reason else ''}; the backup is not "
+                           f"a consistent copy until it completes", summary)
     refs = {r.get("name") for r in st.get("persistentVolumeClaimsRefList") or []
             if isinstance(r, Mapping)}
     missing = [n for n in names if n not in refs]
