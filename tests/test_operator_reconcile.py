@@ -689,3 +689,12 @@ def test_unprotect_works_at_either_site_and_never_deletes_the_primarys_data(site
         assert "other site KEPT" in plan.status["message"]
     c.apply(plan)
     assert c.of("VolumeGroupReplication") == [] and c.status()["state"] == UNPROTECTED
+
+
+def test_many_pvcs_joining_make_one_event_not_one_each():
+    c = Cluster(labels=LABEL, pvcs=[f"p{i:02d}" for i in range(30)])
+    plan = c.converge()
+    joined = [e for e in plan.events if "joined consistency group" in e.message]
+    assert len(joined) == 1 and joined[0].message.startswith("PVCs p00, p01,")
+    assert "and 10 more" in joined[0].message
+    assert len(plan.events) == 4  # class created, group created, PVCs joined, Protecting

@@ -663,8 +663,7 @@ def _set_status(ctx: _Context, plan: Plan, state: str, message: str, *, reason: 
         ctx.now)
     plan.status = status
     plan.status_changed = status != prev
-    for a in plan.actions:
-        plan.events.append(Event("Normal", _action_reason(a), _action_message(ctx, a)))
+    plan.events.extend(_action_events(ctx, plan.actions))
     if not same_state:
         plan.events.append(Event(level, event_reason or reason, f"{state}: {message}"))
 
@@ -673,13 +672,25 @@ def _action_reason(a: Action) -> str:
     return {"create": "Created", "patch": "Updated", "delete": "Deleted"}[a.op]
 
 
-def _action_message(ctx: _Context, a: Action) -> str:
-    if a.ref.kind == "PersistentVolumeClaim":
-        labels = (a.body or {}).get("metadata", {}).get("labels", {})
-        joined = labels.get(ctx.policy.group_label_key) is not None
-        return (f"PVC {a.ref.name} {'joined' if joined else 'left'} consistency group "
-                f"{ctx.policy.group_name(ctx.ns)}")
-    return f"{_action_reason(a).lower()} {a.ref}"
+def _action_events(ctx: _Context, actions: list[Action]) -> list[Event]:
+    """One Event per object written, except PVCs: one per pass for those joining and one for
+    those leaving the group (a namespace of 100 PVCs gets 1 Event, not 100)."""
+    events = [Event("Normal", _action_reason(a), f"{_action_reason(a).lower()} {a.ref}")
+              for a in actions if a.ref.kind != "PersistentVolumeClaim"]
+    moved: dict[bool, list[str]] = {True: [], False: []}
+    for a in actions:
+        if a.ref.kind == "PersistentVolumeClaim" and a.op == "patch":
+            labels = (a.body or {}).get("metadata", {}).get("labels", {})
+            moved[labels.get(ctx.policy.group_label_key) is not None].append(a.ref.name)
+    for joined, names in moved.items():
+        if names:
+            listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more"
+                                              if len(names) > 20 else "")
+            events.append(Event("Normal", "Updated",
+                                f"PVC{'s' if len(names) > 1 else ''} {listed} "
+                                f"{'joined' if joined else 'left'} consistency group "
+                                f"{ctx.policy.group_name(ctx.ns)}"))
+    return events
 
 
 def _rfc3339(t: datetime) -> str:
