@@ -6,8 +6,9 @@ Steps: a lab in a temporary folder; N namespaces with M PVCs each (1 MiB, empty)
 the lab's provisioner before anything is labelled; every namespace labelled at once; then
 - ``groups_s``: labels -> every namespace has its VolumeGroupReplication selecting all its
   PVCs (the operator's own work),
-- ``protected_s``: labels -> every namespace's status says Protected (the lab's replication
-  plug-in copied, the backup PVCs are bound, the operator saw it),
+- ``plugin_done_s``: labels -> the lab's replication plug-in reports every group replicating
+  (Completed, not Degraded, not Resyncing) and every backup PVC is bound (the plug-ins' part),
+- ``protected_s``: labels -> every namespace's status says Protected (the operator saw it),
 - the operator process's threads and RSS (largest sampled),
 - its API writes and the namespaces' resourceVersions over an idle period afterwards.
 The lab is stopped and deleted at the end.
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             manager.up(lab, timeout=180)
             api = k8s_config.new_client_from_config(str(lab / "kubeconfig"), "main")
             core, co = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+            bcore = k8s.CoreV1Api(k8s_config.new_client_from_config(str(lab / "kubeconfig"),
+                                                                    "backup"))
             names = [f"app{i:03d}" for i in range(args.namespaces)]
             t0 = time.monotonic()
             for n in names:
@@ -120,10 +123,25 @@ def main(argv: list[str] | None = None) -> int:
                     label_selector=GROUP_KEY).items if p.metadata.namespace in set(names))
                 return labelled == total
 
-            groups_s = protected_s = None
+            def plugin_done() -> bool:
+                vgrs = co.list_cluster_custom_object("replication.storage.openshift.io",
+                                                     "v1alpha1", "volumegroupreplications")
+                good = 0
+                for v in vgrs["items"]:
+                    c = {x["type"]: x["status"] for x in
+                         (v.get("status") or {}).get("conditions") or []}
+                    good += (c.get("Completed"), c.get("Degraded"), c.get("Resyncing")) == (
+                        "True", "False", "False")
+                backup_bound = sum(1 for p in bcore.list_persistent_volume_claim_for_all_namespaces(
+                    ).items if p.metadata.namespace in set(names) and p.status.phase == "Bound")
+                return good == len(names) and backup_bound == total
+
+            groups_s = plugin_s = protected_s = None
             while time.monotonic() < deadline:
                 if groups_s is None and groups_done():
                     groups_s = time.monotonic() - t_label
+                if groups_s is not None and plugin_s is None and plugin_done():
+                    plugin_s = time.monotonic() - t_label
                 rows = cli.protection_table(lab_dir=lab)
                 done = sum(1 for r in rows if r["namespace"] in names
                            and r["state"] == "Protected")
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 time.sleep(1)
             out["groups_s"] = round(groups_s, 1) if groups_s is not None else "timeout"
+            out["plugin_done_s"] = round(plugin_s, 1) if plugin_s is not None else "timeout"
             out["protected_s"] = round(protected_s, 1) if protected_s is not None else "timeout"
             out["protect_writes"] = int(_writes(url) - writes0)
             time.sleep(5)  # let the last status updates settle

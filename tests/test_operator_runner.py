@@ -268,3 +268,39 @@ def test_protection_status_without_a_namespace_is_one_table_of_all(lab, capsys):
     assert cli_main(["protection", "status", "--dir", str(lab_dir), "--json"]) == 0
     table = __import__("json").loads(capsys.readouterr().out)
     assert [r["namespace"] for r in table] == ["crm", "erp", "shop"]
+
+
+def test_the_operator_survives_its_api_server_going_away_and_coming_back(tmp_path):
+    from test_operator_e2e import apiserver
+    token = "operator-test-token"
+    server = apiserver.start_in_thread(tmp_path / "state", token)
+    port = int(server.url.rsplit(":", 1)[1])
+    apiserver.write_kubeconfig(tmp_path / "kubeconfig", {
+        "main": (server.url, token, getattr(server, "ca_pem", None))})
+    api = cli.api_client(lab_dir=tmp_path)
+    k8s.StorageV1Api(api).create_storage_class(
+        {"metadata": {"name": "lab-array"}, "provisioner": "array.lab.dr-kit.io"})
+    core = k8s.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": "shop"}})
+    add_pvc(core, "db")
+    runner = cli.runner_for(lab_dir=tmp_path, watch_seconds=1, resync_seconds=60)
+    runner.backoff = Backoff(base=0.1, cap=0.5)
+    runner.start()
+    try:
+        cli.protect("shop", lab_dir=tmp_path)
+        wait_for(lambda: vgrs(api), what="the group")
+        server.stop()
+        time.sleep(2)  # every watch fails meanwhile; the operator goes on retrying
+        assert runner.liveness()[0]
+        server = apiserver.start_in_thread(tmp_path / "state", token, port=port)
+        core.create_namespace({"metadata": {"name": "later", "labels": {
+            "dr-kit.io/backup": "ConsistentCopyToCloud"}}})
+        add_pvc(core, "db", "later")
+        wait_for(lambda: vgrs(api, "later"), timeout=30, what="a namespace labelled after "
+                 "the API server came back")
+        assert runner.liveness() == (True, "ok")
+        assert sum(s.value for m in runner.metrics.watch_restarts.collect()
+                   for s in m.samples if s.name.endswith("_total")) >= 1
+    finally:
+        runner.stop()
+        server.stop()

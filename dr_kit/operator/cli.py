@@ -22,7 +22,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from dr_kit.errors import DrKitError, InvalidInput, NotFound
+from dr_kit.errors import DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.kube import api_client as kube_api_client
 from dr_kit.operator import manifests
 from dr_kit.operator.backends import MANAGED_BY_LABEL
@@ -271,9 +271,12 @@ def runner_for(kubeconfig=None, context=None, backup_context: str | None = None,
 def run(kubeconfig=None, context=None, backup_context: str | None = None, **kw: Any) -> int:
     """Run the operator in the foreground until SIGINT/SIGTERM."""
     runner = runner_for(kubeconfig, context, backup_context, **kw)
-    missing = runner.missing_crds()
     log = logging.getLogger("dr_kit.operator")
     runner.start()
+    try:
+        missing = runner.missing_crds()
+    except Unavailable:
+        missing = []  # said by start(); the watches retry
     log.info("operator watching %s as the %s site (backends: %s; %d workers)%s%s",
              runner.kube.api.configuration.host, runner.site,
              ", ".join(runner.policy.backends), runner.workers,

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.kube import Kube
 from dr_kit.operator.backends import (
     REQUIRED_KINDS,
@@ -140,9 +140,7 @@ class Runner:
                  watch_seconds: int = 30, serve: tuple[str, int] | None = None,
                  backoff: Backoff | None = None, stuck_seconds: float = 300.0,
                  kinds_refresh_seconds: float = 30.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 requeue_seconds: float | None = None):
-        del requeue_seconds  # no polling: progress arrives through the watches
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         if workers < 1:
             raise InvalidInput("the operator needs at least one worker")
         self.kube = kube
@@ -198,7 +196,11 @@ class Runner:
     def start(self) -> Runner:
         self.stop_event.clear()
         self.queue.reopen()
-        missing = self.missing_crds()
+        try:
+            missing = self.missing_crds()
+        except Unavailable as exc:  # not up yet: the watches retry until it answers
+            log.warning("%s; the operator retries until it answers", exc)
+            missing = []
         if missing:
             log.warning("missing CRDs on the cluster: %s (namespaces needing them are "
                         "refused until they are installed)", ", ".join(missing))
