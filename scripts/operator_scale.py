@@ -142,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                     groups_s = time.monotonic() - t_label
                 if groups_s is not None and plugin_s is None and plugin_done():
                     plugin_s = time.monotonic() - t_label
-                rows = cli.protection_table(lab_dir=lab)
-                done = sum(1 for r in rows if r["namespace"] in names
-                           and r["state"] == "Protected")
-                if groups_s is not None and done == len(names):
-                    protected_s = time.monotonic() - t_label
+                if protected_s is None:
+                    rows = cli.protection_table(lab_dir=lab)
+                    done = sum(1 for r in rows if r["namespace"] in names
+                               and r["state"] == "Protected")
+                    if groups_s is not None and done == len(names):
+                        protected_s = time.monotonic() - t_label
+                if protected_s is not None and plugin_s is not None:
                     break
-                time.sleep(1)
+                time.sleep(0.5)
             out["groups_s"] = round(groups_s, 1) if groups_s is not None else "timeout"
             out["plugin_done_s"] = round(plugin_s, 1) if plugin_s is not None else "timeout"
             out["protected_s"] = round(protected_s, 1) if protected_s is not None else "timeout"

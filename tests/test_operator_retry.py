@@ -159,3 +159,32 @@ def test_queue_hands_each_key_to_one_worker_at_a_time_under_concurrency(n):
         t.join(10)
     assert overlaps == []
     assert {f"ns{i}" for i in range(n)} <= set(handled)
+
+
+def test_health_address_is_loopback_unless_in_a_cluster():
+    from dr_kit.errors import InvalidInput
+    from dr_kit.operator.health import parse_address
+    assert parse_address("127.0.0.1:9471") == ("127.0.0.1", 9471)
+    assert parse_address("localhost:0") == ("localhost", 0)
+    assert parse_address("off") is None
+    assert parse_address(":8080", allow_remote=True) == ("0.0.0.0", 8080)
+    for bad, needle in (("0.0.0.0:8080", "loopback address only"), ("10.0.0.1:1", "loopback"),
+                        ("9471", "HOST:PORT"), ("127.0.0.1:x", "must be a number"),
+                        ("127.0.0.1:70000", "0..65535")):
+        with pytest.raises(InvalidInput, match=needle):
+            parse_address(bad)
+
+
+def test_a_taken_port_is_one_clear_error():
+    import socket
+
+    from dr_kit.errors import InvalidInput
+    from dr_kit.operator.health import HealthServer, Metrics
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InvalidInput, match=f"cannot serve health and metrics on "
+                                               f"127.0.0.1:{port}"):
+            HealthServer(("127.0.0.1", port), live=lambda: (True, ""),
+                         ready=lambda: (True, ""), metrics=Metrics())

@@ -16,7 +16,14 @@ Rules:
 - applying a plan and reconciling again plans nothing (idempotence);
 - removing the label deletes the replication objects and the PVCs' group label; the
   replication classes (shared, cluster-scoped) and the backup-site data stay, unless the
-  policy asks to delete the backup data.
+  policy asks to delete the backup data;
+- a namespace with more PVCs than one group of its backend holds (:data:`MAX_PVCS`) is
+  refused as a whole;
+- the status derives from everything the replication resources say
+  (:mod:`dr_kit.operator.status`) and holds no moving figure, so it only changes with
+  the state;
+- a namespace whose DR state (``dr-kit.io/dr-state``) names the other site as primary is
+  ``Standby`` here: no writes but its status.
 """
 
 from __future__ import annotations
