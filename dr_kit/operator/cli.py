@@ -63,7 +63,8 @@ def api_client(kubeconfig: str | os.PathLike | None = None, context: str | None 
         context = context or LAB_MAIN_CONTEXT
     hint = f" (no {Path(lab_dir or DEFAULT_LAB_DIR) / 'kubeconfig'} either: pass --kubeconfig, " \
         "or start the lab with `dr-kit lab up`)"
-    return kube_api_client(kubeconfig, context, in_cluster=in_cluster, retries=None, hint=hint)
+    return kube_api_client(Path(kubeconfig) if kubeconfig else None, context,
+                           in_cluster=in_cluster, retries=None, hint=hint)
 
 
 def _kube(kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR) -> Kube:
@@ -114,9 +115,10 @@ def protect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LA
     if wait > 0:
         # a verdict given before this label is not an answer to it
         stale = None if was_labelled else _status_of(ns, pol)
-        return _wait(kube, namespace, pol, wait, done=(PROTECTED, REFUSED, WAITING, DEGRADED, STANDBY),
-                     stale=stale)
-    return (_status_of(ns, pol) if was_labelled else None) or {"state": "Requested"}
+        return _wait(kube, namespace, pol, wait,
+                     done=(PROTECTED, REFUSED, WAITING, DEGRADED, STANDBY), stale=stale)
+    known = _status_of(ns, pol) if was_labelled else None
+    return known or {"state": "Requested"}
 
 
 def unprotect(namespace: str, *, kubeconfig=None, context=None, lab_dir=DEFAULT_LAB_DIR,
@@ -156,7 +158,7 @@ def _with_live_lag(status: dict, objects: list[dict], now: datetime) -> dict:
     out = dict(status)
     out["lag"] = lag.as_dict()
     out["lagText"] = lag.describe()
-    times = [(o.get("status") or {}).get("lastSyncTime") for o in mine]
+    times = [str((o.get("status") or {}).get("lastSyncTime") or "") for o in mine]
     out["lastSync"] = min(times) if times and all(times) else None
     out["sinceLastSyncSeconds"] = None
     if out["lastSync"]:

@@ -28,6 +28,7 @@ so the rules are exactly what the runner uses.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
@@ -212,7 +213,7 @@ class Runner:
         for kind, cache in self.caches.items():
             self._informers.append(Informer(
                 self.kube, kind, cache, self._on_change, self.stop_event,
-                served=lambda k=kind: self._served(k), watch_seconds=self.watch_seconds,
+                served=functools.partial(self._served, kind), watch_seconds=self.watch_seconds,
                 poll_seconds=POLLED_KINDS.get(kind), on_restart=self._on_restart))
         if self.backup is not None and self.backup_cache is not None:
             self._informers.append(Informer(
