@@ -10,6 +10,7 @@ the lab's provisioner before anything is labelled; every namespace labelled at o
   (Completed, not Degraded, not Resyncing) and every backup PVC is bound (the plug-ins' part),
 - ``protected_s``: labels -> every namespace's status says Protected (the operator saw it),
 - the operator process's threads and RSS (largest sampled),
+- one read of ``dr-kit protection status`` (the table of every namespace, median of 3),
 - its API writes and the namespaces' resourceVersions over an idle period afterwards.
 The lab is stopped and deleted at the end.
 """
@@ -155,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             out["plugin_done_s"] = round(plugin_s, 1) if plugin_s is not None else "timeout"
             out["protected_s"] = round(protected_s, 1) if protected_s is not None else "timeout"
             out["protect_writes"] = int(_writes(url) - writes0)
+            reads = []
+            for _ in range(3):  # `dr-kit protection status` (the table of all namespaces)
+                t_read = time.monotonic()
+                cli.protection_table(lab_dir=lab)
+                reads.append(time.monotonic() - t_read)
+            out["status_table_read_s"] = round(sorted(reads)[1], 3)
             time.sleep(5)  # let the last status updates settle
             rvs = {n: core.read_namespace(n).metadata.resource_version for n in names}
             w_idle0, t_idle0 = _writes(url), time.monotonic()

@@ -149,10 +149,11 @@ def test_deployment_runs_the_cli_with_the_mounted_policy():
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "dr-kit-operator"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    cli.add_operator_commands(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(container["args"])
     assert args.in_cluster and args.policy == manifests.POLICY_PATH
     assert args.serve == "0.0.0.0:8080"
+    assert container["command"] == ["python3", "-m", "dr_kit.operator"]
     assert args.backup_context == "backup" and args.func.__name__ == "_cmd_run"
     binding = docs[4]
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "dr-kit-operator",
@@ -226,9 +227,22 @@ def test_probes_hit_the_address_the_operator_serves(port):
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    cli.add_operator_commands(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(container["args"])
     # the address the container's command serves is the probes' port, on the pod's addresses
     from dr_kit.operator.health import parse_address
     assert parse_address(args.serve, allow_remote=args.in_cluster) == ("0.0.0.0", port)
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.slow
+def test_the_operator_entry_point_is_lean_and_renders_the_same_manifests():
+    import subprocess
+    import sys
+    code = ("import sys; from dr_kit.operator.__main__ import main; main(['manifests']); "
+            "heavy = sorted(m for m in ('pandas', 'sqlalchemy', 'papermill', 'matplotlib') "
+            "if m in sys.modules); print('# heavy:', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.rstrip().endswith("# heavy: []")
+    assert out[: out.rindex("# heavy")] == cli.render_manifests()

@@ -222,7 +222,7 @@ def _command(lab: LabDir, name: str, state: dict[str, Any]) -> list[str]:
     if name == "shop":
         return py("dr_kit.lab.shopapp", "--dir", str(lab.root), "--ready-file", str(lab.ready_file(name)))
     if name == "operator":
-        return py("dr_kit.cli", "operator", "run", "--kubeconfig", str(lab.kubeconfig),
+        return py("dr_kit.operator", "run", "--kubeconfig", str(lab.kubeconfig),
                   "--dir", str(lab.root), "--context", "main", "--backup-context", "backup",
                   "--serve", "127.0.0.1:0")  # a free port each time: labs run side by side
     raise ValueError(name)

@@ -426,11 +426,9 @@ def _cmd_manifests(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``operator run|manifests``, ``protect``, ``unprotect``, ``protection status``."""
-    op = subparsers.add_parser("operator", help="the namespace operator")
-    op_sub = op.add_subparsers(dest="operator_command", required=True)
-
+def add_operator_commands(op_sub: argparse._SubParsersAction) -> None:
+    """Register ``run`` and ``manifests`` (under ``dr-kit operator``, or alone for
+    ``python -m dr_kit.operator``)."""
     p = op_sub.add_parser("run", help="run the operator against a cluster (foreground)")
     _site_args(p)
     p.add_argument("--backup-context", help="context of the backup site (observe backup PVCs)")
@@ -462,6 +460,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         f"{manifests.DEFAULT_HEALTH_PORT})")
     p.set_defaults(func=_cmd_manifests)
 
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``operator run|manifests``, ``protect``, ``unprotect``, ``protection status``."""
+    op = subparsers.add_parser("operator", help="the namespace operator")
+    add_operator_commands(op.add_subparsers(dest="operator_command", required=True))
+
     p = subparsers.add_parser("protect", help="label a namespace for consistent copy")
     p.add_argument("namespace")
     _site_args(p)
@@ -490,5 +494,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_status)
 
 
-__all__ = ["add_parser", "api_client", "protect", "protection_status", "protection_table",
+__all__ = ["add_operator_commands", "add_parser", "api_client", "protect", "protection_status", "protection_table",
            "render_manifests", "run", "runner_for", "status_rows", "unprotect"]

@@ -26,6 +26,7 @@ POLICY_PATH = "/etc/dr-kit/policy.yaml"
 BACKUP_KUBECONFIG_DIR = "/etc/dr-kit/backup"
 VERB_ORDER = ("get", "list", "watch", "create", "update", "patch", "delete")
 DEFAULT_HEALTH_PORT = 8080
+COMMAND = ("python3", "-m", "dr_kit.operator")
 
 
 def rbac_rules(policy: Policy, *, site: str = "main") -> list[dict]:
@@ -52,7 +53,7 @@ def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
     if site == "backup":
         return _role_and_binding(policy, namespace, "backup", f"{NAME}-backup") + [
             _service_account(namespace)]
-    args = ["operator", "run", "--in-cluster", "--policy", POLICY_PATH,
+    args = ["run", "--in-cluster", "--policy", POLICY_PATH,
             "--serve", f"0.0.0.0:{health_port}"]
     volumes: list[dict] = [{"name": "policy", "configMap": {"name": f"{NAME}-policy"}}]
     mounts: list[dict] = [{"name": "policy", "mountPath": "/etc/dr-kit", "readOnly": True}]
@@ -79,7 +80,8 @@ def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "operator", "image": image,
-                        "command": ["dr-kit"], "args": args,
+                        # the operator's commands alone: a lean process (see __main__)
+                        "command": list(COMMAND), "args": args,
                         "ports": [{"name": "health", "containerPort": health_port,
                                    "protocol": "TCP"}],
                         # liveness catches the catastrophic cases (a dead thread, a hung
