@@ -18,12 +18,12 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 def _registrars() -> list[Registrar]:
     """Every area's subcommands.  All of them are part of the package: an ImportError here
     is a broken installation and must show, not silently remove commands."""
-    from dr_kit.commands import lag, measure, notebooks, query, snapshot
+    from dr_kit.commands import console, lag, measure, notebooks, query, snapshot
     from dr_kit.lab.cli import add_parser as lab_parser
     from dr_kit.operator.cli import add_parser as operator_parser
 
     return [measure.add_parser, notebooks.add_parser, operator_parser, lab_parser,
-            snapshot.add_parser, lag.add_parser, query.add_parser]
+            snapshot.add_parser, lag.add_parser, query.add_parser, console.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
