@@ -46,7 +46,10 @@ def lag_figure(history: pd.DataFrame, *, window_s: float, now: float | None = No
     fig = Figure(figsize=(width_in, height_in))
     ax = fig.subplots()
     _style(ax)
-    t0 = pd.Timestamp(now - window_s, unit="s", tz="UTC")
+    # the axis spans the readings there are (at least a minute), up to the window
+    first = float(history["time"].min()) if not history.empty else now
+    span = min(window_s, max(60.0, now - first))
+    t0 = pd.Timestamp(now - span, unit="s", tz="UTC")
     t1 = pd.Timestamp(now, unit="s", tz="UTC")
     ax.set_xlim(t0.tz_convert(None), t1.tz_convert(None))
     ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
@@ -58,12 +61,13 @@ def lag_figure(history: pd.DataFrame, *, window_s: float, now: float | None = No
         return fig
     d = history.copy()
     d["when"] = pd.to_datetime(d["time"], unit="s", utc=True).dt.tz_convert(None)
-    d["lag"] = pd.to_numeric(d["time_lag_s"].astype("float64"), errors="coerce")
+    d["lag"] = d["time_lag_s"].astype("Float64").to_numpy(dtype="float64", na_value=float("nan"))
     peak = d["lag"].max()
     scale, unit = (1.0, "s") if pd.notna(peak) and peak >= 2.0 else (1000.0, "ms")
     latest = d.sort_values("time").groupby("group").tail(1).set_index("group")["lag"]
     order = latest.fillna(-1).sort_values(ascending=False).index.tolist()
     shown, rest = order[:MAX_LINES], order[MAX_LINES:]
+    unknown_labelled = False
     for i, group in enumerate(sorted(shown)):
         g = d[d["group"] == group].sort_values("time")
         ns = g["namespace"].dropna().iloc[0] if g["namespace"].notna().any() else None
@@ -71,15 +75,18 @@ def lag_figure(history: pd.DataFrame, *, window_s: float, now: float | None = No
         ax.plot(g["when"], g["lag"] * scale, color=PALETTE[i % len(PALETTE)], linewidth=1.6,
                 marker="o", markersize=2.5, label=label)
         unknown = g[g["lag"].isna()]
-        if not unknown.empty:
-            ax.plot(unknown["when"], [0] * len(unknown), "x", color="#94a3b8", markersize=4)
+        if not unknown.empty:  # marked on the axis as unknown, not drawn as a lag of 0
+            ax.plot(unknown["when"], [0] * len(unknown), "x", color="#94a3b8", markersize=4,
+                    clip_on=False, label=None if unknown_labelled else "lag unknown")
+            unknown_labelled = True
     upper = bool(d["upper_bound"].fillna(False).astype(bool).any())
     ax.set_ylabel(f"time lag ({unit})" + (", upper bound" if upper else ""), fontsize=8.5,
                   color="#334155")
     top = float(d["lag"].max()) * scale if d["lag"].notna().any() else 0.0
     ax.set_ylim(0, max(top * 1.15, 5.0 if unit == "ms" else 2.5))
     sources = "; ".join(dict.fromkeys(str(s) for s in d["source"].dropna()))
-    ax.set_title(f"source: {sources or 'unknown'} · last {window_s / 60:.0f} min, UTC",
+    shown_span = f"{span / 60:.0f} min" if span >= 120 else f"{span:.0f} s"
+    ax.set_title(f"source: {sources or 'unknown'} · last {shown_span}, UTC",
                  loc="left", fontsize=8.5, color="#475569")
     handles, labels = ax.get_legend_handles_labels()
     if rest:

@@ -53,7 +53,8 @@ body, .jp-Notebook, .jp-LabShell, #rendered_cells { background: #eef1f5 !importa
        text-transform: uppercase; letter-spacing: .04em; border-bottom: 1px solid #e2e8f0;
        padding: 5px 8px; white-space: nowrap; }
 .drk-table td { padding: 5px 8px; border-bottom: 1px solid #f1f5f9; vertical-align: middle; }
-.drk-table td.num, .drk-table th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.drk-table td.num, .drk-table th.num { text-align: right; font-variant-numeric: tabular-nums;
+       white-space: nowrap; }
 .drk-scroll { max-height: 260px; overflow: auto; }
 .drk-pill { display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px;
        font-weight: 600; white-space: nowrap; }
@@ -196,7 +197,7 @@ def backup_pvc_table(pvcs: pd.DataFrame, namespaces: set[str]) -> str:
     rows = []
     for _, r in df.iterrows():
         if pd.notna(r["data_source"]):
-            origin = f'restored from <span class="drk-mono">{esc(r["data_source"])}</span>'
+            origin = f'restored clone of <span class="drk-mono">{esc(r["data_source"])}</span>'
         elif pd.notna(r["replicated_from"]):
             origin = f'copy of <span class="drk-mono">{esc(r["replicated_from"])}</span>'
         elif pd.notna(r["consistency_group"]):
