@@ -228,7 +228,7 @@ class Console:
             grid_template_columns=ROW_COLUMNS, width="100%", grid_gap="0 6px"))
         self.rows_head.add_class("drk-row")
         self.rows_head.add_class("drk-row-head")
-        self.rows_box = w.VBox([], layout=w.Layout(max_height="230px", overflow_y="auto"))
+        self.rows_box = w.VBox([], layout=w.Layout(max_height="230px", overflow="auto"))
         self.hidden_note = _html("", cls="drk-muted")
         self.main_status = _html("", cls="drk-status drk-main-status")
         self.main_pvcs = _html("")
