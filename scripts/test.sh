@@ -13,6 +13,15 @@ if [ "$(id -u)" = 0 ] && ! command -v kubectl >/dev/null 2>&1 && command -v apt-
         || echo "kubectl could not be installed; its tests will be skipped"
 fi
 
+# The browser tests (tests/test_browser.py): Playwright drives Debian's chromium, never a
+# browser of its own; installed here when we may (root), skipped with a reason otherwise.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if [ "$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (Debian) for the browser tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "chromium could not be installed; the browser tests will be skipped"
+fi
+
 PGDIR=${DR_KIT_PG_DIR:-/tmp/dr-kit-pg}
 if pg=$(bash scripts/postgres.sh start "$PGDIR" 2>/tmp/dr-kit-pg.err); then
     export "$(echo "$pg" | grep '^DR_KIT_PG_URL=')"

@@ -592,3 +592,17 @@ def test_a_port_in_use_is_one_error_line(tmp_path: Path,
     assert code == 2 and out == ""
     assert err == f"error: port {port} on 127.0.0.1 is in use; choose another with --port P " \
         "(--port 0 picks a free one)\n"
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_console_notebook(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    (whl,) = tmp_path.glob("dr_kit-*.whl")
+    with zipfile.ZipFile(whl) as z:
+        assert z.read("dr_kit/console/console.ipynb") == notebook_path().read_bytes()

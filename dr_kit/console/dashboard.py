@@ -542,11 +542,15 @@ class Console:
         return self
 
     def _loop(self) -> None:
+        """Refresh every ``refresh_s`` seconds from the start of the last refresh (a steady
+        period whatever the reading takes), and at once after an action."""
+        due = time.monotonic() + self.refresh_s
         while not self._stop.is_set():
-            self._wake.wait(self.refresh_s)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
             if self._stop.is_set():
                 break
+            due = time.monotonic() + self.refresh_s
             self.refresh()
 
     def stop(self) -> None:
