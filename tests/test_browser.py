@@ -213,6 +213,16 @@ def _secrets_of(lab_dir: Path) -> list[str]:
     return [u["user"]["token"] for u in cfg.get("users", []) if (u.get("user") or {}).get("token")]
 
 
+def _shot(page: Any, path: Path) -> None:
+    """A screenshot of the console down to its last card (no empty page below it)."""
+    box = page.locator(".drk").first.bounding_box()
+    if box and box["y"] + box["height"] <= VIEWPORT["height"]:
+        page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": VIEWPORT["width"],
+                                              "height": box["y"] + box["height"] + 12})
+    else:
+        page.screenshot(path=str(path), full_page=True)
+
+
 def _record(tmp_path: Path, name: str, figures: dict[str, Any]) -> None:
     (tmp_path / "timings.json").write_text(json.dumps(figures, indent=2))
     print(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
@@ -242,7 +252,7 @@ def test_console_protect_lag_snapshot_by_clicking(lab: Path, procs: list[Proc], 
     page.goto(f"{url}?token={token}")
     page.locator(".drk-ns-shop").wait_for(timeout=120_000)
     first_render_s = time.monotonic() - t0
-    page.screenshot(path=str(tmp_path / "console-1-start.png"), full_page=True)
+    _shot(page, tmp_path / "console-1-start.png")
 
     main_site = page.locator(".drk-main-site")
     backup_site = page.locator(".drk-backup-site")
@@ -279,7 +289,7 @@ def test_console_protect_lag_snapshot_by_clicking(lab: Path, procs: list[Proc], 
           and "array (exact)" in lag_table.inner_text(), 30, "the lag table with its source")
     assert "Unprotect" in page.locator(".drk-action-shop").inner_text()
     time.sleep(4.5)  # two refreshes more: the lag figure has a line
-    page.screenshot(path=str(tmp_path / "console-2-protected.png"), full_page=True)
+    _shot(page, tmp_path / "console-2-protected.png")
 
     # take a snapshot group by clicking: it is listed, ready
     t2 = time.monotonic()
@@ -292,7 +302,7 @@ def test_console_protect_lag_snapshot_by_clicking(lab: Path, procs: list[Proc], 
     _wait(lambda: "ready" in snap_list.inner_text(), 60, "the snapshot group ready")
     snapshot_listed_s = time.monotonic() - t2
     assert name in page.locator(".drk-snap-status").inner_text()
-    page.screenshot(path=str(tmp_path / "console-3-snapshot.png"), full_page=True)
+    _shot(page, tmp_path / "console-3-snapshot.png")
 
     # the newest snapshot's headline analytics, stamped with its provenance
     stamp = page.locator(".drk-stamp")
@@ -301,7 +311,7 @@ def test_console_protect_lag_snapshot_by_clicking(lab: Path, procs: list[Proc], 
     assert "consistent" in stamp.inner_text() and "consistency point" in stamp.inner_text()
     assert page.locator(".drk-kpi").count() >= 4
     time.sleep(1.0)
-    page.screenshot(path=str(tmp_path / "console-4-analytics.png"), full_page=True)
+    _shot(page, tmp_path / "console-4-analytics.png")
     html = page.content()
     for secret in _secrets_of(lab):
         assert secret not in html, "a credential is shown on the page"
@@ -329,7 +339,7 @@ def test_console_protect_lag_snapshot_by_clicking(lab: Path, procs: list[Proc], 
     _wait(lambda: "Protected" in page.locator(".drk-ns-shop").inner_text()
           and name in page.locator(".drk-snap-list").inner_text(), 30,
           "the protected shop and its snapshot group through the kubeconfig")
-    page.screenshot(path=str(tmp_path / "console-5-kubeconfig.png"), full_page=True)
+    _shot(page, tmp_path / "console-5-kubeconfig.png")
     real.track_kernels()
     real.p.send_signal(signal.SIGTERM)
     assert real.p.wait(60) == 0, real.log

@@ -606,3 +606,8 @@ def test_the_wheel_carries_the_console_notebook(tmp_path: Path) -> None:
     (whl,) = tmp_path.glob("dr_kit-*.whl")
     with zipfile.ZipFile(whl) as z:
         assert z.read("dr_kit/console/console.ipynb") == notebook_path().read_bytes()
+
+
+def test_long_tables_say_how_many_rows_are_not_shown() -> None:
+    out = render.table(["a"], [("x",)] * 250)
+    assert out.count("<tr>") == 201 and "and 50 more" in out

@@ -159,10 +159,15 @@ def clock(t: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, num: Sequence[int] = (),
-          empty: str = "nothing here", cls: str = "") -> str:
-    """An HTML table from already-escaped cells (``num``: right-aligned column indexes)."""
+          empty: str = "nothing here", cls: str = "", limit: int = 200) -> str:
+    """An HTML table from already-escaped cells (``num``: right-aligned column indexes);
+    past ``limit`` rows, a line says how many more there are."""
     body = []
+    more = 0
     for r in rows:
+        if len(body) >= limit:
+            more += 1
+            continue
         cells = "".join(f'<td class="num">{c}</td>' if i in num else f"<td>{c}</td>"
                         for i, c in enumerate(r))
         body.append(f"<tr>{cells}</tr>")
@@ -170,8 +175,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, num: Sequenc
         return f'<div class="drk-empty">{html.escape(empty)}</div>'
     head = "".join(f'<th class="num">{html.escape(h)}</th>' if i in num else
                    f"<th>{html.escape(h)}</th>" for i, h in enumerate(headers))
+    tail = f'<div class="drk-muted">and {more:,} more</div>' if more else ""
     return (f'<div class="drk-scroll {cls}"><table class="drk-table"><thead><tr>{head}</tr>'
-            f'</thead><tbody>{"".join(body)}</tbody></table></div>')
+            f'</thead><tbody>{"".join(body)}</tbody></table></div>{tail}')
 
 
 def site_heading(site: str, host: str, context: str | None) -> str:

@@ -184,6 +184,13 @@ def _is_replica(df: pd.DataFrame) -> pd.Series:
                                        | df["replicated_from"].notna())
 
 
+def _split(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A frame's rows per namespace (one pass, whatever the number of namespaces)."""
+    if df.empty:
+        return {}
+    return {str(k): g for k, g in df.groupby("namespace", sort=False, dropna=True)}
+
+
 def namespace_rows(state: ConsoleState) -> tuple[list[NamespaceRow], list[str]]:
     """One row per namespace worth showing, and the names of those not shown.
 
@@ -193,9 +200,12 @@ def namespace_rows(state: ConsoleState) -> tuple[list[NamespaceRow], list[str]]:
     """
     main_ns = {n["metadata"]["name"]: n for n in state.main.namespaces}
     backup_ns = {n["metadata"]["name"]: n for n in state.backup.namespaces}
-    mp, bp = state.main.pvcs, state.backup.pvcs
+    by_ns = {key: _split(df) for key, df in (("main", state.main.pvcs),
+                                              ("backup", state.backup.pvcs),
+                                              ("snaps", state.snapshots))}
+    empty = {"main": state.main.pvcs.iloc[0:0], "backup": state.backup.pvcs.iloc[0:0],
+             "snaps": state.snapshots.iloc[0:0]}
     lags = {r.namespace: r for r in state.lag if r.namespace}
-    snaps = state.snapshots
     rows: list[NamespaceRow] = []
     hidden: list[str] = []
     for name in sorted(set(main_ns) | set(backup_ns)):
@@ -209,12 +219,12 @@ def namespace_rows(state: ConsoleState) -> tuple[list[NamespaceRow], list[str]]:
         primary: str | None = "main"
         if raw_dr is not None:
             primary = dr.get("primary") if dr.get("primary") in ("main", "backup") else None
-        m = mp[mp["namespace"] == name] if not mp.empty else mp
-        b = bp[bp["namespace"] == name] if not bp.empty else bp
+        m = by_ns["main"].get(name, empty["main"])
+        b = by_ns["backup"].get(name, empty["backup"])
         replicas = b[_is_replica(b)] if not b.empty else b
         restored = len(b) - len(replicas)
         groups = sorted({g for g in m["consistency_group"].dropna()}) if not m.empty else []
-        s = snaps[snaps["namespace"] == name] if not snaps.empty else snaps
+        s = by_ns["snaps"].get(name, empty["snaps"])
         row = NamespaceRow(
             name=name, at_main=name in main_ns, at_backup=name in backup_ns,
             main_pvcs=len(m), main_bound=int((m["phase"] == "Bound").sum()) if len(m) else 0,
