@@ -162,7 +162,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, num: Sequenc
           empty: str = "nothing here", cls: str = "", limit: int = 200) -> str:
     """An HTML table from already-escaped cells (``num``: right-aligned column indexes);
     past ``limit`` rows, a line says how many more there are."""
-    body = []
+    body: list[str] = []
     more = 0
     for r in rows:
         if len(body) >= limit:
