@@ -206,11 +206,24 @@ def _wait(pred: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
 
 
 def _secrets_of(lab_dir: Path) -> list[str]:
-    """The lab's credentials (kubeconfig tokens), which no page may show."""
+    """The lab's credentials, which no page may show: the kubeconfig's tokens and every
+    token or password in the sites' Secrets (the array's, the databases')."""
+    import base64
+
     import yaml
 
+    from dr_kit.sites import Site
+
     cfg = yaml.safe_load((lab_dir / "kubeconfig").read_text())
-    return [u["user"]["token"] for u in cfg.get("users", []) if (u.get("user") or {}).get("token")]
+    found = [u["user"]["token"] for u in cfg.get("users", [])
+             if (u.get("user") or {}).get("token")]
+    for context in ("main", "backup"):
+        for secret in Site.from_kubeconfig(lab_dir / "kubeconfig", context).kube.items("Secret"):
+            for key, value in (secret.get("data") or {}).items():
+                if "token" in key or "password" in key:
+                    found.append(base64.b64decode(value).decode())
+    assert found
+    return [f for f in found if len(f) >= 8]
 
 
 def _shot(page: Any, path: Path) -> None:
