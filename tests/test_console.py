@@ -236,7 +236,7 @@ def test_lag_figure_names_its_source_and_draws_unknown_as_unknown() -> None:
     h.add([lag("shop", None)], at=NOW - 2)
     h.add([lag("shop", 0.004)], at=NOW - 1)
     fig = lag_figure(h.frame(), window_s=300, now=NOW)
-    assert "source: array (exact)" in _title(fig) and "last 60 s" in _title(fig)
+    assert "source: array (exact)" in _title(fig) and "last 30 s" in _title(fig)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "lag unknown" in labels and "shop (shop-group)" in labels
     line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "shop (shop-group)")

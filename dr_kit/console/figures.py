@@ -46,9 +46,9 @@ def lag_figure(history: pd.DataFrame, *, window_s: float, now: float | None = No
     fig = Figure(figsize=(width_in, height_in))
     ax = fig.subplots()
     _style(ax)
-    # the axis spans the readings there are (at least a minute), up to the window
+    # the axis spans the readings there are (at least half a minute), up to the window
     first = float(history["time"].min()) if not history.empty else now
-    span = min(window_s, max(60.0, now - first))
+    span = min(window_s, max(30.0, now - first))
     t0 = pd.Timestamp(now - span, unit="s", tz="UTC")
     t1 = pd.Timestamp(now, unit="s", tz="UTC")
     ax.set_xlim(t0.tz_convert(None), t1.tz_convert(None))
@@ -83,7 +83,8 @@ def lag_figure(history: pd.DataFrame, *, window_s: float, now: float | None = No
     ax.set_ylabel(f"time lag ({unit})" + (", upper bound" if upper else ""), fontsize=8.5,
                   color="#334155")
     top = float(d["lag"].max()) * scale if d["lag"].notna().any() else 0.0
-    ax.set_ylim(0, max(top * 1.15, 5.0 if unit == "ms" else 2.5))
+    top = max(top * 1.15, 5.0 if unit == "ms" else 2.5)
+    ax.set_ylim(-0.03 * top, top)  # a lag of 0 drawn just above the axis, not hidden in it
     sources = "; ".join(dict.fromkeys(str(s) for s in d["source"].dropna()))
     shown_span = f"{span / 60:.0f} min" if span >= 120 else f"{span:.0f} s"
     ax.set_title(f"source: {sources or 'unknown'} · last {shown_span}, UTC",
@@ -94,8 +95,8 @@ def lag_figure(history: pd.DataFrame, *, window_s: float, now: float | None = No
 
         handles.append(Line2D([], [], color="none"))
         labels.append(f"+{len(rest)} more groups")
-    ax.legend(handles, labels, loc="upper left", fontsize=7.5, frameon=False,
-              ncol=min(4, max(1, len(labels))))
+    ax.legend(handles, labels, loc="upper left", fontsize=7.5, frameon=True, framealpha=0.85,
+              edgecolor="none", ncol=min(4, max(1, len(labels))))
     fig.tight_layout()
     return fig
 
