@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -43,7 +44,8 @@ from dr_kit.bench_postgres import SETTINGS, AnchorUnavailable, PgShop, PostgresA
 from dr_kit.errors import DrKitError, InvalidInput
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
-from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
+from dr_kit.storage.client import ArrayClient, ArrayHandle, create_pair, start_array
+from dr_kit.storage.link import TOKEN_ENV as LINK_TOKEN_ENV
 from dr_kit.storage.position import JournalPosition
 
 Progress = Callable[[str], None]
@@ -70,9 +72,11 @@ class _Link:
 
     def __init__(self, root: Path, target: str, name: str = "link") -> None:
         ready = root / f"{name}.ready"
+        self.token = secrets.token_urlsafe(32)
         self.proc = subprocess.Popen([sys.executable, "-m", "dr_kit.storage.link", "--target", target,
                                       "--ready-file", str(ready)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, LINK_TOKEN_ENV: self.token})
         deadline = time.monotonic() + 20
         while not ready.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -84,7 +88,8 @@ class _Link:
     def set(self, **body: Any) -> None:
         import urllib.request
         req = urllib.request.Request(self.control + "/link", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {self.token}"})
         urllib.request.urlopen(req, timeout=10).read()
 
     def stop(self) -> None:
@@ -232,7 +237,7 @@ class Bench:
             stock, sales = open_shop(self.vfs, stock_volume=vols["stock"], sales_volume=vols["sales"])
             seed(stock, sales)
             if mode != "off":
-                self.mc.create_group(f"bench-{mode}", list(vols.values()), self.link.address, mode=mode)
+                create_pair(self.mc, self.bc, f"bench-{mode}", list(vols.values()), self.link.address, mode=mode)
                 self._wait_pair(f"bench-{mode}")
             shops[mode] = Shop(stock, sales, seed_value=7, keep_latencies=10**6)
         if pg:
@@ -295,7 +300,7 @@ class Bench:
         self.say("journal lag at 100 and 1,000 writes/s (4 KiB writes, loopback link)")
         self.mc.create_volume("lag-vol", 64 << 20)
         # a journal that holds the whole apply backlog below, so the pair never suspends
-        self.mc.create_group("bench-lag", ["lag-vol"], self.link.address, journal_capacity=256 << 20)
+        create_pair(self.mc, self.bc, "bench-lag", ["lag-vol"], self.link.address, journal_capacity=256 << 20)
         self._wait_pair("bench-lag")
         vol = self.mc.open_volume("lag-vol")
         data = os.urandom(4096)
@@ -427,7 +432,7 @@ class Bench:
             stock, sales = open_shop(self.vfs, stock_volume=vols[0], sales_volume=vols[1])
             seed(stock, sales)
             if mode == "async":
-                self.mc.create_group("bench-cpu", vols, self.link.address, mode="async",
+                create_pair(self.mc, self.bc, "bench-cpu", vols, self.link.address, mode="async",
                                      journal_capacity=256 << 20)
                 self._wait_pair("bench-cpu")
             shops[mode] = Shop(stock, sales, seed_value=7)
@@ -510,11 +515,11 @@ class Bench:
         vol.close()
         with _Rss([self.main.pid, self.backup.pid]) as rss_small:
             self.mc.create_volume("small", 1 << 20)
-            self.mc.create_group("bench-small", ["small"], self.link.address)
+            create_pair(self.mc, self.bc, "bench-small", ["small"], self.link.address)
             self._wait_pair("bench-small")
         with _Rss([self.main.pid, self.backup.pid]) as rss:
             t0 = time.monotonic()
-            self.mc.create_group("bench-big", ["big"], self.link.address)
+            create_pair(self.mc, self.bc, "bench-big", ["big"], self.link.address)
             self._wait_pair("bench-big", progress=True)
             secs = time.monotonic() - t0
         out["initial_copy_mb_per_s"] = big / secs / 1e6

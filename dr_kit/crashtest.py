@@ -30,7 +30,7 @@ from dr_kit.errors import DrKitError, InvalidInput
 from dr_kit.shop.images import judge_snapshot
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
-from dr_kit.storage.client import ArrayHandle, start_array
+from dr_kit.storage.client import ArrayHandle, create_pair, start_array
 from dr_kit.storage.link import LinkEmulator
 
 CUTS = ("stop-transfer", "kill-backup", "stop-apply", "cut-link")
@@ -96,7 +96,8 @@ class _Bench:
         self.stock, self.sales = open_shop(self.vfs_main)
         seed(self.stock, self.sales)
         for g, members in conf.groups.items():
-            mc.create_group(g, members, self.link.address, transfer_interval_ms=conf.intervals_ms[g])
+            create_pair(mc, self.backup.client, g, members, self.link.address,
+                        transfer_interval_ms=conf.intervals_ms[g])
         for g in conf.groups:
             mc.wait_group(g, lambda s: s["state"] == "pair" and s["lag"]["consistent"], timeout=60,
                           what="the end of the initial copy")

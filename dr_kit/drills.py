@@ -40,7 +40,7 @@ from dr_kit.shop.consistency import Verdict
 from dr_kit.shop.images import judge_snapshot
 from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
-from dr_kit.storage.client import ArrayClient, ArrayHandle, start_array
+from dr_kit.storage.client import ArrayClient, ArrayHandle, create_pair, start_array
 from dr_kit.storage.link import LinkEmulator
 from dr_kit.storage.position import JournalPosition
 
@@ -95,8 +95,8 @@ class Sites:
         stock.close()
         sales.close()
         self._forget(self.vfs_main)
-        self.main.client.create_group(GROUP, list(VOLS), self.link.address, journal_capacity=journal_capacity,
-                                      auto_resync=True)
+        create_pair(self.main.client, self.backup.client, GROUP, list(VOLS), self.link.address,
+                    journal_capacity=journal_capacity, auto_resync=True)
         self.wait_pair()
         self.shop: Shop | None = None
         self.proc: subprocess.Popen | None = None

@@ -14,6 +14,7 @@ from dr_kit.storage.blocks import CHUNK
 
 MiB = 1 << 20
 NOWHERE = "127.0.0.1:9"  # no sender runs in-process: the remote is never dialled
+SECRET = "s" * 64
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
@@ -36,32 +37,32 @@ def arr(tmp_path):
     a.create_volume("vol-a", 2 * MiB)
     a.create_volume("vol-b", 2 * MiB)
     a.create_volume("vol-c", 2 * MiB)
-    a.create_primary_group("grp", ["vol-a"], NOWHERE)
+    a.create_primary_group("grp", ["vol-a"], NOWHERE, secret=SECRET)
     yield a
     a.close()
 
 
 REFUSALS = [
     # (description, call, error type, words the message must contain)
-    ("unknown volume in a group", lambda a: a.create_primary_group("g2", ["nope"], NOWHERE), NotFound, "nope"),
-    ("unknown volume among known ones", lambda a: a.create_primary_group("g2", ["vol-b", "nope"], NOWHERE),
+    ("unknown volume in a group", lambda a: a.create_primary_group("g2", ["nope"], NOWHERE, secret=SECRET), NotFound, "nope"),
+    ("unknown volume among known ones", lambda a: a.create_primary_group("g2", ["vol-b", "nope"], NOWHERE, secret=SECRET),
      NotFound, "nope"),
-    ("volume already in another group", lambda a: a.create_primary_group("g2", ["vol-b", "vol-a"], NOWHERE),
+    ("volume already in another group", lambda a: a.create_primary_group("g2", ["vol-b", "vol-a"], NOWHERE, secret=SECRET),
      Conflict, "already in consistency group 'grp'"),
-    ("group name taken", lambda a: a.create_primary_group("grp", ["vol-b"], NOWHERE), Conflict, "already exists"),
+    ("group name taken", lambda a: a.create_primary_group("grp", ["vol-b"], NOWHERE, secret=SECRET), Conflict, "already exists"),
     ("snapshot of an unknown group", lambda a: a.create_snapshot("s1", group="nope"), NotFound, "nope"),
     ("snapshot of a main-side group", lambda a: a.create_snapshot("s1", group="grp"), InvalidInput, "backup site"),
     ("snapshot of nothing", lambda a: a.create_snapshot("s1"), InvalidInput, "name a consistency group"),
     ("snapshot of an unknown volume", lambda a: a.create_snapshot("s1", volumes=["vol-b", "nope"]), NotFound, "nope"),
-    ("journal too small", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, journal_capacity=64 * 1024),
+    ("journal too small", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, secret=SECRET, journal_capacity=64 * 1024),
      InvalidInput, "too small"),
-    ("bad copy mode", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, mode="semi"), InvalidInput, "mode"),
-    ("bad remote", lambda a: a.create_primary_group("g2", ["vol-b"], "backup-host"), InvalidInput, "HOST:PORT"),
-    ("empty group", lambda a: a.create_primary_group("g2", [], NOWHERE), InvalidInput, "at least one volume"),
-    ("bad backup volume name", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE,
+    ("bad copy mode", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, secret=SECRET, mode="semi"), InvalidInput, "mode"),
+    ("bad remote", lambda a: a.create_primary_group("g2", ["vol-b"], "backup-host", secret=SECRET), InvalidInput, "HOST:PORT"),
+    ("empty group", lambda a: a.create_primary_group("g2", [], NOWHERE, secret=SECRET), InvalidInput, "at least one volume"),
+    ("bad backup volume name", lambda a: a.create_primary_group("g2", ["vol-b"], NOWHERE, secret=SECRET,
                                                                 remote_names={"vol-b": "Bad_Name"}),
      InvalidInput, "Bad_Name"),
-    ("bad group name", lambda a: a.create_primary_group("Grp_2", ["vol-b"], NOWHERE), InvalidInput, "Grp_2"),
+    ("bad group name", lambda a: a.create_primary_group("Grp_2", ["vol-b"], NOWHERE, secret=SECRET), InvalidInput, "Grp_2"),
     ("bad volume name", lambda a: a.create_volume("Vol_X", 2 * MiB), InvalidInput, "Vol_X"),
     ("volume name too long", lambda a: a.create_volume("v" * 64, 2 * MiB), InvalidInput, "63 characters"),
     ("volume name with a slash", lambda a: a.create_volume("a/b", 2 * MiB), InvalidInput, "a/b"),
@@ -123,7 +124,7 @@ def test_restart_keeps_volumes_groups_snapshots_and_data(tmp_path):
     a.write("data-1", 5000, b"Z" * 100)  # after the snapshot
     a.create_clone("restored", "before", "data-1")
     a.write("restored", 0, b"clone-own")
-    a.create_primary_group("grp", ["data-2"], NOWHERE)
+    a.create_primary_group("grp", ["data-2"], NOWHERE, secret=SECRET)
     a.write("data-2", 0, b"journaled")
     a.close()
 
@@ -157,7 +158,7 @@ def test_main_side_redo_reapplies_journaled_writes(tmp_path):
     root = tmp_path / "arr"
     a = Array(root, "main")
     a.create_volume("db", 2 * MiB)
-    a.create_primary_group("grp", ["db"], NOWHERE)
+    a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET)
     writes = [(0, b"A" * 5000), (3 * CHUNK - 10, os.urandom(CHUNK)), (100, b"overwritten first"),
               (MiB, b"B" * 100)]
     for off, data in writes:
@@ -185,7 +186,7 @@ def test_corrupt_main_journal_puts_group_in_error_on_open(tmp_path):
     root = tmp_path / "arr"
     a = Array(root, "main")
     a.create_volume("db", 2 * MiB)
-    a.create_primary_group("grp", ["db"], NOWHERE, journal_capacity=MiB)
+    a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET, journal_capacity=MiB)
     for i in range(12):  # 12 x 64 KiB: several segments of 256 KiB
         a.write("db", i * CHUNK, bytes([i + 1]) * CHUNK)
     a.close()
@@ -205,7 +206,7 @@ def test_journal_full_suspends_without_blocking_and_tracks_changes(tmp_path):
     a = Array(tmp_path / "arr", "main")
     try:
         a.create_volume("db", 4 * MiB)
-        g = a.create_primary_group("grp", ["db"], NOWHERE, journal_capacity=MiB)
+        g = a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET, journal_capacity=MiB)
         for m in g.dirty.values():
             m.clear()  # as after the initial copy
         g.conf["state"] = "pair"
@@ -234,7 +235,7 @@ def test_lag_is_unknown_not_zero_before_the_backup_reports(tmp_path):
     a = Array(tmp_path / "arr", "main")
     try:
         a.create_volume("db", 2 * MiB)
-        a.create_primary_group("grp", ["db"], NOWHERE)
+        a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET)
         a.write("db", 0, b"x" * 100)
         lag = a.primary["grp"].lag()
         assert lag.state == "copy"

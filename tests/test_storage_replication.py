@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_for
 
 from dr_kit.storage.blocks import CHUNK
-from dr_kit.storage.client import ArrayClient
+from dr_kit.storage.client import ArrayClient, create_pair
 
 MiB = 1 << 20
 
@@ -100,7 +100,7 @@ def test_async_pair_initial_copy_replication_and_lag(arrays):
     va.write(3 * CHUNK + 5, before)  # data written before the pair exists
     va.write(4 * MiB - 4, b"tail")
 
-    mc.create_group("g", ["vol-a"], backup.replication)
+    create_pair(mc, backup.client, "g", ["vol-a"], backup.replication)
     st = caught_up(mc, "g")
     assert st["copy"] == {"total": 64, "done": 64}, "initial copy progress: every region counted"
     bst = bc.group_status("g")
@@ -154,7 +154,7 @@ def test_lag_unknown_until_the_backup_reports(arrays):
     link = arrays.link(backup.replication)
     link.cut()  # the backup cannot be reached from the start
     mc.create_volume("vol-a", 2 * MiB)
-    mc.create_group("g", ["vol-a"], link.address)
+    create_pair(mc, backup.client, "g", ["vol-a"], link.address)
     mc.open_volume("vol-a").write(0, b"x" * 5000)
     time.sleep(0.3)  # give the sender time to fail a few connection attempts
     lag = mc.lag("g")
@@ -171,7 +171,7 @@ def test_backup_killed_under_load_restarts_and_catches_up(arrays, writers):
     mc = main.client
     for v in ("vol-a", "vol-b"):
         mc.create_volume(v, 2 * MiB)
-    mc.create_group("g", ["vol-a", "vol-b"], backup.replication)
+    create_pair(mc, backup.client, "g", ["vol-a", "vol-b"], backup.replication)
     caught_up(mc, "g")
     wa = writers(mc.open_volume("vol-a"), 2 * MiB)
     wb = writers(mc.open_volume("vol-b"), 2 * MiB)
@@ -205,7 +205,7 @@ def test_main_killed_keeps_every_acknowledged_write_and_resumes(arrays):
     main, backup = arrays.start("main"), arrays.start("backup")
     mc, bc = main.client, backup.client
     mc.create_volume("vol-a", 4 * MiB)
-    mc.create_group("g", ["vol-a"], backup.replication, journal_capacity=4 * MiB)  # 512 KiB segments
+    create_pair(mc, backup.client, "g", ["vol-a"], backup.replication, journal_capacity=4 * MiB)  # 512 KiB segments
     caught_up(mc, "g")
     va = mc.open_volume("vol-a")
     expect: dict[int, bytes] = {}
@@ -251,7 +251,7 @@ def test_journal_full_suspends_then_resync_with_guard_snapshot(arrays):
     mc, bc = main.client, backup.client
     link = arrays.link(backup.replication)
     mc.create_volume("vol-a", 4 * MiB)
-    mc.create_group("g", ["vol-a"], link.address, journal_capacity=MiB)
+    create_pair(mc, backup.client, "g", ["vol-a"], link.address, journal_capacity=MiB)
     caught_up(mc, "g")
     va = mc.open_volume("vol-a")
     for i in range(16):
@@ -314,7 +314,7 @@ def test_corrupt_entry_in_transit_is_refused(arrays):
     main, backup = arrays.start("main"), arrays.start("backup")
     mc, bc = main.client, backup.client
     mc.create_volume("vol-a", 2 * MiB)
-    mc.create_group("g", ["vol-a"], backup.replication)
+    create_pair(mc, backup.client, "g", ["vol-a"], backup.replication)
     caught_up(mc, "g")
     va = mc.open_volume("vol-a")
     va.write(0, b"G" * 4096)
@@ -346,7 +346,7 @@ def test_corrupt_entry_on_backup_disk_is_not_applied(arrays):
     main, backup = arrays.start("main"), arrays.start("backup")
     mc, bc = main.client, backup.client
     mc.create_volume("vol-a", 2 * MiB)
-    mc.create_group("g", ["vol-a"], backup.replication)
+    create_pair(mc, backup.client, "g", ["vol-a"], backup.replication)
     caught_up(mc, "g")
     va = mc.open_volume("vol-a")
     va.write(0, b"G" * 4096)
@@ -390,8 +390,8 @@ def test_sync_mode_waits_for_backup_and_suspends_on_cut(arrays):
     link = arrays.link(backup.replication, delay_ms=20)
     mc.create_volume("sync-v", 2 * MiB)
     mc.create_volume("async-v", 2 * MiB)
-    mc.create_group("gs", ["sync-v"], link.address, mode="sync", sync_timeout_s=1.0)
-    mc.create_group("ga", ["async-v"], link.address)
+    create_pair(mc, backup.client, "gs", ["sync-v"], link.address, mode="sync", sync_timeout_s=1.0)
+    create_pair(mc, backup.client, "ga", ["async-v"], link.address)
     caught_up(mc, "gs")
     caught_up(mc, "ga")
     vs, va = mc.open_volume("sync-v"), mc.open_volume("async-v")
@@ -428,7 +428,7 @@ def test_snapshot_group_freezes_all_members_at_one_sequence(arrays):
     mc, bc = main.client, backup.client
     for v in ("ctr-a", "ctr-b"):
         mc.create_volume(v, 2 * MiB)
-    mc.create_group("g", ["ctr-a", "ctr-b"], backup.replication)
+    create_pair(mc, backup.client, "g", ["ctr-a", "ctr-b"], backup.replication)
     caught_up(mc, "g")
     n0 = mc.lag("g").main.sequence
     a, b = mc.open_volume("ctr-a"), mc.open_volume("ctr-b")

@@ -65,7 +65,7 @@ def test_sqlite_writes_go_through_the_group_journal(tmp_path):
     a = Array(tmp_path / "arr", "main")
     try:
         a.create_volume("db-vol", 8 * MiB)
-        grp = a.create_primary_group("grp", ["db-vol"], "127.0.0.1:9")
+        grp = a.create_primary_group("grp", ["db-vol"], "127.0.0.1:9", secret="s" * 64)
         vfs = _vfs(lambda name: _ArrayDev(a, name))
         con = sqlite_vfs.connect(vfs, "db-vol", "app.db")
         before = grp.journal.last_seq

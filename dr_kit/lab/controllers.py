@@ -53,7 +53,7 @@ from dr_kit.lab.layout import (
     STORAGE_CLASS,
     LabDir,
 )
-from dr_kit.storage.client import ArrayClient
+from dr_kit.storage.client import ArrayClient, new_pair_secret
 
 log = logging.getLogger("dr_kit.lab.controllers")
 
@@ -86,14 +86,15 @@ class SiteController:
         self.state = lab.load()
         self.kube = Kube(api_client(lab.kubeconfig, site), where=f"the {site} site's API server")
         ep = lab.array_endpoint(site, self.state)
-        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
+        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=lab.array_token(site))
         self.backup_kube: Kube | None = None
         self.backup_array: ArrayClient | None = None
         if site == "main":
             self.backup_kube = Kube(api_client(lab.kubeconfig, "backup"),
                                     where="the backup site's API server")
             bep = lab.array_endpoint("backup", self.state)
-            self.backup_array = ArrayClient(bep["mgmt_url"], bep["data_socket"])
+            self.backup_array = ArrayClient(bep["mgmt_url"], bep["data_socket"],
+                                            token=lab.array_token("backup"))
         self.stopping = threading.Event()
         self._synced_bytes: dict[str, int] = {}
         self._errors: dict[str, str] = {}
@@ -136,6 +137,9 @@ class SiteController:
         self.kube.create("Namespace", {"metadata": {"name": PLUGIN_NAMESPACE, "labels": {
             "app.kubernetes.io/part-of": "dr-kit-lab"}}}, exist_ok=True)
         values = {published.MANAGEMENT_URL_KEY: self.array.url, "array": self.site}
+        token = self.lab.array_token(self.site)
+        if token:  # the management API needs it (as a CSI driver's credentials Secret holds them)
+            values[published.TOKEN_KEY] = token
         secret = self.kube.get("Secret", ARRAY_SECRET, PLUGIN_NAMESPACE)
         if secret is None:
             self.kube.create("Secret", {
@@ -271,7 +275,11 @@ class SiteController:
                 opts["journal_capacity"] = parse_quantity(params["journalCapacity"])
             if "transferIntervalMs" in params:
                 opts["transfer_interval_ms"] = float(params["transferIntervalMs"])
-            self.array.create_group(gname, vols, self.lab.link_address(self.state), **opts)
+            # a fresh secret for this pair, told to the backup array first
+            assert self.backup_array is not None
+            secret = new_pair_secret()
+            self.backup_array.authorize_pair(gname, secret)
+            self.array.create_group(gname, vols, self.lab.link_address(self.state), secret=secret, **opts)
         else:
             have = set(g["members"])
             for v in vols:
@@ -669,7 +677,8 @@ class SiteController:
         if not group:
             return None
         try:
-            main = ArrayClient(self.lab.array_endpoint("main", self.state)["mgmt_url"], timeout=2.0)
+            main = ArrayClient(self.lab.array_endpoint("main", self.state)["mgmt_url"], timeout=2.0,
+                               token=self.lab.array_token("main"))
             return main.lag(group).time_lag_s
         except DrKitError:
             return None

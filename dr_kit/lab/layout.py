@@ -10,6 +10,9 @@ A lab directory (default ``.dr-lab``) holds::
     shop-status.json      ... and what it reports (committed, latency, errors)
     logs/<process>.log    one log per process
     run/<process>.ready   readiness files
+    tokens/main-array.token, tokens/backup-array.token, tokens/link.token
+                          the arrays' and the link's API tokens (0600; given to those
+                          processes in $DR_KIT_ARRAY_TOKEN / $DR_KIT_LINK_TOKEN)
 
 The lab simulates two sites on one machine; each process in it is a real process with
 real files and sockets on 127.0.0.1.
@@ -77,6 +80,24 @@ class LabDir:
     @property
     def shop_status(self) -> Path:
         return self.root / "shop-status.json"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    def token_file(self, process: str) -> Path:
+        """Where the API token of ``main-array``, ``backup-array`` or ``link`` is kept (0600)."""
+        return self.tokens / f"{process}.token"
+
+    def token(self, process: str) -> str | None:
+        try:
+            return self.token_file(process).read_text().strip() or None
+        except OSError:
+            return None
+
+    def array_token(self, site: str) -> str | None:
+        """The token of a site's array management API (None when the lab has none yet)."""
+        return self.token(f"{site}-array")
 
     def ready_file(self, process: str) -> Path:
         return self.run / f"{process}.ready"

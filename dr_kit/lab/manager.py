@@ -77,6 +77,9 @@ STOP_TIERS = (("shop", "operator"), ("main-controllers", "backup-controllers"),
 # seconds a process gets between SIGTERM and SIGKILL (the operator holds no state of its own)
 STOP_GRACE = {"operator": 3.0}
 TOKEN_ENV = "DR_KIT_APISERVER_TOKEN"
+# the storage processes' API tokens: kept in tokens/<name>.token (0600), given by environment
+STORAGE_TOKEN_ENV = {"main-array": "DR_KIT_ARRAY_TOKEN", "backup-array": "DR_KIT_ARRAY_TOKEN",
+                     "link": "DR_KIT_LINK_TOKEN"}
 SHOP_DEPLOYMENT = "shop"
 QUERY_TIMEOUT = 3.0  # seconds for each status query; a dead site must not hang `status`
 
@@ -188,6 +191,26 @@ def _tokens(lab: LabDir) -> dict[str, str] | None:
         return None
 
 
+def _storage_tokens(lab: LabDir) -> tuple[dict[str, str], list[str]]:
+    """The arrays' and the link's tokens (created when missing); returns them and the new ones."""
+    lab.tokens.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(lab.tokens, 0o700)
+    out, new = {}, []
+    for name in STORAGE_TOKEN_ENV:
+        token = lab.token(name)
+        if token is None:
+            token = secrets.token_urlsafe(32)
+            path = lab.token_file(name)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+            os.replace(tmp, path)
+            new.append(name)
+        out[name] = token
+    return out, new
+
+
 def _write_kubeconfig(lab: LabDir, state: dict[str, Any], tokens: dict[str, str]) -> None:
     from dr_kit.lab.apiserver import read_ca, write_kubeconfig
 
@@ -230,6 +253,8 @@ def _command(lab: LabDir, name: str, state: dict[str, Any]) -> list[str]:
 
 def _spawn(lab: LabDir, name: str, state: dict[str, Any], tokens: dict[str, str]) -> processes.Started:
     extra = {TOKEN_ENV: tokens[name.split("-", 1)[0]]} if name.endswith("-api") else {}
+    if name in STORAGE_TOKEN_ENV:
+        extra = {STORAGE_TOKEN_ENV[name]: tokens[name]}
     ready_file = None if name == "operator" else lab.ready_file(name)
     p = processes.spawn(name, _command(lab, name, state), log=lab.log_file(name),
                         env=processes.base_env(extra), ready_file=ready_file,
@@ -422,9 +447,16 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
             return _summary(lab, state, started=[], seconds=time.monotonic() - t0, running=True)
         for n in alive:
             say(f"{LABELS[n]} is running (pid {state['processes'][n]['pid']})")
+        if lab.root.stat().st_mode & 0o077:  # a folder made before: it is the lab's alone now
+            os.chmod(lab.root, 0o700)
         for d in (lab.logs, lab.run, *(lab.api_dir(s) for s in SITES), *(lab.array_dir(s) for s in SITES)):
             d.mkdir(parents=True, exist_ok=True)
         lab.save(state)
+        storage_tokens, new_tokens = _storage_tokens(lab)
+        if new_tokens and alive:  # processes started without these tokens: start them again
+            processes.stop([state["processes"][n] for n in START_ORDER if n in alive])
+            say(f"restarting {len(alive)} processes to give the storage APIs their tokens")
+            alive = set()
 
         tokens = _tokens(lab)
         if tokens is None:  # no kubeconfig: new tokens, so running API servers must restart
@@ -432,6 +464,7 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
             stale = [state["processes"][n] for n in ("main-api", "backup-api") if n in alive]
             processes.stop(stale)
             alive -= {"main-api", "backup-api"}
+        tokens = {**tokens, **storage_tokens}
         started: list[str] = []
 
         def todo(*names: str) -> list[str]:
@@ -546,7 +579,7 @@ def _purge(lab: LabDir) -> None:
     """Delete what the lab wrote, then the folder if that leaves it empty (``--dir .`` is safe)."""
     for site in SITES:
         shutil.rmtree(lab.root / site, ignore_errors=True)
-    for d in (lab.logs, lab.run):
+    for d in (lab.logs, lab.run, lab.tokens):
         shutil.rmtree(d, ignore_errors=True)
     for f in (lab.kubeconfig, lab.shop_control, lab.shop_status, lab.state_file):
         f.unlink(missing_ok=True)
@@ -569,10 +602,13 @@ def set_workload(dir: str | os.PathLike[str] | None, rate: float) -> dict[str, A
     return control
 
 
-def _link_call(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _link_call(url: str, body: dict[str, Any] | None = None, *, token: str | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url + "/link", data=data, method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": "application/json"})
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT) as r:
             return json.loads(r.read())
@@ -605,7 +641,7 @@ def set_link(dir: str | os.PathLike[str] | None, delay_ms: float | None = None, 
     lab.load()  # NotFound before anything is created
     with _locked(lab):
         state = lab.load()
-        result = _link_call(state["endpoints"]["link"]["control_url"], body)
+        result = _link_call(state["endpoints"]["link"]["control_url"], body, token=lab.token("link"))
         settings = state.setdefault("link_settings", {})
         for k in ("delay_ms", "rate_mbit"):
             if k in body:
@@ -639,11 +675,12 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:200]
 
 
-def _array_view(endpoint: dict[str, str]) -> dict[str, Any]:
+def _array_view(endpoint: dict[str, str], token: str | None) -> dict[str, Any]:
     from dr_kit.storage.client import ArrayClient
 
     try:
-        st = ArrayClient(endpoint["mgmt_url"], endpoint.get("data_socket"), timeout=QUERY_TIMEOUT).status()
+        st = ArrayClient(endpoint["mgmt_url"], endpoint.get("data_socket"), token=token,
+                         timeout=QUERY_TIMEOUT).status()
     except Exception as e:  # noqa: BLE001
         return {"reachable": False, "error": _one_line(e), "volumes": [], "groups": [], "snapshots": 0}
     return {"reachable": True, "volumes": st.get("volumes", []), "groups": st.get("groups", []),
@@ -667,7 +704,8 @@ def status(dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:  # noqa
             "reachable": False, "error": "no kubeconfig", "namespaces": [], "pvcs": []}
         sites[site] = {"api": {"url": ep["api"], "reachable": objs.pop("reachable"),
                                **({"error": objs.pop("error")} if "error" in objs else {})},
-                       **objs, "array": {"endpoint": ep["array"], **_array_view(ep["array"])}}
+                       **objs, "array": {"endpoint": ep["array"],
+                                         **_array_view(ep["array"], lab.array_token(site))}}
     groups = []
     for site in SITES:
         for g in sites[site]["array"]["groups"]:
@@ -677,7 +715,7 @@ def status(dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:  # noqa
                            "lag": g.get("lag")})
     link_ep = state["endpoints"]["link"]
     try:
-        link = {"reachable": True, **_link_call(link_ep["control_url"])}
+        link = {"reachable": True, **_link_call(link_ep["control_url"], token=lab.token("link"))}
     except Unavailable as e:
         link = {"reachable": False, "error": str(e), **link_ep}
     shop = {"control": _read_json(lab.shop_control), "status": _read_json(lab.shop_status),

@@ -38,7 +38,7 @@ Record = dict[str, Any]
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 # Variables never handed to a lab process unless the caller adds them on purpose.
-_SECRET_ENV = ("DR_KIT_APISERVER_TOKEN",)
+_SECRET_ENV = ("DR_KIT_APISERVER_TOKEN", "DR_KIT_ARRAY_TOKEN", "DR_KIT_LINK_TOKEN")
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

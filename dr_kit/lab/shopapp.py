@@ -57,7 +57,7 @@ class ShopApp:
         self.lab = lab
         state = lab.load()
         ep = lab.array_endpoint("main", state)
-        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
+        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=lab.array_token("main"))
         self.kube = Kube(api_client(lab.kubeconfig, "main"), where="the main site's API server")
         self.volumes = resolve_volumes(self.kube)
         vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)

@@ -39,8 +39,18 @@ from dr_kit.storage.journal import Journal
 from dr_kit.storage.position import JournalPosition
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
 DEFAULT_JOURNAL = 64 << 20
 MIN_VOLUME = 1 << 20
+MAX_VOLUME = 1 << 44  # 16 TiB: sparse files of any size up to this work on common file systems
+MAX_JOURNAL = 1 << 40
+
+
+def check_secret(secret: object) -> str:
+    if not isinstance(secret, str) or not SECRET_RE.match(secret):
+        raise InvalidInput("a pair secret must be 32 to 256 characters of letters, digits, '-' "
+                           "and '_' (e.g. secrets.token_hex(32)); give the same one to both arrays")
+    return secret
 
 
 def check_name(kind: str, name: str) -> str:
@@ -83,12 +93,15 @@ class Array:
         self.fsync = fsync
         self.lock = threading.RLock()  # structure: volumes, groups, snapshots
         self._save_lock = threading.Lock()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # the folder holds the pairs' secrets and the volumes
         for d in ("volumes", "groups", "snapshots", "clones"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         path = self.root / "array.json"
         self.conf: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
             "name": name, "next_volume_id": 1, "volumes": {}, "primary_groups": {},
             "secondary_groups": {}, "snapshots": {}}
+        self.conf.setdefault("pairs", {})  # backup side: group -> {"secret"} the main must prove
         self.name = self.conf["name"]
         self.volumes: dict[str, Vol] = {}
         self.primary: dict[str, PrimaryGroup] = {}
@@ -102,7 +115,9 @@ class Array:
     def _save(self) -> None:
         with self._save_lock:
             tmp = self.root / "array.json.tmp"
-            tmp.write_text(json.dumps(self.conf, indent=1, sort_keys=True))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds secrets
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.conf, indent=1, sort_keys=True))
             os.replace(tmp, self.root / "array.json")
 
     def _load(self) -> None:
@@ -191,8 +206,9 @@ class Array:
 
     def create_volume(self, name: str, size: int, *, role: str = "data") -> Vol:
         check_name("volume", name)
-        if not isinstance(size, int) or size < MIN_VOLUME:
-            raise InvalidInput(f"volume size must be an integer of at least {MIN_VOLUME} bytes (1 MiB), got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_VOLUME <= size <= MAX_VOLUME:
+            raise InvalidInput(f"volume size must be an integer number of bytes from {MIN_VOLUME} (1 MiB) "
+                               f"to {MAX_VOLUME} (16 TiB), got {str(size)[:40]}")
         with self.lock:
             if name in self.volumes:
                 raise Conflict(f"volume {name!r} already exists on array {self.name}")
@@ -200,7 +216,12 @@ class Array:
             path = self.root / "volumes" / f"{name}.vol"
             if path.exists():
                 path.unlink()
-            dev = FileVolume(path, size, create=True)
+            try:
+                dev = FileVolume(path, size, create=True)
+            except OSError as e:  # nothing is left behind: no half-made volume file
+                path.unlink(missing_ok=True)
+                raise InvalidInput(f"volume {name!r} of {size} bytes cannot be created on array "
+                                   f"{self.name}: {e.strerror}") from None
             self.conf["next_volume_id"] = vid + 1
             self.conf["volumes"][name] = {"id": vid, "size": size, "role": role}
             self.volumes[name] = v = Vol(name, vid, dev, role)
@@ -258,11 +279,15 @@ class Array:
         return v.read(offset, length)
 
     # -- consistency groups (main side) ---------------------------------------------
-    def create_primary_group(self, name: str, volumes: list[str], remote: str, *,
+    def create_primary_group(self, name: str, volumes: list[str], remote: str, *, secret: str,
                              remote_names: dict[str, str] | None = None, mode: str = "async",
                              journal_capacity: int = DEFAULT_JOURNAL, transfer_interval_ms: float = 0.0,
-                             sync_timeout_s: float = 5.0) -> PrimaryGroup:
+                             sync_timeout_s: float = 5.0, auto_resync: bool = True) -> PrimaryGroup:
+        """A consistency group at the main site.  ``secret`` is the pair's secret: the
+        backup array must have been told the same one (:meth:`authorize_pair`), and each end
+        proves it knows it before any journal data flows."""
         check_name("consistency group", name)
+        check_secret(secret)
         if mode not in ("async", "sync"):
             raise InvalidInput(f"copy mode must be 'async' or 'sync', got {mode!r}")
         if not volumes:
@@ -271,6 +296,9 @@ class Array:
             raise InvalidInput(f"remote must be HOST:PORT of the backup array's replication port, got {remote!r}")
         if transfer_interval_ms < 0:
             raise InvalidInput("transfer_interval_ms must not be negative")
+        if isinstance(journal_capacity, bool) or not isinstance(journal_capacity, int) or \
+                journal_capacity > MAX_JOURNAL:
+            raise InvalidInput(f"journal_capacity must be an integer number of bytes up to {MAX_JOURNAL}")
         remote_names = dict(remote_names or {})
         with self.lock:
             if name in self.primary or name in self.secondary:
@@ -289,7 +317,8 @@ class Array:
                     "remote": remote, "journal_capacity": journal_capacity,
                     "transfer_interval_ms": transfer_interval_ms, "sync_timeout_s": sync_timeout_s,
                     "state": COPY, "message": "initial copy pending", "created": time.time(),
-                    "sizes": {str(v.id): v.size for v in vols}}
+                    "sizes": {str(v.id): v.size for v in vols}, "secret": secret,
+                    "auto_resync": bool(auto_resync)}
             self.conf["primary_groups"][name] = conf
             grp = self._open_primary(name, conf, create=True)
             for m in grp.dirty.values():
@@ -374,6 +403,29 @@ class Array:
         return g
 
     # -- consistency groups (backup side) -------------------------------------------
+    def authorize_pair(self, group: str, secret: str) -> None:
+        """Accept group ``group`` from a main array that proves ``secret`` (replaces an
+        earlier secret).  Nothing else may create a backup group or feed it entries."""
+        check_name("consistency group", group)
+        check_secret(secret)
+        with self.lock:
+            if group in self.primary:
+                raise Conflict(f"group {group!r} is a main-side group on array {self.name}")
+            self.conf["pairs"][group] = {"secret": secret, "since": time.time()}
+            self._save()
+
+    def forget_pair(self, group: str) -> None:
+        with self.lock:
+            if group not in self.conf["pairs"]:
+                raise NotFound(f"array {self.name} holds no pair secret for group {group!r}")
+            del self.conf["pairs"][group]
+            self._save()
+
+    def pair_secret(self, group: str) -> str | None:
+        """The secret a main array must prove for ``group`` (backup side), or None."""
+        p = self.conf["pairs"].get(group)
+        return p["secret"] if isinstance(p, dict) else None
+
     def ensure_secondary_group(self, name: str, members: dict[int, tuple[str, int]],
                                journal_capacity: int, generation: int) -> SecondaryGroup:
         """Create (once) the backup side of a group announced by a main array."""
@@ -428,6 +480,8 @@ class Array:
             grp.close()
             del self.secondary[name]
             del self.conf["secondary_groups"][name]
+            # the old main can no longer reach these volumes (a promoted or removed copy)
+            self.conf["pairs"].pop(name, None)
             shutil.rmtree(self.root / "groups" / name, ignore_errors=True)
             self._save()
             if delete_volumes:
@@ -550,6 +604,7 @@ class Array:
                 groups.append({"name": g.name, "side": "main", "mode": g.mode, "state": g.state,
                                "message": lag.message, "remote": g.conf["remote"],
                                "connected": g.connected,
+                               "last_error": g.last_error, "last_error_at": g.last_error_at,
                                "members": {g.members[vid].name: rn for vid, rn in g.remote_names.items()},
                                "journal": {"used_bytes": g.journal.used_bytes,
                                            "capacity": g.journal.capacity},

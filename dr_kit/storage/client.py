@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import struct
@@ -20,7 +21,7 @@ from typing import Any
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
 from dr_kit.storage.position import LagReport
 from dr_kit.storage.record import EXTENT
-from dr_kit.storage.server import CLOSE, FAIL, OPEN, READ, REQ, RESP, SYNC, WRITE, WRITEV
+from dr_kit.storage.server import CLOSE, FAIL, OPEN, READ, REQ, RESP, SYNC, TOKEN_ENV, WRITE, WRITEV
 from dr_kit.storage.wire import recv_exact
 
 _ERRORS: dict[str, type[DrKitError]] = {"InvalidInput": InvalidInput, "NotFound": NotFound,
@@ -87,23 +88,39 @@ class RemoteVolume:
         self._sock.close()
 
 
-class ArrayClient:
-    """The management API of one array (and its data path)."""
+def new_pair_secret() -> str:
+    """A fresh secret for one replication pair (give it to both arrays)."""
+    return secrets.token_hex(32)
 
-    def __init__(self, mgmt_url: str, data_socket: str | None = None, *, timeout: float = 30.0) -> None:
+
+class ArrayClient:
+    """The management API of one array (and its data path).
+
+    ``token`` is the site's array token (sent as ``Authorization: Bearer``); without one,
+    ``$DR_KIT_ARRAY_TOKEN`` is used.  The token is never part of an error message.
+    """
+
+    def __init__(self, mgmt_url: str, data_socket: str | None = None, *, token: str | None = None,
+                 timeout: float = 30.0) -> None:
         self.url = mgmt_url.rstrip("/")
         self.data_socket = data_socket
         self.timeout = timeout
+        self._token = token or os.environ.get(TOKEN_ENV, "").strip() or None
+
+    def __repr__(self) -> str:
+        return f"ArrayClient({self.url!r}, token={'set' if self._token else 'none'})"
 
     @classmethod
-    def from_ready_file(cls, path: str | Path) -> ArrayClient:
+    def from_ready_file(cls, path: str | Path, *, token: str | None = None) -> ArrayClient:
         info = json.loads(Path(path).read_text())
-        return cls(info["mgmt_url"], info["data_socket"])
+        return cls(info["mgmt_url"], info["data_socket"], token=token)
 
     def _req(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.loads(r.read())
@@ -112,6 +129,10 @@ class ArrayClient:
                 err = json.loads(e.read())
             except ValueError:
                 raise Unavailable(f"array at {self.url} answered HTTP {e.code}") from None
+            if e.code == 401:
+                raise InvalidInput(f"the array at {self.url} refused the request: "
+                                   + ("the token is not this array's" if self._token else
+                                      f"no token (pass token= or set {TOKEN_ENV})")) from None
             raise _ERRORS.get(err.get("error", ""), DrKitError)(err.get("message", "")) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -127,8 +148,19 @@ class ArrayClient:
     def delete_volume(self, name: str) -> None:
         self._req("DELETE", f"/v1/volumes/{name}")
 
-    def create_group(self, name: str, volumes: list[str], remote: str, **opts: Any) -> dict[str, Any]:
-        return self._req("POST", "/v1/groups", {"name": name, "volumes": volumes, "remote": remote, **opts})
+    def create_group(self, name: str, volumes: list[str], remote: str, *, secret: str,
+                     **opts: Any) -> dict[str, Any]:
+        """A consistency group at this (main) array; the backup array must know ``secret``
+        for it (:meth:`authorize_pair` there, or use :func:`create_pair`)."""
+        return self._req("POST", "/v1/groups", {"name": name, "volumes": volumes, "remote": remote,
+                                                "secret": secret, **opts})
+
+    def authorize_pair(self, group: str, secret: str) -> None:
+        """At a backup array: accept group ``group`` from a main array proving ``secret``."""
+        self._req("POST", "/v1/pairs", {"group": group, "secret": secret})
+
+    def forget_pair(self, group: str) -> None:
+        self._req("DELETE", f"/v1/pairs/{group}")
 
     def delete_group(self, name: str, *, delete_volumes: bool = False) -> None:
         self._req("DELETE", f"/v1/groups/{name}" + ("?delete_volumes=1" if delete_volumes else ""))
@@ -186,6 +218,15 @@ class ArrayClient:
             time.sleep(interval)
 
 
+def create_pair(main: ArrayClient, backup: ArrayClient, name: str, volumes: list[str], remote: str,
+                **opts: Any) -> dict[str, Any]:
+    """Create consistency group ``name`` replicating from ``main`` to ``backup`` (reached at
+    ``remote``): a fresh pair secret is given to the backup first, then to the main."""
+    secret = new_pair_secret()
+    backup.authorize_pair(name, secret)
+    return main.create_group(name, volumes, remote, secret=secret, **opts)
+
+
 @dataclass
 class ArrayHandle:
     """An array running in a child process."""
@@ -195,10 +236,11 @@ class ArrayHandle:
     proc: subprocess.Popen
     info: dict[str, Any] = field(default_factory=dict)
     log_path: Path | None = None
+    token: str = field(default="", repr=False)
 
     @property
     def client(self) -> ArrayClient:
-        return ArrayClient(self.info["mgmt_url"], self.info["data_socket"])
+        return ArrayClient(self.info["mgmt_url"], self.info["data_socket"], token=self.token)
 
     @property
     def replication(self) -> str:
@@ -227,10 +269,12 @@ class ArrayHandle:
 
 
 def start_array(root: str | Path, name: str, *, repl_port: int = 0, mgmt_port: int = 0,
-                fsync: bool = False, timeout: float = 20.0) -> ArrayHandle:
-    """Start an array process on ``root`` and wait until it listens."""
+                fsync: bool = False, timeout: float = 20.0, token: str | None = None) -> ArrayHandle:
+    """Start an array process on ``root`` and wait until it listens.  Its management API
+    takes ``token`` (a fresh one when not given; the handle's client carries it)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = token or secrets.token_urlsafe(32)
     ready = root / "ready.json"
     ready.unlink(missing_ok=True)
     log_path = root / "array.log"
@@ -238,9 +282,10 @@ def start_array(root: str | Path, name: str, *, repl_port: int = 0, mgmt_port: i
            "--ready-file", str(ready), "--repl-port", str(repl_port), "--mgmt-port", str(mgmt_port)]
     if fsync:
         cmd.append("--fsync")
+    env = {**os.environ, TOKEN_ENV: token}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None:
@@ -250,4 +295,4 @@ def start_array(root: str | Path, name: str, *, repl_port: int = 0, mgmt_port: i
             proc.kill()
             raise Unavailable(f"array {name} did not start within {timeout:.0f} s; see {log_path}")
         time.sleep(0.02)
-    return ArrayHandle(root, name, proc, json.loads(ready.read_text()), log_path)
+    return ArrayHandle(root, name, proc, json.loads(ready.read_text()), log_path, token)

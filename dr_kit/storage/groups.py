@@ -87,6 +87,8 @@ class PrimaryGroup:
         self.copy_total = 0
         self.copy_done = 0
         self.connected = False
+        self.last_error: str | None = None  # why the last replication session failed
+        self.last_error_at: float | None = None
         self.faults: dict[str, int] = {}
 
     # -- persisted attributes -------------------------------------------------------

@@ -6,28 +6,30 @@ direction (so a round trip pays twice), ``rate_mbit`` caps throughput per direct
 127.0.0.1 only.
 
 It runs in a thread of any process (tests, the crash test), or as its own process with a
-small control API::
+small control API that requires the token given in ``$DR_KIT_LINK_TOKEN``::
 
-    python -m dr_kit.storage.link --target 127.0.0.1:PORT [--port P] [--ready-file F]
+    DR_KIT_LINK_TOKEN=... python -m dr_kit.storage.link --target 127.0.0.1:PORT [--port P] [--ready-file F]
     POST /link {"delay_ms": 5, "rate_mbit": 100, "cut": false}   GET /link
+    (Authorization: Bearer <token>, Content-Type: application/json)
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from dr_kit.errors import InvalidInput
 from dr_kit.fsutil import write_json
+from dr_kit.storage.httpapi import ApiHandler, ApiServer, token_from_env
+
+TOKEN_ENV = "DR_KIT_LINK_TOKEN"
 
 
 class _Pipe:
@@ -171,35 +173,45 @@ class LinkEmulator:
         self._srv.close()
 
 
-class _Control(BaseHTTPRequestHandler):
-    server: Any
+class _Control(ApiHandler):
+    server: ControlServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
+    def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        link = self.server.link
+        if path.rstrip("/") not in ("/link", ""):
+            return 404, {"error": "NotFound", "message": f"no such control endpoint {path}; use /link"}
+        if method == "GET":
+            return 200, link.state()
+        if method != "POST":
+            return 405, {"error": "InvalidInput", "message": f"{method} is not supported; use GET or POST"}
+        if not isinstance(body, dict):
+            raise InvalidInput('the body must be a JSON object such as {"delay_ms": 5}')
+        unknown = sorted(set(body) - {"delay_ms", "rate_mbit", "cut"})
+        if unknown:
+            raise InvalidInput(f"unknown link settings {', '.join(unknown)}; use delay_ms, rate_mbit, cut")
+        for k in ("delay_ms", "rate_mbit"):
+            v = body.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise InvalidInput(f"{k} must be a number, got {str(v)[:40]}")
+        cut = body.get("cut")
+        if cut is not None and not isinstance(cut, bool):
+            raise InvalidInput(f"cut must be true or false, got {str(cut)[:40]}")
+        link.configure(delay_ms=body.get("delay_ms"), rate_mbit=body.get("rate_mbit"))
+        if cut is True:
+            link.cut()
+        elif cut is False:
+            link.restore()
+        return 200, link.state()
 
-    def _reply(self, code: int, body: dict[str, Any]) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._reply(200, self.server.link.state())
+class ControlServer(ApiServer):
+    """The link emulator's control API (HTTP/JSON on 127.0.0.1, bearer token)."""
 
-    def do_POST(self) -> None:  # noqa: N802
-        link: LinkEmulator = self.server.link
-        try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-            link.configure(delay_ms=body.get("delay_ms"), rate_mbit=body.get("rate_mbit"))
-            if body.get("cut") is True:
-                link.cut()
-            elif body.get("cut") is False:
-                link.restore()
-            self._reply(200, link.state())
-        except (InvalidInput, ValueError, TypeError) as e:
-            self._reply(400, {"error": "InvalidInput", "message": str(e)})
+    WORKERS = 2
+
+    def __init__(self, link: LinkEmulator, port: int = 0, *, token: str) -> None:
+        self.link = link
+        super().__init__(port, _Control, token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,9 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-mbit", type=float, default=0.0)
     ap.add_argument("--ready-file")
     a = ap.parse_args(argv)
-    link = LinkEmulator(a.target, port=a.port, delay_ms=a.delay_ms, rate_mbit=a.rate_mbit).start()
-    ctl = ThreadingHTTPServer(("127.0.0.1", a.control_port), _Control)
-    ctl.link = link  # type: ignore[attr-defined]
+    token = token_from_env(TOKEN_ENV)
+    if token is None:
+        print(f"error: set {TOKEN_ENV} to the token the control API must require (at least 16 "
+              "characters)", file=sys.stderr)
+        return 2
+    try:
+        link = LinkEmulator(a.target, port=a.port, delay_ms=a.delay_ms, rate_mbit=a.rate_mbit).start()
+        ctl = ControlServer(link, a.control_port, token=token)
+    except (InvalidInput, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     threading.Thread(target=ctl.serve_forever, daemon=True).start()
     if a.ready_file:
         write_json(a.ready_file, {"pid": os.getpid(), "listen": link.address,

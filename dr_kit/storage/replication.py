@@ -82,8 +82,12 @@ class Sender(threading.Thread):
                 self.sock = sock
                 backoff = 0.05
                 self._session(sock)
-            except (OSError, DrKitError) as e:
-                self.last_error = str(e)
+            except (OSError, DrKitError, ValueError) as e:
+                msg = _one_line(e)
+                if msg != self.last_error:  # a new kind of failure: say it once, not per retry
+                    log.warning("group %s: replication session failed: %s", self.grp.name, msg)
+                self.last_error = msg
+                self.grp.last_error, self.grp.last_error_at = msg, time.time()
             finally:
                 self.grp.connected = False
                 if self.sock is not None:
@@ -100,15 +104,28 @@ class Sender(threading.Thread):
         g = self.grp
         g.conf.pop("reconnect", None)
         members = {str(vid): [g.remote_names[vid], v.size] for vid, v in g.members.items()}
-        wire.send_json(sock, wire.HELLO, {"group": g.name, "generation": g.generation,
-                                          "members": members, "mode": g.mode,
-                                          "journal_capacity": g.journal.capacity})
+        secret = g.conf.get("secret") or ""
+        nm = wire.nonce()
+        wire.send_json(sock, wire.HELLO, {"group": g.name, "nonce": nm})
         ftype, payload = wire.recv(sock)
         if ftype == wire.ERROR:
-            raise Unavailable(json.loads(payload)["message"])
+            raise Unavailable(f"the backup refused group {g.name}: {json.loads(payload)['message']}")
+        ch = json.loads(payload) if ftype == wire.CHALLENGE else {}
+        nb = ch.get("nonce") if isinstance(ch, dict) else None
+        if not isinstance(nb, str) or not wire.proof_ok(secret, "backup", g.name, nm, nb, ch.get("proof")):
+            raise Unavailable(f"the replication peer at {g.conf['remote']} did not prove the pair "
+                              f"secret of group {g.name}; nothing was sent to it")
+        wire.send_json(sock, wire.AUTH, {"proof": wire.proof(secret, "main", g.name, nm, nb),
+                                         "generation": g.generation, "members": members,
+                                         "mode": g.mode, "journal_capacity": g.journal.capacity})
+        ftype, payload = wire.recv(sock)
+        if ftype == wire.ERROR:
+            raise Unavailable(f"the backup refused group {g.name}: {json.loads(payload)['message']}")
         st = json.loads(payload)
         self._on_state(st)
         g.connected = True
+        g.last_error = g.last_error_at = None
+        self.last_error = ""
         reader = threading.Thread(target=self._read_acks, args=(sock,), daemon=True,
                                   name=f"acks-{g.name}")
         reader.start()
@@ -250,6 +267,13 @@ class Sender(threading.Thread):
         return first_seq
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    if isinstance(e, OSError) and e.strerror:
+        return f"cannot reach the backup array: {e.strerror}"
+    return (text[0] if text else type(e).__name__)[:300]
+
+
 def _count_records(batch: bytes) -> int:
     from dr_kit.storage import record as rec
     n = pos = 0
@@ -335,10 +359,9 @@ class _Conn(socketserver.BaseRequestHandler):
         array = self.server.array
         sock = self.request
         try:
-            ftype, payload = wire.recv(sock)
-            if ftype != wire.HELLO:
+            hello = self._authenticate()
+            if hello is None:
                 return
-            hello = json.loads(payload)
             members = {int(k): (v[0], int(v[1])) for k, v in hello["members"].items()}
             try:
                 # the backup journal holds what the main journal holds, with room for the
@@ -351,6 +374,8 @@ class _Conn(socketserver.BaseRequestHandler):
                 return
             self.server.service.ensure_threads()
             g = self.grp
+            with self.server.service._lock:
+                self.server.conns.add(self)
             self.mode = hello.get("mode", "async")
             threading.Thread(target=self._ack_loop, daemon=True, name=f"acks-{g.name}").start()
             g.listeners.append(self.ack_soon)
@@ -394,10 +419,43 @@ class _Conn(socketserver.BaseRequestHandler):
         except (OSError, DrKitError, ValueError):
             pass
         finally:
+            with self.server.service._lock:
+                self.server.conns.discard(self)
             self._closing = True
             self._ack_due.set()
             if self.grp is not None and self.ack_soon in self.grp.listeners:
                 self.grp.listeners.remove(self.ack_soon)
+
+    def _authenticate(self) -> dict[str, Any] | None:
+        """The pair handshake (see :mod:`wire`): the group's session, or None when refused."""
+        sock = self.request
+        ftype, payload = wire.recv(sock)
+        hello = json.loads(payload) if ftype == wire.HELLO else None
+        if not isinstance(hello, dict) or not isinstance(hello.get("group"), str) \
+                or not isinstance(hello.get("nonce"), str):
+            log.warning("replication: refused a connection from %s that did not start with a "
+                        "pair handshake", self.client_address)
+            return None
+        group, nm = hello["group"][:64], hello["nonce"][:64]
+        secret = self.server.array.pair_secret(group)
+        if secret is None:
+            log.warning("replication: refused group %r from %s: no pair secret is registered "
+                        "for it here", group, self.client_address)
+            self._send(wire.ERROR, {"message": f"array {self.server.array.name} holds no pair "
+                                    f"secret for group {group!r}; register it there first "
+                                    "(POST /v1/pairs)"})
+            return None
+        nb = wire.nonce()
+        self._send(wire.CHALLENGE, {"nonce": nb, "proof": wire.proof(secret, "backup", group, nm, nb)})
+        ftype, payload = wire.recv(sock)
+        auth = json.loads(payload) if ftype == wire.AUTH else None
+        if not isinstance(auth, dict) or not wire.proof_ok(secret, "main", group, nm, nb, auth.get("proof")):
+            log.warning("replication: refused group %r from %s: the peer did not prove the pair "
+                        "secret", group, self.client_address)
+            self._send(wire.ERROR, {"message": f"authentication of group {group!r} failed"})
+            return None
+        auth["group"] = group
+        return auth
 
     def _start_copy(self, g: SecondaryGroup, msg: dict[str, Any]) -> None:
         array = self.server.array
@@ -434,6 +492,7 @@ class ReplicationServer(socketserver.ThreadingTCPServer):
                  port: int = 0) -> None:
         self.array = array
         self.service = service
+        self.conns: set[_Conn] = set()  # authenticated sessions, by group
         super().__init__((host, port), _Conn)
 
 
@@ -475,6 +534,12 @@ class ReplicationService:
                     self.appliers[name].start()
             for name in [n for n in self.appliers if n not in self.array.secondary]:
                 self.appliers.pop(name).stop()
+            for conn in list(self.server.conns):  # sessions of deleted or promoted groups end
+                if conn.grp is not None and self.array.secondary.get(conn.grp.name) is not conn.grp:
+                    try:
+                        conn.request.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def stop(self) -> None:
         self.server.shutdown()

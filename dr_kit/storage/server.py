@@ -4,8 +4,14 @@
 
 - data path: a Unix stream socket (``data.sock``) speaking a small block protocol
   (open, read, write, sync, close), the way a host reaches an external array's LUNs;
-- management API: HTTP/JSON on 127.0.0.1 (volumes, groups, snapshots, clones, lag);
-- replication: TCP on 127.0.0.1, where main arrays send their journals.
+- management API: HTTP/JSON on 127.0.0.1 (volumes, groups, snapshots, clones, lag); every
+  request needs the site's token (``Authorization: Bearer``), given to the process in
+  ``$DR_KIT_ARRAY_TOKEN`` (never on the command line, where ``ps`` would show it);
+- replication: TCP on 127.0.0.1, where main arrays send their journals; each group's
+  session is authenticated both ways with the pair's secret (see ``replication``).
+
+The data path socket is made 0600 and the array folder 0700: only the array's owner can
+reach the volumes.
 
 When everything listens, the process writes a JSON ready file with its pid and endpoints.
 SIGTERM closes everything cleanly; SIGKILL is survived by the on-disk format.
@@ -15,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -24,15 +29,14 @@ import struct
 import sys
 import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.fsutil import write_json
 from dr_kit.storage.array import Array
 from dr_kit.storage.groups import PrimaryGroup, SecondaryGroup
+from dr_kit.storage.httpapi import ApiHandler, ApiServer, token_from_env
 from dr_kit.storage.record import EXTENT  # WRITEV payload = a record's write vector
 from dr_kit.storage.replication import ReplicationService
 from dr_kit.storage.wire import recv_exact
@@ -41,6 +45,7 @@ REQ = struct.Struct("<BIQI")  # op, handle, offset, length
 RESP = struct.Struct("<BI")  # status, length
 OPEN, READ, WRITE, SYNC, CLOSE, SIZE, WRITEV = range(1, 8)
 OK, FAIL = 0, 1
+TOKEN_ENV = "DR_KIT_ARRAY_TOKEN"
 
 
 def socket_path_for(root: Path) -> Path:
@@ -116,74 +121,43 @@ class DataPathServer(socketserver.ThreadingUnixStreamServer):
         self.array = array
         if path.exists():
             path.unlink()
-        super().__init__(str(path), _DataConn)
+        old = os.umask(0o177)  # the socket is created 0600: only the owner can connect
+        try:
+            super().__init__(str(path), _DataConn)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
 
 
-_STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409}
+_STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409, Unavailable: 503}
 
 
-class _Mgmt(BaseHTTPRequestHandler):
+def _status_of(e: DrKitError) -> int:
+    return next((c for t, c in _STATUS.items() if isinstance(e, t)), 400)
+
+
+class _Mgmt(ApiHandler):
     server: ManagementServer
-    protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
-
-    def _reply(self, code: int, body: Any) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def _body(self) -> dict[str, Any]:
-        n = int(self.headers.get("Content-Length") or 0)
-        if not n:
-            return {}
-        try:
-            body = json.loads(self.rfile.read(n))
-        except ValueError:
-            raise InvalidInput("request body is not valid JSON") from None
-        if not isinstance(body, dict):
+    def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] != ["v1"]:
+            raise NotFound(f"no such management endpoint {path}")
+        if body is not None and not isinstance(body, dict):
             raise InvalidInput("request body must be a JSON object")
-        return body
-
-    def _dispatch(self, method: str) -> None:
-        url = urlparse(self.path)
-        parts = [p for p in url.path.split("/") if p]
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            if parts[:1] != ["v1"]:
-                raise NotFound(f"no such management endpoint {url.path}")
-            body = self._body() if method in ("POST", "PUT") else {}
-            with self.server.ops_lock:
-                result = self.server.handle(method, parts[1:], body, query)
-            self._reply(200, result)
-        except DrKitError as e:
-            code = next((c for t, c in _STATUS.items() if isinstance(e, t)), 500)
-            self._reply(code, {"error": type(e).__name__, "message": str(e)})
-        except (KeyError, TypeError, ValueError) as e:
-            self._reply(400, {"error": "InvalidInput", "message": f"bad request: {e}"})
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
+        with self.server.ops_lock:
+            return 200, self.server.handle(method, parts[1:], body or {}, query)
 
 
-class ManagementServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ManagementServer(ApiServer):
+    """The array's management API (HTTP/JSON on 127.0.0.1, bearer token)."""
 
-    def __init__(self, array: Array, service: ReplicationService, port: int = 0) -> None:
+    def __init__(self, array: Array, service: ReplicationService, port: int = 0, *,
+                 token: str) -> None:
         self.array = array
         self.service = service
         self.ops_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Mgmt)
+        super().__init__(port, _Mgmt, token, status_of=_status_of)
 
     def handle(self, method: str, parts: list[str], body: dict[str, Any],
                query: dict[str, str]) -> Any:
@@ -194,29 +168,36 @@ class ManagementServer(ThreadingHTTPServer):
             case "GET", ["volumes"]:
                 return a.status()["volumes"]
             case "POST", ["volumes"]:
-                v = a.create_volume(body["name"], int(body["size"]))
+                v = a.create_volume(_str(body, "name"), _int(body, "size"))
                 return {"name": v.name, "id": v.id, "size": v.size}
             case "DELETE", ["volumes", name]:
                 a.delete_volume(name)
                 return {"deleted": name}
             case "POST", ["groups"]:
                 g = a.create_primary_group(
-                    body["name"], list(body["volumes"]), body["remote"],
-                    remote_names=body.get("remote_names"), mode=body.get("mode", "async"),
-                    journal_capacity=int(body.get("journal_capacity", 64 << 20)),
-                    transfer_interval_ms=float(body.get("transfer_interval_ms", 0.0)),
-                    sync_timeout_s=float(body.get("sync_timeout_s", 5.0)))
-                if "auto_resync" in body:
-                    g.conf["auto_resync"] = bool(body["auto_resync"])
+                    _str(body, "name"), _strlist(body, "volumes"), _str(body, "remote"),
+                    secret=_str(body, "secret"),
+                    remote_names=_strmap(body, "remote_names"), mode=_str(body, "mode", "async"),
+                    journal_capacity=_int(body, "journal_capacity", 64 << 20),
+                    transfer_interval_ms=_num(body, "transfer_interval_ms", 0.0, hi=3_600_000),
+                    sync_timeout_s=_num(body, "sync_timeout_s", 5.0, lo=0.001, hi=3600),
+                    auto_resync=_bool(body, "auto_resync", True))
                 self.service.ensure_threads()
                 return {"name": g.name, "state": g.state}
+            case "POST", ["pairs"]:
+                name = _str(body, "group")
+                a.authorize_pair(name, _str(body, "secret"))
+                return {"group": name, "authorized": True}
+            case "DELETE", ["pairs", name]:
+                a.forget_pair(name)
+                return {"deleted": name}
             case "GET", ["groups", name, "lag"]:
                 main = a.group(name)
                 if not isinstance(main, PrimaryGroup):
                     raise InvalidInput(f"lag is measured at the main site; {name!r} is a backup-side group here")
                 return main.lag().to_dict()
             case "POST", ["groups", name, "members"]:
-                g = a.add_member(name, body["volume"], body.get("remote_name"))
+                g = a.add_member(name, _str(body, "volume"), _str(body, "remote_name", None))
                 return {"name": name, "members": sorted(v.name for v in g.members.values()), "state": g.state}
             case "DELETE", ["groups", name, "members", volume]:
                 g = a.remove_member(name, volume)
@@ -231,21 +212,23 @@ class ManagementServer(ThreadingHTTPServer):
                 self.service.ensure_threads()
                 return {"deleted": name}
             case "POST", ["snapshots"]:
-                return a.create_snapshot(body["name"], group=body.get("group"), volumes=body.get("volumes"))
+                group = _str(body, "group", None)
+                vols = _strlist(body, "volumes") if body.get("volumes") is not None else None
+                return a.create_snapshot(_str(body, "name"), group=group, volumes=vols)
             case "GET", ["snapshots", name]:
                 return a.snapshot_info(name)
             case "DELETE", ["snapshots", name]:
                 a.delete_snapshot(name)
                 return {"deleted": name}
             case "POST", ["clones"]:
-                v = a.create_clone(body["name"], body["snapshot"], body["volume"])
+                v = a.create_clone(_str(body, "name"), _str(body, "snapshot"), _str(body, "volume"))
                 return {"name": v.name, "id": v.id, "size": v.size}
         raise NotFound(f"no such management endpoint {method} /v1/{'/'.join(parts)}")
 
     def _action(self, name: str, body: dict[str, Any]) -> Any:
         a = self.array
         g = a.group(name)
-        act = body.get("action")
+        act = _str(body, "action")
         if isinstance(g, PrimaryGroup):
             match act:
                 case "suspend":
@@ -261,10 +244,12 @@ class ManagementServer(ThreadingHTTPServer):
                 case "corrupt-next":
                     g.faults["corrupt_next"] = g.faults.get("corrupt_next", 0) + 1
                 case "configure":
-                    if "transfer_interval_ms" in body:
-                        g.conf["transfer_interval_ms"] = float(body["transfer_interval_ms"])
-                    if "auto_resync" in body:
-                        g.conf["auto_resync"] = bool(body["auto_resync"])
+                    interval = _num(body, "transfer_interval_ms", None, hi=3_600_000)
+                    resync = _bool(body, "auto_resync", None)
+                    if interval is not None:
+                        g.conf["transfer_interval_ms"] = interval
+                    if resync is not None:
+                        g.conf["auto_resync"] = resync
                 case _:
                     raise InvalidInput(f"unknown main-side group action {act!r}; use suspend, resync, "
                                        "pause-transfer, resume-transfer, configure")
@@ -284,17 +269,73 @@ class ManagementServer(ThreadingHTTPServer):
         return {"name": name, "state": g.state, "paused": g.paused, "applied": g.applied_seq}
 
 
+_MISSING: Any = object()
+
+
+def _field(body: dict[str, Any], key: str, default: Any) -> Any:
+    if key in body and body[key] is not None:
+        return body[key]
+    if default is _MISSING:
+        raise InvalidInput(f"request body needs {key!r}")
+    return default
+
+
+def _str(body: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    v = _field(body, key, default)
+    if v is not default and not isinstance(v, str):
+        raise InvalidInput(f"{key!r} must be a string, got {type(v).__name__}")
+    return v
+
+
+def _int(body: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    v = _field(body, key, default)
+    if v is not default and (isinstance(v, bool) or not isinstance(v, int)):
+        raise InvalidInput(f"{key!r} must be an integer, got {str(v)[:40]}")
+    return v
+
+
+def _num(body: dict[str, Any], key: str, default: Any = _MISSING, *, lo: float = 0.0,
+         hi: float = 1e9) -> Any:
+    v = _field(body, key, default)
+    if v is default:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+        raise InvalidInput(f"{key!r} must be a number between {lo:g} and {hi:g}, got {str(v)[:40]}")
+    return float(v)
+
+
+def _bool(body: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    v = _field(body, key, default)
+    if v is not default and not isinstance(v, bool):
+        raise InvalidInput(f"{key!r} must be true or false, got {str(v)[:40]}")
+    return v
+
+
+def _strlist(body: dict[str, Any], key: str) -> list[str]:
+    v = _field(body, key, _MISSING)
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InvalidInput(f"{key!r} must be a list of names")
+    return v
+
+
+def _strmap(body: dict[str, Any], key: str) -> dict[str, str] | None:
+    v = _field(body, key, None)
+    if v is not None and (not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values())):
+        raise InvalidInput(f"{key!r} must map volume names to backup volume names")
+    return v
+
+
 class ArrayProcess:
     """Everything one array process runs; usable in-process for tests too."""
 
-    def __init__(self, root: str | Path, name: str = "array", *, mgmt_port: int = 0,
+    def __init__(self, root: str | Path, name: str = "array", *, token: str, mgmt_port: int = 0,
                  repl_port: int = 0, fsync: bool = False) -> None:
         self.root = Path(root)
         self.array = Array(self.root, name, fsync=fsync)
         self.service = ReplicationService(self.array, port=repl_port)
         self.sock_path = socket_path_for(self.root)
         self.data = DataPathServer(self.sock_path, self.array)
-        self.mgmt = ManagementServer(self.array, self.service, mgmt_port)
+        self.mgmt = ManagementServer(self.array, self.service, mgmt_port, token=token)
         self.threads = [threading.Thread(target=s.serve_forever, daemon=True)
                         for s in (self.data, self.mgmt)]
 
@@ -331,8 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fsync", action="store_true", help="fdatasync journal writes (power-loss safety)")
     ap.add_argument("--ready-file", help="write endpoints as JSON here once listening")
     args = ap.parse_args(argv)
+    token = token_from_env(TOKEN_ENV)
+    if token is None:
+        print(f"error: set {TOKEN_ENV} to the site's token (at least 16 characters); the "
+              "management API refuses requests without it", file=sys.stderr)
+        return 2
     try:
-        proc = ArrayProcess(args.dir, args.name, mgmt_port=args.mgmt_port,
+        proc = ArrayProcess(args.dir, args.name, token=token, mgmt_port=args.mgmt_port,
                             repl_port=args.repl_port, fsync=args.fsync)
     except DrKitError as e:
         print(f"error: {e}", file=sys.stderr)
