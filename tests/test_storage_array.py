@@ -257,3 +257,94 @@ def test_write_vector_with_a_bad_range_writes_nothing(arr):
     arr.writev("vol-a", [(0, b"first"), (CHUNK, b"second"), (2, b"over")])
     assert arr.read("vol-a", 0, 6) == b"fiover" and arr.read("vol-a", CHUNK, 6) == b"second"
     assert grp.journal.last_seq > seq
+
+
+# -- review findings ------------------------------------------------------------------------
+
+
+def test_snapshot_of_a_volume_list_sees_each_write_wholly_before_or_after(tmp_path):
+    """A host writes round k to v0, then v1, ... then v7 (each after the previous one was
+    acknowledged).  A snapshot of the list must never show a later volume ahead of an
+    earlier one: that would be a write whose predecessor is missing."""
+    import struct
+    import threading
+
+    class SlowList(list):
+        def append(self, item) -> None:  # attaching a snapshot takes a while: a wide window
+            time.sleep(0.002)
+            super().append(item)
+
+    a = Array(tmp_path / "arr", "main")
+    names = [f"v{i}" for i in range(8)]
+    for n in names:
+        a.create_volume(n, MiB).cows = SlowList()
+    stop = threading.Event()
+
+    def writer() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            for n in names:
+                a.write(n, 0, struct.pack("<Q", k) * 8)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        bad = []
+        for i in range(20):
+            a.create_snapshot(f"s{i}", volumes=names)
+            for n in names:
+                a.create_clone(f"s{i}-{n}", f"s{i}", n)
+            ks = [struct.unpack("<Q", a.read(f"s{i}-{n}", 0, 8))[0] for n in names]
+            if any(later > earlier for earlier, later in zip(ks, ks[1:], strict=False)) or ks[0] - ks[-1] > 1:
+                bad.append(ks)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not bad, f"snapshots that are no instant of the host's writes: {bad[:3]}"
+
+
+def _secondary(tmp_path: Path) -> Array:
+    a = Array(tmp_path / "backup", "backup")
+    a.ensure_secondary_group("g", {1: ("vol-a", MiB)}, 4 * MiB, 1)
+    a.secondary["g"].conf["consistent"] = True
+    return a
+
+
+def test_guard_snapshot_is_saved_with_its_flag(tmp_path):
+    a = _secondary(tmp_path)
+    saved: list[dict] = []
+    real_save = a._save
+
+    def recording_save() -> None:
+        real_save()
+        import json
+        saved.append(json.loads((a.root / "array.json").read_text()))
+
+    a._save = recording_save  # type: ignore[method-assign]
+    name, note = a.take_guard("g")
+    assert name == "resync-guard-g" and note == ""
+    first = next(c for c in saved if name in c["snapshots"])  # the first state on disk with it
+    assert first["snapshots"][name].get("guard") is True, "a guard was on disk without its flag"
+    assert first["snapshots"][name]["consistent"] is True
+
+
+def test_guard_that_cannot_be_replaced_is_kept_and_said(tmp_path, caplog):
+    a = _secondary(tmp_path)
+    first, _ = a.take_guard("g")
+    a.create_clone("restored", first, "vol-a")  # someone restored the old guard: it must stay
+    a.secondary["g"].applied.store(7, 1, time.time())  # the backup moved on since
+    with caplog.at_level("WARNING", logger="dr_kit.storage.array"):
+        second, note = a.take_guard("g")
+    assert second != first and second in a.conf["snapshots"] and first in a.conf["snapshots"]
+    assert a.snapshot_info(second)["sequence"] == 7 and a.snapshot_info(second)["guard"] is True
+    assert first in note and "clones" in note
+    assert any(first in r.getMessage() for r in caplog.records)
+    made = a.snapshot_info(second)["created"]
+    third, note3 = a.take_guard("g")  # the unreplaceable one is still said, the newer replaced
+    guards = sorted(s for s in a.conf["snapshots"] if s.startswith("resync-guard-g"))
+    assert guards == sorted({first, third}) and a.snapshot_info(third)["created"] > made
+    assert first in note3
+    a.delete_volume("restored")
+    a.delete_secondary_group("g")  # the group's guards go with it
+    assert not [s for s in a.conf["snapshots"] if s.startswith("resync-guard-g")]

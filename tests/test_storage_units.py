@@ -520,3 +520,105 @@ def test_chunks_of():
     assert list(chunks_of(CHUNK - 1, 2)) == [0, 1]
     assert list(chunks_of(3 * CHUNK, 1)) == [3]
     assert list(chunks_of(10, 0)) == []
+
+
+# -- review findings ------------------------------------------------------------------------
+
+
+def test_is_hole_only_for_holes(tmp_path):
+    from dr_kit.storage.blocks import is_hole
+
+    v = FileVolume(tmp_path / "v.vol", 4 * CHUNK, create=True)
+    v.write(CHUNK, b"x" * 100)
+    assert is_hole(v.fd, 0, CHUNK) is True
+    assert is_hole(v.fd, CHUNK, CHUNK) is False
+    assert is_hole(v.fd, 3 * CHUNK, CHUNK) is True  # ENXIO: no data after the offset
+    fd = v.fd
+    v.close()
+    with pytest.raises(OSError):  # a bad descriptor is not a hole: its content is unknown
+        is_hole(fd, 0, CHUNK)
+
+
+class _FlakyDevice:
+    """A device whose next writes fail (the array went away), then work again."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray(size)
+        self.fail = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.buf[offset:offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.writev([(offset, data)])
+
+    def writev(self, extents: list[tuple[int, bytes]]) -> None:
+        from dr_kit.errors import Unavailable
+
+        if self.fail:
+            self.fail -= 1
+            raise Unavailable("array data path failed")
+        for off, d in extents:
+            self.buf[off:off + len(d)] = d
+
+
+def test_volfs_keeps_gathered_writes_when_sending_them_fails():
+    from dr_kit.errors import Unavailable
+    from dr_kit.sqlite.volfs import VolumeFS
+
+    dev = _FlakyDevice(4 << 20)
+    fs = VolumeFS(dev, "v")
+    slot = fs.slot("db", create=True)
+    fs.write(slot, 0, b"A" * 5000)
+    fs.write(slot, 5000, b"B" * 100)
+    dev.fail = 1
+    with pytest.raises(Unavailable):
+        fs.flush()
+    fs.flush()  # the retry sends what the failed flush did not deliver
+    again = VolumeFS(dev, "v")  # what the device holds now
+    assert again.size(slot) == 5100
+    assert again.read(slot, 0, 5100) == b"A" * 5000 + b"B" * 100
+
+
+def test_volfs_write_by_write_failure_resends_only_the_rest():
+    from dr_kit.errors import Unavailable
+    from dr_kit.sqlite.volfs import VolumeFS
+
+    dev = _FlakyDevice(4 << 20)
+    dev.writev = None  # type: ignore[assignment]  # a device without write vectors
+    calls = []
+
+    def write(offset: int, data: bytes) -> None:
+        calls.append(offset)
+        if len(calls) == 2:
+            raise Unavailable("gone")
+        dev.buf[offset:offset + len(data)] = data
+
+    dev.write = write  # type: ignore[method-assign]
+    fs = VolumeFS(dev, "v")
+    slot = fs.slot("db", create=True)
+    fs.write(slot, 0, b"A" * 10)
+    fs.write(slot, 100_000, b"C" * 10)  # a second extent
+    with pytest.raises(Unavailable):
+        fs.flush()
+    sent_before = len(calls)
+    fs.flush()
+    assert calls[sent_before:][0] == calls[1], "the retry starts with the extent that failed"
+    again = VolumeFS(dev, "v")
+    assert again.read(slot, 0, 10) == b"A" * 10 and again.read(slot, 100_000, 10) == b"C" * 10
+
+
+def test_listener_failures_are_logged(tmp_path, caplog):
+    from dr_kit.storage.array import Array
+
+    a = Array(tmp_path / "b", "backup")
+    g = a.ensure_secondary_group("g", {1: ("vol-a", 1 << 20)}, 4 << 20, 1)
+
+    def broken() -> None:
+        raise OSError("connection reset")
+
+    g.listeners.append(broken)
+    with caplog.at_level("WARNING", logger="dr_kit.storage.groups"):
+        g._notify()
+    assert any("connection reset" in r.getMessage() for r in caplog.records)

@@ -349,3 +349,54 @@ def test_database_too_big_for_its_region_fails_cleanly(tmp_path):
     assert next(con.execute("SELECT COUNT(*) FROM t"))[0] == 0  # the failed transaction rolled back
     con.close()
     vfs.forget("small")
+
+
+class _Failing:
+    """A volume whose reads or writes fail like an array that went away."""
+
+    def __init__(self, dev) -> None:
+        self.dev, self.size = dev, dev.size
+        self.fail_reads = self.fail_writes = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        from dr_kit.errors import Unavailable
+
+        if self.fail_reads:
+            raise Unavailable("array data path failed for volume v")
+        return self.dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        from dr_kit.errors import Unavailable
+
+        if self.fail_writes:
+            raise Unavailable("array data path failed for volume v")
+        self.dev.write(offset, data)
+
+
+def test_array_errors_reach_sqlite_as_io_errors_and_nothing_is_lost(tmp_path):
+    dev = _Failing(FileVolume(tmp_path / "v.vol", 4 * MiB, create=True))
+    vfs = _vfs(lambda name: dev)
+    con = sqlite_vfs.connect(vfs, "v", "app.db")
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+    con.execute("INSERT INTO t VALUES (1, 'one')")
+    con.close()
+    vfs.forget("v")
+    con = sqlite_vfs.connect(vfs, "v", "app.db")
+    dev.fail_reads = True  # the first read of a new connection goes to the device
+    with pytest.raises(apsw.IOError, match="data path failed"):
+        _rows(con)
+    dev.fail_reads = False
+    assert _rows(con) == [(1, "one")]
+    dev.fail_writes = True  # the commit's sync cannot reach the array
+    with pytest.raises(apsw.IOError, match="data path failed"):
+        con.execute("INSERT INTO t VALUES (2, 'two')")
+    dev.fail_writes = False
+    con.execute("INSERT INTO t VALUES (3, 'three')")
+    assert _integrity(con) == "ok"
+    con.close()
+    vfs.forget("v")
+    con = sqlite_vfs.connect(vfs, "v", "app.db")  # what is on the volume
+    rows = _rows(con)
+    assert (1, "one") in rows and (3, "three") in rows and _integrity(con) == "ok"
+    con.close()
+    vfs.forget("v")

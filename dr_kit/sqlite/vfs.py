@@ -12,9 +12,10 @@ with a local file system is.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
@@ -35,38 +36,60 @@ class _LockState:
         self.exclusive = False
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _io(fn: F) -> F:
+    """An array error in a file method is an I/O error to SQLite (SQLITE_IOERR), which
+    then rolls back or reports it; the message says what the array said."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DrKitError as e:
+            raise apsw.IOError(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class _File:
     def __init__(self, vfs: ArrayVFS, fs: VolumeFS, slot: int, key: tuple[str, int]) -> None:
         self.vfs, self.fs, self.slot, self.key = vfs, fs, slot, key
         self.level = NONE
 
+    @_io
     def xRead(self, amount: int, offset: int) -> bytes:  # noqa: N802
         return self.fs.read(self.slot, offset, amount)
 
+    @_io
     def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
-        try:
-            self.fs.write(self.slot, offset, bytes(data))
-        except DrKitError as e:
-            raise apsw.IOError(str(e)) from None
+        self.fs.write(self.slot, offset, bytes(data))
 
+    @_io
     def xTruncate(self, newsize: int) -> None:  # noqa: N802
         self.fs.truncate(self.slot, newsize)
 
+    @_io
     def xSync(self, flags: int) -> None:  # noqa: N802
         self.fs.flush()
         sync = getattr(self.fs.dev, "sync", None)
         if sync:
             sync()
 
+    @_io
     def xFileSize(self) -> int:  # noqa: N802
         return self.fs.size(self.slot)
 
     def xLock(self, level: int) -> None:  # noqa: N802
         self.vfs._lock(self, level)
 
+    @_io
     def xUnlock(self, level: int) -> None:  # noqa: N802
-        self.fs.flush()  # a finished transaction is on the array before anyone sees it
-        self.vfs._unlock(self, level)
+        try:
+            self.fs.flush()  # a finished transaction is on the array before anyone sees it
+        finally:
+            self.vfs._unlock(self, level)
 
     def xCheckReservedLock(self) -> bool:  # noqa: N802
         st = self.vfs._locks.get(self.key)
@@ -81,9 +104,12 @@ class _File:
     def xDeviceCharacteristics(self) -> int:  # noqa: N802
         return _IOCAP
 
+    @_io
     def xClose(self) -> None:  # noqa: N802
-        self.fs.flush()
-        self.vfs._unlock(self, NONE)
+        try:
+            self.fs.flush()
+        finally:
+            self.vfs._unlock(self, NONE)  # the lock goes with the file, also when the flush failed
 
 
 class ArrayVFS(apsw.VFS):
@@ -151,6 +177,7 @@ class ArrayVFS(apsw.VFS):
             return False
         return fs.exists(slot)
 
+    @_io
     def xDelete(self, filename: str, syncdir: bool) -> None:  # noqa: N802
         vol, file = self._split(filename)
         fs = self.fs(vol)

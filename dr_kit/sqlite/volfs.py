@@ -127,15 +127,27 @@ class VolumeFS:
             extents = [(self.entries[slot].start + off, bytes(buf)) if off >= 0 else (-off - 1, bytes(buf))
                        for slot, off, buf in self._pending]
             extents += [(ENTRY_BASE + i * ENTRY.size, self._pack(self.entries[i])) for i in sorted(self._size_dirty)]
+            writev = getattr(self.dev, "writev", None)
+            if writev is not None and len(extents) > 1:
+                writev(extents)  # all or nothing: a write vector is validated before it is applied
+            else:
+                for k, (off, data) in enumerate(extents):
+                    try:
+                        self.dev.write(off, data)
+                    except BaseException:
+                        self._drop_sent(k)
+                        raise
+            # only what the array acknowledged is forgotten: after a failure the same writes
+            # are sent again at the next flush (SQLite retries or rolls back; nothing is lost)
             self._pending.clear()
             self._pending_bytes = 0
             self._size_dirty.clear()
-            writev = getattr(self.dev, "writev", None)
-            if writev is not None and len(extents) > 1:
-                writev(extents)
-            else:
-                for off, data in extents:
-                    self.dev.write(off, data)
+
+    def _drop_sent(self, k: int) -> None:
+        """The first ``k`` gathered extents reached the device one by one; keep the rest."""
+        n = min(k, len(self._pending))
+        del self._pending[:n]
+        self._pending_bytes = sum(len(p[2]) for p in self._pending)
 
     def exists(self, i: int) -> bool:
         assert self.entries is not None

@@ -16,7 +16,9 @@ the backup the applier resumes after the last applied sequence it recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dr_kit.errors import Conflict, InvalidInput, JournalError, NotFound
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound
 from dr_kit.storage.blocks import CHUNK, ChunkMap, CloneVolume, CowStore, FileVolume, SnapshotView
 from dr_kit.storage.groups import (
     COPY,
@@ -38,6 +40,8 @@ from dr_kit.storage.groups import (
 from dr_kit.storage.journal import Journal
 from dr_kit.storage.position import JournalPosition
 
+log = logging.getLogger("dr_kit.storage.array")
+GUARD_PREFIX = "resync-guard-"
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{32,256}$")
 DEFAULT_JOURNAL = 64 << 20
@@ -71,15 +75,19 @@ class Vol:
     cows: list[CowStore] = field(default_factory=list)
     primary: PrimaryGroup | None = None
     secondary: SecondaryGroup | None = None
+    # held while a write preserves snapshot chunks and lands, and while snapshots attach:
+    # a snapshot of several volumes sees every write either wholly before it or after it
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def size(self) -> int:
         return self.dev.size
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        for s in self.cows:
-            s.preserve(offset, len(data))
-        self.dev.write(offset, data)
+        with self.lock:
+            for s in self.cows:
+                s.preserve(offset, len(data))
+            self.dev.write(offset, data)
 
     def read(self, offset: int, length: int) -> bytes:
         return self.dev.read(offset, length)
@@ -469,10 +477,11 @@ class Array:
             grp = self.group(name)
             if not isinstance(grp, SecondaryGroup):
                 raise InvalidInput(f"group {name!r} is a main-side group")
-            guard = "resync-guard-" + name  # the group's own safety copy goes with it
-            if guard in self.conf["snapshots"] and not any(
-                    v.get("snapshot") == guard for v in self.conf["volumes"].values()):
-                self.delete_snapshot(guard)
+            for guard in {GUARD_PREFIX + name, grp.conf.get("guard") or GUARD_PREFIX + name}:
+                # the group's own safety copy goes with it, unless a clone still uses it
+                if guard in self.conf["snapshots"] and not any(
+                        v.get("snapshot") == guard for v in self.conf["volumes"].values()):
+                    self.delete_snapshot(guard)
             for v in grp.members.values():
                 v.secondary = None
                 self.conf["volumes"][v.name]["role"] = "data"
@@ -501,8 +510,33 @@ class Array:
             return pos
 
     # -- snapshots and clones -------------------------------------------------------
+    def take_guard(self, group: str) -> tuple[str, str]:
+        """Before a resync of backup group ``group`` (consistent now): keep its image in a
+        guard snapshot.  Returns the guard's name and a note for the group's message when
+        an older guard could not be replaced (it is kept, and said so)."""
+        with self.lock:
+            g = self.secondary[group]
+            base = GUARD_PREFIX + group
+            notes = []
+            for old in dict.fromkeys([base, g.conf.get("guard") or base]):
+                if old in self.conf["snapshots"]:
+                    try:
+                        self.delete_snapshot(old)
+                    except DrKitError as e:
+                        log.warning("group %s: older guard snapshot %s kept: %s", group, old, e)
+                        notes.append(f"older guard snapshot {old} kept ({e})")
+            name, n = base, 1
+            while name in self.conf["snapshots"]:
+                n += 1
+                name = f"{base}-{n}"
+            self.create_snapshot(name, group=group, extra={"guard": True})  # saved with its flag
+            g.conf["guard"] = name
+            self._save()
+            return name, "; ".join(notes)
+
     def create_snapshot(self, name: str, *, group: str | None = None,
-                        volumes: list[str] | None = None) -> dict[str, Any]:
+                        volumes: list[str] | None = None,
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Freeze volumes at one point; for a backup group, all at one sequence number."""
         check_name("snapshot", name)
         with self.lock:
@@ -526,17 +560,23 @@ class Array:
                 vols = [self.volume(v) for v in volumes]
             else:
                 raise InvalidInput("name a consistency group or at least one volume to snapshot")
+            vols = list({v.name: v for v in vols}.values())
             for v in vols:
                 if v.role == "clone":
                     raise InvalidInput(f"volume {v.name!r} is a clone; snapshots of clones are not supported")
-            lock = grp.lock if grp else threading.RLock()
-            with lock:  # the applier is held: every member at the same sequence
+            with contextlib.ExitStack() as held:
+                if grp is not None:
+                    held.enter_context(grp.lock)  # the applier is held: one sequence for all
                 folder = self.root / "snapshots" / name
                 folder.mkdir()
                 stores = {v.name: CowStore(folder / v.name, v.dev, create=True) for v in vols}
-                for v in vols:
-                    v.cows.append(stores[v.name])
-                info: dict[str, Any] = {"group": group, "volumes": sorted(stores), "created": time.time()}
+                with contextlib.ExitStack() as writes:  # no write to any of them meanwhile
+                    for v in sorted(vols, key=lambda v: v.id):
+                        writes.enter_context(v.lock)
+                    for v in vols:
+                        v.cows.append(stores[v.name])
+                info: dict[str, Any] = {"group": group, "volumes": sorted(stores), "created": time.time(),
+                                        **(extra or {})}
                 if grp is not None:
                     info.update(sequence=grp.applied_seq, generation=grp.journal.generation,
                                 time=grp.applied.time or None, consistent=bool(grp.conf.get("consistent")),

@@ -16,6 +16,7 @@ Memory stays bounded: data is moved chunk by chunk, never whole volumes.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -126,6 +127,20 @@ class ChunkMap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def is_hole(fd: int, offset: int, length: int) -> bool:
+    """True when ``offset .. offset+length`` of the file holds no data (a sparse hole).
+
+    Only ``ENXIO`` (no data at or after ``offset``) means a hole; any other error (a bad
+    descriptor, an I/O error) is raised: the caller must not take unknown content for zeros.
+    """
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return True
+        raise
 
 
 def chunks_of(offset: int, length: int, chunk: int = CHUNK) -> range:

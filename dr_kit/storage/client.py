@@ -21,7 +21,19 @@ from typing import Any
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
 from dr_kit.storage.position import LagReport
 from dr_kit.storage.record import EXTENT
-from dr_kit.storage.server import CLOSE, FAIL, OPEN, READ, REQ, RESP, SYNC, TOKEN_ENV, WRITE, WRITEV
+from dr_kit.storage.server import (
+    CLOSE,
+    ERROR_CODES,
+    OK,
+    OPEN,
+    READ,
+    REQ,
+    RESP,
+    SYNC,
+    TOKEN_ENV,
+    WRITE,
+    WRITEV,
+)
 from dr_kit.storage.wire import recv_exact
 
 _ERRORS: dict[str, type[DrKitError]] = {"InvalidInput": InvalidInput, "NotFound": NotFound,
@@ -57,13 +69,8 @@ class RemoteVolume:
                 out = recv_exact(self._sock, rlen, _DATA_PATH) if rlen else b""
             except OSError as e:
                 raise Unavailable(f"array data path failed for volume {self.name}: {e}") from None
-        if status == FAIL:
-            msg = out.decode()
-            if "read-only" in msg or "secondary" in msg:
-                raise Conflict(msg)
-            if "does not exist" in msg:
-                raise NotFound(msg)
-            raise InvalidInput(msg)
+        if status != OK:  # the status names the error's class
+            raise ERROR_CODES.get(status, InvalidInput)(out.decode(errors="replace"))
         return out
 
     def read(self, offset: int, length: int) -> bytes:

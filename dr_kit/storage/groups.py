@@ -20,6 +20,7 @@ Pair states (one per group, shared by its pairs)::
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -37,6 +38,7 @@ from dr_kit.storage.position import JournalPosition, LagReport
 if TYPE_CHECKING:
     from dr_kit.storage.array import Vol
 
+log = logging.getLogger("dr_kit.storage.groups")
 COPY, PAIR, SUSPENDED, RESYNC, ERROR = "copy", "pair", "suspended", "resync", "error"
 JOURNALING = (COPY, PAIR, RESYNC)
 _POS = struct.Struct("<QQd")  # sequence, generation, time
@@ -380,8 +382,9 @@ class SecondaryGroup:
         for fn in list(self.listeners):
             try:
                 fn()
-            except Exception:  # a listener of a dead connection
-                pass
+            except Exception as e:  # noqa: BLE001 - e.g. a listener of a dead connection
+                log.warning("group %s: a progress listener failed: %s: %s", self.name,
+                            type(e).__name__, e)
 
     def wait_for_records(self, timeout: float) -> None:
         with self.cond:

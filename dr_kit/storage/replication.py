@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import socket
 import socketserver
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from dr_kit.errors import DrKitError, JournalError, Unavailable
 from dr_kit.storage import wire
-from dr_kit.storage.blocks import CHUNK
+from dr_kit.storage.blocks import CHUNK, is_hole
 from dr_kit.storage.groups import COPY, ERROR, PAIR, RESYNC, SUSPENDED, PrimaryGroup, SecondaryGroup
 
 if TYPE_CHECKING:
@@ -34,16 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dr_kit.replication")
 COPY_WINDOW = 64  # copy frames in flight before waiting for the backup
-GUARD_PREFIX = "resync-guard-"
 BATCH_WINDOW_MS = 10.0  # asynchronous pairs: let writes gather this long before a transfer
 ACK_INTERVAL_S = 0.002  # asynchronous pairs: at most one acknowledgement per this interval
-
-
-def _is_hole(fd: int, offset: int, length: int) -> bool:
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
-    except OSError:  # ENXIO: no data after offset
-        return True
 
 
 class Sender(threading.Thread):
@@ -240,7 +232,7 @@ class Sender(threading.Thread):
                         raise Unavailable("sender stopping")
                     off = c * CHUNK
                     n = min(CHUNK, vol.size - off)
-                    if initial and fd >= 0 and _is_hole(fd, off, n):
+                    if initial and fd >= 0 and is_hole(fd, off, n):
                         flags, data = wire.COPY_ZERO, b""
                     else:
                         data = vol.dev.read(off, n)
@@ -416,8 +408,10 @@ class _Conn(socketserver.BaseRequestHandler):
                 elif ftype == wire.STATE:
                     msg = json.loads(payload)
                     g.main_head = (int(msg.get("head") or 0), float(msg.get("head_time") or 0.0))
-        except (OSError, DrKitError, ValueError):
-            pass
+        except (OSError, DrKitError, ValueError, KeyError, TypeError, struct.error) as e:
+            name = self.grp.name if self.grp is not None else "(not authenticated)"
+            log.info("replication session of group %s from %s ended: %s: %s", name,
+                     self.client_address, type(e).__name__, str(e)[:200])
         finally:
             with self.server.service._lock:
                 self.server.conns.discard(self)
@@ -463,24 +457,18 @@ class _Conn(socketserver.BaseRequestHandler):
             if g.state != ERROR:
                 g.apply_available(max_records=1 << 30)  # everything received is a consistent prefix
             was_consistent = bool(g.conf.get("consistent"))
-            if not msg.get("initial") and was_consistent:
-                guard = GUARD_PREFIX + g.name
-                if guard in array.conf["snapshots"]:
-                    try:
-                        array.delete_snapshot(guard)
-                    except DrKitError:
-                        pass
-                if guard not in array.conf["snapshots"]:
-                    array.create_snapshot(guard, group=g.name)
-                    array.conf["snapshots"][guard]["guard"] = True
+            guard, note = (array.take_guard(g.name) if not msg.get("initial") and was_consistent
+                           else (None, ""))
             g.journal.reset(int(msg["generation"]), int(msg["next_seq"]))
             g.applied.store(int(msg["next_seq"]) - 1, int(msg["generation"]), g.applied.time)
             g.conf["generation"] = int(msg["generation"])
             g.conf["copy_end_seq"] = None
             state = COPY if msg.get("initial") else RESYNC
             why = "initial copy" if msg.get("initial") else \
-                "resync running: volumes not consistent; the last consistent image is kept in snapshot " \
-                f"{GUARD_PREFIX + g.name}" if was_consistent else "resync running: volumes not consistent"
+                f"resync running: volumes not consistent; the last consistent image is kept in snapshot {guard}" \
+                if guard else "resync running: volumes not consistent"
+            if note:
+                why += f" ({note})"
             g.set_state(state, why, consistent=False)
 
 

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound, Unavailable
 from dr_kit.fsutil import write_json
 from dr_kit.storage.array import Array
 from dr_kit.storage.groups import PrimaryGroup, SecondaryGroup
@@ -45,6 +45,10 @@ REQ = struct.Struct("<BIQI")  # op, handle, offset, length
 RESP = struct.Struct("<BI")  # status, length
 OPEN, READ, WRITE, SYNC, CLOSE, SIZE, WRITEV = range(1, 8)
 OK, FAIL = 0, 1
+# a failed request's status names its error class; the message follows
+ERROR_CODES: dict[int, type[DrKitError]] = {1: InvalidInput, 2: NotFound, 3: Conflict,
+                                            4: Unavailable, 5: JournalError}
+MAX_REQUEST = 64 << 20
 TOKEN_ENV = "DR_KIT_ARRAY_TOKEN"
 
 
@@ -78,11 +82,18 @@ class _DataConn(socketserver.BaseRequestHandler):
         array = self.server.array
         sock: socket.socket = self.request
         handles: dict[int, str] = {}
+        next_handle = 1  # never reused on this connection, also after a CLOSE
         try:
             while True:
                 op, h, off, length = REQ.unpack(recv_exact(sock, REQ.size, "data path"))
+                if length > MAX_REQUEST:  # a garbled stream: nothing after this can be trusted
+                    msg = f"data path request of {length} bytes is larger than {MAX_REQUEST}".encode()
+                    sock.sendall(RESP.pack(_code(InvalidInput), len(msg)) + msg)
+                    return
                 payload = recv_exact(sock, length, "data path") if op in (OPEN, WRITE, WRITEV) and length else b""
                 try:
+                    if op not in (OPEN, SYNC) and h not in handles:
+                        raise NotFound(f"no volume is open with handle {h} on this connection")
                     if op == WRITE:
                         array.write(handles[h], off, payload)
                         out = b""
@@ -92,9 +103,12 @@ class _DataConn(socketserver.BaseRequestHandler):
                     elif op == READ:
                         out = array.read(handles[h], off, length)
                     elif op == OPEN:
-                        name = payload.decode()
+                        try:
+                            name = payload.decode()
+                        except UnicodeDecodeError:
+                            raise InvalidInput("a volume name must be UTF-8") from None
                         v = array.volume(name)
-                        h = len(handles) + 1
+                        h, next_handle = next_handle, next_handle + 1
                         handles[h] = name
                         out = struct.pack("<IQ", h, v.size)
                     elif op == SIZE:
@@ -107,11 +121,19 @@ class _DataConn(socketserver.BaseRequestHandler):
                     else:
                         raise InvalidInput(f"unknown data path operation {op}")
                     sock.sendall(RESP.pack(OK, len(out)) + out)
-                except (DrKitError, KeyError) as e:
-                    msg = str(e).encode()
-                    sock.sendall(RESP.pack(FAIL, len(msg)) + msg)
+                except (DrKitError, struct.error) as e:
+                    err = e if isinstance(e, DrKitError) else InvalidInput(f"malformed request: {e}")
+                    msg = str(err).encode()
+                    sock.sendall(RESP.pack(_code(type(err)), len(msg)) + msg)
         except (Unavailable, OSError):
             return
+
+
+def _code(cls: type[DrKitError]) -> int:
+    for code, c in ERROR_CODES.items():
+        if issubclass(cls, c):
+            return code
+    return FAIL
 
 
 class DataPathServer(socketserver.ThreadingUnixStreamServer):
