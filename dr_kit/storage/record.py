@@ -50,16 +50,29 @@ class Record:
             return [(self.offset, self.data)]
         if self.kind != KIND_WRITEV:
             raise JournalError(f"journal record {self.sequence} has unknown kind {self.kind}")
-        (n,) = struct.unpack_from("<I", self.data)
-        pos = 4 + n * EXTENT.size
-        out = []
-        for i in range(n):
-            off, length = EXTENT.unpack_from(self.data, 4 + i * EXTENT.size)
-            out.append((off, self.data[pos:pos + length]))
-            pos += length
-        if pos != len(self.data):
-            raise JournalError(f"journal record {self.sequence}: its write vector does not add up")
-        return out
+        return split_extents(self.data, f"journal record {self.sequence}")
+
+
+def split_extents(vector: bytes | memoryview, what: str = "write vector") -> list[tuple[int, bytes]]:
+    """The (offset, data) writes of a write vector (``count u32 | (offset u64, length u32) *
+    count | data``); JournalError when it does not add up."""
+    n = len(vector)
+    if n < 4:
+        raise JournalError(f"{what}: its write vector is cut short")
+    (count,) = struct.unpack_from("<I", vector)
+    pos = 4 + count * EXTENT.size
+    if pos > n:
+        raise JournalError(f"{what}: its write vector claims {count} writes in {n} bytes")
+    out = []
+    for i in range(count):
+        off, length = EXTENT.unpack_from(vector, 4 + i * EXTENT.size)
+        if pos + length > n:
+            raise JournalError(f"{what}: its write vector does not add up")
+        out.append((off, bytes(vector[pos:pos + length])))
+        pos += length
+    if pos != n:
+        raise JournalError(f"{what}: its write vector does not add up")
+    return out
 
 
 def pack_extents(extents: list[tuple[int, bytes | memoryview]]) -> tuple[int, int, bytes]:

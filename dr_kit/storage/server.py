@@ -62,8 +62,12 @@ def socket_path_for(root: Path) -> Path:
 
 def _extents(payload: bytes) -> list[tuple[int, memoryview]]:
     """The (offset, data) writes of a write vector, as views of the payload (no copies)."""
+    if len(payload) < 4:
+        raise InvalidInput("malformed write vector: cut short")
     (n,) = struct.unpack_from("<I", payload)
     pos = 4 + n * EXTENT.size
+    if pos > len(payload):
+        raise InvalidInput(f"malformed write vector: {n} writes claimed in {len(payload)} bytes")
     out = []
     view = memoryview(payload)
     for i in range(n):
