@@ -241,15 +241,14 @@ def test_stranger_posing_as_the_backup_reads_nothing(arrays, tmp_path):
             with conn:
                 conn.settimeout(2)
                 try:
-                    ftype, payload = wire.recv(conn)
-                    received.append(payload)
-                    wire.send_json(conn, wire.CHALLENGE, {"nonce": wire.nonce(), "proof": "f" * 64})
+                    ftype, channel, payload = wire.recv_frame(conn)
+                    received.append((ftype, payload))
+                    wire.send_json(conn, wire.CHALLENGE, {"nonce": wire.nonce(), "proof": "f" * 64},
+                                   channel=channel)
                     while True:
-                        data = conn.recv(65536)
-                        if not data:
-                            break
-                        received.append(data)
-                except Exception:  # noqa: BLE001
+                        ftype, _, payload = wire.recv_frame(conn)
+                        received.append((ftype, payload))
+                except Exception:  # noqa: BLE001 - closed by the main array
                     pass
 
     t = threading.Thread(target=serve, daemon=True)
@@ -258,17 +257,20 @@ def test_stranger_posing_as_the_backup_reads_nothing(arrays, tmp_path):
         mc.create_group("g", ["vol-a"], f"127.0.0.1:{port}", secret=new_pair_secret())
         st = mc.wait_group("g", lambda s: s["last_error"], timeout=20, what="the refusal")
         assert "did not prove the pair secret" in st["last_error"]
-        wait_for(lambda: len(received) >= 2, what="a second attempt")
+        wait_for(lambda: sum(f == wire.HELLO for f, _ in received) >= 2, what="a second attempt")
         time.sleep(0.3)
     finally:
         stop.set()
         t.join(5)
         fake.close()
-    everything = b"".join(received)
+    everything = b"".join(p for _, p in received)
     assert b"journal-stream" not in everything and b"vol-a" not in everything
     assert b"members" not in everything and b"proof" not in everything
-    for payload in received:  # only the opening HELLO (group name and a nonce) was ever sent
-        assert set(json.loads(payload)) == {"group", "nonce"}
+    for ftype, payload in received:  # only the opening HELLO (group name and a nonce) was sent
+        if ftype == wire.HELLO:
+            assert set(json.loads(payload)) == {"group", "nonce", "lane"}
+        else:
+            assert ftype == wire.BYE and payload == b"", (ftype, payload[:80])
 
 
 def test_pair_with_the_secret_replicates_and_promotion_fences_the_old_main(arrays):

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound
-from dr_kit.storage.blocks import CHUNK, ChunkMap, CloneVolume, CowStore, FileVolume, SnapshotView
+from dr_kit.storage.blocks import (
+    CHUNK,
+    ChunkMap,
+    CloneVolume,
+    CowStore,
+    FileVolume,
+    SnapshotView,
+    data_ranges,
+)
 from dr_kit.storage.groups import (
     COPY,
     ERROR,
@@ -88,6 +96,19 @@ class Vol:
             for s in self.cows:
                 s.preserve(offset, len(data))
             self.dev.write(offset, data)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make a range read as zeros, thin: only where the volume holds data is anything
+        done (snapshot chunks preserved, then the blocks freed)."""
+        if not isinstance(self.dev, FileVolume):
+            for pos in range(offset, offset + length, CHUNK):
+                self.write(pos, bytes(min(CHUNK, offset + length - pos)))
+            return
+        with self.lock:
+            for start, end in data_ranges(self.dev.fd, offset, offset + length):
+                for s in self.cows:
+                    s.preserve(start, end - start)
+                self.dev.zero(start, end - start)
 
     def read(self, offset: int, length: int) -> bytes:
         return self.dev.read(offset, length)
@@ -265,10 +286,14 @@ class Array:
             v.write(offset, data)
 
     def writev(self, name: str, extents: Sequence[tuple[int, bytes | memoryview]],
-               packed: bytes | memoryview | None = None) -> None:
+               packed: bytes | memoryview | None = None, *,
+               wait: bool = True) -> tuple[PrimaryGroup, int] | None:
         """Several writes in order, acknowledged together (what a host sends between two
         flushes).  In a consistency group they form one journal entry (applied whole at
-        the backup); without one they are written in order, so a crash leaves a prefix."""
+        the backup); without one they are written in order, so a crash leaves a prefix.
+
+        With ``wait=False`` a synchronous pair's write returns ``(group, sequence)`` to
+        wait for instead of waiting here (see :meth:`PrimaryGroup.sync_done`)."""
         v = self.volumes.get(name) or self.volume(name)
         if v.secondary is not None:
             raise Conflict(f"volume {name!r} is a secondary of group {v.secondary.name!r} and is "
@@ -277,10 +302,12 @@ class Array:
             if off < 0 or off + len(data) > v.size:
                 raise InvalidInput(f"{name}: range {off}+{len(data)} is outside the volume ({v.size} bytes)")
         if v.primary is not None:
-            v.primary.commit_many(v, extents, packed)
-        else:
-            for off, data in extents:
-                v.write(off, data)
+            grp = v.primary
+            seq = grp.commit_many(v, extents, packed, wait=wait)
+            return (grp, seq) if seq else None
+        for off, data in extents:
+            v.write(off, data)
+        return None
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         v = self.volumes.get(name) or self.volume(name)
@@ -363,7 +390,7 @@ class Array:
                 if grp.conf["state"] != COPY:
                     grp._suspend_locked(f"volume {volume} joined the group; it is copied by a resync")
                 self._save()
-                grp.changed.notify_all()
+                grp.signal()
             return grp
 
     def remove_member(self, group: str, volume: str) -> PrimaryGroup:

@@ -11,11 +11,17 @@
 - :class:`CloneVolume` is a writable device over any base (usually a snapshot view): its
   own chunks live in an overlay file, everything else is read from the base.
 
+Thin stays thin: a zeroed range becomes a hole (``FileVolume.zero`` punches it), and a
+snapshot or clone never stores a chunk that was a hole or zeros (its map bit alone says
+the chunk is preserved or copied up; the data file reads zeros there).
+
 Memory stays bounded: data is moved chunk by chunk, never whole volumes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import threading
@@ -39,6 +45,57 @@ def _check(size: int, offset: int, length: int, what: str) -> None:
         raise InvalidInput(f"{what}: range {offset}+{length} is outside the device ({size} bytes)")
 
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_fallocate = None
+try:  # the file system frees the blocks of a zeroed range (not in Python's os module)
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _fallocate = _libc.fallocate
+    _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    _fallocate.restype = ctypes.c_int
+except (OSError, AttributeError):  # no libc fallocate: zeros are written instead
+    _fallocate = None
+
+ZERO_CHUNK = bytes(CHUNK)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Make ``offset .. offset+length`` read as zeros and free its blocks; False when the
+    file system cannot (the caller writes zeros then)."""
+    if _fallocate is None or length <= 0:
+        return False
+    if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The ``(from, to)`` ranges of ``start .. end`` that hold data (the rest are holes),
+    found with SEEK_DATA / SEEK_HOLE: no byte is read."""
+    out = []
+    pos = start
+    while pos < end:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            raise
+        if d >= end:
+            break
+        h = os.lseek(fd, d, os.SEEK_HOLE)
+        out.append((d, min(h, end)))
+        pos = h
+    return out
+
+
+def is_zero(data: bytes | memoryview) -> bool:
+    n = len(data)
+    return data == ZERO_CHUNK if n == CHUNK else data == bytes(n)
+
+
 class FileVolume:
     """A volume stored in a sparse file."""
 
@@ -58,6 +115,14 @@ class FileVolume:
     def write(self, offset: int, data: bytes) -> None:
         _check(self.size, offset, len(data), self.path.name)
         os.pwrite(self.fd, data, offset)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make the range read as zeros without allocating it (a hole)."""
+        _check(self.size, offset, length, self.path.name)
+        if not punch_hole(self.fd, offset, length):
+            for pos in range(offset, offset + length, CHUNK):
+                n = min(CHUNK, offset + length - pos)
+                os.pwrite(self.fd, ZERO_CHUNK[:n], pos)
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
@@ -101,6 +166,29 @@ class ChunkMap:
             if self.bits[i] & b:
                 self.bits[i] &= ~b & 0xFF
                 os.pwrite(self.fd, bytes((self.bits[i],)), i)
+
+    def add_many(self, chunks: list[int]) -> None:
+        """Set several bits; the changed bytes are written in one go."""
+        self._change(chunks, True)
+
+    def discard_many(self, chunks: list[int]) -> None:
+        self._change(chunks, False)
+
+    def _change(self, chunks: list[int], value: bool) -> None:
+        if not chunks:
+            return
+        with self.lock:
+            lo = hi = -1
+            for c in chunks:
+                i, b = c >> 3, 1 << (c & 7)
+                old = self.bits[i]
+                new = old | b if value else old & ~b & 0xFF
+                if new != old:
+                    self.bits[i] = new
+                    lo = i if lo < 0 else min(lo, i)
+                    hi = max(hi, i)
+            if lo >= 0:
+                os.pwrite(self.fd, bytes(self.bits[lo:hi + 1]), lo)
 
     def set_all(self) -> None:
         with self.lock:
@@ -163,12 +251,16 @@ class CowStore:
         self.map = ChunkMap(folder / "cow.map", self.nchunks, create=create)
 
     def preserve(self, offset: int, length: int) -> None:
-        """Called before the live volume's range is overwritten."""
+        """Called before the live volume's range is overwritten.  A chunk that was a hole
+        or zeros stays a hole in the store (its bit alone says it is preserved)."""
         for c in chunks_of(offset, length):
             if c not in self.map:
                 start = c * CHUNK
                 n = min(CHUNK, self.live.size - start)
-                self.data.write(start, self.live.read(start, n))
+                if not is_hole(self.live.fd, start, n):
+                    old = self.live.read(start, n)
+                    if not is_zero(old):
+                        self.data.write(start, old)
                 self.map.add(c)  # data first, then the bit
 
     def close(self) -> None:
@@ -234,7 +326,9 @@ class CloneVolume:
                 if c not in self.map:  # copy the chunk up before changing part of it
                     start = c * CHUNK
                     n = min(CHUNK, self.size - start)
-                    self.data.write(start, self.base.read(start, n))
+                    base = self.base.read(start, n)
+                    if not is_zero(base):  # zeros stay a hole in the overlay
+                        self.data.write(start, base)
                     self.map.add(c)
             self.data.write(offset, data)
 

@@ -84,6 +84,8 @@ class PrimaryGroup:
         self.reported = False  # has the backup reported since this process started?
         self.applied_bytes = 0  # journal bytes applied at the backup since this process started
         self.sender_waiting = False  # set by the sender when it sleeps until the next entry
+        self.wake: Callable[[], None] | None = None  # wakes the sender (set by the transport)
+        self.sync_wakers: set[Callable[[], None]] = set()  # parked synchronous writers
         self.backup_state: str | None = None
         self.backup_consistent: bool | None = None
         self.copy_total = 0
@@ -111,7 +113,15 @@ class PrimaryGroup:
         self.conf["message"] = message
         self.conf["state_since"] = time.time()
         self._save()
+        self.signal()
+
+    def signal(self) -> None:
+        """Something the sender and waiting writers must look at changed (hold the lock)."""
         self.changed.notify_all()
+        if self.wake is not None:
+            self.wake()
+        for w in list(self.sync_wakers):
+            w()
 
     # -- the commit path ------------------------------------------------------------
     def commit(self, vol: Vol, offset: int, data: bytes) -> None:
@@ -119,11 +129,15 @@ class PrimaryGroup:
         self.commit_many(vol, ((offset, data),))
 
     def commit_many(self, vol: Vol, extents: Sequence[tuple[int, bytes | memoryview]],
-                    packed: bytes | memoryview | None = None) -> None:
+                    packed: bytes | memoryview | None = None, *, wait: bool = True) -> int:
         """Writes to a member volume, in order, sent together: one journal entry holds them
         all; returns when they are acknowledged (one wait in synchronous mode).  ``packed``
         is the same writes already in the record's write-vector form (as the data path
-        receives them), stored as they are."""
+        receives them), stored as they are.
+
+        With ``wait=False`` a synchronous pair's writer is not held here: the sequence the
+        backup must acknowledge is returned (0: nothing to wait for), and the caller waits
+        with :meth:`sync_done` / :meth:`sync_expired` (the data path parks the request)."""
         wait_for = 0
         with self.lock:
             if self.conf["state"] in JOURNALING:
@@ -147,6 +161,8 @@ class PrimaryGroup:
                     if self.sender_waiting:  # wake the sender only when it waits for entries
                         self.sender_waiting = False
                         self.changed.notify_all()
+                        if self.wake is not None:
+                            self.wake()
             if self.conf["state"] not in JOURNALING:
                 for offset, data in extents:
                     for c in chunks_of(offset, len(data)):
@@ -156,16 +172,36 @@ class PrimaryGroup:
                     self._save()
                 for offset, data in extents:
                     vol.write(offset, data)
+            if wait_for and not wait:
+                return wait_for
             if wait_for:
-                deadline = time.monotonic() + float(self.conf.get("sync_timeout_s", 5.0))
+                deadline = time.monotonic() + self.sync_timeout
                 while self.acked_seq < wait_for and self.conf["state"] == PAIR:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        self._suspend_locked("synchronous copy: the backup did not acknowledge within "
-                                             f"{self.conf.get('sync_timeout_s', 5.0)} s; pair suspended "
-                                             "so the main site keeps running")
+                        self._sync_timed_out()
                         break
                     self.changed.wait(left)
+        return 0
+
+    @property
+    def sync_timeout(self) -> float:
+        return float(self.conf.get("sync_timeout_s", 5.0))
+
+    def sync_done(self, seq: int) -> bool:
+        """A synchronous write up to ``seq`` may be acknowledged to its host."""
+        return self.acked_seq >= seq or self.conf["state"] != PAIR
+
+    def sync_expired(self, seq: int) -> None:
+        """The backup did not acknowledge ``seq`` in time: suspend, the host goes on."""
+        with self.lock:
+            if not self.sync_done(seq):
+                self._sync_timed_out()
+
+    def _sync_timed_out(self) -> None:
+        self._suspend_locked("synchronous copy: the backup did not acknowledge within "
+                             f"{self.conf.get('sync_timeout_s', 5.0)} s; pair suspended "
+                             "so the main site keeps running")
 
     def _suspend_locked(self, why: str) -> None:
         if self.conf["state"] in (SUSPENDED, ERROR):
@@ -197,6 +233,8 @@ class PrimaryGroup:
                 self.acked_seq = received
                 if self.mode == "sync":
                     self.changed.notify_all()  # release synchronous writers
+                    for w in list(self.sync_wakers):
+                        w()
             if applied > self.applied_seq:
                 old = self.applied_seq
                 self.applied_seq, self.applied_time = applied, applied_time
@@ -284,7 +322,7 @@ class SecondaryGroup:
         self.journal = journal
         self._save = save
         self.lock = threading.RLock()  # held while applying a batch and while snapshotting
-        self.cond = threading.Condition(threading.Lock())
+        self.wakeup: Callable[[], None] | None = None  # asks the apply workers to look here
         self.applied = _PosFile(folder / "applied")
         if self.applied.seq == 0 and journal.first_seq > 1:
             self.applied.seq = journal.first_seq - 1
@@ -337,8 +375,7 @@ class SecondaryGroup:
         if self.journal.would_overflow(len(batch)):
             raise JournalError("backup journal full")
         self.journal.append_many([(raw, r.time) for r, raw in records])
-        with self.cond:
-            self.cond.notify_all()
+        self.kick()
 
     def fail(self, why: str) -> None:
         self.set_state(ERROR, why)
@@ -386,14 +423,14 @@ class SecondaryGroup:
                 log.warning("group %s: a progress listener failed: %s: %s", self.name,
                             type(e).__name__, e)
 
-    def wait_for_records(self, timeout: float) -> None:
-        with self.cond:
-            if self.applied.seq >= self.journal.last_seq or self.paused:
-                self.cond.wait(timeout)
+    @property
+    def pending(self) -> bool:
+        """Received records wait to be applied (and applying is not paused)."""
+        return not self.paused and self.conf["state"] != ERROR and self.applied.seq < self.journal.last_seq
 
     def kick(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+        if self.wakeup is not None:
+            self.wakeup()
 
     def close(self) -> None:
         self.journal.close()

@@ -272,26 +272,38 @@ class Journal:
     def read_batch(self, from_seq: int, max_bytes: int = 1 << 20, through: int | None = None) -> bytes:
         """Raw encoded records from ``from_seq`` on (within one segment, at most ``max_bytes``
         unless a single record is larger); empty when there is none yet."""
+        return self.read_records(from_seq, max_bytes, through)[0]
+
+    def read_records(self, from_seq: int, max_bytes: int = 1 << 20,
+                     through: int | None = None) -> tuple[bytes, int]:
+        """Like :meth:`read_batch`, with the number of records read (from the index: no
+        record is parsed)."""
         with self._lock:
             s = self._find(from_seq)
             if s is None:
                 if from_seq < self.first_seq:
                     raise JournalError(f"journal {self.path.name}: record {from_seq} was already freed")
-                return b""
+                return b"", 0
             last = s.last_seq if through is None else min(s.last_seq, through)
             if last < from_seq:
-                return b""
+                return b"", 0
             start = s.start_of(from_seq)
-            end = s.ends[last - s.first_seq]
-            if end - start > max_bytes:
-                i = from_seq - s.first_seq
-                j = i
-                while j + 1 <= last - s.first_seq and s.ends[j + 1] - start <= max_bytes:
-                    j += 1
+            i = from_seq - s.first_seq
+            j = last - s.first_seq
+            end = s.ends[j]
+            if end - start > max_bytes:  # the largest prefix within max_bytes (at least one)
+                lo, hi = i, j
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if s.ends[mid] - start <= max_bytes:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                j = lo
                 end = s.ends[j]
             if s.rfd < 0:
                 s.rfd = os.open(s.path, os.O_RDONLY)
-            return os.pread(s.rfd, end - start, start)
+            return os.pread(s.rfd, end - start, start), j - i + 1
 
     def iter_records(self, from_seq: int, through: int | None = None):
         """Verified records from ``from_seq`` through ``through`` (default: the last)."""

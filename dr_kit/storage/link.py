@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -32,62 +33,41 @@ from dr_kit.storage.httpapi import ApiHandler, ApiServer, token_from_env
 TOKEN_ENV = "DR_KIT_LINK_TOKEN"
 
 
-class _Pipe:
-    """One direction of one connection: read, hold for the delay, pace, write."""
+QUEUE_MAX = 4 << 20  # bytes held per direction (beyond the rate x delay in flight)
+READ_SIZE = 256 * 1024
 
-    def __init__(self, link: LinkEmulator, src: socket.socket, dst: socket.socket) -> None:
-        self.link, self.src, self.dst = link, src, dst
-        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
-        self.cv = threading.Condition()
+
+class _Dir:
+    """One direction of one connection: bytes read, held for the delay, paced, written."""
+
+    __slots__ = ("src", "dst", "queue", "queued", "eof", "next_send", "pair")
+
+    def __init__(self, src: socket.socket, dst: socket.socket, pair: _Pair) -> None:
+        self.src, self.dst, self.pair = src, dst, pair
+        self.queue: collections.deque[tuple[float, memoryview]] = collections.deque()
+        self.queued = 0
+        self.eof = False
+        self.next_send = 0.0  # rate limit: not before this time
+
+
+class _Pair:
+    """A forwarded connection: the client's socket and the upstream one, both ways."""
+
+    __slots__ = ("a", "b", "dirs", "closed")
+
+    def __init__(self, a: socket.socket, b: socket.socket) -> None:
+        self.a, self.b = a, b
+        self.dirs = (_Dir(a, b, self), _Dir(b, a, self))
         self.closed = False
-        threading.Thread(target=self._reader, daemon=True).start()
-        threading.Thread(target=self._writer, daemon=True).start()
-
-    def _reader(self) -> None:
-        try:
-            while True:
-                data = self.src.recv(256 * 1024)
-                if not data:
-                    break
-                with self.cv:
-                    self.queue.append((time.monotonic() + self.link.delay_ms / 1000.0, data))
-                    self.cv.notify()
-        except OSError:
-            pass
-        with self.cv:
-            self.closed = True
-            self.cv.notify()
-
-    def _writer(self) -> None:
-        try:
-            while True:
-                with self.cv:
-                    while not self.queue and not self.closed:
-                        self.cv.wait()
-                    if not self.queue:
-                        break
-                    due, data = self.queue[0]
-                    wait = due - time.monotonic()
-                    if wait > 0:
-                        self.cv.wait(wait)
-                        continue
-                    self.queue.popleft()
-                self.dst.sendall(data)
-                self.link.bytes_forwarded += len(data)
-                rate = self.link.rate_mbit
-                if rate:
-                    time.sleep(len(data) * 8 / (rate * 1e6))
-        except OSError:
-            pass
-        for s in (self.dst, self.src):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class LinkEmulator:
-    """Forward connections from 127.0.0.1:``port`` to ``target`` (HOST:PORT)."""
+    """Forward connections from 127.0.0.1:``port`` to ``target`` (HOST:PORT).
+
+    One thread runs a selector over every forwarded connection, whatever their number:
+    each direction reads what arrives, holds it ``delay_ms``, paces it to ``rate_mbit`` and
+    writes it on; a direction holding more than its share stops reading (TCP back-pressure).
+    """
 
     def __init__(self, target: str, *, port: int = 0, delay_ms: float = 0.0,
                  rate_mbit: float = 0.0) -> None:
@@ -100,12 +80,20 @@ class LinkEmulator:
         self.configure(delay_ms=delay_ms, rate_mbit=rate_mbit)
         self.is_cut = False
         self.bytes_forwarded = 0
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
+        self._pairs: set[_Pair] = set()
         self._srv = socket.create_server(("127.0.0.1", port))
+        self._srv.setblocking(False)
         self.port = self._srv.getsockname()[1]
         self._stopping = False
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="link")
+        self._sel = selectors.DefaultSelector()
+        self._rx, self._tx = socket.socketpair()
+        for sk in (self._rx, self._tx):
+            sk.setblocking(False)
+        self._sel.register(self._rx, selectors.EVENT_READ, "wake")
+        self._sel.register(self._srv, selectors.EVENT_READ, "listen")
+        self._cut_done = threading.Event()
+        self._cut_request = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="link")
 
     @property
     def address(self) -> str:
@@ -121,21 +109,26 @@ class LinkEmulator:
                 raise InvalidInput(f"link delay must be between 0 and 10000 ms, got {delay_ms}")
             self.delay_ms = float(delay_ms)
         if rate_mbit is not None:
-            if float(rate_mbit) < 0:
-                raise InvalidInput(f"link rate must be >= 0 Mbit/s (0 = unlimited), got {rate_mbit}")
+            if not 0 <= float(rate_mbit) <= 1e6:
+                raise InvalidInput(f"link rate must be between 0 and 1000000 Mbit/s (0 = unlimited), got {rate_mbit}")
             self.rate_mbit = float(rate_mbit)
 
+    def _wake(self) -> None:
+        try:
+            self._tx.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
     def cut(self) -> None:
-        """Drop every connection now and refuse new ones."""
-        with self._lock:
-            self.is_cut = True
-            conns, self._conns = self._conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        """Drop every connection now and refuse new ones (returns once they are dropped)."""
+        self.is_cut = True
+        if not self._thread.is_alive():
+            self._drop_all()
+            return
+        self._cut_done.clear()
+        self._cut_request = True
+        self._wake()
+        self._cut_done.wait(5.0)
 
     def restore(self) -> None:
         self.is_cut = False
@@ -143,12 +136,45 @@ class LinkEmulator:
     def state(self) -> dict[str, Any]:
         return {"listen": self.address, "target": f"{self.target[0]}:{self.target[1]}",
                 "delay_ms": self.delay_ms, "rate_mbit": self.rate_mbit, "cut": self.is_cut,
-                "connections": len(self._conns), "bytes_forwarded": self.bytes_forwarded}
+                "connections": 2 * len(self._pairs), "bytes_forwarded": self.bytes_forwarded}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping:
+            timeout = self._work()
+            try:
+                events = self._sel.select(timeout)
+            except OSError:
+                return
+            for key, mask in events:
+                if key.data == "wake":
+                    try:
+                        while self._rx.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                elif key.data == "listen":
+                    self._accept()
+                else:
+                    pair, _ = key.data
+                    if pair.closed:
+                        continue
+                    if mask & selectors.EVENT_READ:
+                        for d in pair.dirs:
+                            if d.src is key.fileobj:
+                                self._read(d)
+            if self._cut_request:
+                self._cut_request = False
+                self._drop_all()
+                self._cut_done.set()
+        self._drop_all()
 
     def _accept(self) -> None:
-        while not self._stopping:
+        while True:
             try:
                 client, _ = self._srv.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
                 return
             if self.is_cut:
@@ -156,20 +182,118 @@ class LinkEmulator:
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=2.0)
-                upstream.settimeout(None)
             except OSError:
                 client.close()
                 continue
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._conns += [client, upstream]
-            _Pipe(self, client, upstream)
-            _Pipe(self, upstream, client)
+            pair = _Pair(client, upstream)
+            for sk in (client, upstream):
+                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sk.setblocking(False)
+            self._pairs.add(pair)
+            self._interest(pair)
+
+    def _interest(self, pair: _Pair) -> None:
+        """Read where the direction has room; write where data is due but could not go."""
+        for sk in (pair.a, pair.b):
+            ev = 0
+            for d in pair.dirs:
+                if d.src is sk and not d.eof and d.queued < QUEUE_MAX:
+                    ev |= selectors.EVENT_READ
+            try:
+                if ev:
+                    try:
+                        self._sel.modify(sk, ev, (pair, sk))
+                    except KeyError:
+                        self._sel.register(sk, ev, (pair, sk))
+                else:
+                    self._sel.unregister(sk)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _read(self, d: _Dir) -> None:
+        try:
+            data = d.src.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            d.eof = True
+        else:
+            d.queue.append((time.monotonic() + self.delay_ms / 1000.0, memoryview(data)))
+            d.queued += len(data)
+        self._interest(d.pair)
+
+    def _work(self) -> float | None:
+        """Write what is due on every connection; returns how long until more is due."""
+        now = time.monotonic()
+        soonest: float | None = None
+        for pair in list(self._pairs):
+            changed = False
+            for d in pair.dirs:
+                while d.queue:
+                    due, data = d.queue[0]
+                    when = max(due, d.next_send)
+                    if when > now:
+                        soonest = when - now if soonest is None else min(soonest, when - now)
+                        break
+                    try:
+                        n = d.dst.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        n = 0
+                    except OSError:
+                        self._close(pair)
+                        changed = False
+                        break
+                    self.bytes_forwarded += n
+                    d.queued -= n
+                    changed = True
+                    if self.rate_mbit:
+                        d.next_send = max(now, d.next_send) + n * 8 / (self.rate_mbit * 1e6)
+                    if n < len(data):
+                        d.queue[0] = (due, data[n:])
+                        if n == 0:  # the receiver is full: look again soon
+                            soonest = 0.001 if soonest is None else min(soonest, 0.001)
+                            break
+                    else:
+                        d.queue.popleft()
+                if pair.closed:
+                    break
+                if d.eof and not d.queue:  # one side ended and all of it went on: end both
+                    self._close(pair)
+                    break
+            if changed and not pair.closed:
+                self._interest(pair)
+        return soonest if soonest is not None else 0.5
+
+    def _close(self, pair: _Pair) -> None:
+        if pair.closed:
+            return
+        pair.closed = True
+        self._pairs.discard(pair)
+        for sk in (pair.a, pair.b):
+            try:
+                self._sel.unregister(sk)
+            except (KeyError, ValueError):
+                pass
+            try:
+                sk.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sk.close()
+
+    def _drop_all(self) -> None:
+        for pair in list(self._pairs):
+            self._close(pair)
 
     def stop(self) -> None:
+        self.is_cut = True
         self._stopping = True
-        self.cut()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        else:
+            self._drop_all()
         self._srv.close()
 
 

@@ -1,177 +1,510 @@
 """The replication link between two arrays: transfer, receive, apply, initial copy, resync.
 
-Main side: one :class:`Sender` thread per consistency group connects to the backup array's
-replication port (in the lab, through the link emulator), announces the group, and then
-either copies changed regions (initial copy or resync) or streams journal records in
-order.  A reader thread takes the backup's acknowledgements (received and applied
-positions), which free the main journal and release synchronous writers.
+Resources are bounded whatever the number of consistency groups and volumes:
 
-Backup side: :class:`ReplicationServer` accepts senders; each connection stores records in
-the group's journal after verifying them, and an :class:`Applier` thread per group applies
-them strictly in sequence order.  Every refusal (bad checksum, gap, wrong generation) puts
-the group in the error state with the reason, and nothing of the bad batch is applied.
+- one asyncio event loop thread per array process runs every group's sender (main side)
+  and every group's receiver (backup side);
+- a main array keeps two TCP connections ("lanes", see :mod:`wire`) to each backup array:
+  the *priority* lane for control, journal entries and acknowledgements, the *bulk* lane
+  for initial-copy and resync data.  Every group is a channel on them, authenticated with
+  its pair secret;
+- a fixed pool of :data:`APPLY_WORKERS` threads applies the backup groups' journals (each
+  group strictly in sequence order, groups taking turns).
+
+Main side: a group's sender announces the group, then either copies changed regions
+(initial copy or resync) or streams journal records in order, gathered for up to
+:data:`BATCH_WINDOW_MS` in asynchronous mode.  The commit path never waits for it: it
+wakes the sender only when the sender sleeps for lack of entries.
+
+Copies stream: regions go out without a round trip each, up to :data:`COPY_WINDOW_BYTES`
+in flight, acknowledged by the backup once per batch of frames it has stored.  Holes and
+zero regions are sent as one small "zeros" frame per run: the backup keeps them (or makes
+them) holes, so thin volumes stay thin.  At most :data:`COPY_SLOTS` groups copy at a time
+per array and each copy yields after every frame, so groups that already replicate keep
+their lag while other groups copy.
+
+Backup side: each channel verifies the records it receives (checksum, sequence,
+generation), stores them in the group's journal and acknowledges received and applied
+positions.  Every refusal (bad checksum, gap, wrong generation) puts the group in the
+error state with the reason, and nothing of the bad batch is applied.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import json
 import logging
+import queue
 import random
 import socket
-import socketserver
-import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from dr_kit.errors import DrKitError, JournalError, Unavailable
 from dr_kit.storage import wire
-from dr_kit.storage.blocks import CHUNK, is_hole
+from dr_kit.storage.blocks import CHUNK, data_ranges, is_zero
 from dr_kit.storage.groups import COPY, ERROR, PAIR, RESYNC, SUSPENDED, PrimaryGroup, SecondaryGroup
 
 if TYPE_CHECKING:
     from dr_kit.storage.array import Array
 
 log = logging.getLogger("dr_kit.replication")
-COPY_WINDOW = 64  # copy frames in flight before waiting for the backup
+COPY_WINDOW_BYTES = 16 << 20  # copy data in flight before waiting for the backup
+COPY_FRAME_CHUNKS = 16  # a copy frame carries up to this many chunks of data (1 MiB)
+COPY_SLOTS = 2  # groups copying at once per array
 BATCH_WINDOW_MS = 10.0  # asynchronous pairs: let writes gather this long before a transfer
 ACK_INTERVAL_S = 0.002  # asynchronous pairs: at most one acknowledgement per this interval
+APPLY_WORKERS = 2
+HANDSHAKE_TIMEOUT_S = 10.0
+IDLE_WAIT_S = 2.0  # an idle sender looks again at least this often
+PREAUTH_MAX = 64 << 10  # bytes a connection may send before any channel is authenticated
+_FATAL = "fatal"
 
 
-class Sender(threading.Thread):
-    """Ships one primary group's journal to the backup array."""
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"cannot reach the backup array: {e.strerror}"
+    if isinstance(e, asyncio.TimeoutError | TimeoutError):
+        return "the backup array did not answer in time"
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
 
-    def __init__(self, array: Array, grp: PrimaryGroup) -> None:
-        super().__init__(name=f"sender-{grp.name}", daemon=True)
-        self.array, self.grp = array, grp
-        self.stopping = threading.Event()
-        self.sock: socket.socket | None = None
+
+# -- lanes and channels (both sides) ---------------------------------------------------------
+
+
+class _Lane(asyncio.Protocol):
+    """One TCP connection carrying the frames of many channels."""
+
+    def __init__(self, service: ReplicationService, kind: str = "") -> None:
+        self.service = service
+        self.kind = kind
+        self.reader = wire.FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._paused = False
+        self._drained: list[asyncio.Future] = []
+        self.peer_name = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer_name = str(transport.get_extra_info("peername"))
+        transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except Unavailable as e:
+            log.warning("replication: dropped the connection from %s: %s", self.peer_name, e)
+            self.abort(str(e))
+            return
+        for ftype, channel, payload in frames:
+            if self.closed:
+                return
+            try:
+                self.on_frame(channel, ftype, payload)
+            except Exception as e:  # noqa: BLE001 - one bad frame ends this connection, not the loop
+                log.warning("replication lane %s: %s: %s", self.peer_name, type(e).__name__, e)
+                self.abort(str(e))
+                return
+        self.after_frames()
+
+    def on_frame(self, channel: int, ftype: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def after_frames(self) -> None:
+        pass
+
+    def send(self, channel: int, ftype: int, payload: bytes | memoryview = b"") -> None:
+        if self.transport is not None and not self.closed:  # one write: one system call
+            self.transport.write(wire.FRAME.pack(len(payload), ftype, channel) + payload)
+
+    def send_json(self, channel: int, ftype: int, obj: dict[str, Any]) -> None:
+        self.send(channel, ftype, json.dumps(obj).encode())
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for f in self._drained:
+            if not f.done():
+                f.set_result(None)
+        self._drained.clear()
+
+    async def drain(self) -> None:
+        if self._paused and not self.closed:
+            f = asyncio.get_running_loop().create_future()
+            self._drained.append(f)
+            await f
+        if self.closed:
+            raise Unavailable("the replication connection was closed")
+
+    def abort(self, why: str = "") -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for f in self._drained:
+            if not f.done():
+                f.set_result(None)
+        self._drained.clear()
+
+
+class _Channel:
+    """Main side: one group's session on one lane."""
+
+    def __init__(self, lane: _MainLane, cid: int) -> None:
+        self.lane, self.cid = lane, cid
+        self.frames: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.arrived = asyncio.Event()
+        self.handler: Any = None  # after the handshake: frames go to this callable
+        self.lost: str | None = None
+        self.on_lost: Any = None
+
+    def deliver(self, ftype: int, payload: bytes) -> None:
+        if self.handler is not None:
+            self.handler(ftype, payload)
+        else:
+            self.frames.append((ftype, payload))
+            self.arrived.set()
+
+    def close(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            self.arrived.set()
+            if self.on_lost is not None:
+                self.on_lost(why)
+
+    async def next(self, timeout: float) -> tuple[int, bytes]:
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            if self.lost is not None:
+                raise Unavailable(self.lost)
+            self.arrived.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable("the backup array did not answer the handshake in time")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+        return self.frames.popleft()
+
+    def send(self, ftype: int, payload: bytes | memoryview = b"") -> None:
+        if self.lost is not None:
+            raise Unavailable(self.lost)
+        self.lane.send(self.cid, ftype, payload)
+
+    def send_json(self, ftype: int, obj: dict[str, Any]) -> None:
+        self.send(ftype, json.dumps(obj).encode())
+
+    def bye(self) -> None:
+        if self.lost is None and not self.lane.closed:
+            self.lane.send(self.cid, wire.BYE)
+        self.lane.channels.pop(self.cid, None)
+        self.lost = self.lost or "closed"
+
+
+class _MainLane(_Lane):
+    def __init__(self, service: ReplicationService, peer: _Peer, kind: str) -> None:
+        super().__init__(service, kind)
+        self.peer = peer
+        self.channels: dict[int, _Channel] = {}
+        self._next = 1
+
+    def open_channel(self) -> _Channel:
+        cid = self._next
+        self._next += 1
+        ch = self.channels[cid] = _Channel(self, cid)
+        return ch
+
+    def on_frame(self, channel: int, ftype: int, payload: bytes) -> None:
+        ch = self.channels.get(channel)
+        if ch is not None:
+            ch.deliver(ftype, payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        why = f"replication connection to {self.peer.remote} lost" + (f": {exc}" if exc else "")
+        for ch in list(self.channels.values()):
+            ch.close(why)
+        self.channels.clear()
+        if self.peer.lanes.get(self.kind) is self:
+            self.peer.lanes[self.kind] = None
+
+
+class _Peer:
+    """The two lanes from this (main) array to one backup array, shared by its groups."""
+
+    def __init__(self, service: ReplicationService, remote: str) -> None:
+        self.service, self.remote = service, remote
+        self.lanes: dict[str, _MainLane | None] = {wire.PRIO: None, wire.BULK: None}
+        self._connecting: dict[str, asyncio.Future] = {}
+        self._retry_at = 0.0
+        self._backoff = 0.05
+        self._error = ""
+
+    async def lane(self, kind: str) -> _MainLane:
+        lane = self.lanes.get(kind)
+        if lane is not None and not lane.closed:
+            return lane
+        pending = self._connecting.get(kind)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if time.monotonic() < self._retry_at:  # one attempt per back-off for all its groups
+            raise Unavailable(self._error)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._connecting[kind] = fut
+        try:
+            host, _, port = self.remote.rpartition(":")
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _MainLane(self.service, self, kind), host, int(port)),
+                2.0)
+            lane = proto  # type: ignore[assignment]
+            self.lanes[kind] = lane
+            self._backoff = 0.05
+            fut.set_result(lane)
+            return lane
+        except (TimeoutError, OSError, ValueError) as e:
+            self._error = _one_line(e)
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(1.0, self._backoff * 2)
+            err = Unavailable(self._error)
+            fut.set_exception(err)
+            raise err from None
+        finally:
+            self._connecting.pop(kind, None)
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            if lane is not None:
+                lane.abort()
+
+
+# -- main side: one sender per group (a coroutine, not a thread) --------------------------------
+
+
+class Sender:
+    """Ships one primary group's journal to the backup array (runs on the service's loop)."""
+
+    def __init__(self, service: ReplicationService, grp: PrimaryGroup) -> None:
+        self.service, self.grp = service, grp
+        self.loop = service.loop
+        self.ev = asyncio.Event()
+        self.stopping = False
         self.last_error = ""
-        self._copied = 0
-        self._ctl = threading.Condition()
-        self._state_reply: dict[str, Any] | None = None
         self.rng = random.Random()
+        self.prio: _Channel | None = None
+        self.bulk: _Channel | None = None
+        self.lost: str | None = None
+        self.copied = 0  # copy bytes the backup confirmed (current copy)
+        self.copy_gen = 0
+        self.reply: asyncio.Future | None = None
+        grp.wake = self._wake_threadsafe
+        self.task = self.loop.create_task(self.run(), name=f"sender-{grp.name}")
+
+    def _wake_threadsafe(self) -> None:
+        if threading.get_ident() == self.service.loop_thread_id:
+            self.ev.set()
+        else:
+            self.loop.call_soon_threadsafe(self.ev.set)
 
     def stop(self) -> None:
-        self.stopping.set()
-        with self.grp.lock:
-            self.grp.changed.notify_all()
-        s = self.sock
-        if s is not None:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.stopping = True
+        if self.grp.wake == self._wake_threadsafe:
+            self.grp.wake = None
+        self.task.cancel()
 
-    def run(self) -> None:
+    async def _wait(self, timeout: float) -> None:
+        """Until woken (new entries, a state change, an acknowledgement) or ``timeout``."""
+        if self.ev.is_set() or self.lost is not None:
+            return
+        h = self.loop.call_later(timeout, self.ev.set)
+        try:
+            await self.ev.wait()
+        finally:
+            h.cancel()
+
+    async def run(self) -> None:
         backoff = 0.05
-        while not self.stopping.is_set():
-            host, port = self.grp.conf["remote"].rsplit(":", 1)
+        g = self.grp
+        while not self.stopping:
             try:
-                sock = socket.create_connection((host, int(port)), timeout=2.0)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(None)
-                self.sock = sock
+                await self._session()
                 backoff = 0.05
-                self._session(sock)
-            except (OSError, DrKitError, ValueError) as e:
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, OSError, DrKitError, ValueError, KeyError, TypeError) as e:
                 msg = _one_line(e)
                 if msg != self.last_error:  # a new kind of failure: say it once, not per retry
-                    log.warning("group %s: replication session failed: %s", self.grp.name, msg)
+                    log.warning("group %s: replication session failed: %s", g.name, msg)
                 self.last_error = msg
-                self.grp.last_error, self.grp.last_error_at = msg, time.time()
+                g.last_error, g.last_error_at = msg, time.time()
+            except Exception as e:  # noqa: BLE001 - a bug must not end replication for good
+                log.exception("group %s: replication session crashed", g.name)
+                g.last_error, g.last_error_at = _one_line(e), time.time()
             finally:
-                self.grp.connected = False
-                if self.sock is not None:
-                    try:
-                        self.sock.close()
-                    except OSError:
-                        pass
-                    self.sock = None
-            self.stopping.wait(backoff)
+                g.connected = False
+                for ch in (self.prio, self.bulk):
+                    if ch is not None:
+                        ch.bye()
+                self.prio = self.bulk = None
+            await asyncio.sleep(backoff)
             backoff = min(1.0, backoff * 2)
 
-    # -- one connection -------------------------------------------------------------
-    def _session(self, sock: socket.socket) -> None:
+    def _lost(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+        self.ev.set()
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_exception(Unavailable(why))
+
+    def _check(self) -> None:
+        if self.lost is not None:
+            raise Unavailable(self.lost)
+        if self.stopping:
+            raise asyncio.CancelledError()
+
+    # -- handshake --------------------------------------------------------------------------
+    async def _open(self, kind: str) -> tuple[_Channel, dict[str, Any]]:
         g = self.grp
+        peer = self.service.peer(g.conf["remote"])
+        lane = await peer.lane(kind)
+        ch = lane.open_channel()
+        try:
+            secret = g.conf.get("secret") or ""
+            nm = wire.nonce()
+            ch.send_json(wire.HELLO, {"group": g.name, "nonce": nm, "lane": kind})
+            ftype, payload = await ch.next(HANDSHAKE_TIMEOUT_S)
+            if ftype == wire.ERROR:
+                raise Unavailable(f"the backup refused group {g.name}: {json.loads(payload)['message']}")
+            chal = json.loads(payload) if ftype == wire.CHALLENGE else {}
+            nb = chal.get("nonce") if isinstance(chal, dict) else None
+            if not isinstance(nb, str) or not wire.proof_ok(secret, "backup", g.name, nm, nb,
+                                                            chal.get("proof")):
+                raise Unavailable(f"the replication peer at {g.conf['remote']} did not prove the pair "
+                                  f"secret of group {g.name}; nothing was sent to it")
+            members = {str(vid): [g.remote_names[vid], v.size] for vid, v in g.members.items()}
+            ch.send_json(wire.AUTH, {"proof": wire.proof(secret, "main", g.name, nm, nb),
+                                     "generation": g.generation, "members": members, "mode": g.mode,
+                                     "journal_capacity": g.journal.capacity})
+            ftype, payload = await ch.next(HANDSHAKE_TIMEOUT_S)
+            if ftype == wire.ERROR:
+                raise Unavailable(f"the backup refused group {g.name}: {json.loads(payload)['message']}")
+            st = json.loads(payload)
+        except BaseException:
+            ch.bye()
+            raise
+        ch.on_lost = self._lost
+        return ch, st
+
+    # -- one session --------------------------------------------------------------------------
+    async def _session(self) -> None:
+        g = self.grp
+        self.lost = None
         g.conf.pop("reconnect", None)
-        members = {str(vid): [g.remote_names[vid], v.size] for vid, v in g.members.items()}
-        secret = g.conf.get("secret") or ""
-        nm = wire.nonce()
-        wire.send_json(sock, wire.HELLO, {"group": g.name, "nonce": nm})
-        ftype, payload = wire.recv(sock)
-        if ftype == wire.ERROR:
-            raise Unavailable(f"the backup refused group {g.name}: {json.loads(payload)['message']}")
-        ch = json.loads(payload) if ftype == wire.CHALLENGE else {}
-        nb = ch.get("nonce") if isinstance(ch, dict) else None
-        if not isinstance(nb, str) or not wire.proof_ok(secret, "backup", g.name, nm, nb, ch.get("proof")):
-            raise Unavailable(f"the replication peer at {g.conf['remote']} did not prove the pair "
-                              f"secret of group {g.name}; nothing was sent to it")
-        wire.send_json(sock, wire.AUTH, {"proof": wire.proof(secret, "main", g.name, nm, nb),
-                                         "generation": g.generation, "members": members,
-                                         "mode": g.mode, "journal_capacity": g.journal.capacity})
-        ftype, payload = wire.recv(sock)
-        if ftype == wire.ERROR:
-            raise Unavailable(f"the backup refused group {g.name}: {json.loads(payload)['message']}")
-        st = json.loads(payload)
+        self.prio, st = await self._open(wire.PRIO)
+        self.prio.handler = self._on_prio
         self._on_state(st)
         g.connected = True
         g.last_error = g.last_error_at = None
         self.last_error = ""
-        reader = threading.Thread(target=self._read_acks, args=(sock,), daemon=True,
-                                  name=f"acks-{g.name}")
-        reader.start()
         if st.get("state") == ERROR and g.state != ERROR:
             g.fail(f"the backup reports: {st.get('message')}")
         next_seq = int(st["received"]) + 1
         if st.get("generation") != g.generation and g.state == PAIR:
             g.suspend("the backup is at another generation; resync needed")
-        last_beat = 0.0
-        while not self.stopping.is_set() and reader.is_alive():
+        last_beat, beat_head = 0.0, -1
+        while True:
+            self._check()
+            self.ev.clear()
             if g.conf.pop("reconnect", False):
                 raise Unavailable("group membership changed; announcing it again")
             state = g.state
             if state == COPY or (state in (SUSPENDED, RESYNC) and g.conf.get("auto_resync", True)) \
                     or (state in (ERROR, SUSPENDED) and g.conf.pop("resync_requested", False)):
-                next_seq = self._copy(sock)  # the backup leaves its error state on RESYNC_START
+                next_seq = await self._copy()
                 continue
             if state != PAIR or g.conf.get("transfer_paused"):
-                with g.lock:
-                    g.changed.wait(0.2)
+                await self._wait(IDLE_WAIT_S)
                 continue
             if next_seq < g.journal.first_seq and g.journal.last_seq >= g.journal.first_seq:
                 g.suspend(f"journal records from {next_seq} are no longer held at the main site; resync")
                 continue
+            idle = False
             with g.lock:
                 if g.journal.last_seq < next_seq and g.state == PAIR:
-                    g.sender_waiting = True
-                    g.changed.wait(0.25)
-                    g.sender_waiting = False
+                    g.sender_waiting = idle = True
+            if idle:
+                await self._wait(IDLE_WAIT_S)
+                g.sender_waiting = False
+                self._check()
             now = time.monotonic()
-            if now - last_beat > 0.25:
-                head = g.journal.last_seq
-                wire.send_json(sock, wire.STATE, {"head": head, "head_time": g.journal.time_of(head)})
-                last_beat = now
+            head = g.journal.last_seq
+            if (head != beat_head and now - last_beat > 0.25) or now - last_beat > 5.0:
+                self.prio.send_json(wire.STATE, {"head": head, "head_time": g.journal.time_of(head)})
+                last_beat, beat_head = now, head
+            if head < next_seq:
+                continue
             interval = float(g.conf.get("transfer_interval_ms", 0)) / 1000.0
-            if interval and g.journal.last_seq >= next_seq:
+            if interval:
                 # an independent transfer cycle: this journal is read on its own schedule
-                self.stopping.wait(interval * self.rng.uniform(0.5, 1.5))
-            elif g.mode == "async" and g.journal.last_seq >= next_seq:
+                await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
+            elif g.mode == "async":
                 # let writes gather for a short window: fewer, larger transfers keep the
                 # replication's CPU use from competing with the commit path, at the price
                 # of this much extra lag
-                self.stopping.wait(float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0)
-            batch = g.journal.read_batch(next_seq, max_bytes=1 << 20)
-            if not batch:
+                await asyncio.sleep(float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0)
+            self._check()
+            if g.state != PAIR:
                 continue
-            count = _count_records(batch)
+            batch, count = g.journal.read_records(next_seq, max_bytes=1 << 20)
+            if not count:
+                continue
             if g.faults.get("corrupt_next", 0) > 0:
                 g.faults["corrupt_next"] -= 1
                 b = bytearray(batch)
                 b[-1] ^= 0xFF  # a bit flip on the wire, after the checksum was computed
                 batch = bytes(b)
-            wire.send(sock, wire.ENTRIES, batch)
+            self.prio.send(wire.ENTRIES, batch)
             next_seq += count
+            await self.prio.lane.drain()
+
+    def _on_prio(self, ftype: int, payload: bytes) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            self._lost("the backup sent a garbled frame")
+            return
+        if ftype == wire.ERROR:
+            if msg.get(_FATAL):
+                self._lost(f"the backup ended the session: {msg.get('message')}")
+            else:
+                self.grp.fail(f"the backup refused data: {msg.get('message')}")
+            return
+        if msg.get("reply") and self.reply is not None and not self.reply.done():
+            self.reply.set_result(msg)
+        self._on_state(msg)
+
+    def _on_bulk(self, ftype: int, payload: bytes) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            self._lost("the backup sent a garbled frame")
+            return
+        if ftype == wire.ERROR:
+            self._lost(f"the backup refused copied data: {msg.get('message')}")
+        elif msg.get("gen") == self.copy_gen:
+            self.copied = max(self.copied, int(msg.get("copied", 0)))
+            self.ev.set()
 
     def _on_state(self, st: dict[str, Any]) -> None:
         self.grp.on_ack(int(st.get("received", 0)), int(st.get("applied", 0)),
@@ -179,280 +512,533 @@ class Sender(threading.Thread):
         if st.get("state") == ERROR and self.grp.state not in (ERROR, COPY, RESYNC):
             self.grp.fail(f"the backup reports: {st.get('message') or 'error'}")
 
-    def _read_acks(self, sock: socket.socket) -> None:
-        try:
-            while True:
-                ftype, payload = wire.recv(sock)
-                msg = json.loads(payload)
-                if ftype == wire.ERROR:
-                    self.grp.fail(f"the backup refused data: {msg['message']}")
-                    continue
-                if "copied" in msg:
-                    with self._ctl:
-                        self._copied = int(msg["copied"])
-                        self._ctl.notify_all()
-                if msg.get("reply"):
-                    with self._ctl:
-                        self._state_reply = msg
-                        self._ctl.notify_all()
-                self._on_state(msg)
-        except (OSError, DrKitError, ValueError):
-            with self._ctl:
-                self._ctl.notify_all()
-            with self.grp.lock:
-                self.grp.changed.notify_all()
-
-    def _wait_ctl(self, pred, what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._ctl:
-            while not pred():
-                left = deadline - time.monotonic()
-                if left <= 0 or self.stopping.is_set() or self.sock is None:
-                    raise Unavailable(f"the backup did not confirm {what}")
-                self._ctl.wait(min(left, 0.5))
-
-    def _copy(self, sock: socket.socket) -> int:
+    # -- initial copy and resync -------------------------------------------------------------
+    async def _copy(self) -> int:
         """Initial copy or resync; returns the next sequence to stream."""
         g = self.grp
-        gen, first_seq, initial = g.begin_copy()
-        with self._ctl:
-            self._state_reply = None
-            self._copied = 0
-        wire.send_json(sock, wire.RESYNC_START, {"generation": gen, "next_seq": first_seq,
-                                                 "initial": initial})
-        self._wait_ctl(lambda: self._state_reply is not None, "the start of the copy")
-        sent = 0
-        recent: list[tuple[int, int]] = []  # sent, maybe not yet stored at the backup
-        try:
-            for vid, dmap in g.dirty.items():
-                vol = g.members[vid]
-                fd = getattr(vol.dev, "fd", -1)
-                for c in list(dmap):
-                    if self.stopping.is_set():
-                        raise Unavailable("sender stopping")
-                    off = c * CHUNK
-                    n = min(CHUNK, vol.size - off)
-                    if initial and fd >= 0 and is_hole(fd, off, n):
-                        flags, data = wire.COPY_ZERO, b""
-                    else:
-                        data = vol.dev.read(off, n)
-                        flags = wire.COPY_ZERO if data.count(0) == len(data) else 0
-                        if flags:
-                            data = b""
-                    wire.send(sock, wire.COPYDATA, wire.COPY.pack(vid, off, flags) + data)
-                    sent += 1
-                    dmap.discard(c)
-                    recent.append((vid, c))
-                    if len(recent) > 2 * COPY_WINDOW:
-                        del recent[:COPY_WINDOW]
-                    if sent > COPY_WINDOW:
-                        target = sent - COPY_WINDOW
-                        self._wait_ctl(lambda t=target: self._copied >= t, "copied regions")
-                    g.copy_done += 1
-            self._wait_ctl(lambda: self._copied >= sent, "the last copied regions")
-        except BaseException:
-            for vid, c in recent:  # not confirmed: copy them again next time
-                g.dirty[vid].add(c)
-            raise
-        end_seq = g.end_copy()
-        wire.send_json(sock, wire.COPY_DONE, {"end_seq": end_seq})
-        return first_seq
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    if isinstance(e, OSError) and e.strerror:
-        return f"cannot reach the backup array: {e.strerror}"
-    return (text[0] if text else type(e).__name__)[:300]
-
-
-def _count_records(batch: bytes) -> int:
-    from dr_kit.storage import record as rec
-    n = pos = 0
-    while pos < len(batch):
-        length = rec.HEADER.unpack_from(batch, pos)[7]
-        pos += rec.HEADER_SIZE + length
-        n += 1
-    return n
-
-
-class Applier(threading.Thread):
-    """Applies one backup group's journal strictly in sequence order."""
-
-    def __init__(self, grp: SecondaryGroup) -> None:
-        super().__init__(name=f"applier-{grp.name}", daemon=True)
-        self.grp = grp
-        self.stopping = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.grp.kick()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
+        assert self.prio is not None
+        async with self.service.copy_slots:  # a few copies at a time; the others wait their turn
+            self._check()
+            gen, first_seq, initial = await self.loop.run_in_executor(self.service.executor, g.begin_copy)
+            self.reply = self.loop.create_future()
+            self.prio.send_json(wire.RESYNC_START, {"generation": gen, "next_seq": first_seq,
+                                                    "initial": initial})
             try:
-                if self.grp.apply_available() == 0:
-                    self.grp.wait_for_records(0.05)
-            except Exception as e:  # keep the backup alive; the group records the error
-                log.exception("applier %s", self.grp.name)
-                self.grp.fail(f"apply failed: {e}")
-                self.stopping.wait(0.5)
+                await asyncio.wait_for(asyncio.shield(self.reply), 60.0)
+            except TimeoutError:
+                raise Unavailable("the backup did not confirm the start of the copy") from None
+            finally:
+                self.reply = None
+            if self.bulk is None or self.bulk.lost is not None:
+                self.bulk, _ = await self._open(wire.BULK)
+                self.bulk.handler = self._on_bulk
+            self.copy_gen, self.copied = gen, 0
+            await self._copy_regions(gen)
+            end_seq = g.end_copy()
+            self.prio.send_json(wire.COPY_DONE, {"end_seq": end_seq})
+            return first_seq
 
-
-class _Conn(socketserver.BaseRequestHandler):
-    server: ReplicationServer
-
-    def setup(self) -> None:
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.send_lock = threading.Lock()
-        self.grp: SecondaryGroup | None = None
-        self.copied = 0
-        self.mode = "async"
-        self._ack_due = threading.Event()
-        self._closing = False
-
-    def _ack_loop(self) -> None:
-        """Asynchronous pairs: at most one acknowledgement per ACK_INTERVAL_S, carrying the
-        latest received and applied positions (fewer wake-ups at the main site)."""
-        while not self._closing:
-            self._ack_due.wait(0.5)
-            if self._closing:
-                return
-            if self._ack_due.is_set():
-                self._ack_due.clear()
-                try:
-                    self.ack()
-                except OSError:
-                    return
-                time.sleep(ACK_INTERVAL_S)
-
-    def ack_soon(self) -> None:
-        if self.mode == "sync":
-            self.ack()
-        else:
-            self._ack_due.set()
-
-    def _state(self, **extra: Any) -> dict[str, Any]:
+    async def _copy_regions(self, gen: int) -> None:
+        """Send every dirty region: data where the main holds non-zero data, "zeros" frames
+        for the rest (block-exact, so the backup allocates what the main allocated)."""
         g = self.grp
-        assert g is not None
+        sent = 0
+        inflight: collections.deque[tuple[int, int, range]] = collections.deque()  # (end, vid, chunks)
+        try:
+            for vid, dmap in list(g.dirty.items()):
+                vol = g.members.get(vid)
+                if vol is None:
+                    continue
+                ranges = data_ranges(vol.dev.fd, 0, vol.size)  # where the volume holds data at all
+                for c0, c1 in _runs(list(dmap)):
+                    start, end = c0 * CHUNK, min(c1 * CHUNK, vol.size)
+                    for off, length, data in _pieces(vol.dev, ranges, start, end):
+                        sent = await self._send_piece(gen, vid, off, length, data, sent, inflight)
+                    dmap.discard_many(list(range(c0, c1)))
+                    g.copy_done += c1 - c0
+            while self.copied < sent:  # the last regions are stored at the backup
+                await self._wait_copied(sent, "the last copied regions")
+        except BaseException:
+            for end, vid, chunks in inflight:  # not confirmed: copy them again next time
+                if end > self.copied and vid in g.dirty:
+                    g.dirty[vid].add_many(list(chunks))
+            raise
+
+    async def _wait_copied(self, target: int, what: str) -> None:
+        """Until the backup confirmed more copy bytes (60 s without progress: give up)."""
+        self._check()
+        before = self.copied
+        self.ev.clear()
+        await self._wait(60.0)
+        self._check()
+        if self.copied == before and self.copied < target and not self.stopping:
+            raise Unavailable(f"the backup did not confirm {what} for 60 s")
+
+    async def _send_piece(self, gen: int, vid: int, off: int, length: int, data: bytes | None,
+                          sent: int, inflight: collections.deque) -> int:
+        assert self.bulk is not None
+        self._check()
+        head = wire.COPY.pack(gen, vid, off, length, wire.COPY_ZERO if data is None else 0)
+        payload = head if data is None else head + data
+        self.bulk.send(wire.COPYDATA, payload)
+        sent += len(payload)
+        inflight.append((sent, vid, range(off // CHUNK, (off + length - 1) // CHUNK + 1)))
+        while inflight and inflight[0][0] <= self.copied:
+            inflight.popleft()
+        while sent - self.copied > COPY_WINDOW_BYTES:  # the window is full: wait for the backup
+            await self._wait_copied(sent - COPY_WINDOW_BYTES, "copied regions")
+        await self.bulk.lane.drain()
+        await asyncio.sleep(0)  # the other groups' senders go first: copies yield after each frame
+        return sent
+
+
+def _runs(chunks: list[int]) -> list[tuple[int, int]]:
+    """Sorted chunk numbers as ``[first, last + 1)`` runs of consecutive chunks."""
+    out: list[tuple[int, int]] = []
+    for c in chunks:
+        if out and out[-1][1] == c:
+            out[-1] = (out[-1][0], c + 1)
+        else:
+            out.append((c, c + 1))
+    return out
+
+
+BLOCK = 4096
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+def _pieces(dev: Any, ranges: list[tuple[int, int]], start: int, end: int):
+    """``(offset, length, data or None)`` covering ``start .. end`` in order: data pieces of
+    at most COPY_FRAME_CHUNKS chunks, and None for runs of holes or zero blocks."""
+    limit = COPY_FRAME_CHUNKS * CHUNK
+    zero_from = start  # where the current run of zeros began
+    for r0, r1 in ranges:
+        d0, d1 = max(r0, start), min(r1, end)
+        while d0 < d1:  # read the data extent in frames, keep its zero blocks out
+            n = min(limit, d1 - d0)
+            buf = dev.read(d0, n)
+            b = 0
+            while b < n and not is_zero(buf):
+                step = min(BLOCK - (d0 + b) % BLOCK, n - b)  # up to the next block boundary
+                if buf[b:b + step] == _ZERO_BLOCK[:step]:
+                    b += step
+                    continue
+                e = b + step
+                while e < n:
+                    s2 = min(BLOCK, n - e)
+                    if buf[e:e + s2] == _ZERO_BLOCK[:s2]:
+                        break
+                    e += s2
+                if zero_from < d0 + b:
+                    yield zero_from, d0 + b - zero_from, None
+                yield d0 + b, e - b, buf[b:e]
+                zero_from = d0 + e
+                b = e
+            d0 += n
+    if zero_from < end:
+        yield zero_from, end - zero_from, None
+
+
+# -- backup side -------------------------------------------------------------------------------
+
+
+class _Session:
+    """Backup side: one group's session with its main array (channels on one or two lanes)."""
+
+    def __init__(self, service: ReplicationService, grp: SecondaryGroup, mode: str) -> None:
+        self.service, self.grp, self.mode = service, grp, mode
+        self.prio: tuple[_BackupLane, int] | None = None
+        self.bulk: tuple[_BackupLane, int] | None = None
+        self.copy_gen = 0
+        self.copied = 0
+        self.copy_acked = 0
+        self._last_ack = 0.0
+        self._ack_scheduled = False
+
+    def state(self, **extra: Any) -> dict[str, Any]:
+        g = self.grp
         return {"received": g.received_seq, "applied": g.applied_seq, "applied_time": g.applied.time,
                 "generation": g.journal.generation, "state": g.state,
                 "consistent": bool(g.conf.get("consistent")), "message": g.conf.get("message", ""),
                 **extra}
 
-    def _send(self, ftype: int, obj: dict[str, Any]) -> None:
-        with self.send_lock:
-            wire.send_json(self.request, ftype, obj)
+    def send_prio(self, ftype: int, obj: dict[str, Any]) -> None:
+        if self.prio is not None:
+            lane, cid = self.prio
+            lane.send_json(cid, ftype, obj)
 
     def ack(self) -> None:
-        self._send(wire.ACK, self._state())
+        self._ack_scheduled = False
+        self._last_ack = time.monotonic()
+        self.send_prio(wire.ACK, self.state())
 
-    def handle(self) -> None:
-        array = self.server.array
-        sock = self.request
-        try:
-            hello = self._authenticate()
-            if hello is None:
-                return
-            members = {int(k): (v[0], int(v[1])) for k, v in hello["members"].items()}
-            try:
-                # the backup journal holds what the main journal holds, with room for the
-                # segment granularity of freeing on both sides
-                self.grp = array.ensure_secondary_group(hello["group"], members,
-                                                        2 * int(hello["journal_capacity"]),
-                                                        int(hello["generation"]))
-            except DrKitError as e:
-                self._send(wire.ERROR, {"message": str(e)})
-                return
-            self.server.service.ensure_threads()
-            g = self.grp
-            with self.server.service._lock:
-                self.server.conns.add(self)
-            self.mode = hello.get("mode", "async")
-            threading.Thread(target=self._ack_loop, daemon=True, name=f"acks-{g.name}").start()
-            g.listeners.append(self.ack_soon)
-            self._send(wire.STATE, self._state())
-            while True:
-                ftype, payload = wire.recv(sock)
-                if ftype == wire.ENTRIES:
-                    try:
-                        g.receive(payload)
-                    except JournalError as e:
-                        self._send(wire.ERROR, {"message": str(e)})
-                        continue
-                    self.ack_soon()
-                elif ftype == wire.COPYDATA:
-                    vid, off, flags = wire.COPY.unpack_from(payload)
-                    vol = g.members[vid]
-                    n = min(CHUNK, vol.size - off)
-                    data = bytes(n) if flags & wire.COPY_ZERO else payload[wire.COPY.size:]
-                    with g.lock:
-                        vol.write(off, data)
-                    self.copied += 1
-                    self._send(wire.ACK, self._state(copied=self.copied))
-                elif ftype == wire.RESYNC_START:
-                    msg = json.loads(payload)
-                    self._start_copy(g, msg)
-                    self.copied = 0
-                    self._send(wire.ACK, self._state(reply=True, copied=0))
-                elif ftype == wire.COPY_DONE:
-                    msg = json.loads(payload)
-                    self._send(wire.ACK, self._state(copied=self.copied))
-                    with g.lock:
-                        g.conf["copy_end_seq"] = int(msg["end_seq"])
-                        if g.applied_seq >= int(msg["end_seq"]):
-                            g.conf["copy_end_seq"] = None
-                            g.set_state(PAIR, "", consistent=True)
-                    g.kick()
-                    self.ack()
-                elif ftype == wire.STATE:
-                    msg = json.loads(payload)
-                    g.main_head = (int(msg.get("head") or 0), float(msg.get("head_time") or 0.0))
-        except (OSError, DrKitError, ValueError, KeyError, TypeError, struct.error) as e:
-            name = self.grp.name if self.grp is not None else "(not authenticated)"
-            log.info("replication session of group %s from %s ended: %s: %s", name,
-                     self.client_address, type(e).__name__, str(e)[:200])
-        finally:
-            with self.server.service._lock:
-                self.server.conns.discard(self)
-            self._closing = True
-            self._ack_due.set()
-            if self.grp is not None and self.ack_soon in self.grp.listeners:
-                self.grp.listeners.remove(self.ack_soon)
+    def ack_soon(self) -> None:
+        """Asynchronous pairs: at most one acknowledgement per ACK_INTERVAL_S, carrying the
+        latest received and applied positions (fewer wake-ups at the main site)."""
+        if self.mode == "sync":
+            self.ack()
+            return
+        if self._ack_scheduled:
+            return
+        wait = self._last_ack + ACK_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self.ack()
+        else:
+            self._ack_scheduled = True
+            self.service.loop.call_later(wait, self.ack)
 
-    def _authenticate(self) -> dict[str, Any] | None:
-        """The pair handshake (see :mod:`wire`): the group's session, or None when refused."""
-        sock = self.request
-        ftype, payload = wire.recv(sock)
-        hello = json.loads(payload) if ftype == wire.HELLO else None
+    def ack_soon_threadsafe(self) -> None:
+        self.service.loop.call_soon_threadsafe(self.ack_soon)
+
+    def flush_copy_ack(self) -> None:
+        if self.copied != self.copy_acked and self.bulk is not None:
+            lane, cid = self.bulk
+            lane.send_json(cid, wire.ACK, {"gen": self.copy_gen, "copied": self.copied})
+            self.copy_acked = self.copied
+
+    def end(self, why: str) -> None:
+        """The group is gone here (promoted, deleted): the main's session ends."""
+        for b in (self.prio, self.bulk):
+            if b is not None:
+                lane, cid = b
+                lane.send_json(cid, wire.ERROR, {"message": why, _FATAL: True})
+                lane.channels.pop(cid, None)
+        if self.ack_soon_threadsafe in self.grp.listeners:
+            self.grp.listeners.remove(self.ack_soon_threadsafe)
+        self.prio = self.bulk = None
+
+
+class _BackupLane(_Lane):
+    """A connection from a main array: channels authenticate, then carry one group each."""
+
+    def __init__(self, service: ReplicationService) -> None:
+        super().__init__(service)
+        # channel -> ("hello", group, nonce_main, nonce_backup, secret) or ("ok", session, lane kind)
+        self.channels: dict[int, tuple] = {}
+        self.authenticated = False
+        self.copy_sessions: set[_Session] = set()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.authenticated and len(self.reader.buf) + len(data) > PREAUTH_MAX:
+            log.warning("replication: dropped a connection from %s that sent %d bytes before "
+                        "authenticating", self.peer_name, len(self.reader.buf) + len(data))
+            self.abort()
+            return
+        super().data_received(data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.service.lanes.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.service.lanes.discard(self)
+        for entry in self.channels.values():
+            if entry[0] == "ok":
+                s: _Session = entry[1]
+                if s.prio is not None and s.prio[0] is self:
+                    s.prio = None
+                if s.bulk is not None and s.bulk[0] is self:
+                    s.bulk = None
+        self.channels.clear()
+
+    def refuse(self, cid: int, message: str, *, log_it: str) -> None:
+        log.warning("replication: %s (from %s)", log_it, self.peer_name)
+        self.send_json(cid, wire.ERROR, {"message": message})
+        self.channels.pop(cid, None)
+
+    def on_frame(self, cid: int, ftype: int, payload: bytes) -> None:
+        entry = self.channels.get(cid)
+        if entry is None:
+            if ftype != wire.HELLO:
+                log.warning("replication: refused a connection from %s that did not start with a "
+                            "pair handshake", self.peer_name)
+                self.abort()
+                return
+            self._hello(cid, payload)
+        elif entry[0] == "hello":
+            if ftype != wire.AUTH:
+                self.refuse(cid, "the pair handshake expects AUTH", log_it="handshake out of order")
+                return
+            self._auth(cid, entry, payload)
+        else:
+            s: _Session = entry[1]
+            if s.grp is not self.service.array.secondary.get(s.grp.name):
+                return  # the group is gone; its end was announced
+            self._data(s, entry[2], cid, ftype, payload)
+
+    def _hello(self, cid: int, payload: bytes) -> None:
+        hello = json.loads(payload)
         if not isinstance(hello, dict) or not isinstance(hello.get("group"), str) \
                 or not isinstance(hello.get("nonce"), str):
             log.warning("replication: refused a connection from %s that did not start with a "
-                        "pair handshake", self.client_address)
-            return None
+                        "pair handshake", self.peer_name)
+            self.abort()
+            return
+        if len(self.channels) > 4096:
+            self.abort()
+            return
         group, nm = hello["group"][:64], hello["nonce"][:64]
-        secret = self.server.array.pair_secret(group)
+        secret = self.service.array.pair_secret(group)
         if secret is None:
-            log.warning("replication: refused group %r from %s: no pair secret is registered "
-                        "for it here", group, self.client_address)
-            self._send(wire.ERROR, {"message": f"array {self.server.array.name} holds no pair "
-                                    f"secret for group {group!r}; register it there first "
-                                    "(POST /v1/pairs)"})
-            return None
+            self.refuse(cid, f"array {self.service.array.name} holds no pair secret for group "
+                        f"{group!r}; register it there first (POST /v1/pairs)",
+                        log_it=f"refused group {group!r}: no pair secret is registered for it here")
+            return
         nb = wire.nonce()
-        self._send(wire.CHALLENGE, {"nonce": nb, "proof": wire.proof(secret, "backup", group, nm, nb)})
-        ftype, payload = wire.recv(sock)
-        auth = json.loads(payload) if ftype == wire.AUTH else None
-        if not isinstance(auth, dict) or not wire.proof_ok(secret, "main", group, nm, nb, auth.get("proof")):
-            log.warning("replication: refused group %r from %s: the peer did not prove the pair "
-                        "secret", group, self.client_address)
-            self._send(wire.ERROR, {"message": f"authentication of group {group!r} failed"})
-            return None
-        auth["group"] = group
-        return auth
+        kind = wire.BULK if hello.get("lane") == wire.BULK else wire.PRIO
+        self.channels[cid] = ("hello", group, nm, nb, secret, kind)
+        self.send_json(cid, wire.CHALLENGE, {"nonce": nb, "proof": wire.proof(secret, "backup", group, nm, nb)})
 
-    def _start_copy(self, g: SecondaryGroup, msg: dict[str, Any]) -> None:
-        array = self.server.array
+    def _auth(self, cid: int, entry: tuple, payload: bytes) -> None:
+        _, group, nm, nb, secret, kind = entry
+        auth = json.loads(payload)
+        if not isinstance(auth, dict) or not wire.proof_ok(secret, "main", group, nm, nb, auth.get("proof")):
+            self.refuse(cid, f"authentication of group {group!r} failed",
+                        log_it=f"refused group {group!r}: the peer did not prove the pair secret")
+            return
+        self.authenticated = True
+        svc = self.service
+        if kind == wire.PRIO:
+            members = {int(k): (str(v[0]), int(v[1])) for k, v in auth["members"].items()}
+            try:
+                # the backup journal holds what the main journal holds, with room for the
+                # segment granularity of freeing on both sides
+                grp = svc.array.ensure_secondary_group(group, members, 2 * int(auth["journal_capacity"]),
+                                                       int(auth["generation"]))
+            except DrKitError as e:
+                self.refuse(cid, str(e), log_it=f"refused group {group!r}: {e}")
+                return
+            svc.sync_groups()
+            s = svc.sessions.get(group)
+            if s is None or s.grp is not grp:
+                s = svc.sessions[group] = _Session(svc, grp, str(auth.get("mode", "async")))
+            s.mode = str(auth.get("mode", "async"))
+            if s.prio is not None and s.prio != (self, cid):  # an older session of the group ends
+                old_lane, old_cid = s.prio
+                old_lane.channels.pop(old_cid, None)
+            s.prio = (self, cid)
+            if s.ack_soon_threadsafe not in grp.listeners:
+                grp.listeners.append(s.ack_soon_threadsafe)
+            self.channels[cid] = ("ok", s, kind)
+            self.send_json(cid, wire.STATE, s.state())
+        else:
+            s = svc.sessions.get(group)
+            if s is None or s.grp is not svc.array.secondary.get(group):
+                self.refuse(cid, f"group {group!r} has no session here yet",
+                            log_it=f"bulk lane for group {group!r} before its session")
+                return
+            if s.bulk is not None and s.bulk != (self, cid):
+                old_lane, old_cid = s.bulk
+                old_lane.channels.pop(old_cid, None)
+            s.bulk = (self, cid)
+            self.channels[cid] = ("ok", s, kind)
+            self.send_json(cid, wire.STATE, s.state())
+
+    def _data(self, s: _Session, kind: str, cid: int, ftype: int, payload: bytes) -> None:
+        g = s.grp
+        svc = self.service
+        if ftype == wire.ENTRIES:
+            try:
+                g.receive(payload)
+            except JournalError as e:
+                self.send_json(cid, wire.ERROR, {"message": str(e)})
+                return
+            s.ack_soon()
+        elif ftype == wire.COPYDATA:
+            gen, vid, off, length, flags = wire.COPY.unpack_from(payload)
+            vol = g.members.get(vid)
+            body = memoryview(payload)[wire.COPY.size:]
+            if gen != s.copy_gen or g.state not in (COPY, RESYNC):
+                return  # a frame of an earlier, abandoned copy
+            if vol is None or off < 0 or off + length > vol.size or \
+                    (not flags & wire.COPY_ZERO and len(body) != length):
+                self.send_json(cid, wire.ERROR, {"message": f"copied region {vid}@{off}+{length} "
+                                                 "does not fit a member volume"})
+                return
+            with g.lock:
+                if flags & wire.COPY_ZERO:
+                    vol.zero(off, length)  # a hole stays a hole; data there becomes one
+                else:
+                    vol.write(off, body)
+            s.copied += len(payload)
+            self.copy_sessions.add(s)
+        elif ftype == wire.RESYNC_START:
+            msg = json.loads(payload)
+            svc.start_copy(g, msg)
+            s.copy_gen, s.copied, s.copy_acked = int(msg["generation"]), 0, 0
+            s.send_prio(wire.ACK, s.state(reply=True))
+        elif ftype == wire.COPY_DONE:
+            msg = json.loads(payload)
+            with g.lock:
+                g.conf["copy_end_seq"] = int(msg["end_seq"])
+                if g.applied_seq >= int(msg["end_seq"]):
+                    g.conf["copy_end_seq"] = None
+                    g.set_state(PAIR, "", consistent=True)
+            g.kick()
+            s.ack()
+        elif ftype == wire.STATE:
+            msg = json.loads(payload)
+            g.main_head = (int(msg.get("head") or 0), float(msg.get("head_time") or 0.0))
+        elif ftype == wire.BYE:
+            self.channels.pop(cid, None)
+
+    def after_frames(self) -> None:
+        # copied regions are acknowledged once per batch of received frames (not per region)
+        for s in self.copy_sessions:
+            s.flush_copy_ack()
+        self.copy_sessions.clear()
+
+
+class _ApplyPool:
+    """A fixed number of threads applying the backup groups' journals, groups taking turns."""
+
+    def __init__(self, workers: int) -> None:
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued: set[int] = set()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._work, daemon=True, name=f"apply-{i}")
+                        for i in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def kick(self, g: SecondaryGroup) -> None:
+        with self._lock:
+            if id(g) in self._queued:
+                return
+            self._queued.add(id(g))
+        self.q.put(g)
+
+    def _work(self) -> None:
+        while True:
+            g = self.q.get()
+            if g is None:
+                return
+            with self._lock:
+                self._queued.discard(id(g))
+            try:
+                g.apply_available()
+            except Exception as e:  # noqa: BLE001 - keep the backup alive; the group records the error
+                log.exception("apply of group %s failed", g.name)
+                with contextlib.suppress(Exception):
+                    g.fail(f"apply failed: {e}")
+                continue
+            if g.pending and g.wakeup is not None:  # more to do: after the other groups' turn
+                self.kick(g)
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            self.q.put(None)
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+class ReplicationService:
+    """Everything replication in one array process: one event loop thread (senders,
+    receivers, the listener), a fixed pool of apply threads, one helper thread."""
+
+    def __init__(self, array: Array, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.array = array
+        self.loop = asyncio.new_event_loop()
+        self.loop_thread_id = 0
+        self._sock = socket.create_server((host, port))
+        self._sock.setblocking(False)
+        self.port = self._sock.getsockname()[1]
+        self.senders: dict[str, Sender] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.peers: dict[str, _Peer] = {}
+        self.lanes: set[_BackupLane] = set()
+        self.pool = _ApplyPool(APPLY_WORKERS)
+        from concurrent.futures import ThreadPoolExecutor
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="replication-bulk")
+        self.copy_slots: asyncio.Semaphore | None = None
+        self._started = threading.Event()
+        self._stop: asyncio.Future | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="replication")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise Unavailable("the replication service did not start")
+        self.ensure_threads()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop_thread_id = threading.get_ident()
+        self.loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stop = self.loop.create_future()
+        self.copy_slots = asyncio.Semaphore(COPY_SLOTS)
+        server = await self.loop.create_server(lambda: _BackupLane(self), sock=self._sock)
+        self._started.set()
+        try:
+            await self._stop
+        finally:
+            server.close()
+            for s in self.senders.values():
+                s.stop()
+            await asyncio.gather(*(s.task for s in self.senders.values()), return_exceptions=True)
+            for p in self.peers.values():
+                p.close()
+            for lane in list(self.lanes):
+                lane.abort()
+            await asyncio.sleep(0)
+
+    def stop(self) -> None:
+        if self._thread.is_alive() and self._stop is not None:
+            self.loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))
+            self._thread.join(10)
+        self.pool.stop()
+        self.executor.shutdown(wait=False)
+
+    def peer(self, remote: str) -> _Peer:
+        p = self.peers.get(remote)
+        if p is None:
+            p = self.peers[remote] = _Peer(self, remote)
+        return p
+
+    # -- groups ------------------------------------------------------------------------------
+    def ensure_threads(self) -> None:
+        """Start senders for new groups and stop those of deleted groups; end the sessions
+        of backup groups that are gone (promoted, deleted).  No thread is started: senders
+        are coroutines, applying is done by the fixed pool."""
+        if threading.get_ident() == self.loop_thread_id:
+            self.sync_groups()
+            return
+        if not self._thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._sync_async(), self.loop)
+        fut.result(30)
+
+    async def _sync_async(self) -> None:
+        self.sync_groups()
+
+    def sync_groups(self) -> None:
+        a = self.array
+        for name, g in list(a.primary.items()):
+            s = self.senders.get(name)
+            if s is None or s.grp is not g:
+                if s is not None:
+                    s.stop()
+                self.senders[name] = Sender(self, g)
+        for name in [n for n, s in self.senders.items() if a.primary.get(n) is not s.grp]:
+            self.senders.pop(name).stop()
+        for sg in list(a.secondary.values()):
+            if sg.wakeup is None:
+                sg.wakeup = lambda sg=sg: self.pool.kick(sg)
+                self.pool.kick(sg)  # records received before a restart are applied now
+        for name, sess in list(self.sessions.items()):
+            if a.secondary.get(name) is not sess.grp:
+                sess.end(f"group {name} no longer exists at array {a.name} (promoted or deleted)")
+                del self.sessions[name]
+
+    def start_copy(self, g: SecondaryGroup, msg: dict[str, Any]) -> None:
+        """A copy begins (RESYNC_START): keep the last consistent image in a guard snapshot
+        (a resync), start a new generation, say honestly that the volumes are inconsistent."""
+        array = self.array
         with g.lock:
             if g.state != ERROR:
                 g.apply_available(max_records=1 << 30)  # everything received is a consistent prefix
@@ -472,68 +1058,4 @@ class _Conn(socketserver.BaseRequestHandler):
             g.set_state(state, why, consistent=False)
 
 
-class ReplicationServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, array: Array, service: ReplicationService, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
-        self.array = array
-        self.service = service
-        self.conns: set[_Conn] = set()  # authenticated sessions, by group
-        super().__init__((host, port), _Conn)
-
-
-class ReplicationService:
-    """All replication threads of one array: senders, appliers and the listener."""
-
-    def __init__(self, array: Array, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.array = array
-        self.senders: dict[str, Sender] = {}
-        self.appliers: dict[str, Applier] = {}
-        self.server = ReplicationServer(array, self, host, port)
-        self.port = self.server.server_address[1]
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                        name="replication-listener")
-
-    def start(self) -> None:
-        self._thread.start()
-        self.ensure_threads()
-
-    def ensure_threads(self) -> None:
-        """Start threads for new groups, stop those of deleted groups."""
-        with self._lock:
-            for name, g in list(self.array.primary.items()):
-                s = self.senders.get(name)
-                if s is None or s.grp is not g:
-                    if s is not None:
-                        s.stop()
-                    self.senders[name] = Sender(self.array, g)
-                    self.senders[name].start()
-            for name in [n for n in self.senders if n not in self.array.primary]:
-                self.senders.pop(name).stop()
-            for name, sg in list(self.array.secondary.items()):
-                a = self.appliers.get(name)
-                if a is None or a.grp is not sg:
-                    if a is not None:
-                        a.stop()
-                    self.appliers[name] = Applier(sg)
-                    self.appliers[name].start()
-            for name in [n for n in self.appliers if n not in self.array.secondary]:
-                self.appliers.pop(name).stop()
-            for conn in list(self.server.conns):  # sessions of deleted or promoted groups end
-                if conn.grp is not None and self.array.secondary.get(conn.grp.name) is not conn.grp:
-                    try:
-                        conn.request.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        with self._lock:
-            for s in self.senders.values():
-                s.stop()
-            for a in self.appliers.values():
-                a.stop()
+__all__ = ["ReplicationService", "Sender", "ACK_INTERVAL_S", "BATCH_WINDOW_MS"]

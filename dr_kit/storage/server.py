@@ -20,15 +20,19 @@ SIGTERM closes everything cleanly; SIGKILL is survived by the on-disk format.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import hashlib
+import logging
 import os
+import select
 import signal
 import socket
-import socketserver
 import struct
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ REQ = struct.Struct("<BIQI")  # op, handle, offset, length
 RESP = struct.Struct("<BI")  # status, length
 OPEN, READ, WRITE, SYNC, CLOSE, SIZE, WRITEV = range(1, 8)
 OK, FAIL = 0, 1
+log = logging.getLogger("dr_kit.storage.server")
 # a failed request's status names its error class; the message follows
 ERROR_CODES: dict[int, type[DrKitError]] = {1: InvalidInput, 2: NotFound, 3: Conflict,
                                             4: Unavailable, 5: JournalError}
@@ -79,58 +84,17 @@ def _extents(payload: bytes) -> list[tuple[int, memoryview]]:
     return out
 
 
-class _DataConn(socketserver.BaseRequestHandler):
-    server: DataPathServer
+class _DataConn:
+    """One host connection: its open volumes (handles are never reused, also after CLOSE)."""
 
-    def handle(self) -> None:
-        array = self.server.array
-        sock: socket.socket = self.request
-        handles: dict[int, str] = {}
-        next_handle = 1  # never reused on this connection, also after a CLOSE
-        try:
-            while True:
-                op, h, off, length = REQ.unpack(recv_exact(sock, REQ.size, "data path"))
-                if length > MAX_REQUEST:  # a garbled stream: nothing after this can be trusted
-                    msg = f"data path request of {length} bytes is larger than {MAX_REQUEST}".encode()
-                    sock.sendall(RESP.pack(_code(InvalidInput), len(msg)) + msg)
-                    return
-                payload = recv_exact(sock, length, "data path") if op in (OPEN, WRITE, WRITEV) and length else b""
-                try:
-                    if op not in (OPEN, SYNC) and h not in handles:
-                        raise NotFound(f"no volume is open with handle {h} on this connection")
-                    if op == WRITE:
-                        array.write(handles[h], off, payload)
-                        out = b""
-                    elif op == WRITEV:
-                        array.writev(handles[h], _extents(payload), packed=payload)
-                        out = b""
-                    elif op == READ:
-                        out = array.read(handles[h], off, length)
-                    elif op == OPEN:
-                        try:
-                            name = payload.decode()
-                        except UnicodeDecodeError:
-                            raise InvalidInput("a volume name must be UTF-8") from None
-                        v = array.volume(name)
-                        h, next_handle = next_handle, next_handle + 1
-                        handles[h] = name
-                        out = struct.pack("<IQ", h, v.size)
-                    elif op == SIZE:
-                        out = struct.pack("<Q", array.volume(handles[h]).size)
-                    elif op == SYNC:
-                        out = b""  # writes are ordered and stored when acknowledged
-                    elif op == CLOSE:
-                        handles.pop(h, None)
-                        out = b""
-                    else:
-                        raise InvalidInput(f"unknown data path operation {op}")
-                    sock.sendall(RESP.pack(OK, len(out)) + out)
-                except (DrKitError, struct.error) as e:
-                    err = e if isinstance(e, DrKitError) else InvalidInput(f"malformed request: {e}")
-                    msg = str(err).encode()
-                    sock.sendall(RESP.pack(_code(type(err)), len(msg)) + msg)
-        except (Unavailable, OSError):
-            return
+    __slots__ = ("sock", "fd", "handles", "next_handle", "buf")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.handles: dict[int, str] = {}
+        self.next_handle = 1
+        self.buf = b""  # bytes received beyond the last request (a host that pipelines)
 
 
 def _code(cls: type[DrKitError]) -> int:
@@ -140,19 +104,243 @@ def _code(cls: type[DrKitError]) -> int:
     return FAIL
 
 
-class DataPathServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
+_WAKE, _LISTEN = "wake", "listen"
+RECV_SIZE = 64 * 1024
 
-    def __init__(self, path: Path, array: Array) -> None:
+
+class _DataWorker(threading.Thread):
+    """Serves its share of the host connections from one epoll set: a request is read,
+    executed and answered in this thread (no hand-off on the commit path).  A write of a
+    synchronous pair is parked until the backup acknowledges it, and the worker goes on
+    serving its other connections meanwhile."""
+
+    def __init__(self, server: DataPathServer, index: int) -> None:
+        super().__init__(daemon=True, name=f"data-{index}")
+        self.server = server
+        self.ep = select.epoll()
+        self._rx, self._tx = socket.socketpair()
+        self._rx.setblocking(False)
+        self._tx.setblocking(False)
+        self.fds: dict[int, _DataConn | str] = {self._rx.fileno(): _WAKE}
+        self.ep.register(self._rx.fileno(), select.EPOLLIN)
+        self.inbox: collections.deque[socket.socket] = collections.deque()
+        self.parked: list[tuple[_DataConn, PrimaryGroup, int, float]] = []
+        self.count = 0
+        self.stopping = False
+
+    def listen_on(self, sock: socket.socket) -> None:
+        self.fds[sock.fileno()] = _LISTEN
+        self.ep.register(sock.fileno(), select.EPOLLIN)
+
+    def wake(self) -> None:
+        try:
+            self._tx.send(b"\0")
+        except OSError:
+            pass
+
+    def adopt(self, sock: socket.socket) -> None:
+        self.count += 1
+        self.inbox.append(sock)
+        self.wake()
+
+    def run(self) -> None:
+        fds = self.fds
+        while not self.stopping:
+            timeout = -1.0
+            if self.parked:
+                timeout = max(0.0, min(p[3] for p in self.parked) - time.monotonic())
+            for fd, _ev in self.ep.poll(timeout):
+                obj = fds.get(fd)
+                if isinstance(obj, _DataConn):
+                    self._serve(obj)
+                elif obj == _WAKE:
+                    try:
+                        while self._rx.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    while self.inbox:
+                        sock = self.inbox.popleft()
+                        conn = _DataConn(sock)
+                        fds[conn.fd] = conn
+                        self.ep.register(conn.fd, select.EPOLLIN)
+                elif obj == _LISTEN:
+                    self.server.accept()
+            if self.parked:
+                self._release_parked()
+        for obj in list(fds.values()):
+            if isinstance(obj, _DataConn):
+                obj.sock.close()
+        self.ep.close()
+
+    def _close(self, conn: _DataConn) -> None:
+        if self.fds.pop(conn.fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(conn.fd)
+        conn.sock.close()
+        self.count -= 1
+
+    @staticmethod
+    def _reply(conn: _DataConn, status: int, out: bytes) -> None:
+        conn.sock.sendall(RESP.pack(status, len(out)) + out)
+
+    def _serve(self, conn: _DataConn) -> None:
+        try:
+            while True:
+                waiting = self._request(conn)
+                if waiting is not None or not conn.buf:
+                    break
+        except (Unavailable, OSError):
+            self._close(conn)
+            return
+        except Exception:  # noqa: BLE001 - a bug ends this host connection, not the worker
+            log.exception("data path request failed")
+            self._close(conn)
+            return
+        if waiting is not None:  # a synchronous write: answered when the backup acknowledged it
+            grp, seq = waiting
+            self.ep.unregister(conn.fd)
+            grp.sync_wakers.add(self.wake)
+            self.parked.append((conn, grp, seq, time.monotonic() + grp.sync_timeout))
+
+    def _release_parked(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for conn, grp, seq, deadline in self.parked:
+            if not grp.sync_done(seq):
+                if now < deadline:
+                    keep.append((conn, grp, seq, deadline))
+                    continue
+                grp.sync_expired(seq)  # the pair is suspended; the host goes on
+            try:
+                self._reply(conn, OK, b"")
+                self.ep.register(conn.fd, select.EPOLLIN)
+            except OSError:
+                self.fds.pop(conn.fd, None)
+                conn.sock.close()
+                self.count -= 1
+        self.parked = keep
+
+    def _read(self, conn: _DataConn) -> tuple[int, int, int, int, bytes | memoryview]:
+        """One request: mostly a single recv (header and payload arrive together)."""
+        sock = conn.sock
+        data = conn.buf or sock.recv(RECV_SIZE)
+        conn.buf = b""
+        if not data:
+            raise Unavailable("the host closed the data path connection")
+        while len(data) < REQ.size:
+            more = sock.recv(RECV_SIZE)
+            if not more:
+                raise Unavailable("the host closed the data path connection")
+            data += more
+        op, h, off, length = REQ.unpack_from(data)
+        if length > MAX_REQUEST:  # a garbled stream: nothing after this can be trusted
+            raise InvalidInput(f"data path request of {length} bytes is larger than {MAX_REQUEST}")
+        need = REQ.size + (length if op in (OPEN, WRITE, WRITEV) else 0)
+        if len(data) < need:
+            data += recv_exact(sock, need - len(data), "data path")
+        if len(data) > need:
+            conn.buf = data[need:]
+        payload = memoryview(data)[REQ.size:need] if need > REQ.size else b""
+        return op, h, off, length, payload
+
+    def _request(self, conn: _DataConn) -> tuple[PrimaryGroup, int] | None:
+        array = self.server.array
+        try:
+            op, h, off, length, payload = self._read(conn)
+        except InvalidInput as e:
+            self._reply(conn, _code(InvalidInput), str(e).encode())
+            raise Unavailable("garbled data path stream") from None
+        handles = conn.handles
+        try:
+            if op not in (OPEN, SYNC) and h not in handles:
+                raise NotFound(f"no volume is open with handle {h} on this connection")
+            out = b""
+            if op == WRITEV:
+                waiting = array.writev(handles[h], _extents(payload), packed=payload, wait=False)
+                if waiting is not None:
+                    return waiting
+            elif op == WRITE:
+                waiting = array.writev(handles[h], [(off, payload)], wait=False)
+                if waiting is not None:
+                    return waiting
+            elif op == READ:
+                out = array.read(handles[h], off, length)
+            elif op == OPEN:
+                try:
+                    name = bytes(payload).decode()
+                except UnicodeDecodeError:
+                    raise InvalidInput("a volume name must be UTF-8") from None
+                v = array.volume(name)
+                h, conn.next_handle = conn.next_handle, conn.next_handle + 1
+                handles[h] = name
+                out = struct.pack("<IQ", h, v.size)
+            elif op == SIZE:
+                out = struct.pack("<Q", array.volume(handles[h]).size)
+            elif op == SYNC:
+                out = b""  # writes are ordered and stored when acknowledged
+            elif op == CLOSE:
+                handles.pop(h, None)
+            else:
+                raise InvalidInput(f"unknown data path operation {op}")
+            self._reply(conn, OK, out)
+        except (DrKitError, struct.error) as e:
+            err = e if isinstance(e, DrKitError) else InvalidInput(f"malformed request: {e}")
+            self._reply(conn, _code(type(err)), str(err).encode())
+        return None
+
+
+class DataPathServer:
+    """The data path: a Unix socket (0600) served by a fixed pool of selector workers, so
+    the number of threads does not grow with hosts or volumes."""
+
+    WORKERS = 4
+
+    def __init__(self, path: Path, array: Array, workers: int | None = None) -> None:
         self.array = array
+        self.path = path
         if path.exists():
             path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is created 0600: only the owner can connect
         try:
-            super().__init__(str(path), _DataConn)
+            self.sock.bind(str(path))
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.workers = [_DataWorker(self, i) for i in range(workers or self.WORKERS)]
+        self.workers[0].listen_on(self.sock)
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.setblocking(True)
+            # a request cut off midway does not hold a worker forever (a kernel timeout: no
+            # extra poll per call, as Python's own socket timeout would add)
+            tv = struct.pack("ll", 30, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            min(self.workers, key=lambda w: w.count).adopt(sock)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stopping = True
+            w.wake()
+        for w in self.workers:
+            if w.is_alive():
+                w.join(5)
+        self.sock.close()
 
 
 _STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409, Unavailable: 503}
@@ -262,11 +450,11 @@ class ManagementServer(ApiServer):
                 case "resync":
                     with g.lock:
                         g.conf["resync_requested"] = True
-                        g.changed.notify_all()
+                        g.signal()
                 case "pause-transfer" | "resume-transfer":
                     with g.lock:
                         g.conf["transfer_paused"] = act == "pause-transfer"
-                        g.changed.notify_all()
+                        g.signal()
                 case "corrupt-next":
                     g.faults["corrupt_next"] = g.faults.get("corrupt_next", 0) + 1
                 case "configure":
@@ -362,11 +550,11 @@ class ArrayProcess:
         self.sock_path = socket_path_for(self.root)
         self.data = DataPathServer(self.sock_path, self.array)
         self.mgmt = ManagementServer(self.array, self.service, mgmt_port, token=token)
-        self.threads = [threading.Thread(target=s.serve_forever, daemon=True)
-                        for s in (self.data, self.mgmt)]
+        self.threads = [threading.Thread(target=self.mgmt.serve_forever, daemon=True, name="mgmt")]
 
     def start(self) -> dict[str, Any]:
         self.service.start()
+        self.data.start()
         for t in self.threads:
             t.start()
         return self.endpoints()
@@ -378,9 +566,9 @@ class ArrayProcess:
 
     def stop(self) -> None:
         self.service.stop()
-        for s in (self.data, self.mgmt):
-            s.shutdown()
-            s.server_close()
+        self.mgmt.shutdown()
+        self.mgmt.server_close()
+        self.data.close()
         self.array.close()
         try:
             self.sock_path.unlink()

@@ -1,12 +1,20 @@
 """Framing of the replication link between two arrays, and the pair handshake.
 
-A frame is ``length u32 | type u8 | payload``; control payloads are JSON, journal batches
-are raw journal records (each carries its own checksum), copy payloads are
-``volume u32 | offset u64 | flags u8 | data``.
+A main array keeps two TCP connections ("lanes") to each backup array it replicates to,
+whatever the number of consistency groups: the *priority* lane carries control frames,
+journal entries and acknowledgements; the *bulk* lane carries initial-copy and resync
+data, so a copy never queues in front of a running group's entries.  Every group's
+session is a *channel* on a lane (a number chosen by the main array).
 
-Handshake (per pair, both ends prove the pair's secret before any data flows)::
+A frame is ``length u32 | type u8 | channel u32 | payload``; control payloads are JSON,
+journal batches are raw journal records (each carries its own checksum), copy payloads
+are ``generation u32 | volume u32 | offset u64 | length u32 | flags u8 | data``.  A copy
+frame with ``COPY_ZERO`` carries no data: ``length`` bytes at ``offset`` are zeros (the
+backup keeps or makes them a hole, so thin volumes stay thin).
 
-    main   -> HELLO      {"group", "nonce": nm}
+Handshake (per pair and lane: both ends prove the pair's secret before any data flows)::
+
+    main   -> HELLO      {"group", "nonce": nm, "lane"}
     backup -> CHALLENGE  {"nonce": nb, "proof": HMAC(secret, backup|group|nm|nb)}
     main   checks the proof (a stranger posing as the backup gets nothing more)
     main   -> AUTH       {"proof": HMAC(secret, main|group|nm|nb), members, generation, ...}
@@ -29,20 +37,30 @@ from typing import Any
 
 from dr_kit.errors import Unavailable
 
-FRAME = struct.Struct("<IB")
-COPY = struct.Struct("<IQB")
+FRAME = struct.Struct("<IBI")  # length, type, channel
+COPY = struct.Struct("<IIQIB")  # generation, volume, offset, length, flags
 
-HELLO, STATE, ENTRIES, ACK, COPYDATA, RESYNC_START, COPY_DONE, ERROR, CHALLENGE, AUTH = range(1, 11)
+(HELLO, STATE, ENTRIES, ACK, COPYDATA, RESYNC_START, COPY_DONE, ERROR, CHALLENGE, AUTH,
+ BYE) = range(1, 12)
 COPY_ZERO = 1
 MAX_FRAME = 64 << 20
+PRIO, BULK = "prio", "bulk"
 
 
-def send(sock: socket.socket, ftype: int, payload: bytes = b"") -> None:
-    sock.sendall(FRAME.pack(len(payload), ftype) + payload)
+def frame(ftype: int, channel: int, payload: bytes | memoryview = b"") -> bytes:
+    return FRAME.pack(len(payload), ftype, channel) + bytes(payload)
 
 
-def send_json(sock: socket.socket, ftype: int, obj: dict[str, Any]) -> None:
-    send(sock, ftype, json.dumps(obj).encode())
+def json_frame(ftype: int, channel: int, obj: dict[str, Any]) -> bytes:
+    return frame(ftype, channel, json.dumps(obj).encode())
+
+
+def send(sock: socket.socket, ftype: int, payload: bytes = b"", channel: int = 0) -> None:
+    sock.sendall(frame(ftype, channel, payload))
+
+
+def send_json(sock: socket.socket, ftype: int, obj: dict[str, Any], channel: int = 0) -> None:
+    send(sock, ftype, json.dumps(obj).encode(), channel)
 
 
 def recv_exact(sock: socket.socket, n: int, what: str = "replication link") -> bytes:
@@ -57,10 +75,43 @@ def recv_exact(sock: socket.socket, n: int, what: str = "replication link") -> b
 
 
 def recv(sock: socket.socket) -> tuple[int, bytes]:
-    length, ftype = FRAME.unpack(recv_exact(sock, FRAME.size))
+    """One frame from a blocking socket (its channel is not returned; see :func:`recv_frame`)."""
+    ftype, _channel, payload = recv_frame(sock)
+    return ftype, payload
+
+
+def recv_frame(sock: socket.socket) -> tuple[int, int, bytes]:
+    length, ftype, channel = FRAME.unpack(recv_exact(sock, FRAME.size))
     if length > MAX_FRAME:
         raise Unavailable(f"replication frame of {length} bytes is too large; the link is garbled")
-    return ftype, recv_exact(sock, length) if length else b""
+    return ftype, channel, recv_exact(sock, length) if length else b""
+
+
+class FrameReader:
+    """Splits a byte stream into frames, whatever the pieces it arrives in."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """Add received bytes; returns the complete frames (type, channel, payload)."""
+        buf = self.buf
+        buf += data
+        out = []
+        pos, n = 0, len(buf)
+        with memoryview(buf) as view:
+            while n - pos >= FRAME.size:
+                length, ftype, channel = FRAME.unpack_from(buf, pos)
+                if length > MAX_FRAME:
+                    raise Unavailable(f"replication frame of {length} bytes is too large; the link is garbled")
+                end = pos + FRAME.size + length
+                if end > n:
+                    break
+                out.append((ftype, channel, bytes(view[pos + FRAME.size:end])))
+                pos = end
+        if pos:
+            del buf[:pos]
+        return out
 
 
 def nonce() -> str:
