@@ -7,8 +7,10 @@ This layer knows nothing of Kubernetes, widgets or plots.  Layout:
 - ``journal``     a journal volume: checksummed segment files, recovery of a torn tail
 - ``blocks``      block devices: volume files, copy-on-write snapshots, writable clones
 - ``array``       the array engine: volumes, consistency groups, the commit path, apply
-- ``replication`` the transfer between arrays over TCP (sender, receiver, initial copy)
+- ``wire``        frames of the replication link (two lanes, channels) and the pair handshake
+- ``replication`` the transfer between arrays (one event loop: senders, receivers, copies)
 - ``link``        a TCP link emulator (delay, rate, cut) placed between two arrays
+- ``httpapi``     the token-checked HTTP/JSON server of the management and control APIs
 - ``server``      the array process: data path socket, management API, replication port
 - ``client``      clients for the data path and the management API
 """
