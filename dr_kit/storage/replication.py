@@ -125,6 +125,12 @@ class _Lane(asyncio.Protocol):
         if self.transport is not None and not self.closed:  # one write: one system call
             self.transport.write(wire.FRAME.pack(len(payload), ftype, channel) + payload)
 
+    def send_parts(self, channel: int, ftype: int, *parts: bytes | memoryview) -> None:
+        """One frame whose payload is ``parts`` joined (one copy, one write)."""
+        if self.transport is not None and not self.closed:
+            n = sum(len(p) for p in parts)
+            self.transport.write(b"".join((wire.FRAME.pack(n, ftype, channel), *parts)))
+
     def send_json(self, channel: int, ftype: int, obj: dict[str, Any]) -> None:
         self.send(channel, ftype, json.dumps(obj).encode())
 
@@ -579,9 +585,8 @@ class Sender:
         assert self.bulk is not None
         self._check()
         head = wire.COPY.pack(gen, vid, off, length, wire.COPY_ZERO if data is None else 0)
-        payload = head if data is None else head + data
-        self.bulk.send(wire.COPYDATA, payload)
-        sent += len(payload)
+        self.bulk.lane.send_parts(self.bulk.cid, wire.COPYDATA, head, data or b"")
+        sent += len(head) + (len(data) if data else 0)
         inflight.append((sent, vid, range(off // CHUNK, (off + length - 1) // CHUNK + 1)))
         while inflight and inflight[0][0] <= self.copied:
             inflight.popleft()
@@ -603,35 +608,33 @@ def _runs(chunks: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-BLOCK = 4096
-_ZERO_BLOCK = bytes(BLOCK)
-
-
 def _pieces(dev: Any, ranges: list[tuple[int, int]], start: int, end: int):
     """``(offset, length, data or None)`` covering ``start .. end`` in order: data pieces of
-    at most COPY_FRAME_CHUNKS chunks, and None for runs of holes or zero blocks."""
+    at most COPY_FRAME_CHUNKS chunks, and None for runs of holes or zeros.  Data comes only
+    from the volume's data extents (exact to the file system's blocks); within them, whole
+    zero chunks are left out too."""
     limit = COPY_FRAME_CHUNKS * CHUNK
     zero_from = start  # where the current run of zeros began
     for r0, r1 in ranges:
         d0, d1 = max(r0, start), min(r1, end)
-        while d0 < d1:  # read the data extent in frames, keep its zero blocks out
-            n = min(limit, d1 - d0)
+        while d0 < d1:
+            n = min(limit - d0 % CHUNK, d1 - d0)  # frames end on chunk boundaries
             buf = dev.read(d0, n)
             b = 0
-            while b < n and not is_zero(buf):
-                step = min(BLOCK - (d0 + b) % BLOCK, n - b)  # up to the next block boundary
-                if buf[b:b + step] == _ZERO_BLOCK[:step]:
+            while b < n:  # split at zero chunks (a bytes comparison is a memcmp)
+                step = min(CHUNK - (d0 + b) % CHUNK, n - b)
+                if is_zero(buf[b:b + step]) if step < n else is_zero(buf):
                     b += step
                     continue
                 e = b + step
                 while e < n:
-                    s2 = min(BLOCK, n - e)
-                    if buf[e:e + s2] == _ZERO_BLOCK[:s2]:
+                    s2 = min(CHUNK, n - e)
+                    if is_zero(buf[e:e + s2]):
                         break
                     e += s2
                 if zero_from < d0 + b:
                     yield zero_from, d0 + b - zero_from, None
-                yield d0 + b, e - b, buf[b:e]
+                yield d0 + b, e - b, buf if (b, e) == (0, n) else buf[b:e]
                 zero_from = d0 + e
                 b = e
             d0 += n
