@@ -467,8 +467,12 @@ class Sender:
             elif g.mode == "async":
                 # let writes gather for a short window: fewer, larger transfers keep the
                 # replication's CPU use from competing with the commit path, at the price
-                # of this much extra lag
-                await asyncio.sleep(float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0)
+                # of at most this much extra lag (counted from the oldest unsent write)
+                window = float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0
+                oldest = g.journal.time_of(next_seq)
+                wait = window - (time.time() - oldest) if oldest else window
+                if wait > 0.0005:
+                    await asyncio.sleep(wait)
             self._check()
             if g.state != PAIR:
                 continue
@@ -932,6 +936,8 @@ class _ApplyPool:
     def stop(self) -> None:
         for _ in self.threads:
             self.q.put(None)
+        for t in self.threads:  # an apply in progress finishes before the journals close
+            t.join(10)
 
 
 # -- the service ----------------------------------------------------------------------------------
