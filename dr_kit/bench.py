@@ -433,7 +433,7 @@ class Bench:
             seed(stock, sales)
             if mode == "async":
                 create_pair(self.mc, self.bc, "bench-cpu", vols, self.link.address, mode="async",
-                                     journal_capacity=256 << 20)
+                            journal_capacity=256 << 20)
                 self._wait_pair("bench-cpu")
             shops[mode] = Shop(stock, sales, seed_value=7)
         procs = {"main": _cpu_clock(self.main.pid), "backup": _cpu_clock(self.backup.pid),
