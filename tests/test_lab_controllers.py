@@ -45,6 +45,9 @@ def lab(tmp_path: Path):
     lab = LabDir.of(tmp_path)
     ma = start_array(tmp_path / "main/array", "main")
     ba = start_array(tmp_path / "backup/array", "backup")
+    lab.tokens.mkdir(mode=0o700)
+    for site, h in (("main", ma), ("backup", ba)):  # the arrays' tokens, where the lab keeps them
+        lab.token_file(f"{site}-array").write_text(h.token)
     link = LinkEmulator(ba.replication).start()
     ms = start_in_thread(tmp_path / "main/api", "tok-main")
     bs = start_in_thread(tmp_path / "backup/api", "tok-backup")
