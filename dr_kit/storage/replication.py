@@ -60,6 +60,7 @@ ACK_INTERVAL_S = 0.002  # asynchronous pairs: at most one acknowledgement per th
 APPLY_WORKERS = 2
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_WAIT_S = 2.0  # an idle sender looks again at least this often
+ACTIVE_S = 0.2  # a group that sent within this time polls its journal once per batch window
 PREAUTH_MAX = 64 << 10  # bytes a connection may send before any channel is authenticated
 _FATAL = "fatal"
 
@@ -429,6 +430,7 @@ class Sender:
         if st.get("generation") != g.generation and g.state == PAIR:
             g.suspend("the backup is at another generation; resync needed")
         last_beat, beat_head = 0.0, -1
+        last_sent = 0.0
         while True:
             self._check()
             self.ev.clear()
@@ -444,6 +446,14 @@ class Sender:
                 continue
             if next_seq < g.journal.first_seq and g.journal.last_seq >= g.journal.first_seq:
                 g.suspend(f"journal records from {next_seq} are no longer held at the main site; resync")
+                continue
+            window = float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0
+            if g.journal.last_seq < next_seq and g.mode == "async" and \
+                    time.monotonic() - last_sent < ACTIVE_S:
+                # a group written to just now: look again after a batch window instead of
+                # asking its writers to wake us (no wake-up call on the commit path)
+                await asyncio.sleep(window)
+                self._check()
                 continue
             idle = False
             with g.lock:
@@ -468,7 +478,6 @@ class Sender:
                 # let writes gather for a short window: fewer, larger transfers keep the
                 # replication's CPU use from competing with the commit path, at the price
                 # of at most this much extra lag (counted from the oldest unsent write)
-                window = float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0
                 oldest = g.journal.time_of(next_seq)
                 wait = window - (time.time() - oldest) if oldest else window
                 if wait > 0.0005:
@@ -486,6 +495,7 @@ class Sender:
                 batch = bytes(b)
             self.prio.send(wire.ENTRIES, batch)
             next_seq += count
+            last_sent = time.monotonic()
             await self.prio.lane.drain()
 
     def _on_prio(self, ftype: int, payload: bytes) -> None:
