@@ -115,6 +115,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     # -- the checks ---------------------------------------------------------------------
     def _own_origins(self) -> set[str]:
         host, port = self.server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else str(host)
         return {f"http://{host}:{port}", f"http://localhost:{port}"}
 
     def check(self, method: str) -> Any:

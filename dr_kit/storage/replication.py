@@ -275,7 +275,7 @@ class _Peer:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: _MainLane(self.service, self, kind), host, int(port)),
                 2.0)
-            lane = proto  # type: ignore[assignment]
+            lane = proto
             self.lanes[kind] = lane
             self._backoff = 0.05
             fut.set_result(lane)
@@ -536,7 +536,7 @@ class Sender:
     async def _copy(self) -> int:
         """Initial copy or resync; returns the next sequence to stream."""
         g = self.grp
-        assert self.prio is not None
+        assert self.prio is not None and self.service.copy_slots is not None
         async with self.service.copy_slots:  # a few copies at a time; the others wait their turn
             self._check()
             gen, first_seq, initial = await self.loop.run_in_executor(self.service.executor, g.begin_copy)
@@ -1007,8 +1007,13 @@ class ReplicationService:
             await asyncio.sleep(0)
 
     def stop(self) -> None:
-        if self._thread.is_alive() and self._stop is not None:
-            self.loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))
+        stop = self._stop
+        if self._thread.is_alive() and stop is not None:
+            def finish() -> None:
+                if not stop.done():
+                    stop.set_result(None)
+
+            self.loop.call_soon_threadsafe(finish)
             self._thread.join(10)
         self.pool.stop()
         self.executor.shutdown(wait=False)

@@ -65,7 +65,7 @@ def socket_path_for(root: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"drkit-{h}.sock"
 
 
-def _extents(payload: bytes) -> list[tuple[int, memoryview]]:
+def _extents(payload: bytes | memoryview) -> list[tuple[int, memoryview]]:
     """The (offset, data) writes of a write vector, as views of the payload (no copies)."""
     if len(payload) < 4:
         raise InvalidInput("malformed write vector: cut short")
