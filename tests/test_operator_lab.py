@@ -142,8 +142,10 @@ def test_a_group_promoted_behind_the_kits_back_is_not_protected(lab: Path) -> No
     status = cli.protect("shop", lab_dir=lab, wait=120)
     assert status["state"] == "Protected", status
     st = LabDir.of(lab).load()
-    main = ArrayClient(LabDir.of(lab).array_endpoint("main", st)["mgmt_url"])
-    backup = ArrayClient(LabDir.of(lab).array_endpoint("backup", st)["mgmt_url"])
+    main = ArrayClient(LabDir.of(lab).array_endpoint("main", st)["mgmt_url"],
+                       token=LabDir.of(lab).array_token("main"))
+    backup = ArrayClient(LabDir.of(lab).array_endpoint("backup", st)["mgmt_url"],
+                         token=LabDir.of(lab).array_token("backup"))
     group = "shop-dr-kit-shop"  # the lab plug-in's array group for VolumeGroupReplication
     backup.group_action(group, "promote")
     main.delete_group(group)

@@ -73,7 +73,8 @@ class MainReference:
 
     def __init__(self, main: Site, lab: Path, tag: str) -> None:
         ep = LabDir.of(lab).array_endpoint("main")  # the data path: the test's own access
-        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"])
+        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"],
+                                 token=LabDir.of(lab).array_token("main"))
         pvs = {pv["spec"]["csi"]["volumeHandle"]: pv for pv in main.kube.items("PersistentVolume")
                if pv["spec"].get("csi", {}).get("driver") == CSI_DRIVER}
         vols = {pv["spec"]["claimRef"]["name"]: h for h, pv in pvs.items()
