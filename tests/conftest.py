@@ -6,6 +6,7 @@ a test fails, so no array process outlives the test that started it.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Callable
@@ -130,3 +131,16 @@ def shop_lab(tmp_path_factory: pytest.TempPathFactory):
 
 
 SHARED_RATE = 25.0  # the shop's transactions per second in the shared lab
+
+
+@pytest.fixture
+def storage_log(monkeypatch, caplog):
+    """``storage_log(name, level)``: caplog for one storage logger, also when a library's
+    logging configuration disabled the loggers that existed when it ran."""
+
+    def capture(name: str, level: str = "INFO"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+        return caplog.at_level(level, logger=name)
+
+    capture.records = caplog.records  # type: ignore[attr-defined]
+    return capture

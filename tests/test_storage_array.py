@@ -329,12 +329,12 @@ def test_guard_snapshot_is_saved_with_its_flag(tmp_path):
     assert first["snapshots"][name]["consistent"] is True
 
 
-def test_guard_that_cannot_be_replaced_is_kept_and_said(tmp_path, caplog):
+def test_guard_that_cannot_be_replaced_is_kept_and_said(tmp_path, caplog, storage_log):
     a = _secondary(tmp_path)
     first, _ = a.take_guard("g")
     a.create_clone("restored", first, "vol-a")  # someone restored the old guard: it must stay
     a.secondary["g"].applied.store(7, 1, time.time())  # the backup moved on since
-    with caplog.at_level("WARNING", logger="dr_kit.storage.array"):
+    with storage_log("dr_kit.storage.array", "WARNING"):
         second, note = a.take_guard("g")
     assert second != first and second in a.conf["snapshots"] and first in a.conf["snapshots"]
     assert a.snapshot_info(second)["sequence"] == 7 and a.snapshot_info(second)["guard"] is True

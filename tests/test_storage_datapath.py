@@ -85,10 +85,10 @@ def test_unreachable_backup_is_reported_in_group_status(proc):
     assert st["connected"] is False
 
 
-def test_refused_replication_sessions_are_logged(proc, caplog):
+def test_refused_replication_sessions_are_logged(proc, caplog, storage_log):
     host, port = proc.endpoints()["replication"].rsplit(":", 1)
     proc.array.authorize_pair("g", new_pair_secret())
-    with caplog.at_level("INFO", logger="dr_kit.replication"):
+    with storage_log("dr_kit.replication", "INFO"):
         with socket.create_connection((host, int(port))) as s:
             s.sendall(b"\xff" * 64)  # not a frame of this protocol
         with socket.create_connection((host, int(port))) as s:

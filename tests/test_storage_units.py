@@ -609,7 +609,7 @@ def test_volfs_write_by_write_failure_resends_only_the_rest():
     assert again.read(slot, 0, 10) == b"A" * 10 and again.read(slot, 100_000, 10) == b"C" * 10
 
 
-def test_listener_failures_are_logged(tmp_path, caplog):
+def test_listener_failures_are_logged(tmp_path, caplog, storage_log):
     from dr_kit.storage.array import Array
 
     a = Array(tmp_path / "b", "backup")
@@ -619,6 +619,6 @@ def test_listener_failures_are_logged(tmp_path, caplog):
         raise OSError("connection reset")
 
     g.listeners.append(broken)
-    with caplog.at_level("WARNING", logger="dr_kit.storage.groups"):
+    with storage_log("dr_kit.storage.groups", "WARNING"):
         g._notify()
     assert any("connection reset" in r.getMessage() for r in caplog.records)
