@@ -27,8 +27,10 @@ not ready, a name that is already taken.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +39,7 @@ import pandas as pd
 from dr_kit import published
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
 from dr_kit.kube import SNAP_GROUP
+from dr_kit.operator import schedule
 from dr_kit.sites import (
     GROUP_LABEL,
     STATUS_ANNOTATION,
@@ -47,11 +50,11 @@ from dr_kit.sites import (
     wait_until,
 )
 
-RESTORED_FROM = "dr-kit.io/restored-from"  # on a restored PVC: its snapshot group
+RESTORED_FROM = schedule.RESTORED_FROM  # on a restored PVC: its snapshot group
 RESTORED_PVC = "dr-kit.io/restored-pvc"  # on a restored PVC: the PVC it is a copy of
-SNAPSHOT_OF = "dr-kit.io/snapshot-of"  # on a VolumeGroupSnapshot: the consistency group
-MANAGED_BY = {"app.kubernetes.io/managed-by": "dr-kit"}
-DEFAULT_CLASS_ANNOTATION = "groupsnapshot.storage.kubernetes.io/is-default-class"
+SNAPSHOT_OF = schedule.SNAPSHOT_OF  # on a VolumeGroupSnapshot: the consistency group
+MANAGED_BY = schedule.MANAGED_BY
+DEFAULT_CLASS_ANNOTATION = schedule.DEFAULT_CLASS_ANNOTATION
 
 STOCK_URL_ENV = "DR_KIT_STOCK_URL"
 SALES_URL_ENV = "DR_KIT_SALES_URL"
@@ -266,18 +269,84 @@ def get_snapshot_group(site: Site, name: str, namespace: str) -> SnapshotGroup:
     return _group_from(vgs, restored)
 
 
-def list_snapshot_groups(site: Site, namespace: str) -> pd.DataFrame:
-    """Snapshot groups of ``namespace``: readiness, consistency point, lag then, restores.
+def list_snapshot_groups(site: Site, namespace: str, *, now: pd.Timestamp | None = None
+                         ) -> pd.DataFrame:
+    """Snapshot groups of ``namespace``: readiness, age, consistency point, lag then, restores.
 
-    Columns: those of :meth:`Site.snapshots` plus ``restored`` (the restored PVCs).
+    Columns: those of :meth:`Site.snapshots` plus ``age_s`` (seconds since the group was
+    created, at ``now``), ``scheduled`` (taken by the namespace's snapshot schedule) and
+    ``restored`` (the restored PVCs).
     """
     df = site.snapshots(namespace)
     restored: dict[str, list[str]] = {}
     for p in _restored_pvcs(site, namespace):
         restored.setdefault(p["metadata"]["labels"][RESTORED_FROM], []).append(
             p["metadata"]["name"])
+    scheduled = {o["metadata"]["name"] for o in site.kube.items(
+        "VolumeGroupSnapshot", namespace,
+        label_selector=f"{schedule.SCHEDULE_LABEL}={schedule.SCHEDULE_CONFIGMAP}")} \
+        if len(df) else set()
+    now = now if now is not None else pd.Timestamp.now(tz="UTC")
+    df["age_s"] = pd.array([(now - c).total_seconds() if pd.notna(c) else None
+                            for c in df["created"]], dtype="Float64")
+    df["scheduled"] = [n in scheduled for n in df["name"]]
     df["restored"] = [",".join(sorted(restored.get(n, []))) or None for n in df["name"]]
     return df
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+def get_snapshot_schedule(site: Site, namespace: str) -> schedule.Schedule | None:
+    """The namespace's snapshot schedule at ``site`` (None when there is none).
+
+    A schedule whose ConfigMap holds a bad value raises InvalidInput naming it."""
+    site.require_namespace(namespace)
+    cm = site.kube.get("ConfigMap", schedule.SCHEDULE_CONFIGMAP, namespace)
+    if cm is None:
+        return None
+    try:
+        return schedule.Schedule.parse(cm.get("data"))
+    except InvalidInput as e:
+        raise InvalidInput(f"the snapshot schedule of {namespace} (ConfigMap "
+                           f"{schedule.SCHEDULE_CONFIGMAP}) is not valid: {e}") from None
+
+
+def set_snapshot_schedule(backup_site: Site, namespace: str, every: str, keep: str | int, *,
+                          snapshot_class: str | None = None, ready_within: str | None = None,
+                          main_site: Site | None = None) -> schedule.Schedule:
+    """Record a schedule for ``namespace`` at the backup site: a snapshot group every
+    ``every`` (``"15m"``; units s, m, h), the newest ``keep`` kept.
+
+    The backup site's operator takes them (:mod:`dr_kit.operator.schedule`).  Everything
+    is checked before anything is written: the values, that the namespace is protected,
+    the snapshot class.  Setting it again replaces it.
+    """
+    sched = schedule.Schedule(
+        schedule.parse_duration(every), schedule.parse_keep(keep),
+        snapshot_class or None,
+        schedule.parse_duration(ready_within, "--ready-within") if ready_within
+        else schedule.DEFAULT_READY_WITHIN_S)
+    protected_pvcs(backup_site, namespace, main_site)
+    _snapshot_class(backup_site, snapshot_class)
+    body = schedule.configmap(namespace, sched)
+    kube = backup_site.kube
+    if kube.get("ConfigMap", schedule.SCHEDULE_CONFIGMAP, namespace) is None:
+        kube.create("ConfigMap", body)
+    else:  # replace: keys the new schedule does not set are removed
+        data: dict[str, str | None] = dict.fromkeys(("class", "ready-within"))
+        data.update(body["data"])
+        kube.patch("ConfigMap", schedule.SCHEDULE_CONFIGMAP,
+                   {"metadata": {"labels": body["metadata"]["labels"]}, "data": data},
+                   namespace)
+    return sched
+
+
+def remove_snapshot_schedule(site: Site, namespace: str) -> bool:
+    """Remove the namespace's schedule (its snapshot groups stay); False when there was none."""
+    site.require_namespace(namespace)
+    return bool(site.kube.delete("ConfigMap", schedule.SCHEDULE_CONFIGMAP, namespace,
+                                 missing_ok=True))
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -550,7 +619,28 @@ def open_snapshot_databases(site: Site, name: str, namespace: str, *, restore: b
         lag_seconds=row["lag_seconds"], on_inconsistent=on_inconsistent, source=source)
 
 
+@contextlib.contextmanager
+def opened_snapshot(site: Site, name: str, namespace: str, *, progress: Progress | None = None,
+                    timeout: float = 60.0) -> Iterator[Any]:
+    """:func:`open_snapshot_databases` for the time of a ``with`` block: the databases are
+    closed at the end, and the restored PVCs this call made (if it had to restore the
+    group) are deleted again, so a scheduled group is not kept beyond its rotation."""
+    before = {p["metadata"]["name"] for p in _restored_pvcs(site, namespace, name)}
+    dbs = None
+    try:
+        dbs = open_snapshot_databases(site, name, namespace, progress=progress, timeout=timeout)
+        yield dbs
+    finally:
+        if dbs is not None:
+            dbs.close()
+        for p in _restored_pvcs(site, namespace, name):
+            if p["metadata"]["name"] not in before:
+                site.kube.delete("PersistentVolumeClaim", p["metadata"]["name"], namespace,
+                                 missing_ok=True)
+
+
 __all__ = ["SnapshotGroup", "create_snapshot_group", "list_snapshot_groups",
            "get_snapshot_group", "restore_snapshot_group", "delete_snapshot_group",
-           "open_snapshot_databases", "protected_pvcs", "restored_name", "RESTORED_FROM",
-           "RESTORED_PVC"]
+           "open_snapshot_databases", "opened_snapshot", "protected_pvcs", "restored_name",
+           "get_snapshot_schedule", "set_snapshot_schedule", "remove_snapshot_schedule",
+           "RESTORED_FROM", "RESTORED_PVC"]

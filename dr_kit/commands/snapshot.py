@@ -1,10 +1,13 @@
-"""``dr-kit snapshot create|list|restore|delete``: snapshot groups at the backup site."""
+"""``dr-kit snapshot create|list|restore|delete|schedule|diff|export``: snapshot groups at
+the backup site, their schedule, what changed between two, and their data as files."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from dr_kit.commands import CliProgress, site_from_args, site_options
@@ -45,6 +48,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = ssub.add_parser("delete", help="delete a snapshot group and the PVCs restored from it")
     common(d, name=True, wait=True)
     d.set_defaults(func=_delete)
+
+    sc = ssub.add_parser("schedule", help="take snapshot groups on a schedule, the newest kept",
+                         description="Record at the backup site that the backup site's operator "
+                         "takes a snapshot group of NS every DURATION and keeps the newest N "
+                         "(a ConfigMap dr-kit-snapshot-schedule in NS). Without options: show it.")
+    sc.add_argument("ns", metavar="NS", help="protected namespace")
+    sc.add_argument("--every", metavar="DURATION", help="like 30s, 15m or 6h (units s, m, h)")
+    sc.add_argument("--keep", metavar="N", help="how many good snapshot groups to keep")
+    sc.add_argument("--class", dest="snapshot_class", metavar="CLASS",
+                    help="VolumeGroupSnapshotClass (default: the cluster's default)")
+    sc.add_argument("--ready-within", metavar="DURATION",
+                    help="a group not ready by then is reported as failed (default 5m)")
+    sc.add_argument("--off", action="store_true", help="remove the schedule (groups stay)")
+    sc.add_argument("--json", action="store_true", help="print JSON only")
+    site_options(sc, site="backup")
+    sc.add_argument("--main-context", metavar="C", help="real clusters: the main site's context")
+    sc.set_defaults(func=_schedule, namespace=None)
+
+    df = ssub.add_parser("diff", help="what changed between two snapshot groups (orders, "
+                         "revenue, units, stock movements)")
+    df.add_argument("before", metavar="A", help="the earlier snapshot group")
+    df.add_argument("after", metavar="B", help="the later snapshot group")
+    common(df, name=False, wait=True)
+    df.set_defaults(func=_diff)
+
+    ex = ssub.add_parser("export", help="both databases of a snapshot group as Parquet, CSV or "
+                         "SQLite files, with provenance.json")
+    common(ex, name=True, wait=True)
+    ex.add_argument("--format", required=True, choices=("parquet", "csv", "sqlite"))
+    ex.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    ex.add_argument("--allow-inconsistent", action="store_true",
+                    help="export an image whose consistency verdict is not consistent")
+    ex.set_defaults(func=_export)
 
 
 def _sites(args: argparse.Namespace):  # noqa: ANN202
@@ -103,29 +139,129 @@ def _cell(v: Any) -> Any:
     return v
 
 
+def _age(seconds: float | None) -> str:
+    """``42s``, ``7m``, ``3h``, ``2d`` (as kubectl shows ages)."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def _point(iso: str | None) -> str:
+    return iso.replace("T", " ")[:23] + " UTC" if iso else "unknown"
+
+
 def _list(args: argparse.Namespace) -> int:
     from dr_kit import snapshots
 
     backup, _ = _sites(args)
     df = snapshots.list_snapshot_groups(backup, args.namespace)
+    sched = snapshots.get_snapshot_schedule(backup, args.namespace)
     rows = [{k: _cell(v) for k, v in r.items()} for r in df.to_dict("records")]
     if args.json:
         print(json.dumps(rows))
         return 0
+    if sched is not None:
+        print(f"schedule: {sched.describe()} (taken by the backup site's operator)")
     if not rows:
         print(f"no snapshot groups in namespace {args.namespace}")
         return 0
-    head = f"{'NAME':<24} {'READY':<5} {'SEQUENCE':>9} {'CONSISTENCY POINT':<32} {'LAG S':>8}  RESTORED"
-    print(head)
+    width = max(24, *(len(r["name"]) for r in rows))
+    print(f"{'NAME':<{width}} {'READY':<5} {'CONSISTENT':<10} {'AGE':>5} {'SEQUENCE':>9}  "
+          f"{'CONSISTENCY POINT':<27} {'LAG THEN':>9}  RESTORED")
     for r in rows:
-        lag = f"{r['lag_seconds']:.3f}" if r["lag_seconds"] is not None else "unknown"
+        lag = f"{r['lag_seconds']:.3f} s" if r["lag_seconds"] is not None else "unknown"
         seq = str(r["sequence"]) if r["sequence"] is not None else "-"
         ready = "yes" if r["ready"] else ("error" if r["error"] else "no")
-        print(f"{r['name']:<24} {ready:<5} {seq:>9} {r['point_time'] or '-':<32} {lag:>8}  "
-              f"{r['restored'] or '-'}")
+        consistent = {True: "yes", False: "NO"}.get(r["consistent"], "unknown")
+        print(f"{r['name']:<{width}} {ready:<5} {consistent:<10} {_age(r['age_s']):>5} "
+              f"{seq:>9}  {_point(r['point_time']):<27} {lag:>9}  {r['restored'] or '-'}")
         if r["error"]:
             print(f"  error: {r['error']}")
     return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from dr_kit import snapshots
+
+    backup, main = _sites(args)
+    ns = args.ns
+    if args.off and (args.every or args.keep):
+        raise InvalidInput("--off removes the schedule; it takes no --every or --keep")
+    if args.off:
+        gone = snapshots.remove_snapshot_schedule(backup, ns)
+        out = {"namespace": ns, "schedule": None, "removed": gone}
+        text = (f"snapshot schedule of {ns} removed (its snapshot groups stay)" if gone
+                else f"namespace {ns} had no snapshot schedule")
+    elif args.every or args.keep:
+        if not (args.every and args.keep):
+            raise InvalidInput("a schedule needs both --every (like 15m) and --keep (like 8)")
+        s = snapshots.set_snapshot_schedule(backup, ns, args.every, args.keep,
+                                            snapshot_class=args.snapshot_class,
+                                            ready_within=args.ready_within, main_site=main)
+        out = {"namespace": ns, "schedule": s.to_data()}
+        fmt = "YYYYMMDD-HHMM" if s.every_s % 60 == 0 else "YYYYMMDD-HHMMSS"
+        text = (f"snapshot schedule of {ns} at the backup site: {s.describe()}; the backup "
+                f"site's operator takes them, named {ns}-{fmt} (UTC)")
+    else:
+        s = snapshots.get_snapshot_schedule(backup, ns)
+        out = {"namespace": ns, "schedule": s.to_data() if s else None}
+        text = f"{ns}: {s.describe()}" if s else f"namespace {ns} has no snapshot schedule"
+    print(json.dumps(out) if args.json else text)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from dr_kit import export, snapshots
+
+    backup, _ = _sites(args)
+    ns, prog = args.namespace, _progress(args)
+    with _warnings_as_lines(), \
+            snapshots.opened_snapshot(backup, args.before, ns, progress=prog,
+                                      timeout=args.timeout) as a, \
+            snapshots.opened_snapshot(backup, args.after, ns, progress=prog,
+                                      timeout=args.timeout) as b:
+        d = export.diff_snapshots(a, b)
+    print(json.dumps(d, default=str) if args.json else "\n".join(export.diff_lines(d)))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from dr_kit import export, snapshots
+
+    backup, _ = _sites(args)
+    with _warnings_as_lines(), snapshots.opened_snapshot(
+            backup, args.name, args.namespace, progress=_progress(args),
+            timeout=args.timeout) as dbs:
+        t0 = time.monotonic()
+        if not args.json:
+            print(f"exporting {args.name} as {args.format} to {args.out} ...", file=sys.stderr)
+        report = export.export_snapshot(dbs, args.out, args.format,
+                                        allow_inconsistent=args.allow_inconsistent)
+    print(json.dumps(report.to_dict(), default=str) if args.json else
+          f"{report.summary_line()} ({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """A library warning (an inconsistent copy) as one ``warning:`` line on stderr."""
+    import sys
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def _restore(args: argparse.Namespace) -> int:

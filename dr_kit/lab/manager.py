@@ -11,7 +11,10 @@ Processes, in start order (stopped in reverse)::
 
     main-array  backup-array  link  main-api  backup-api       (no dependencies)
     main-controllers  backup-controllers                        (need lab.json, kubeconfig)
-    shop  operator                                              (need the bound shop PVCs)
+    shop  operator  backup-operator                             (need the bound shop PVCs)
+
+The backup site runs an operator of its own (``--site backup``): it takes the scheduled
+snapshot groups there (:mod:`dr_kit.operator.schedule`).
 
 Ports are chosen once, on the first ``up``, and kept in ``lab.json``: the kubeconfig, the
 replication addresses and the objects that name them stay valid across restarts.  The
@@ -66,16 +69,17 @@ DEFAULT_RATE = 5.0  # shop transactions per second on the first up
 PORT_NAMES = ("main_api", "backup_api", "main_mgmt", "backup_mgmt", "main_repl", "backup_repl",
               "link", "link_control")
 START_ORDER = ("main-array", "backup-array", "link", "main-api", "backup-api",
-               "main-controllers", "backup-controllers", "shop", "operator")
+               "main-controllers", "backup-controllers", "shop", "operator", "backup-operator")
 LABELS = {"main-array": "main array", "backup-array": "backup array", "link": "replication link",
           "main-api": "main API server", "backup-api": "backup API server",
           "main-controllers": "main controllers", "backup-controllers": "backup controllers",
-          "shop": "shop application", "operator": "operator"}
+          "shop": "shop application", "operator": "operator",
+          "backup-operator": "backup site's operator"}
 # down stops these groups one after the other (each group at once), users first
-STOP_TIERS = (("shop", "operator"), ("main-controllers", "backup-controllers"),
+STOP_TIERS = (("shop", "operator", "backup-operator"), ("main-controllers", "backup-controllers"),
               ("link", "main-api", "backup-api"), ("main-array", "backup-array"))
 # seconds a process gets between SIGTERM and SIGKILL (the operator holds no state of its own)
-STOP_GRACE = {"operator": 3.0}
+STOP_GRACE = {"operator": 3.0, "backup-operator": 3.0}
 TOKEN_ENV = "DR_KIT_APISERVER_TOKEN"
 # the storage processes' API tokens: kept in tokens/<name>.token (0600), given by environment
 STORAGE_TOKEN_ENV = {"main-array": "DR_KIT_ARRAY_TOKEN", "backup-array": "DR_KIT_ARRAY_TOKEN",
@@ -248,6 +252,10 @@ def _command(lab: LabDir, name: str, state: dict[str, Any]) -> list[str]:
         return py("dr_kit.operator", "run", "--kubeconfig", str(lab.kubeconfig),
                   "--dir", str(lab.root), "--context", "main", "--backup-context", "backup",
                   "--serve", "127.0.0.1:0")  # a free port each time: labs run side by side
+    if name == "backup-operator":
+        return py("dr_kit.operator", "run", "--kubeconfig", str(lab.kubeconfig),
+                  "--dir", str(lab.root), "--context", "backup", "--site", "backup",
+                  "--workers", "1", "--serve", "127.0.0.1:0")
     raise ValueError(name)
 
 
@@ -255,10 +263,11 @@ def _spawn(lab: LabDir, name: str, state: dict[str, Any], tokens: dict[str, str]
     extra = {TOKEN_ENV: tokens[name.split("-", 1)[0]]} if name.endswith("-api") else {}
     if name in STORAGE_TOKEN_ENV:
         extra = {STORAGE_TOKEN_ENV[name]: tokens[name]}
-    ready_file = None if name == "operator" else lab.ready_file(name)
+    operator = name in ("operator", "backup-operator")
+    ready_file = None if operator else lab.ready_file(name)
     p = processes.spawn(name, _command(lab, name, state), log=lab.log_file(name),
                         env=processes.base_env(extra), ready_file=ready_file,
-                        ready_pattern="operator watching" if name == "operator" else None,
+                        ready_pattern="operator watching" if operator else None,
                         cwd=lab.root)
     if name in STOP_GRACE:
         p.record["stop_grace"] = STOP_GRACE[name]
@@ -507,7 +516,7 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
         if control is None or rate is not None:
             control = {**(control or {}), "rate": DEFAULT_RATE if rate is None else rate}
             _write_json(lab.shop_control, control)
-        names = todo("shop", "operator")
+        names = todo("shop", "operator", "backup-operator")
         _start_all(lab, names, state, tokens, deadline, say)
         started += names
         if "shop" in names or not state.get("seeded"):

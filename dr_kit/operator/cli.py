@@ -259,8 +259,12 @@ def runner_for(kubeconfig=None, context=None, backup_context: str | None = None,
         raise InvalidInput(f"--resync {resync_seconds:g}: must be a positive number of seconds")
     address = parse_address(serve, allow_remote=in_cluster) if serve else None
     pol = _policy(policy)
-    main = Kube(api_client(kubeconfig, context, lab_dir, in_cluster=in_cluster),
-                permissions(pol))
+    perms = permissions(pol)
+    if site == "backup":  # it also runs the snapshot schedules there
+        from dr_kit.operator.schedule import with_permissions
+
+        perms = with_permissions(perms)
+    main = Kube(api_client(kubeconfig, context, lab_dir, in_cluster=in_cluster), perms)
     backup = None
     if backup_context or backup_kubeconfig:
         backup = Kube(api_client(backup_kubeconfig or kubeconfig, backup_context,

@@ -225,6 +225,11 @@ class Runner:
         for i in range(self.workers):
             self._spawn(f"worker-{i}", self._work_loop)
         self._spawn("resync", self._resync_loop)
+        if self.site == "backup":  # the backup site's operator takes the scheduled snapshots
+            from dr_kit.operator.schedule import SnapshotScheduler
+
+            self._spawn("snapshot-schedules", SnapshotScheduler(self.kube, clock=self.clock).run,
+                        self.stop_event)
         self._started = True
         return self
 
