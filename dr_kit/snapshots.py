@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -59,6 +60,7 @@ DEFAULT_CLASS_ANNOTATION = schedule.DEFAULT_CLASS_ANNOTATION
 STOCK_URL_ENV = "DR_KIT_STOCK_URL"
 SALES_URL_ENV = "DR_KIT_SALES_URL"
 DB_SECRET_ENV = "DR_KIT_DB_SECRET"
+SECRET_GONE_S = 5.0  # opened_snapshot: how long to wait for its restores' Secret to go
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -624,8 +626,12 @@ def opened_snapshot(site: Site, name: str, namespace: str, *, progress: Progress
                     timeout: float = 60.0) -> Iterator[Any]:
     """:func:`open_snapshot_databases` for the time of a ``with`` block: the databases are
     closed at the end, and the restored PVCs this call made (if it had to restore the
-    group) are deleted again, so a scheduled group is not kept beyond its rotation."""
+    group) are deleted again, so a scheduled group is not kept beyond its rotation.  Their
+    databases' Secret, published for those restores, is awaited gone (a few seconds at
+    most), so the next open does not find URLs of volumes that no longer exist."""
+    secret = published.databases_secret(name)
     before = {p["metadata"]["name"] for p in _restored_pvcs(site, namespace, name)}
+    had_secret = site.kube.get("Secret", secret, namespace) is not None
     dbs = None
     try:
         dbs = open_snapshot_databases(site, name, namespace, progress=progress, timeout=timeout)
@@ -633,10 +639,15 @@ def opened_snapshot(site: Site, name: str, namespace: str, *, progress: Progress
     finally:
         if dbs is not None:
             dbs.close()
-        for p in _restored_pvcs(site, namespace, name):
-            if p["metadata"]["name"] not in before:
-                site.kube.delete("PersistentVolumeClaim", p["metadata"]["name"], namespace,
-                                 missing_ok=True)
+        mine = [p["metadata"]["name"] for p in _restored_pvcs(site, namespace, name)
+                if p["metadata"]["name"] not in before]
+        for pvc in mine:
+            site.kube.delete("PersistentVolumeClaim", pvc, namespace, missing_ok=True)
+        if mine and not had_secret:
+            deadline = time.monotonic() + SECRET_GONE_S
+            while site.kube.get("Secret", secret, namespace) is not None and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 __all__ = ["SnapshotGroup", "create_snapshot_group", "list_snapshot_groups",

@@ -2,7 +2,8 @@
 # The test run behind `make test` (and CI): lint (ruff, import contracts, mypy), then the
 # whole suite; arguments go to pytest (`make test-fast` passes -m "not slow").
 # Starts the services the tests need on 127.0.0.1 (a throwaway PostgreSQL) and installs
-# Debian's kubectl when we may (root), so the kubectl compatibility tests run too.
+# Debian's kubectl and sqlite3 when we may (root), so the kubectl compatibility tests and
+# the sqlite3 checks of exports run too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -11,6 +12,11 @@ if [ "$(id -u)" = 0 ] && ! command -v kubectl >/dev/null 2>&1 && command -v apt-
     echo "installing kubectl (Debian kubernetes-client) for the compatibility tests"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client) >/dev/null 2>&1 \
         || echo "kubectl could not be installed; its tests will be skipped"
+fi
+if [ "$(id -u)" = 0 ] && ! command -v sqlite3 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing the sqlite3 command line tool (exports are checked with it)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3) >/dev/null 2>&1 \
+        || echo "sqlite3 could not be installed; its checks will be skipped"
 fi
 
 # The browser tests (tests/test_browser.py): Playwright drives Debian's chromium, never a

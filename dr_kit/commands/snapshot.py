@@ -76,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex = ssub.add_parser("export", help="both databases of a snapshot group as Parquet, CSV or "
                          "SQLite files, with provenance.json")
     common(ex, name=True, wait=True)
-    ex.add_argument("--format", required=True, choices=("parquet", "csv", "sqlite"))
+    ex.add_argument("--format", required=True, metavar="parquet|csv|sqlite")
     ex.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     ex.add_argument("--allow-inconsistent", action="store_true",
                     help="export an image whose consistency verdict is not consistent")
@@ -235,6 +235,8 @@ def _export(args: argparse.Namespace) -> int:
 
     from dr_kit import export, snapshots
 
+    if args.format not in export.FORMATS:  # before anything is restored
+        raise InvalidInput(f"--format {args.format!r}: choose parquet, csv or sqlite")
     backup, _ = _sites(args)
     with _warnings_as_lines(), snapshots.opened_snapshot(
             backup, args.name, args.namespace, progress=_progress(args),
