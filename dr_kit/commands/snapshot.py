@@ -207,9 +207,9 @@ def _schedule(args: argparse.Namespace) -> int:
         text = (f"snapshot schedule of {ns} at the backup site: {s.describe()}; the backup "
                 f"site's operator takes them, named {ns}-{fmt} (UTC)")
     else:
-        s = snapshots.get_snapshot_schedule(backup, ns)
-        out = {"namespace": ns, "schedule": s.to_data() if s else None}
-        text = f"{ns}: {s.describe()}" if s else f"namespace {ns} has no snapshot schedule"
+        now = snapshots.get_snapshot_schedule(backup, ns)
+        out = {"namespace": ns, "schedule": now.to_data() if now else None}
+        text = f"{ns}: {now.describe()}" if now else f"namespace {ns} has no snapshot schedule"
     print(json.dumps(out) if args.json else text)
     return 0
 
