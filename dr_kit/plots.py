@@ -126,3 +126,189 @@ def failover_timeline(result: dict[str, Any]) -> Figure:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# -- snapshot analytics (notebook 04) ------------------------------------------------------
+
+BLUE, LIGHT_BLUE, GREEN, AMBER, RED, GREY = ("#1f4e8c", "#c9d7ea", "#3b8c3b", "#e0a030",
+                                             "#c0392b", "#9a9a9a")
+
+
+def _stamp(fig: Figure, stamp: str, width: int = 160) -> float:
+    """The provenance stamp under the figure (wrapped); returns the height it takes, as a
+    fraction of the figure, for ``tight_layout(rect=...)``."""
+    if not stamp:
+        return 0.0
+    import textwrap
+
+    lines = textwrap.wrap(stamp, width=int(width * fig.get_figwidth() / 11))
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=7.5, color="#555555", va="bottom")
+    return min(0.2, (0.16 * len(lines) + 0.1) / fig.get_figheight())
+
+
+def _date_axis(ax: Any, maxticks: int = 8) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator(maxticks=maxticks)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def _thousands(ax: Any) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, _p: f"{v / 1000:,.0f}k" if abs(v) >= 1000 else f"{v:,.0f}"))
+
+
+def revenue_trend(df: pd.DataFrame, stamp: str = "") -> Figure:
+    """Revenue per day (bars) with its 7-day moving average (line), and the week-over-week
+    change of the 7-day revenue below, on a date axis (``analytics.revenue_trend``)."""
+    fig = Figure(figsize=(11, 5.4))
+    ax, wow = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
+    if df.empty:
+        ax.text(0.5, 0.5, "no orders", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    days = pd.to_datetime(df["day"])
+    ax.fill_between(days, df["revenue"], step="mid", color=LIGHT_BLUE, linewidth=0,
+                    label="revenue per day")
+    ax.plot(days, df["revenue_ma7"], color=BLUE, linewidth=2.2, label="7-day moving average")
+    ax.set_ylabel("revenue per day")
+    _thousands(ax)
+    ax.set_title(f"Revenue per day and its 7-day moving average, {days.min():%d %b} to "
+                 f"{days.max():%d %b %Y} ({len(df)} days)")
+    ax.legend(loc="upper left", frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    w = df["wow_pct"].astype(float)
+    wow.fill_between(days, w, 0, where=w >= 0, color=GREEN, alpha=0.55, interpolate=True)
+    wow.fill_between(days, w, 0, where=w < 0, color=RED, alpha=0.55, interpolate=True)
+    wow.axhline(0, color="black", linewidth=0.8)
+    wow.set_ylabel("week over\nweek (%)")
+    wow.grid(axis="y", alpha=0.3)
+    _date_axis(wow)
+    fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
+    return fig
+
+
+def mix_over_time(category: pd.DataFrame, channel: pd.DataFrame, stamp: str = "") -> Figure:
+    """Share of revenue per category and per channel, by week, as stacked areas that add
+    up to 100 % (``analytics.mix_over_time(period="week")``)."""
+    fig = Figure(figsize=(12, 4.6))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, df, by in ((axes[0], category, "category"), (axes[1], channel, "channel")):
+        period = df.columns[0]
+        wide = df.pivot(index=period, columns=by, values="share_pct").fillna(0.0)
+        wide = wide[wide.sum().sort_values(ascending=False).index]  # biggest at the bottom
+        x = pd.to_datetime(pd.Series(wide.index))
+        colors = [f"C{i}" for i in range(len(wide.columns))]
+        ax.stackplot(x, *(wide[c] for c in wide.columns), labels=list(wide.columns),
+                     colors=colors, alpha=0.85)
+        ax.set_ylim(0, 100)
+        ax.set_xlim(x.min(), x.max())
+        ax.set_title(f"{by.capitalize()} mix by {period} (% of revenue)")
+        _date_axis(ax, 6)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, fontsize=8.5,
+                  frameon=False)
+    axes[0].set_ylabel("share of the week's revenue (%)")
+    fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
+    return fig
+
+
+def abc_pareto(df: pd.DataFrame, stamp: str = "") -> Figure:
+    """Products ranked by revenue: each one's share (bars coloured by ABC class) and the
+    running share (line), with the 80 % and 95 % lines (``analytics.abc_classes``; the
+    names are in :func:`dr_kit.walkthrough.abc_table`)."""
+    fig = Figure(figsize=(11, 4.6))
+    ax = fig.subplots()
+    colors = {"A": GREEN, "B": AMBER, "C": GREY}
+    counts = {c: int((df["abc"] == c).sum()) for c in "ABC"}
+    for c in "ABC":
+        part = df[df["abc"] == c]
+        ax.bar(part["rank"], part["share_pct"], color=colors[c], width=0.85,
+               label=f"class {c}: {counts[c]} products, "
+                     f"{part['share_pct'].sum():.0f}% of revenue")
+    ax.set_xlabel("products ranked by revenue")
+    ax.set_ylabel("share of revenue (%)")
+    ax.set_ylim(0, max(float(df["share_pct"].max()), 1.0) * 1.1)
+    ax.set_xlim(0.3, max(len(df), 1) + 0.7)
+    cum = ax.twinx()
+    cum.plot(df["rank"], df["cum_pct"], color="black", linewidth=1.5, marker=".",
+             label="running share")
+    for line in (80, 95):
+        cum.axhline(line, color="black", linestyle=":", linewidth=0.8)
+        cum.text(len(df) + 0.6, line - 1, f"{line} %", va="top", ha="right", fontsize=8)
+    cum.set_ylim(0, 102)
+    cum.set_ylabel("running share of revenue (%)")
+    ax.set_title(f"ABC classes: {len(df)} products ranked by revenue (A: the first 80 %, "
+                 "B: up to 95 %, C: the rest)")
+    ax.legend(loc="center right", frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
+    return fig
+
+
+def stock_cover(df: pd.DataFrame, stamp: str = "", *, n: int = 15, window_days: int = 28,
+                lead_days: float = 7.0, safety_days: float = 3.0, cap_days: float = 60.0
+                ) -> Figure:
+    """Days of cover of the ``n`` products with the least, red where on hand is at or
+    below the reorder point (``analytics.stock_cover``)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    d = df.head(n).iloc[::-1]
+    fig = Figure(figsize=(10, 0.32 * len(d) + 1.9))
+    ax = fig.subplots()
+    point = lead_days + safety_days
+    finite = d["cover_days"].astype(float).replace(float("inf"), float("nan"))
+    cap = min(cap_days, max(point * 2.0, float(finite.max() if finite.notna().any() else 0) * 1.2))
+    cover = d["cover_days"].astype(float).clip(upper=cap)
+    ax.barh(d["name"].astype(str), cover, color=[RED if r else BLUE for r in d["reorder"]])
+    for y, (v, raw) in enumerate(zip(cover, d["cover_days"], strict=True)):
+        ax.text(v + cap * 0.01, y, "no sales" if raw == float("inf") else f"{raw:.1f}",
+                va="center", fontsize=8)
+    ax.axvline(point, color="black", linestyle="--", linewidth=1)
+    ax.legend(handles=[
+        Patch(color=RED, label="reorder now: on hand at or below the reorder point"),
+        Patch(color=BLUE, label="enough on hand"),
+        Line2D([], [], color="black", linestyle="--",
+               label=f"reorder point: {point:g} days of demand ({lead_days:g} lead + "
+                     f"{safety_days:g} safety)")], loc="upper right", fontsize=8, frameon=True)
+    capped = " (longer ones cut)" if (d["cover_days"] > cap).any() else ""
+    ax.set_xlabel(f"days of cover = on hand / units sold per day over the last {window_days} "
+                  f"days{capped}")
+    reorder = int(df["reorder"].sum())
+    ax.set_title(f"Days of cover: the {len(d)} lowest of {len(df)} products "
+                 f"({reorder} to reorder)")
+    ax.set_xlim(0, cap * 1.1)
+    fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
+    return fig
+
+
+def what_changed(summary: dict[str, Any], by_channel: pd.DataFrame, by_product: pd.DataFrame,
+                 stamp: str = "", *, n: int = 10) -> Figure:
+    """Between two snapshot groups: revenue gained per channel and the products whose
+    units sold grew most (``analytics.compare_snapshots``)."""
+    fig = Figure(figsize=(12, 4.2))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+    ch = by_channel.sort_values("revenue_delta", ascending=False)
+    left.bar(ch["channel"].astype(str), ch["revenue_delta"], color=BLUE)
+    for x, (v, o) in enumerate(zip(ch["revenue_delta"], ch["orders_delta"], strict=True)):
+        left.text(x, v, f"{v:,.0f}\n{o} orders", ha="center", va="bottom", fontsize=8)
+    left.set_ylabel("revenue gained")
+    left.set_title("revenue gained per channel")
+    left.margins(y=0.25)
+    top = by_product.sort_values("units_delta", ascending=False).head(n).iloc[::-1]
+    right.barh(top["name"].astype(str), top["units_delta"], color=GREEN)
+    right.set_xlabel("units sold in between")
+    right.set_title(f"the {len(top)} products that sold most in between")
+    b, a = summary["before"], summary["after"]
+
+    def when(p: dict[str, Any]) -> str:
+        t = pd.to_datetime(p.get("point_time"), utc=True, errors="coerce")
+        return "?" if pd.isna(t) else f"{t:%H:%M:%S} UTC"
+
+    fig.suptitle(f"What changed from {b['snapshot']} ({when(b)}) to {a['snapshot']} "
+                 f"({when(a)}): {summary['new_orders']:,} new orders, revenue "
+                 f"{summary['revenue_delta']:+,.2f}, units {summary['units_delta']:+,}",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
+    return fig

@@ -197,12 +197,21 @@ def _frame_stats(df: pd.DataFrame) -> dict[str, Any]:
 # -- 04 snapshot analytics -------------------------------------------------------------
 
 def analyse_snapshot(backup: Site, name: str, namespace: str, *, low_stock_threshold: int = 1500,
-                     top_n: int = 10, progress: Progress | None = None) -> dict[str, Any]:
-    """Open the snapshot group's databases and run the analyses; every frame is stamped."""
+                     top_n: int = 10, window_days: int = 28, progress: Progress | None = None
+                     ) -> dict[str, Any]:
+    """Open the snapshot group's databases and run the analyses; every frame is stamped.
+
+    The revenue trend and the mix cover whole days: the day of the snapshot's last order
+    is still running (and, in the lab, carries the live workload), so it is left out of
+    them and counted in ``today``."""
     from dr_kit import analytics
     from dr_kit.snapshots import open_snapshot_databases
 
     dbs = open_snapshot_databases(backup, name, namespace, progress=progress)
+    cover = analytics.stock_cover(dbs, window_days)
+    last = cover.attrs.get("window_end")
+    today = str(last)[:10] if last else None
+    trend_all = analytics.revenue_trend(dbs)
     frames = {
         "by_day": analytics.revenue_by_day(dbs),
         "by_category": analytics.revenue_by_category(dbs),
@@ -212,9 +221,104 @@ def analyse_snapshot(backup: Site, name: str, namespace: str, *, low_stock_thres
         "low_stock": analytics.low_stock(dbs, threshold=low_stock_threshold),
         "days_of_cover": analytics.days_of_cover(dbs),
         "reconciliation": analytics.reconciliation(dbs),
+        "trend": analytics.revenue_trend(dbs, until=today) if today else trend_all,
+        "mix_category": analytics.mix_over_time(dbs, "category", "week", until=today),
+        "mix_channel": analytics.mix_over_time(dbs, "channel", "week", until=today),
+        "abc": analytics.abc_classes(dbs),
+        "cover": cover,
+        "reorder": analytics.reorder_list(dbs, window_days),
     }
+    t = trend_all[trend_all["day"] == today] if today else trend_all.iloc[0:0]
     prov = dbs.provenance
-    return {"dbs": dbs, "frames": frames, "provenance": prov, "stamp": prov.stamp()}
+    return {"dbs": dbs, "frames": frames, "provenance": prov, "stamp": prov.stamp(),
+            "window_days": window_days,
+            "today": {"day": today, "orders": int(t["orders"].sum()),
+                      "revenue": float(t["revenue"].sum())}}
+
+
+def trend_table(trend: pd.DataFrame, days: int = 7) -> pd.DataFrame:
+    """The last ``days`` whole days of the revenue trend, rounded, with short headings."""
+    t = trend.tail(days)
+    return pd.DataFrame({"day": t["day"], "orders": t["orders"],
+                         "revenue": t["revenue"].round(0).astype("int64"),
+                         "7-day avg": t["revenue_ma7"].round(0),
+                         "WoW %": t["wow_pct"].round(1)}).reset_index(drop=True)
+
+
+def abc_table(abc: pd.DataFrame, examples: int = 3) -> pd.DataFrame:
+    """One row per ABC class: products, share of revenue, the best sellers in it."""
+    rows = []
+    for c in "ABC":
+        part = abc[abc["abc"] == c]
+        rows.append({"class": c, "products": len(part),
+                     "revenue %": round(float(part["share_pct"].sum()), 1),
+                     "e.g.": ", ".join(part["name"].head(examples).astype(str))})
+    return pd.DataFrame(rows)
+
+
+def reorder_table(reorder: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The most urgent reorders, with short headings."""
+    r = reorder.head(n)
+    return pd.DataFrame({"product": r["name"], "category": r["category"],
+                         "on hand": r["on_hand"], "sold/day": r["units_per_day"].round(1),
+                         "cover days": r["cover_days"].round(1),
+                         "order units": r["order_units"]}).reset_index(drop=True)
+
+
+def reconciliation_table(rec: pd.DataFrame) -> pd.DataFrame:
+    """Sales against stock movements, summed over every product: the two rules of a
+    consistent image, each with its figures and verdict."""
+    bad_sales = rec[rec["difference"] > 0]
+    bad_balance = rec[rec["balance_diff"] != 0]
+    return pd.DataFrame([
+        {"rule": "every unit sold left the stock", "sold": int(rec["units_sold"].sum()),
+         "moved out": int(rec["units_moved"].sum()),
+         "products breaking it": len(bad_sales), "holds": bad_sales.empty},
+        {"rule": "on hand + moved out - restocked = initial",
+         "sold": None, "moved out": None,
+         "products breaking it": len(bad_balance), "holds": bad_balance.empty},
+    ])
+
+
+def what_changed(main: Site, backup: Site, namespace: str, since: str, before: Any, *,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """What changed since the snapshot group ``since`` (opened as ``before``): a snapshot
+    group taken now (``<since>-now``), compared, then deleted again (it only served the
+    comparison)."""
+    from dr_kit import analytics
+    from dr_kit.errors import NotFound
+    from dr_kit.snapshots import (
+        create_snapshot_group,
+        delete_snapshot_group,
+        get_snapshot_group,
+        opened_snapshot,
+    )
+
+    later = f"{since}-now"[:63]
+    try:
+        get_snapshot_group(backup, later, namespace)
+        delete_snapshot_group(backup, later, namespace, progress=progress)
+    except NotFound:
+        pass
+    create_snapshot_group(backup, later, namespace, main_site=main, progress=progress)
+    try:
+        with opened_snapshot(backup, later, namespace, progress=progress) as after:
+            comp = analytics.compare_snapshots(before, after)
+    finally:
+        delete_snapshot_group(backup, later, namespace, progress=progress)
+    s = comp.summary
+    sm = s["stock_movements"]
+    table = pd.DataFrame([
+        {"what": "new orders", "change": f"{s['new_orders']:,}"},
+        {"what": "revenue", "change": f"{s['revenue_delta']:+,.2f}"},
+        {"what": "units sold", "change": f"{s['units_delta']:+,}"},
+        {"what": "stock movements", "change": f"{sm['new']:,} new ({sm['units_out']:,} units "
+                                              f"out, {sm['units_in']:,} in)"},
+        {"what": "units on hand", "change": f"{s['on_hand_delta']:+,}"},
+        {"what": "both images consistent", "change": "yes" if s["consistent"] else "NO"},
+    ])
+    return {"later": later, "comparison": comp, "summary": s, "table": table,
+            "stamp": comp.by_channel.attrs.get("stamp", "")}
 
 
 def wait_for_orders(controls: LabControls | None, minimum: int, timeout: float = 60.0,
