@@ -237,47 +237,49 @@ def analyse_snapshot(backup: Site, name: str, namespace: str, *, low_stock_thres
 
 
 def trend_table(trend: pd.DataFrame, days: int = 7) -> pd.DataFrame:
-    """The last ``days`` whole days of the revenue trend, rounded, with short headings."""
+    """The last ``days`` whole days of the revenue trend, rounded, by day."""
     t = trend.tail(days)
-    return pd.DataFrame({"day": t["day"], "orders": t["orders"],
-                         "revenue": t["revenue"].round(0).astype("int64"),
-                         "7-day avg": t["revenue_ma7"].round(0),
-                         "WoW %": t["wow_pct"].round(1)}).reset_index(drop=True)
+    return pd.DataFrame({"orders": t["orders"].to_numpy(),
+                         "revenue": t["revenue"].round(0).astype("int64").to_numpy(),
+                         "7-day avg": t["revenue_ma7"].round(0).astype("Int64").to_numpy(),
+                         "WoW %": t["wow_pct"].round(1).to_numpy()},
+                        index=pd.Index(t["day"], name="day"))
 
 
-def abc_table(abc: pd.DataFrame, examples: int = 3) -> pd.DataFrame:
-    """One row per ABC class: products, share of revenue, the best sellers in it."""
-    rows = []
+def abc_table(abc: pd.DataFrame, examples: int = 2) -> pd.DataFrame:
+    """One row per ABC class: products, share of revenue, its best sellers."""
+    rows = {}
     for c in "ABC":
         part = abc[abc["abc"] == c]
-        rows.append({"class": c, "products": len(part),
-                     "revenue %": round(float(part["share_pct"].sum()), 1),
-                     "e.g.": ", ".join(part["name"].head(examples).astype(str))})
-    return pd.DataFrame(rows)
+        rows[c] = {"products": len(part), "revenue %": round(float(part["share_pct"].sum()), 1),
+                   "best sellers": ", ".join(part["name"].head(examples).astype(str))}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")
 
 
 def reorder_table(reorder: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """The most urgent reorders, with short headings."""
+    """The most urgent reorders, by product, with short headings."""
     r = reorder.head(n)
-    return pd.DataFrame({"product": r["name"], "category": r["category"],
-                         "on hand": r["on_hand"], "sold/day": r["units_per_day"].round(1),
-                         "cover days": r["cover_days"].round(1),
-                         "order units": r["order_units"]}).reset_index(drop=True)
+    return pd.DataFrame({"category": r["category"].to_numpy(), "on hand": r["on_hand"].to_numpy(),
+                         "sold/day": r["units_per_day"].round(1).to_numpy(),
+                         "cover days": r["cover_days"].round(1).to_numpy(),
+                         "order units": r["order_units"].to_numpy()},
+                        index=pd.Index(r["name"], name="product"))
 
 
 def reconciliation_table(rec: pd.DataFrame) -> pd.DataFrame:
-    """Sales against stock movements, summed over every product: the two rules of a
-    consistent image, each with its figures and verdict."""
+    """The two rules of a consistent image, checked over every product, with their figures."""
     bad_sales = rec[rec["difference"] > 0]
     bad_balance = rec[rec["balance_diff"] != 0]
-    return pd.DataFrame([
-        {"rule": "every unit sold left the stock", "sold": int(rec["units_sold"].sum()),
-         "moved out": int(rec["units_moved"].sum()),
-         "products breaking it": len(bad_sales), "holds": bad_sales.empty},
-        {"rule": "on hand + moved out - restocked = initial",
-         "sold": None, "moved out": None,
-         "products breaking it": len(bad_balance), "holds": bad_balance.empty},
-    ])
+    rows = {
+        "every unit sold left the stock": {
+            "figures": f"{int(rec['units_sold'].sum()):,} units sold, "
+                       f"{int(rec['units_moved'].sum()):,} moved out",
+            "products breaking it": len(bad_sales), "holds": bad_sales.empty},
+        "on hand + moved out - restocked = initial": {
+            "figures": f"{len(rec) - len(bad_balance)} of {len(rec)} products balance",
+            "products breaking it": len(bad_balance), "holds": bad_balance.empty},
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("rule")
 
 
 def what_changed(main: Site, backup: Site, namespace: str, since: str, before: Any, *,
@@ -308,15 +310,14 @@ def what_changed(main: Site, backup: Site, namespace: str, since: str, before: A
         delete_snapshot_group(backup, later, namespace, progress=progress)
     s = comp.summary
     sm = s["stock_movements"]
-    table = pd.DataFrame([
-        {"what": "new orders", "change": f"{s['new_orders']:,}"},
-        {"what": "revenue", "change": f"{s['revenue_delta']:+,.2f}"},
-        {"what": "units sold", "change": f"{s['units_delta']:+,}"},
-        {"what": "stock movements", "change": f"{sm['new']:,} new ({sm['units_out']:,} units "
-                                              f"out, {sm['units_in']:,} in)"},
-        {"what": "units on hand", "change": f"{s['on_hand_delta']:+,}"},
-        {"what": "both images consistent", "change": "yes" if s["consistent"] else "NO"},
-    ])
+    table = pd.DataFrame({"change": {
+        "new orders": f"{s['new_orders']:,}",
+        "revenue": f"{s['revenue_delta']:+,.2f}",
+        "units sold": f"{s['units_delta']:+,}",
+        "stock movements": f"{sm['new']:,} new ({sm['units_out']:,} units out, "
+                           f"{sm['units_in']:,} in)",
+        "units on hand": f"{s['on_hand_delta']:+,}",
+        "both images consistent": "yes" if s["consistent"] else "NO"}}).rename_axis("what")
     return {"later": later, "comparison": comp, "summary": s, "table": table,
             "stamp": comp.by_channel.attrs.get("stamp", "")}
 
