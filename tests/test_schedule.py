@@ -194,3 +194,118 @@ def test_rotation_over_a_day_keeps_exactly_keep_groups():
         t += timedelta(minutes=5)
     assert len(taken) == 12 and len(set(taken)) == 12  # one per slot, never twice
     assert sorted(existing) == taken[-4:]
+
+
+# -- the glue, on a cluster of dicts ---------------------------------------------------------
+
+
+class FakeKube:
+    """Just the calls the scheduler makes, on dicts (label selectors: ``key`` or ``key=v``)."""
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.objects = objects
+        self.events: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self.refuse_create: str | None = None
+
+    @staticmethod
+    def _match(o: dict[str, Any], sel: str | None) -> bool:
+        if not sel:
+            return True
+        key, _, value = sel.partition("=")
+        labels = o["metadata"].get("labels") or {}
+        return key in labels and (not value or labels[key] == value)
+
+    def items(self, kind, namespace=None, label_selector=None):
+        return [o for o in self.objects if o["kind"] == kind
+                and namespace in (None, o["metadata"].get("namespace"))
+                and self._match(o, label_selector)]
+
+    def create(self, kind, body):
+        if kind == "Event":
+            self.events.append(body)
+            return body
+        if self.refuse_create:
+            from dr_kit.errors import Conflict
+
+            raise Conflict(self.refuse_create)
+        obj = {"kind": kind, **body}
+        obj["metadata"]["creationTimestamp"] = "2026-11-29T09:17:30Z"
+        self.objects.append(obj)
+        return obj
+
+    def patch(self, kind, name, body, namespace=None):
+        o = next(o for o in self.items(kind, namespace) if o["metadata"]["name"] == name)
+        o["metadata"].setdefault("annotations", {}).update(body["metadata"]["annotations"])
+        return o
+
+    def delete(self, kind, name, namespace=None, missing_ok=False):
+        self.objects = [o for o in self.objects if not (o["kind"] == kind and
+                                                        o["metadata"]["name"] == name)]
+        self.deleted.append(name)
+        return {}
+
+    def resource(self, kind):
+        from dr_kit.kube import RESOURCES
+
+        return RESOURCES[kind]
+
+
+def cluster(*snaps: dict[str, Any]) -> FakeKube:
+    cm = sch.configmap("shop", Schedule(every_s=900, keep=1))
+    cm["metadata"].update(resourceVersion="1", uid="u1")
+    pvcs = [{"kind": "PersistentVolumeClaim",
+             "metadata": {"name": n, "namespace": "shop", "labels": {sch.GROUP_LABEL: "g1"}}}
+            for n in ("sales-db", "stock-db")]
+    cls = {"kind": "VolumeGroupSnapshotClass", "metadata": {"name": "lab", "annotations": {
+        sch.DEFAULT_CLASS_ANNOTATION: "true"}}}
+    return FakeKube([cm, *pvcs, cls, *({"kind": "VolumeGroupSnapshot", **s} for s in snaps)])
+
+
+def test_the_scheduler_takes_reports_and_rotates_through_the_api():
+    kube = cluster(vgs("old", slot(15)), vgs("older", slot(30)),
+                   vgs("torn", slot(45), consistent="false"))
+    s = sch.SnapshotScheduler(kube, clock=lambda: NOW)  # type: ignore[arg-type]
+    wait = s.run_once()
+    assert 0.2 <= wait <= s.poll_seconds
+    made = [o for o in kube.items("VolumeGroupSnapshot") if o["metadata"]["name"] ==
+            "shop-20261129-0915"]
+    assert len(made) == 1
+    body = made[0]
+    assert body["spec"]["source"]["selector"]["matchLabels"] == {sch.GROUP_LABEL: "g1"}
+    assert body["spec"]["volumeGroupSnapshotClassName"] == "lab"
+    assert body["metadata"]["labels"][sch.SCHEDULE_LABEL] == sch.SCHEDULE_CONFIGMAP
+    assert body["metadata"]["annotations"][sch.SLOT_ANNOTATION] == "2026-11-29T09:15:00Z"
+    assert kube.deleted == ["older"]  # keep 1: "old" stays, the failure too (newest one)
+    assert [(e["reason"], e["involvedObject"]["name"]) for e in kube.events] == \
+        [("ScheduledSnapshotInconsistent", "torn")]
+    torn = next(o for o in kube.objects if o["metadata"]["name"] == "torn")
+    assert torn["metadata"]["annotations"][sch.REPORTED_ANNOTATION] == \
+        "ScheduledSnapshotInconsistent"
+    s.run_once()  # reported once only, nothing taken twice
+    assert len(kube.events) == 1
+    assert len([o for o in kube.items("VolumeGroupSnapshot")
+                if o["metadata"]["name"] == "shop-20261129-0915"]) == 1
+
+
+def test_a_refused_creation_is_one_warning_on_the_configmap_and_not_retried_in_its_slot():
+    kube = cluster()
+    kube.refuse_create = "the API said no"
+    s = sch.SnapshotScheduler(kube, clock=lambda: NOW)  # type: ignore[arg-type]
+    s.run_once()
+    s._due["shop"] = NOW  # look again at once
+    s.run_once()
+    assert [(e["reason"], e["involvedObject"]["kind"]) for e in kube.events] == \
+        [("ScheduledSnapshotFailed", "ConfigMap")]
+    assert "the API said no" in kube.events[0]["message"]
+    assert s._due["shop"] == datetime(2026, 11, 29, 9, 30, tzinfo=UTC)  # the next slot
+
+
+def test_a_bad_schedule_is_a_warning_and_nothing_is_taken():
+    kube = cluster()
+    kube.objects[0]["data"] = {"every": "soon", "keep": "8"}
+    s = sch.SnapshotScheduler(kube, clock=lambda: NOW)  # type: ignore[arg-type]
+    s.run_once()
+    assert [e["reason"] for e in kube.events] == ["ScheduleInvalid"]
+    assert "--every 'soon'" in kube.events[0]["message"]
+    assert kube.items("VolumeGroupSnapshot") == []
