@@ -352,6 +352,11 @@ def test_cli_snapshot_and_query(lab: Path, sites: tuple[Site, Site],
     rc, out, _ = run_cli(capsys, "snapshot", "list", "-n", NS, "--dir", d, "--json")
     rows = json.loads(out)
     assert [r["name"] for r in rows] == ["cli-1"] and rows[0]["ready"] and rows[0]["sequence"] > 0
+    assert rows[0]["scheduled"] is False and 0 <= rows[0]["age_s"] < 120  # taken by hand, now
+    rc, out, _ = run_cli(capsys, "snapshot", "list", "-n", NS, "--dir", d)
+    head, line = out.splitlines()[:2]
+    assert head.split()[:4] == ["NAME", "READY", "CONSISTENT", "AGE"] and "LAG THEN" in head
+    assert line.split()[:3] == ["cli-1", "yes", "yes"]
 
     rc, out, err = run_cli(capsys, "query", "-n", NS, "--snapshot", "cli-1", "--dir", d,
                            "SELECT channel, COUNT(*) AS n FROM orders WHERE order_id <= :k "
