@@ -7,6 +7,9 @@ import argparse
 import contextlib
 import json
 import math
+import sys
+import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -224,15 +227,14 @@ def _diff(args: argparse.Namespace) -> int:
                                       timeout=args.timeout) as a, \
             snapshots.opened_snapshot(backup, args.after, ns, progress=prog,
                                       timeout=args.timeout) as b:
+        if prog is not None:
+            print(f"comparing {args.before} with {args.after} ...", file=sys.stderr)
         d = export.diff_snapshots(a, b)
     print(json.dumps(d, default=str) if args.json else "\n".join(export.diff_lines(d)))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
     from dr_kit import export, snapshots
 
     if args.format not in export.FORMATS:  # before anything is restored
@@ -254,8 +256,6 @@ def _export(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """A library warning (an inconsistent copy) as one ``warning:`` line on stderr."""
-    import sys
-    import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
         print(f"warning: {message}", file=sys.stderr)
