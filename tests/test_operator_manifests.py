@@ -126,13 +126,47 @@ def test_rbac_rules_are_exactly_the_runner_permissions(policy):
     assert "update" not in set().union(*got.values())  # merge patches only
 
 
-def test_backup_site_rbac_reads_pvcs_and_deletes_only_when_asked():
-    (role,) = [d for d in manifests.render(Policy(), site="backup") if d["kind"] == "ClusterRole"]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["persistentvolumeclaims"],
-                              "verbs": ["list", "watch"]}]
-    (role,) = [d for d in manifests.render(Policy(delete_backup_on_unprotect=True),
-                                           site="backup") if d["kind"] == "ClusterRole"]
-    assert role["rules"][0]["verbs"] == ["list", "watch", "delete"]
+def _roles(docs: list[dict]) -> dict[str, dict[tuple[str, str], list[str]]]:
+    return {d["metadata"]["name"]: {(r["apiGroups"][0], r["resources"][0]): r["verbs"]
+                                    for r in d["rules"]}
+            for d in docs if d["kind"] == "ClusterRole"}
+
+
+def test_backup_site_peer_reads_pvcs_and_deletes_only_when_asked():
+    roles = _roles(manifests.render(Policy(), site="backup"))
+    peer = roles[manifests.PEER_NAME]
+    assert peer[("", "persistentvolumeclaims")] == ["list", "watch"]
+    assert not any(v for k, v in peer.items() if set(v) & {"create", "patch", "update"})
+    roles = _roles(manifests.render(Policy(delete_backup_on_unprotect=True), site="backup"))
+    assert roles[manifests.PEER_NAME][("", "persistentvolumeclaims")] == [
+        "list", "watch", "delete"]
+
+
+def test_backup_site_operator_runs_there_with_the_schedules_permissions():
+    from dr_kit.operator.schedule import PERMISSIONS
+
+    docs = manifests.render(Policy(), site="backup")
+    op = _roles(docs)["dr-kit-operator"]
+    for (group, resource), verbs in PERMISSIONS.items():
+        assert set(verbs) <= set(op[(group, resource)]), (group, resource)
+    # everything the main site's operator may do, too: it takes over after a failover
+    assert set(_roles(manifests.render(Policy()))["dr-kit-operator"]) <= set(op)
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--site") + 1] == "backup"
+    bindings = {d["metadata"]["name"]: d["subjects"][0]["name"]
+                for d in docs if d["kind"] == "ClusterRoleBinding"}
+    assert bindings == {"dr-kit-operator": "dr-kit-operator",
+                        manifests.PEER_NAME: manifests.PEER_NAME}
+    for d in docs:
+        check_k8s(d, K8S_KINDS[(d["apiVersion"], d["kind"])])
+
+
+def test_a_main_site_render_has_no_peer_identity():
+    docs = manifests.render(Policy())
+    assert manifests.PEER_NAME not in {d["metadata"]["name"] for d in docs}
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert "--site" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_deployment_runs_the_cli_with_the_mounted_policy():

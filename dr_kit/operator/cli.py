@@ -458,7 +458,9 @@ def add_operator_commands(op_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", default=manifests.DEFAULT_IMAGE)
     p.add_argument("--backup-secret", help="Secret holding a kubeconfig for the backup site")
     p.add_argument("--site", choices=("main", "backup"), default="main",
-                   help="backup: the RBAC the operator needs at the backup site")
+                   help="backup: the backup site's operator (--site backup, with the snapshot "
+                        "schedules' permissions) and the identity the main site's operator "
+                        "reads it with (dr-kit-operator-peer)")
     p.add_argument("--health-port", type=int, default=manifests.DEFAULT_HEALTH_PORT,
                    help="container port of /healthz, /readyz and /metrics (default "
                         f"{manifests.DEFAULT_HEALTH_PORT})")

@@ -5,8 +5,15 @@ A Namespace, a ServiceAccount, the policy as a ConfigMap, a least-privilege Clus
 binding, and a one-replica Deployment (``Recreate``: two operators never overlap) whose
 container serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``health_port`` (bound to
 the pod's addresses, where the kubelet probes it), with liveness and readiness probes and
-the usual Prometheus scrape annotations.  ``site="backup"`` renders the backup site's
-ClusterRole instead: list PVCs (and delete them only if the policy deletes backup data).
+the usual Prometheus scrape annotations.
+
+``site="backup"`` renders what the backup site runs: the same Deployment started with
+``--site backup`` (it keeps a returning old main fenced, takes over after a failover and
+executes the snapshot schedules, so its ClusterRole adds
+:data:`dr_kit.operator.schedule.PERMISSIONS`), and the least-privilege identity that the
+main site's operator uses to read the backup site (ServiceAccount and ClusterRole
+``dr-kit-operator-peer``: what :func:`~dr_kit.operator.runner.permissions` asks with
+``site="backup"``; PVCs are deleted only if the policy deletes backup data).
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import yaml
 from dr_kit.errors import InvalidInput
 from dr_kit.operator.policy import Policy
 from dr_kit.operator.runner import permissions
+from dr_kit.operator.schedule import with_permissions
 
 NAME = "dr-kit-operator"
+PEER_NAME = f"{NAME}-peer"  # the main site's operator reading the backup site
 DEFAULT_NAMESPACE = "dr-kit-system"
 DEFAULT_IMAGE = "dr-kit:0.1.0"
 POLICY_PATH = "/etc/dr-kit/policy.yaml"
@@ -29,10 +38,17 @@ DEFAULT_HEALTH_PORT = 8080
 COMMAND = ("python3", "-m", "dr_kit.operator")
 
 
-def rbac_rules(policy: Policy, *, site: str = "main") -> list[dict]:
-    """ClusterRole rules, one per (api group, resource), verbs in a stable order."""
+def rbac_rules(policy: Policy, *, site: str = "main", peer: bool = False) -> list[dict]:
+    """ClusterRole rules, one per (api group, resource), verbs in a stable order: the
+    operator running at ``site``, or (``peer``) the other site's operator reading this one."""
+    if peer:
+        perms = permissions(policy, site="backup")
+    elif site == "backup":
+        perms = with_permissions(permissions(policy))
+    else:
+        perms = permissions(policy)
     rules = []
-    for (group, resource), verbs in sorted(permissions(policy, site=site).items()):
+    for (group, resource), verbs in sorted(perms.items()):
         rules.append({"apiGroups": [group], "resources": [resource],
                       "verbs": [v for v in VERB_ORDER if v in verbs]})
     return rules
@@ -50,11 +66,12 @@ def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
     policy = policy or Policy()
     if not 1 <= health_port <= 65535:
         raise InvalidInput(f"health port {health_port} is not in 1..65535")
-    if site == "backup":
-        return _role_and_binding(policy, namespace, "backup", f"{NAME}-backup") + [
-            _service_account(namespace)]
+    if site not in ("main", "backup"):
+        raise InvalidInput(f"site {site!r}: choose main or backup")
     args = ["run", "--in-cluster", "--policy", POLICY_PATH,
             "--serve", f"0.0.0.0:{health_port}"]
+    if site == "backup":
+        args += ["--site", "backup"]
     volumes: list[dict] = [{"name": "policy", "configMap": {"name": f"{NAME}-policy"}}]
     mounts: list[dict] = [{"name": "policy", "mountPath": "/etc/dr-kit", "readOnly": True}]
     if backup_secret:
@@ -111,24 +128,29 @@ def render(policy: Policy | None = None, *, namespace: str = DEFAULT_NAMESPACE,
     }
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": namespace, "labels": _labels()}}
-    return [ns, _service_account(namespace), config,
-            *_role_and_binding(policy, namespace, "main", NAME), deployment]
+    docs = [ns, _service_account(namespace, NAME), config,
+            *_role_and_binding(policy, namespace, site, NAME), deployment]
+    if site == "backup":  # the main site's operator reads this site as this identity
+        docs[2:2] = [_service_account(namespace, PEER_NAME),
+                     *_role_and_binding(policy, namespace, site, PEER_NAME, peer=True)]
+    return docs
 
 
-def _service_account(namespace: str) -> dict:
+def _service_account(namespace: str, name: str) -> dict:
     return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": NAME, "namespace": namespace, "labels": _labels()}}
+            "metadata": {"name": name, "namespace": namespace, "labels": _labels()}}
 
 
-def _role_and_binding(policy: Policy, namespace: str, site: str, name: str) -> list[dict]:
+def _role_and_binding(policy: Policy, namespace: str, site: str, name: str,
+                      peer: bool = False) -> list[dict]:
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": name, "labels": _labels()},
-            "rules": rbac_rules(policy, site=site)}
+            "rules": rbac_rules(policy, site=site, peer=peer)}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                "metadata": {"name": name, "labels": _labels()},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                            "name": name},
-               "subjects": [{"kind": "ServiceAccount", "name": NAME,
+               "subjects": [{"kind": "ServiceAccount", "name": name,
                              "namespace": namespace}]}
     return [role, binding]
 
@@ -149,5 +171,6 @@ def render_yaml(policy: Policy | None = None, **kw: Any) -> str:
     return yaml.dump_all(render(policy, **kw), Dumper=_Dumper, sort_keys=False)
 
 
-__all__ = ["DEFAULT_HEALTH_PORT", "DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "rbac_rules", "render",
+__all__ = ["DEFAULT_HEALTH_PORT", "DEFAULT_IMAGE", "DEFAULT_NAMESPACE", "PEER_NAME", "rbac_rules",
+           "render",
            "render_yaml"]
