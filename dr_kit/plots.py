@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dr_kit.shop.schema import CURRENCY
+
 
 def lag_timeline(df: pd.DataFrame, *, title: str = "Journal lag under the running workload") -> Figure:
     """Time lag (ms) over time per consistency group; phases (a ``phase`` column) shaded.
@@ -87,9 +89,10 @@ def revenue(frames: dict[str, pd.DataFrame], stamp: str = "") -> Figure:
         axes[0].bar(day.iloc[:, 0].astype(str), day["revenue"], color="#4a7ab7")
         axes[0].tick_params(axis="x", rotation=45)
     axes[0].set_title("revenue by day")
-    axes[0].set_ylabel("revenue")
+    axes[0].set_ylabel(f"revenue ({CURRENCY})")
     axes[1].barh(cat.iloc[:, 0].astype(str), cat["revenue"], color="#6aa56a")
     axes[1].set_title("revenue by category")
+    axes[1].set_xlabel(f"revenue ({CURRENCY})")
     axes[2].pie(ch["revenue"], labels=ch.iloc[:, 0].astype(str), autopct="%1.0f%%")
     axes[2].set_title("revenue by channel")
     if stamp:
@@ -173,7 +176,7 @@ def revenue_trend(df: pd.DataFrame, stamp: str = "") -> Figure:
     ax.fill_between(days, df["revenue"], step="mid", color=LIGHT_BLUE, linewidth=0,
                     label="revenue per day")
     ax.plot(days, df["revenue_ma7"], color=BLUE, linewidth=2.2, label="7-day moving average")
-    ax.set_ylabel("revenue per day")
+    ax.set_ylabel(f"revenue per day ({CURRENCY})")
     _thousands(ax)
     ax.set_title(f"Revenue per day and its 7-day moving average, {days.min():%d %b} to "
                  f"{days.max():%d %b %Y} ({len(df)} days)")
@@ -293,7 +296,7 @@ def what_changed(summary: dict[str, Any], by_channel: pd.DataFrame, by_product: 
     left.bar(ch["channel"].astype(str), ch["revenue_delta"], color=BLUE)
     for x, (v, o) in enumerate(zip(ch["revenue_delta"], ch["orders_delta"], strict=True)):
         left.text(x, v, f"{v:,.0f}\n{o} orders", ha="center", va="bottom", fontsize=8)
-    left.set_ylabel("revenue gained")
+    left.set_ylabel(f"revenue gained ({CURRENCY})")
     left.set_title("revenue gained per channel")
     left.margins(y=0.25)
     top = by_product.sort_values("units_delta", ascending=False).head(n).iloc[::-1]
@@ -308,7 +311,7 @@ def what_changed(summary: dict[str, Any], by_channel: pd.DataFrame, by_product: 
 
     fig.suptitle(f"What changed from {b['snapshot']} ({when(b)}) to {a['snapshot']} "
                  f"({when(a)}): {summary['new_orders']:,} new orders, revenue "
-                 f"{summary['revenue_delta']:+,.2f}, units {summary['units_delta']:+,}",
+                 f"{summary['revenue_delta']:+,.2f} {CURRENCY}, units {summary['units_delta']:+,}",
                  fontsize=11)
     fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
     return fig

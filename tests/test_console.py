@@ -42,6 +42,7 @@ from dr_kit.errors import Conflict, InvalidInput, Unavailable
 from dr_kit.lag import GroupLag
 from dr_kit.operator.policy import DEFAULT_LABEL_KEY, DEFAULT_LABEL_VALUE
 from dr_kit.operator.reconcile import DR_STATE_ANNOTATION
+from dr_kit.shop.schema import CURRENCY
 from dr_kit.sites import PVC_COLUMNS, SNAPSHOT_COLUMNS, STATUS_ANNOTATION
 
 NOW = 1_800_000_000.0
@@ -304,6 +305,7 @@ def test_headline_figures_match_the_databases(image: Path) -> None:
     assert "week over week" in cards and f"{orders:,} orders in the image" in cards
     assert "provenance" in stamp_html(h) and "drk-stamp bad" not in stamp_html(h)
     assert revenue_figure(h.trend).axes[0].get_title(loc="left").startswith("revenue")
+    assert revenue_figure(h.trend).axes[0].get_ylabel() == f"revenue per day ({CURRENCY})"
 
 
 # -- the widget tree, with a fake reader and fake actions ----------------------------------------

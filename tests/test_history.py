@@ -271,3 +271,21 @@ def test_default_history_on_array_volumes_loads_fast_and_is_consistent(arrays, c
         sales.close()
         vfs.forget("stock-db")
         vfs.forget("sales-db")
+
+
+@pytest.mark.slow
+def test_the_load_bench_prints_its_figures_and_a_consistent_verdict():
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "dr_kit.shop.history_bench", "--orders", "500",
+                        "--days", "7"], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["consistent"] is True and out["rows"]["orders"] == 500
+    assert out["seed_history_seconds"] > 0 and out["stock_bytes"] > 0
+    bad = subprocess.run([sys.executable, "-m", "dr_kit.shop.history_bench", "--days", "-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    assert bad.stderr.count("\n") == 1, bad.stderr

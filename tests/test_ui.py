@@ -69,6 +69,22 @@ def test_plots_return_figures_for_empty_and_real_data():
     assert [t.get_text() for t in chart.axes[0].get_xticklabels()] == ["one consistency group", "independent pairs"]
 
 
+def test_revenue_figures_say_their_currency():
+    from dr_kit.shop.schema import CURRENCY
+
+    trend = pd.DataFrame({"day": ["2026-11-01", "2026-11-02"], "revenue": [10.0, 12.0],
+                          "revenue_ma7": [10.0, 11.0], "wow_pct": [None, 5.0]})
+    assert plots.revenue_trend(trend).axes[0].get_ylabel() == f"revenue per day ({CURRENCY})"
+    ch = pd.DataFrame({"channel": ["web", "store"], "revenue_delta": [5.0, 2.0],
+                       "orders_delta": [1, 1]})
+    prod = pd.DataFrame({"name": ["tea"], "units_delta": [3]})
+    summary = {"before": {"snapshot": "a"}, "after": {"snapshot": "b"}, "new_orders": 2,
+               "revenue_delta": 7.0, "units_delta": 3}
+    fig = plots.what_changed(summary, ch, prod)
+    assert fig.axes[0].get_ylabel() == f"revenue gained ({CURRENCY})"
+    assert f"revenue +7.00 {CURRENCY}" in fig.texts[0].get_text()
+
+
 @pytest.mark.slow
 def test_notebooks_run_refuses_an_unknown_notebook_in_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "dr_kit.cli", "notebooks", "run", "--out", str(tmp_path),

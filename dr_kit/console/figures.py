@@ -8,6 +8,8 @@ import time
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dr_kit.shop.schema import CURRENCY
+
 PALETTE = ["#2563eb", "#0d9488", "#d97706", "#7c3aed", "#db2777", "#65a30d", "#0891b2",
            "#dc2626"]
 MAX_LINES = 8
@@ -122,7 +124,7 @@ def revenue_figure(trend: pd.DataFrame, *, days: int = 90, width_in: float = 7.4
     locator = AutoDateLocator(maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, show_offset=False))
-    ax.set_ylabel("revenue per day", fontsize=8.5, color="#334155")
+    ax.set_ylabel(f"revenue per day ({CURRENCY})", fontsize=8.5, color="#334155")
     ax.set_title(f"revenue, last {len(d)} days of the image", loc="left", fontsize=10,
                  fontweight="bold", color="#0f172a")
     ax.legend(loc="upper left", fontsize=7.5, frameon=False, ncol=2)

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from dr_kit.console.state import NamespaceRow
+from dr_kit.shop.schema import CURRENCY
 
 MAIN_COLOR = "#2563eb"
 BACKUP_COLOR = "#0d9488"
@@ -290,10 +291,10 @@ def money(v: Any) -> str:
         return "–"
     v = float(v)
     if abs(v) >= 1e6:
-        return f"{v / 1e6:,.2f} M"
+        return f"{v / 1e6:,.2f} M {CURRENCY}"
     if abs(v) >= 1e4:
-        return f"{v / 1e3:,.1f} k"
-    return f"{v:,.0f}"
+        return f"{v / 1e3:,.1f} k {CURRENCY}"
+    return f"{v:,.0f} {CURRENCY}"
 
 
 def banner(errors: Sequence[str]) -> str:

@@ -29,21 +29,20 @@ timestamps after ``now``, stock levels as the history left them.
 
 Load time (both databases on array volumes, through the VFS)::
 
-    python -m dr_kit.shop.history --bench [--orders 100000] [--days 180]
+    python -m dr_kit.shop.history_bench [--orders 100000] [--days 180]
+
+This module generates and loads rows into open connections; it knows nothing of the
+workload, the arrays or the VFS (:mod:`dr_kit.shop.workload` calls it at seeding).
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import heapq
 import itertools
-import json
 import math
 import os
 import random
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +51,7 @@ from typing import Any
 
 import apsw
 
-from dr_kit.errors import DrKitError, InvalidInput
+from dr_kit.errors import InvalidInput
 from dr_kit.shop.schema import CHANNELS, Product
 
 DEFAULT_DAYS = 180
@@ -466,77 +465,3 @@ def _bulk(conn: apsw.Connection, statements: list[tuple[str, list[tuple[Any, ...
                 conn.executemany(sql, rows)
     finally:
         conn.execute(f"PRAGMA cache_size = {int(cache)}")
-
-
-# --- the load, measured on array volumes -------------------------------------------------------
-
-
-def bench(*, orders: int = DEFAULT_ORDERS, days: int = DEFAULT_DAYS, seed: int = DEFAULT_SEED,
-          volume_mib: int = 64, now: datetime | float | None = None) -> dict[str, Any]:
-    """Start an array, seed the shop with history on two volumes through the VFS, judge it."""
-    from dr_kit.shop.workload import judge_images, open_shop
-    from dr_kit.shop.workload import seed as seed_catalog
-    from dr_kit.sqlite import vfs as sqlite_vfs
-    from dr_kit.storage.client import start_array
-
-    with tempfile.TemporaryDirectory(prefix="dr-kit-history-") as tmp:
-        h = start_array(tmp, "bench")
-        try:
-            client = h.client
-            for v in ("stock-db", "sales-db"):
-                client.create_volume(v, volume_mib << 20)
-            vfs = sqlite_vfs.register("history-bench", client.open_volume)
-            stock, sales = open_shop(vfs)
-            try:
-                seed_catalog(stock, sales)
-                t0 = time.perf_counter()
-                summary = seed_history(stock, sales, days, seed=seed, now=now, orders=orders)
-                total = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                verdict = judge_images(stock, sales)
-                judge_s = time.perf_counter() - t1
-                counts = {
-                    "stock_movements": next(stock.execute(
-                        "SELECT COUNT(*) FROM stock_movements"))[0],
-                    "orders": next(sales.execute("SELECT COUNT(*) FROM orders"))[0],
-                    "order_lines": next(sales.execute("SELECT COUNT(*) FROM order_lines"))[0],
-                }
-                sizes = {"stock_bytes": next(stock.execute(
-                    "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size"))[0],
-                    "sales_bytes": next(sales.execute(
-                        "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size"))[0]}
-            finally:
-                stock.close()
-                sales.close()
-                vfs.forget("stock-db")
-                vfs.forget("sales-db")
-        finally:
-            h.stop()
-    return {"seed_history_seconds": round(total, 3),
-            "generate_seconds": round(summary.generate_seconds, 3),
-            "load_seconds": round(summary.load_seconds, 3),
-            "judge_seconds": round(judge_s, 3), "rows": counts, **sizes,
-            "verdict": verdict.summary(), "consistent": verdict.consistent,
-            "summary": summary.to_dict()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dr_kit.shop.history",
-                                 description="Generate the shop's history; --bench loads it "
-                                 "into two databases on array volumes and prints the times.")
-    ap.add_argument("--bench", action="store_true", required=True,
-                    help="measure the load on a temporary array")
-    ap.add_argument("--orders", type=int, default=DEFAULT_ORDERS)
-    ap.add_argument("--days", type=int, default=DEFAULT_DAYS)
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    a = ap.parse_args(argv)
-    try:
-        print(json.dumps(bench(orders=a.orders, days=a.days, seed=a.seed), indent=2))
-    except DrKitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

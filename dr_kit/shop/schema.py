@@ -59,6 +59,9 @@ SALES_DDL = (
 )
 
 CHANNELS = ("web", "mobile", "store", "marketplace")
+# the catalog's prices (``unit_price_cents``) are cents of this currency; revenue figures
+# (``revenue``, ``revenue_delta``) are in whole units of it
+CURRENCY = "EUR"
 
 
 @dataclass(frozen=True)
