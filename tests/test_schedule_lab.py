@@ -44,7 +44,9 @@ def good(objs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def cleanup(backup: Site) -> None:
-    backup.kube.delete("ConfigMap", sch.SCHEDULE_CONFIGMAP, NS, missing_ok=True)
+    had = backup.kube.delete("ConfigMap", sch.SCHEDULE_CONFIGMAP, NS, missing_ok=True)
+    if not had and not scheduled(backup):
+        return  # no schedule was recorded (a refused one): nothing to let go of
     time.sleep(sch.SnapshotScheduler(backup.kube).poll_seconds + 1)  # the operator lets go
     for name in scheduled(backup):
         try:
