@@ -400,3 +400,168 @@ def test_array_errors_reach_sqlite_as_io_errors_and_nothing_is_lost(tmp_path):
     assert (1, "one") in rows and (3, "three") in rows and _integrity(con) == "ok"
     con.close()
     vfs.forget("v")
+
+
+# -- WAL mode (the shop's databases) ---------------------------------------------------------
+
+
+def test_wal_commit_is_one_request_and_images_recover_to_a_commit(tmp_path):
+    """In WAL mode a commit reaches the array as one request (its frames); an image that
+    holds any prefix of it, down to a frame cut short, recovers to the last commit or the
+    new one (SQLite's WAL recovery checks every frame's checksum), for an owner and for a
+    reader alike."""
+    size = 4 * MiB
+    vol = FileVolume(tmp_path / "base.vol", size, create=True)
+    rec = _Recorder(vol)
+    vfs = _vfs(lambda name: rec)
+    con = sqlite_vfs.connect(vfs, "vol", "app.db", wal=True)
+    assert next(con.execute("PRAGMA journal_mode"))[0] == "wal"
+    with con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "old" * 30) for i in range(400)])
+    committed = _rows(con)
+    image_before = vol.read(0, size)  # what a copy taken now holds (the commit was sent)
+    rec.requests.clear()
+    with con:
+        con.execute("UPDATE t SET val = 'new' || id WHERE id % 3 = 0")
+        con.execute("DELETE FROM t WHERE id % 5 = 0")
+    after = _rows(con)
+    assert committed != after
+    assert len(rec.requests) == 1, [[(o, len(d)) for o, d in r] for r in rec.requests]
+    (req,) = rec.requests
+    con.close()
+    vfs.forget("vol")
+    total = sum(len(d) for _, d in req)
+    frame = 4096 + 24
+    cuts = sorted({0, frame // 2, *range(frame, total, frame), total - 1, total})
+    outcomes = []
+    for cut in cuts:
+        img = bytearray(image_before)
+        pos = 0
+        for off, data in req:  # the first ``cut`` bytes of the request reached the volume
+            n = max(0, min(len(data), cut - pos))
+            img[off:off + n] = data[:n]
+            pos += len(data)
+        path = tmp_path / f"img-{cut}.vol"
+        for how in ("owner", "reader"):
+            path.write_bytes(bytes(img))
+            dev = FileVolume(path, size)
+            v = _vfs(lambda name, d=dev: d)
+            try:
+                if how == "owner":
+                    c = sqlite_vfs.connect(v, "vol", "app.db", create=False, wal=True)
+                else:  # an analyst's connection: plain apsw through the VFS, read-write file
+                    c = apsw.Connection("vol/app.db", flags=apsw.SQLITE_OPEN_READWRITE, vfs=v.vfs_name)
+                try:
+                    integrity, rows = _integrity(c), _rows(c)
+                finally:
+                    c.close()
+            finally:
+                v.forget("vol")
+                dev.close()
+            state = "old" if rows == committed else "new" if rows == after else "mixed"
+            assert integrity == "ok" and state != "mixed", (cut, how, integrity, state)
+            outcomes.append((cut, how, state))
+        path.unlink()
+    # the frames go first; a commit is new once its last frame is whole
+    from dr_kit.sqlite.volfs import VolumeFS
+
+    wal_start = VolumeFS(FileVolume(tmp_path / "base.vol", size), "vol").entries[2].start
+    frames = sum(len(d) for off, d in req if off >= wal_start)
+    assert frames >= 2 * frame
+    assert {s for c, _, s in outcomes if c == total} == {"new"}, outcomes
+    assert {s for c, _, s in outcomes if c < frames} == {"old"}, outcomes
+
+
+def test_wal_clone_of_a_snapshot_opens_for_a_reader_pool(tmp_path):
+    """A snapshot of a live WAL database (frames not checkpointed, the owner still open),
+    restored to a writable clone, is recovered once and then read by several connections
+    at the same time; the live database is untouched."""
+    a = Array(tmp_path / "arr", "main")
+    try:
+        a.create_volume("db-vol", 8 * MiB)
+        vfs = _vfs(lambda name: _ArrayDev(a, name))
+        con = sqlite_vfs.connect(vfs, "db-vol", "app.db", wal=True)
+        with con:
+            con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        for k in range(20):
+            with con:
+                con.execute("INSERT INTO t VALUES (?, ?)", (k, f"row-{k}"))
+        expect = _rows(con)
+        wal = vfs._fs["db-vol"].entries[2]
+        assert wal.flags & 1 and wal.size > 0  # the commits are frames in the WAL
+        a.create_snapshot("s1", volumes=["db-vol"])
+        a.create_clone("img", "s1", "db-vol")
+        readers = _vfs(lambda name: _ArrayDev(a, name))
+        pool = [apsw.Connection("img/app.db", flags=apsw.SQLITE_OPEN_READWRITE, vfs=readers.vfs_name)
+                for _ in range(3)]
+        cursors = [c.execute("SELECT id, val FROM t ORDER BY id") for c in pool]
+        assert [list(cur) for cur in cursors] == [expect] * 3  # three open read transactions
+        assert _integrity(pool[0]) == "ok"
+        for c in pool:
+            c.close()
+        readers.forget("img")
+        with con:  # the owner goes on writing to the live database
+            con.execute("INSERT INTO t VALUES (100, 'later')")
+        assert _rows(con)[-1] == (100, "later")
+        con.close()
+        vfs.forget("db-vol")
+    finally:
+        a.close()
+
+
+def test_wal_image_on_a_read_only_device_is_one_clear_error(tmp_path):
+    vol = FileVolume(tmp_path / "v.vol", 4 * MiB, create=True)
+    vfs = _vfs(lambda name: vol)
+    con = sqlite_vfs.connect(vfs, "vol", "app.db", wal=True)
+    with con:
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        con.execute("INSERT INTO t VALUES (1, 'one')")
+    image = vol.read(0, vol.size)
+    con.close()
+    vfs.forget("vol")
+    path = tmp_path / "ro.vol"
+    path.write_bytes(image)
+
+    class ReadOnly:
+        def __init__(self) -> None:
+            self.dev = FileVolume(path, 4 * MiB)
+            self.size = self.dev.size
+
+        def read(self, offset: int, length: int) -> bytes:
+            return self.dev.read(offset, length)
+
+        def write(self, offset: int, data: bytes) -> None:
+            from dr_kit.errors import Conflict
+
+            raise Conflict("volume vol is a secondary and is read-only")
+
+    v = _vfs(lambda name: ReadOnly())
+    with pytest.raises(apsw.CantOpenError, match="WAL mode .* writable clone"):
+        apsw.Connection("vol/app.db", flags=apsw.SQLITE_OPEN_READWRITE, vfs=v.vfs_name)
+    v.forget("vol")
+    assert path.read_bytes() == image  # nothing was written
+
+
+def test_shop_runs_in_wal_mode_with_two_journal_entries_per_transaction(tmp_path):
+    a = Array(tmp_path / "arr", "main")
+    try:
+        for v in ("stock-db", "sales-db"):
+            a.create_volume(v, 16 * MiB)
+        grp = a.create_primary_group("shop", ["stock-db", "sales-db"], "127.0.0.1:9", secret="s" * 64)
+        vfs = _vfs(lambda name: _ArrayDev(a, name))
+        stock, sales = open_shop(vfs)
+        seed(stock, sales)
+        assert [next(c.execute("PRAGMA journal_mode"))[0] for c in (stock, sales)] == ["wal", "wal"]
+        shop = Shop(stock, sales, seed_value=3)
+        shop.run(0, count=5)
+        before = grp.journal.last_seq
+        shop.run(0, count=50)
+        per_tx = (grp.journal.last_seq - before) / 50
+        assert 2 <= per_tx < 2.5, per_tx  # one per database, and a checkpoint now and then
+        v = judge_images(stock, sales)
+        assert v.consistent and v.orders == 55
+        stock.close()
+        sales.close()
+    finally:
+        a.close()

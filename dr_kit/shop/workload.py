@@ -4,6 +4,12 @@ A business transaction commits the stock movement first (stock DB), then the sal
 DB).  Both databases are SQLite databases on array volumes, reached through the array VFS,
 so every page write goes through the array's data path and journal.
 
+The shop owns its databases and runs them in WAL mode (exclusive locking, see
+:mod:`dr_kit.sqlite.vfs`): a commit is one request of WAL frames to the array instead of
+the rollback journal's several (journal, database pages, journal header), so a business
+transaction is two journal entries.  Images of them (snapshots, a promoted backup) open
+with SQLite's WAL recovery.
+
 The workload runs at a target rate (transactions per second, 0 = paused), records the
 commit latency of each transaction, and can run in a thread or in its own process.
 """
@@ -23,7 +29,7 @@ import apsw
 from dr_kit.errors import InvalidInput
 from dr_kit.shop.consistency import Verdict, judge
 from dr_kit.shop.schema import CHANNELS, SALES_DDL, STOCK_DDL, Product, load_catalog
-from dr_kit.sqlite.vfs import ArrayVFS, connect
+from dr_kit.sqlite.vfs import ArrayVFS, connect, set_journal_mode
 
 STOCK_DB = "stock.db"
 SALES_DB = "sales.db"
@@ -64,15 +70,31 @@ def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] 
         new = (not next(sales.execute("SELECT COUNT(*) FROM orders"))[0]
                and not next(stock.execute("SELECT COUNT(*) FROM stock_movements"))[0])
         if new:
-            seed_history(stock, sales, history_days, seed=history_seed, now=now,
-                         orders=history_orders)
+            # one bulk transaction per database: with a rollback journal it needs room for
+            # the few pages it changes, in WAL mode for every page it writes
+            modes = [_journal_mode(c) for c in (stock, sales)]
+            for c, m in zip((stock, sales), modes, strict=True):
+                if m == "wal":
+                    set_journal_mode(c, "persist")
+            try:
+                seed_history(stock, sales, history_days, seed=history_seed, now=now,
+                             orders=history_orders)
+            finally:
+                for c, m in zip((stock, sales), modes, strict=True):
+                    if m == "wal":
+                        set_journal_mode(c, "wal")
     return len(catalog)
+
+
+def _journal_mode(con: apsw.Connection) -> str:
+    return str(next(con.execute("PRAGMA journal_mode"))[0]).lower()
 
 
 def open_shop(vfs: ArrayVFS, *, stock_volume: str = "stock-db", sales_volume: str = "sales-db",
               readonly: bool = False) -> tuple[apsw.Connection, apsw.Connection]:
-    return (connect(vfs, stock_volume, STOCK_DB, readonly=readonly),
-            connect(vfs, sales_volume, SALES_DB, readonly=readonly))
+    """The shop's two connections; writers own their databases in WAL mode."""
+    return (connect(vfs, stock_volume, STOCK_DB, readonly=readonly, wal=not readonly),
+            connect(vfs, sales_volume, SALES_DB, readonly=readonly, wal=not readonly))
 
 
 def judge_images(stock: apsw.Connection, sales: apsw.Connection) -> Verdict:

@@ -8,6 +8,16 @@ images.  Opening a clone lets SQLite find a hot journal and run its own crash re
 
 Locks are kept per process: a volume is attached to one host at a time, as a block device
 with a local file system is.
+
+WAL mode: apsw's VFS layer has no shared-memory methods, so SQLite runs a database in WAL
+mode only in exclusive locking mode, with the WAL index in the connection's memory
+(rebuilt from the ``-wal`` file when the database is opened: WAL recovery).  The owner of
+a live database (:func:`connect` with ``wal=True``, the shop) works that way.  Any other
+connection that opens an image of a WAL database (a snapshot's writable clone, which may
+hold frames not yet checkpointed) gets it recovered first: the VFS opens it once with an
+exclusive connection of its own, which runs SQLite's WAL recovery, checkpoints every
+committed frame into the database and switches it back to a rollback journal; then any
+number of connections (e.g. a reader pool) read it as before.
 """
 
 from __future__ import annotations
@@ -121,6 +131,8 @@ class ArrayVFS(apsw.VFS):
         self._fs: dict[str, VolumeFS] = {}
         self._locks: dict[tuple[str, int], _LockState] = {}
         self._mutex = threading.Lock()
+        self._recovering = threading.RLock()  # one WAL image recovery at a time
+        self._owned: set[str] = set()  # database names being opened by their owner (connect)
         super().__init__(name, "")
 
     # -- names ----------------------------------------------------------------------
@@ -152,6 +164,8 @@ class ArrayVFS(apsw.VFS):
             raise apsw.CantOpenError("temporary files are not supported on array volumes; "
                                      "use PRAGMA temp_store=MEMORY")
         fname = name.filename() if isinstance(name, apsw.URIFilename) else name
+        if flags[0] & apsw.SQLITE_OPEN_MAIN_DB and fname not in self._owned:
+            self._recover_wal_image(fname)
         try:
             vol, file = self._split(fname)
             fs = self.fs(vol)
@@ -176,6 +190,35 @@ class ArrayVFS(apsw.VFS):
         except DrKitError:
             return False
         return fs.exists(slot)
+
+    def _recover_wal_image(self, fname: str) -> None:
+        """A WAL database opened by a connection that is not its owner: recover it into a
+        rollback-journal database once (see the module's doc), so that this connection and
+        any others can read it without a shared WAL index."""
+        try:
+            vol, file = self._split(fname)
+            fs = self.fs(vol)
+            if not fs.formatted or not is_wal(fs, fs.slot(file)):
+                return
+        except DrKitError:
+            return  # the open itself says what is wrong
+        with self._recovering:
+            if not is_wal(fs, fs.slot(file)):
+                return  # another connection recovered it meanwhile
+            self._owned.add(fname)
+            try:
+                con = apsw.Connection(fname, flags=apsw.SQLITE_OPEN_READWRITE, vfs=self.vfs_name)
+                try:
+                    con.execute("PRAGMA locking_mode=EXCLUSIVE")
+                    con.execute("PRAGMA journal_mode=PERSIST")  # recovery, checkpoint, switch
+                finally:
+                    con.close()
+            except apsw.Error as e:
+                raise apsw.CantOpenError(
+                    f"{fname} is a database in WAL mode whose log could not be recovered here "
+                    f"({e}); open a writable clone of the volume (a restored snapshot)") from None
+            finally:
+                self._owned.discard(fname)
 
     @_io
     def xDelete(self, filename: str, syncdir: bool) -> None:  # noqa: N802
@@ -236,18 +279,80 @@ def register(name: str, open_device: Callable[[str], BlockDevice]) -> ArrayVFS:
     return vfs
 
 
+def is_wal(fs: VolumeFS, slot: int) -> bool:
+    """Is the database file in ``slot`` in WAL mode (its header's read/write versions 2)?"""
+    if fs.size(slot) < 100:
+        return False
+    head = fs.read(slot, 0, 20)
+    return len(head) == 20 and (head[18] == 2 or head[19] == 2)
+
+
+WAL_FRAME_OVERHEAD = 24  # bytes of a WAL frame's header
+
+
 def connect(vfs: ArrayVFS, volume: str, file: str, *, readonly: bool = False,
-            create: bool = True) -> apsw.Connection:
-    """Open (or create) the database ``file`` on ``volume`` through ``vfs``."""
+            create: bool = True, wal: bool = False) -> apsw.Connection:
+    """Open (or create) the database ``file`` on ``volume`` through ``vfs``.
+
+    A writer (not ``readonly``) owns the database.  With ``wal`` it runs in WAL mode in
+    exclusive locking mode: a commit is one request of WAL frames, no other connection in
+    this process can open the database meanwhile, and the WAL is checkpointed before it
+    outgrows its region on the volume.  Without ``wal`` it uses a persistent rollback
+    journal, as readers of its images do (a WAL image is recovered into that form first).
+    """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
     if create and not readonly:
         flags |= apsw.SQLITE_OPEN_CREATE
+    name = f"{volume}/{file}"
+    owner = not readonly
+    if owner:
+        vfs._owned.add(name)  # SQLite recovers a WAL it finds itself, in this connection
     try:
-        con = apsw.Connection(f"{volume}/{file}", flags=flags, vfs=vfs.vfs_name)
+        con = apsw.Connection(name, flags=flags, vfs=vfs.vfs_name)
         con.setbusytimeout(5000)
         con.execute("PRAGMA temp_store=MEMORY")
-        if not readonly:
-            con.execute("PRAGMA journal_mode=PERSIST")
+        if owner:
+            con.execute("PRAGMA locking_mode=EXCLUSIVE")  # a WAL without shared memory needs it
+            if wal:
+                set_journal_mode(con, "wal")
+            else:
+                con.execute("PRAGMA journal_mode=PERSIST")
+                con.execute("PRAGMA locking_mode=NORMAL")
     except apsw.Error as e:
         raise InvalidInput(f"cannot open database {volume}/{file}: {e}") from None
+    finally:
+        if owner:
+            vfs._owned.discard(name)
     return con
+
+
+def set_journal_mode(con: apsw.Connection, mode: str) -> str:
+    """Switch an owner's connection (exclusive locking mode) between ``wal`` and
+    ``persist``; returns the mode it had.  In WAL mode every commit syncs the WAL (the
+    commit is on the array when it returns) and checkpoints keep the WAL within half of its
+    region on the volume."""
+    before = str(next(con.execute("PRAGMA journal_mode"))[0]).lower()
+    got = str(next(con.execute(f"PRAGMA journal_mode={mode}"))[0]).lower()
+    if got != mode.lower():
+        raise InvalidInput(f"the database could not switch to journal mode {mode} (it is in {got})")
+    if got == "wal":
+        con.execute("PRAGMA synchronous=FULL")
+        page = int(next(con.execute("PRAGMA page_size"))[0])
+        region = _wal_region(con)
+        pages = max(16, min(1000, region // (page + WAL_FRAME_OVERHEAD) // 2)) if region else 1000
+        con.execute(f"PRAGMA wal_autocheckpoint={pages}")
+    return before
+
+
+def _wal_region(con: apsw.Connection) -> int:
+    """Bytes the ``-wal`` file of ``con``'s main database may use on its volume (0: unknown)."""
+    name = con.db_filename("main")
+    vfs = _REGISTRY.get(con.vfsname("main") or "")
+    if vfs is None or not name:
+        return 0
+    try:
+        vol, file = vfs._split(name)
+        fs = vfs.fs(vol)
+        return fs.capacity(fs.slot(file + "-wal")) if fs.formatted else 0
+    except DrKitError:
+        return 0

@@ -3,7 +3,9 @@
 A volume is a block device.  SQLite needs a few files per database: the database itself
 and its rollback journal (or WAL).  The first 4 KiB of the volume hold a superblock with
 one 64-byte entry per file slot (name, flags, start, capacity, size); slot 0 is the
-database, slot 1 its ``-journal``, slot 2 its ``-wal``.  File data lives in fixed regions.
+database, slot 1 its ``-journal``, slot 2 its ``-wal``.  File data lives in fixed regions
+(a sixteenth of the volume for the journal, a quarter for the WAL, the rest for the
+database).
 
 Every change (file data, a new size, a deletion) is a plain write to the volume, so it
 takes the array's data path and journal in the order SQLite issued it: any prefix of
@@ -78,12 +80,15 @@ class VolumeFS:
         if len(dbname.encode()) > 32 - len("-journal"):
             raise InvalidInput(f"database file name {dbname!r} is too long (at most 24 bytes)")
         size = self.dev.size
-        side = max(256 * 1024, min(size // 8, 64 << 20)) // 4096 * 4096
-        db_cap = size - DATA_START - 2 * side
+        # a rollback journal holds the old content of the pages a transaction changes; a
+        # WAL every page it writes (until a checkpoint), so it gets the larger region
+        journal = max(256 * 1024, min(size // 16, 64 << 20)) // 4096 * 4096
+        wal = max(256 * 1024, min(size // 4, 256 << 20)) // 4096 * 4096
+        db_cap = size - DATA_START - journal - wal
         if db_cap < 256 * 1024:
             raise InvalidInput(f"volume {self.volume!r} ({size} bytes) is too small for a database")
-        starts = (DATA_START, DATA_START + db_cap, DATA_START + db_cap + side)
-        caps = (db_cap, side, side)
+        starts = (DATA_START, DATA_START + db_cap, DATA_START + db_cap + journal)
+        caps = (db_cap, journal, wal)
         self.entries = [_Entry(dbname + suf, EXISTS if i == 0 else 0, starts[i], caps[i], 0)
                         for i, suf in enumerate(SUFFIXES)]
         raw = bytearray(SUPER.pack(MAGIC, 1, len(SUFFIXES)).ljust(ENTRY_BASE, b"\0"))
@@ -152,6 +157,10 @@ class VolumeFS:
     def exists(self, i: int) -> bool:
         assert self.entries is not None
         return bool(self.entries[i].flags & EXISTS)
+
+    def capacity(self, i: int) -> int:
+        assert self.entries is not None
+        return self.entries[i].capacity
 
     def size(self, i: int) -> int:
         assert self.entries is not None
