@@ -97,6 +97,15 @@ class Vol:
                 s.preserve(offset, len(data))
             self.dev.write(offset, data)
 
+    def write_many(self, extents: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        """Writes in order under one hold of the lock (a host request, an applied entry)."""
+        with self.lock:
+            cows, write = self.cows, self.dev.write
+            for offset, data in extents:
+                for s in cows:
+                    s.preserve(offset, len(data))
+                write(offset, data)
+
     def zero(self, offset: int, length: int) -> None:
         """Make a range read as zeros, thin: only where the volume holds data is anything
         done (snapshot chunks preserved, then the blocks freed)."""
@@ -305,8 +314,7 @@ class Array:
             grp = v.primary
             seq = grp.commit_many(v, extents, packed, wait=wait)
             return (grp, seq) if seq else None
-        for off, data in extents:
-            v.write(off, data)
+        v.write_many(extents)
         return None
 
     def read(self, name: str, offset: int, length: int) -> bytes:

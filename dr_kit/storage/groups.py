@@ -42,6 +42,7 @@ log = logging.getLogger("dr_kit.storage.groups")
 COPY, PAIR, SUSPENDED, RESYNC, ERROR = "copy", "pair", "suspended", "resync", "error"
 JOURNALING = (COPY, PAIR, RESYNC)
 _POS = struct.Struct("<QQd")  # sequence, generation, time
+INLINE_APPLY_MAX = 1 << 20  # a received batch up to this size may be applied by its receiver
 
 
 class _PosFile:
@@ -140,29 +141,27 @@ class PrimaryGroup:
         with :meth:`sync_done` / :meth:`sync_expired` (the data path parks the request)."""
         wait_for = 0
         with self.lock:
-            if self.conf["state"] in JOURNALING:
-                now = time.time()
-                if packed is not None and len(extents) > 1:
+            conf = self.conf
+            state = conf["state"]
+            if state in JOURNALING:
+                if len(extents) == 1:  # one write: the record holds it as it came
+                    kind, off0, payload = rec.KIND_WRITE, extents[0][0], extents[0][1]
+                elif packed is not None:
                     kind, off0, payload = rec.KIND_WRITEV, 0, packed
                 else:
                     kind, off0, payload = rec.pack_extents(list(extents))
-                head = rec.encode_head(kind, self.journal.generation, self.journal.next_seq, now,
-                                       vol.id, off0, payload)
-                size = len(head) + len(payload)
-                if self.journal.would_overflow(size):
-                    self._suspend_locked("journal full: the backup cannot keep up or cannot be "
-                                         "reached; changed regions are tracked, resync when the link is back")
-                else:
-                    self.journal.append_parts((head, payload), size, now)
-                    for offset, data in extents:
-                        vol.write(offset, data)
-                    if self.mode == "sync" and self.conf["state"] == PAIR:
-                        wait_for = self.journal.last_seq
+                if self.journal.append_entry(kind, vol.id, off0, payload, time.time()):
+                    vol.write_many(extents)
+                    if state == PAIR and conf.get("mode") == "sync":
+                        wait_for = self.journal.next_seq - 1
                     if self.sender_waiting:  # wake the sender only when it waits for entries
                         self.sender_waiting = False
                         self.changed.notify_all()
                         if self.wake is not None:
                             self.wake()
+                else:
+                    self._suspend_locked("journal full: the backup cannot keep up or cannot be "
+                                         "reached; changed regions are tracked, resync when the link is back")
             if self.conf["state"] not in JOURNALING:
                 for offset, data in extents:
                     for c in chunks_of(offset, len(data)):
@@ -351,68 +350,119 @@ class SecondaryGroup:
         self._save()
 
     # -- receiving ------------------------------------------------------------------
-    def receive(self, batch: bytes) -> None:
-        """Store a batch of records from the main site; refuse the whole batch if any is bad."""
+    def receive(self, batch: bytes, *, apply: bool = False) -> int:
+        """Store a batch of records from the main site; refuse the whole batch if any is bad.
+
+        Each record's checksum, sequence, generation and volume are checked in place (no
+        record is copied); the batch then goes to the journal as it came, one write.  With
+        ``apply``, a group whose earlier records are all applied applies these at once from
+        the batch in memory (the receiving thread, no hand-off; returns how many); otherwise
+        the apply workers are asked to (returns 0)."""
         if self.conf["state"] == ERROR:
             raise JournalError(self.conf.get("message") or "group is in error state")
+        gen, members = self.journal.generation, self.members
+        first = expect = self.journal.next_seq
+        times: list[float] = []
+        ends: list[int] = []
         records = []
-        expect = self.journal.next_seq
         try:
-            for r, raw in rec.iter_records(batch):
-                if r.generation != self.journal.generation:
-                    raise JournalError(f"entry {r.sequence} belongs to generation {r.generation}, "
-                                       f"expected {self.journal.generation}")
-                if r.sequence != expect:
-                    raise JournalError(f"entry {expect} is missing (received {r.sequence} instead)")
-                if r.volume not in self.members:
-                    raise JournalError(f"entry {r.sequence} names volume {r.volume}, not a member")
-                records.append((r, raw))
+            for kind, g, seq, t, vol, off, data, end in rec.scan(batch):
+                if g != gen:
+                    raise JournalError(f"entry {seq} belongs to generation {g}, expected {gen}")
+                if seq != expect:
+                    raise JournalError(f"entry {expect} is missing (received {seq} instead)")
+                if vol not in members:
+                    raise JournalError(f"entry {seq} names volume {vol}, not a member")
+                times.append(t)
+                ends.append(end)
+                records.append((kind, seq, t, vol, off, data))
                 expect += 1
         except JournalError as e:
             self.fail(f"refused a journal entry from the main site: {e}; nothing of it was applied; "
                       "resync the pair")
             raise
+        if not ends:
+            return 0
         if self.journal.would_overflow(len(batch)):
             raise JournalError("backup journal full")
-        self.journal.append_many([(raw, r.time) for r, raw in records])
+        self.journal.append_batch(batch, times, ends)
+        if apply and not self.paused and len(batch) <= INLINE_APPLY_MAX \
+                and self.lock.acquire(blocking=False):
+            try:
+                if self.applied.seq == first - 1 and self.conf["state"] != ERROR:
+                    n = self._apply(records, first)
+                else:
+                    n = 0
+            finally:
+                self.lock.release()
+            if n:
+                self._notify()
+                return n
         self.kick()
+        return 0
 
     def fail(self, why: str) -> None:
         self.set_state(ERROR, why)
         self._notify()
 
     # -- applying -------------------------------------------------------------------
-    def apply_available(self, max_records: int = 512) -> int:
-        """Apply the next records in order (not during a copy); returns how many."""
+    def apply_available(self, max_records: int = 4096) -> int:
+        """Apply the next records in order (not during a copy); returns how many.
+
+        Records are read from this site's journal in batches (one read each), verified
+        again (what is on this disk is what is applied) and written to their volumes
+        straight from the batch buffer."""
         with self.lock:
             if self.paused or self.conf["state"] == ERROR:
                 return 0
             start = self.applied.seq + 1
-            if start > self.journal.last_seq:
+            through = min(self.journal.last_seq, start + max_records - 1)
+            if start > through:
                 return 0
-            n = 0
-            last_t = self.applied.time
-            try:
-                for r, _ in self.journal.iter_records(start, through=min(self.journal.last_seq,
-                                                                         start + max_records - 1)):
-                    vol = self.members[r.volume]
-                    for off, data in r.extents():
-                        vol.write(off, data)
-                    last_t = r.time
-                    n += 1
-            except JournalError as e:
-                self.fail(f"journal entry {start + n} at the backup is corrupt: {e}; it was not "
-                          "applied; resync the pair")
-            if n:
-                self.applied.store(start + n - 1, self.journal.generation, last_t)
-                self.applied_at = time.time()
-                self.journal.free_through(self.applied.seq)
-                target = self.conf.get("copy_end_seq")
-                if target is not None and self.applied.seq >= target:
-                    self.conf["copy_end_seq"] = None
-                    self.set_state(PAIR, "", consistent=True)
+
+            def records():
+                seq = start
+                while seq <= through:
+                    buf, count = self.journal.read_records(seq, max_bytes=4 << 20, through=through)
+                    if not count:
+                        return
+                    for kind, _g, s, t, vol, off, data, _end in rec.scan(buf, seq):
+                        yield kind, s, t, vol, off, data
+                    seq += count
+
+            n = self._apply(records(), start)
         if n:
             self._notify()
+        return n
+
+    def _apply(self, records, start: int) -> int:
+        """Apply ``records`` (kind, sequence, time, volume, offset, data), the next in order
+        from ``start`` (hold the lock); a bad one puts the group in error and ends it."""
+        n = 0
+        last_t = self.applied.time
+        members = self.members
+        try:
+            for kind, seq, t, vol, off, data in records:
+                if kind == rec.KIND_WRITE:
+                    members[vol].write_many(((off, data),))
+                elif kind == rec.KIND_WRITEV:
+                    members[vol].write_many(rec.extent_views(data, f"journal record {seq}"))
+                else:
+                    raise JournalError(f"journal record {seq} has unknown kind {kind}")
+                last_t = t
+                n += 1
+        except (JournalError, KeyError) as e:
+            why = e if isinstance(e, JournalError) else f"it names volume {e}, not a member"
+            self.fail(f"journal entry {start + n} at the backup is corrupt: {why}; it was not "
+                      "applied; resync the pair")
+        if n:
+            self.applied.store(start + n - 1, self.journal.generation, last_t)
+            self.applied_at = time.time()
+            self.journal.free_through(self.applied.seq)
+            target = self.conf.get("copy_end_seq")
+            if target is not None and self.applied.seq >= target:
+                self.conf["copy_end_seq"] = None
+                self.set_state(PAIR, "", consistent=True)
         return n
 
     def _notify(self) -> None:

@@ -42,6 +42,7 @@ class _Segment:
     path: Path
     times: array = field(default_factory=lambda: array("d"))
     ends: array = field(default_factory=lambda: array("Q"))  # end offset of each record
+    size: int = 0  # bytes of records in the segment (the last end)
 
     rfd: int = -1  # read descriptor, opened on first read, closed when the segment goes
 
@@ -52,10 +53,6 @@ class _Segment:
     @property
     def last_seq(self) -> int:
         return self.first_seq + self.count - 1
-
-    @property
-    def size(self) -> int:
-        return self.ends[-1] if self.ends else 0
 
     def start_of(self, seq: int) -> int:
         i = seq - self.first_seq
@@ -143,6 +140,7 @@ class Journal:
                 seg.times.append(r.time)
                 seg.ends.append(good)
                 expect += 1
+        seg.size = good
         return seg
 
     def _write_meta(self) -> None:
@@ -165,46 +163,76 @@ class Journal:
         """Append one encoded record whose sequence is ``next_seq`` (the caller checked)."""
         self.append_parts((raw,), len(raw), time)
 
+    def append_entry(self, kind: int, volume: int, offset: int, data: bytes | memoryview,
+                     time: float) -> bool:
+        """Encode the next record (sequence ``next_seq``, this generation) carrying ``data``
+        and append it: the commit path's one call.  False, with nothing written, when it
+        would not fit in the journal's capacity."""
+        size = rec.HEADER_SIZE + len(data)
+        segs = self._segments
+        used = (len(segs) - 1) * self.segment_size + segs[-1].size if segs else 0
+        if used + size > self.capacity:
+            return False
+        head = rec.encode_head(kind, self.generation, self.next_seq, time, volume, offset, data)
+        self.append_parts((head, data), size, time)
+        return True
+
     def append_parts(self, parts: Sequence[bytes | memoryview], size: int, time: float) -> None:
         """Append one record given as consecutive parts (header, data) of ``size`` bytes."""
         with self._lock:
-            seg = self._segments[-1] if self._segments else None
+            segs = self._segments
+            seg = segs[-1] if segs else None
             if seg is None or seg.size + size > self.segment_size:
                 seg = self._roll(size)
             elif self._fd is None:
                 self._fd = os.open(seg.path, os.O_RDWR)
-            assert self._fd is not None  # _roll opens the new segment
-            os.pwritev(self._fd, parts, seg.size)
+            fd = self._fd
+            assert fd is not None  # _roll opens the new segment
+            os.pwritev(fd, parts, seg.size)
             if self.fsync:
-                os.fdatasync(self._fd)
+                os.fdatasync(fd)
             seg.times.append(time)
-            seg.ends.append(seg.size + size)
+            seg.size += size
+            seg.ends.append(seg.size)
             self.next_seq += 1
 
     def append_many(self, records: list[tuple[bytes, float]]) -> None:
         """Append consecutive encoded records (sequences ``next_seq`` on), few system calls."""
-        i = 0
-        while i < len(records):
+        buf = b"".join(r for r, _ in records)
+        ends, end = [], 0
+        for raw, _ in records:
+            end += len(raw)
+            ends.append(end)
+        self.append_batch(buf, [t for _, t in records], ends)
+
+    def append_batch(self, buf: bytes | memoryview, times: Sequence[float],
+                     ends: Sequence[int]) -> None:
+        """Append consecutive encoded records held back to back in ``buf`` (sequences
+        ``next_seq`` on; ``ends[k]`` is where record k ends in ``buf``): one write per
+        segment they land in."""
+        view = memoryview(buf)
+        i, n = 0, len(ends)
+        while i < n:
             with self._lock:
+                start = ends[i - 1] if i else 0
                 seg = self._segments[-1] if self._segments else None
-                if seg is None or seg.size + len(records[i][0]) > self.segment_size:
-                    seg = self._roll(len(records[i][0]))
+                if seg is None or seg.size + ends[i] - start > self.segment_size:
+                    seg = self._roll(ends[i] - start)
                 elif self._fd is None:
                     self._fd = os.open(seg.path, os.O_RDWR)
                 room = self.segment_size - seg.size
-                j, size = i, 0
-                while j < len(records) and (j == i or size + len(records[j][0]) <= room):
-                    size += len(records[j][0])
+                j = i + 1
+                while j < n and ends[j] - start <= room:
                     j += 1
-                assert self._fd is not None  # _roll opens the new segment
-                os.pwrite(self._fd, b"".join(r for r, _ in records[i:j]), seg.size)
+                fd = self._fd
+                assert fd is not None  # _roll opens the new segment
+                os.pwrite(fd, view[start:ends[j - 1]], seg.size)
                 if self.fsync:
-                    os.fdatasync(self._fd)
-                end = seg.size
-                for raw, t in records[i:j]:
-                    end += len(raw)
-                    seg.times.append(t)
-                    seg.ends.append(end)
+                    os.fdatasync(fd)
+                base = seg.size - start
+                seg.times.extend(times[i:j])
+                seg.ends.extend(e + base for e in ends[i:j])
+                seg.size = seg.ends[-1]
                 self.next_seq += j - i
             i = j
 

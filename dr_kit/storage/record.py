@@ -28,6 +28,8 @@ KIND_WRITE = 1
 KIND_WRITEV = 2
 MAX_DATA = 16 * 1024 * 1024
 EXTENT = struct.Struct("<QI")  # a write vector entry: offset, length
+_COUNT = struct.Struct("<I")
+_ZERO_CRC = b"\0\0\0\0"
 
 
 @dataclass(frozen=True)
@@ -56,23 +58,64 @@ class Record:
 def split_extents(vector: bytes | memoryview, what: str = "write vector") -> list[tuple[int, bytes]]:
     """The (offset, data) writes of a write vector (``count u32 | (offset u64, length u32) *
     count | data``); JournalError when it does not add up."""
+    return [(off, bytes(data)) for off, data in extent_views(vector, what)]
+
+
+def extent_views(vector: bytes | memoryview, what: str = "write vector",
+                 error: type[Exception] = JournalError) -> list[tuple[int, memoryview]]:
+    """Like :func:`split_extents`, with each write's data a view of ``vector`` (no copy);
+    ``error`` is raised when it does not add up."""
     n = len(vector)
     if n < 4:
-        raise JournalError(f"{what}: its write vector is cut short")
-    (count,) = struct.unpack_from("<I", vector)
+        raise error(f"{what}: its write vector is cut short")
+    (count,) = _COUNT.unpack_from(vector)
     pos = 4 + count * EXTENT.size
     if pos > n:
-        raise JournalError(f"{what}: its write vector claims {count} writes in {n} bytes")
+        raise error(f"{what}: its write vector claims {count} writes in {n} bytes")
     out = []
+    view = memoryview(vector)
+    unpack = EXTENT.unpack_from
     for i in range(count):
-        off, length = EXTENT.unpack_from(vector, 4 + i * EXTENT.size)
-        if pos + length > n:
-            raise JournalError(f"{what}: its write vector does not add up")
-        out.append((off, bytes(vector[pos:pos + length])))
-        pos += length
+        off, length = unpack(vector, 4 + i * EXTENT.size)
+        end = pos + length
+        if end > n:
+            raise error(f"{what}: its write vector does not add up")
+        out.append((off, view[pos:end]))
+        pos = end
     if pos != n:
-        raise JournalError(f"{what}: its write vector does not add up")
+        raise error(f"{what}: its write vector does not add up")
     return out
+
+
+def scan(buf: bytes | memoryview, first_seq: int | None = None):
+    """Verify consecutive encoded records in ``buf`` without copying them: yields
+    ``(kind, generation, sequence, time, volume, offset, data view, end)`` for each, where
+    ``end`` is the offset in ``buf`` just past the record.  Raises JournalError at the
+    first record that is cut short, fails its checksum or (with ``first_seq``) is not the
+    next in sequence."""
+    view = memoryview(buf)
+    pos, n, expect = 0, len(buf), first_seq
+    unpack, crc32, size = HEADER.unpack_from, zlib.crc32, HEADER_SIZE
+    while pos < n:
+        if n - pos < size:
+            raise JournalError("journal batch ends inside a record header")
+        magic, kind, gen, seq, t, vol, off, length, crc = unpack(buf, pos)
+        if magic != MAGIC:
+            raise JournalError(f"bad journal record magic {magic!r}")
+        if length > MAX_DATA:
+            raise JournalError(f"journal record {seq} claims {length} bytes, more than {MAX_DATA}")
+        end = pos + size + length
+        if end > n:
+            raise JournalError(f"journal record {seq} is cut short")
+        data = view[pos + size:end]
+        if crc32(data, crc32(_ZERO_CRC, crc32(view[pos:pos + size - 4]))) != crc:
+            raise JournalError(f"journal record {seq} (generation {gen}) fails its checksum")
+        if expect is not None:
+            if seq != expect:
+                raise JournalError(f"record {expect} expected, found {seq}")
+            expect += 1
+        yield kind, gen, seq, t, vol, off, data, end
+        pos = end
 
 
 def pack_extents(extents: list[tuple[int, bytes | memoryview]]) -> tuple[int, int, bytes]:

@@ -12,9 +12,12 @@ Resources are bounded whatever the number of consistency groups and volumes:
   group strictly in sequence order, groups taking turns).
 
 Main side: a group's sender announces the group, then either copies changed regions
-(initial copy or resync) or streams journal records in order, gathered for up to
-:data:`BATCH_WINDOW_MS` in asynchronous mode.  The commit path never waits for it: it
-wakes the sender only when the sender sleeps for lack of entries.
+(initial copy or resync) or streams journal records in order.  The commit path never
+waits for it and wakes it only on the idle-to-busy edge: one eventfd write when the
+sender sleeps for lack of entries.  An asynchronous sender sends what the journal holds,
+then lets the next writes gather for a window that grows with the write rate
+(:data:`GATHER_MIN_S` up to :data:`GATHER_RATE` records/s, proportionally longer above,
+at most :data:`GATHER_MAX_S`), so the transfers' fixed costs stay bounded per second.
 
 Copies stream: regions go out without a round trip each, up to :data:`COPY_WINDOW_BYTES`
 in flight, acknowledged by the backup once per batch of frames it has stored.  Holes and
@@ -24,9 +27,12 @@ per array and each copy yields after every frame, so groups that already replica
 their lag while other groups copy.
 
 Backup side: each channel verifies the records it receives (checksum, sequence,
-generation), stores them in the group's journal and acknowledges received and applied
-positions.  Every refusal (bad checksum, gap, wrong generation) puts the group in the
-error state with the reason, and nothing of the bad batch is applied.
+generation), stores them in the group's journal (one write per batch) and acknowledges
+the applied position as soon as an apply pass ends (a fixed-size binary frame while the
+pair replicates); receipts alone are acknowledged at most every :data:`ACK_INTERVAL_S`
+in asynchronous mode, at once in synchronous mode.  Every refusal (bad checksum, gap,
+wrong generation) puts the group in the error state with the reason, and nothing of the
+bad batch is applied.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import queue
 import random
 import socket
@@ -55,12 +62,16 @@ log = logging.getLogger("dr_kit.replication")
 COPY_WINDOW_BYTES = 16 << 20  # copy data in flight before waiting for the backup
 COPY_FRAME_CHUNKS = 16  # a copy frame carries up to this many chunks of data (1 MiB)
 COPY_SLOTS = 2  # groups copying at once per array
-BATCH_WINDOW_MS = 10.0  # asynchronous pairs: let writes gather this long before a transfer
-ACK_INTERVAL_S = 0.002  # asynchronous pairs: at most one acknowledgement per this interval
+# asynchronous pairs: after a transfer the next writes gather for a window that grows with
+# the write rate, from GATHER_MIN_S at GATHER_RATE records/s or less to GATHER_MAX_S, so the
+# cost of a transfer (three processes, system calls, wake-ups) stays bounded per second
+GATHER_MIN_S = 0.001
+GATHER_MAX_S = 0.01
+GATHER_RATE = 1000.0
+ACK_INTERVAL_S = 0.02  # asynchronous pairs: receipts are acknowledged at most this often
 APPLY_WORKERS = 2
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_WAIT_S = 2.0  # an idle sender looks again at least this often
-ACTIVE_S = 0.2  # a group that sent within this time polls its journal once per batch window
 PREAUTH_MAX = 64 << 10  # bytes a connection may send before any channel is authenticated
 _FATAL = "fatal"
 
@@ -322,7 +333,9 @@ class Sender:
         if threading.get_ident() == self.service.loop_thread_id:
             self.ev.set()
         else:
-            self.loop.call_soon_threadsafe(self.ev.set)
+            waker = self.service.waker
+            if waker is not None:
+                waker.wake(self.ev)
 
     def stop(self) -> None:
         self.stopping = True
@@ -430,7 +443,8 @@ class Sender:
         if st.get("generation") != g.generation and g.state == PAIR:
             g.suspend("the backup is at another generation; resync needed")
         last_beat, beat_head = 0.0, -1
-        last_sent = 0.0
+        last_sent, window = 0.0, GATHER_MIN_S
+        journal = g.journal
         while True:
             self._check()
             self.ev.clear()
@@ -444,61 +458,60 @@ class Sender:
             if state != PAIR or g.conf.get("transfer_paused"):
                 await self._wait(IDLE_WAIT_S)
                 continue
-            if next_seq < g.journal.first_seq and g.journal.last_seq >= g.journal.first_seq:
+            if next_seq < journal.first_seq and journal.last_seq >= journal.first_seq:
                 g.suspend(f"journal records from {next_seq} are no longer held at the main site; resync")
                 continue
-            window = float(g.conf.get("batch_window_ms", BATCH_WINDOW_MS)) / 1000.0
-            if g.journal.last_seq < next_seq and g.mode == "async" and \
-                    time.monotonic() - last_sent < ACTIVE_S:
-                # a group written to just now: look again after a batch window instead of
-                # asking its writers to wake us (no wake-up call on the commit path)
-                await asyncio.sleep(window)
-                self._check()
-                continue
-            idle = False
-            with g.lock:
-                if g.journal.last_seq < next_seq and g.state == PAIR:
-                    g.sender_waiting = idle = True
-            if idle:
-                await self._wait(IDLE_WAIT_S)
-                g.sender_waiting = False
-                self._check()
+            head = journal.next_seq - 1
             now = time.monotonic()
-            head = g.journal.last_seq
             if (head != beat_head and now - last_beat > 0.25) or now - last_beat > 5.0:
-                self.prio.send_json(wire.STATE, {"head": head, "head_time": g.journal.time_of(head)})
+                self.prio.send_json(wire.STATE, {"head": head, "head_time": journal.time_of(head)})
                 last_beat, beat_head = now, head
-            if head < next_seq:
+            if head < next_seq:  # nothing new: sleep until the commit path wakes us
+                idle = False
+                with g.lock:
+                    if journal.next_seq <= next_seq and g.state == PAIR:
+                        g.sender_waiting = idle = True
+                if idle:
+                    await self._wait(IDLE_WAIT_S)
+                    g.sender_waiting = False
                 continue
+            asynchronous = g.mode == "async"
             interval = float(g.conf.get("transfer_interval_ms", 0)) / 1000.0
             if interval:
                 # an independent transfer cycle: this journal is read on its own schedule
                 await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
-            elif g.mode == "async":
-                # let writes gather for a short window: fewer, larger transfers keep the
-                # replication's CPU use from competing with the commit path, at the price
-                # of at most this much extra lag (counted from the oldest unsent write)
-                oldest = g.journal.time_of(next_seq)
-                wait = window - (time.time() - oldest) if oldest else window
-                if wait > 0.0005:
-                    await asyncio.sleep(wait)
+            elif asynchronous and now - last_sent < window:
+                # the previous transfer left just now: let the writes gather until the window
+                # closes (a timer on this loop; nothing on the commit path)
+                await asyncio.sleep(window - (now - last_sent))
             self._check()
             if g.state != PAIR:
                 continue
-            batch, count = g.journal.read_records(next_seq, max_bytes=1 << 20)
-            if not count:
-                continue
-            if g.faults.get("corrupt_next", 0) > 0:
-                g.faults["corrupt_next"] -= 1
-                b = bytearray(batch)
-                b[-1] ^= 0xFF  # a bit flip on the wire, after the checksum was computed
-                batch = bytes(b)
-            self.prio.send(wire.ENTRIES, batch)
-            next_seq += count
-            last_sent = time.monotonic()
+            head = journal.next_seq - 1
+            first = next_seq
+            while next_seq <= head:  # everything the journal holds now, in frames of <= 1 MiB
+                batch, count = journal.read_records(next_seq, max_bytes=1 << 20, through=head)
+                if not count:
+                    break
+                if g.faults.get("corrupt_next", 0) > 0:
+                    g.faults["corrupt_next"] -= 1
+                    b = bytearray(batch)
+                    b[-1] ^= 0xFF  # a bit flip on the wire, after the checksum was computed
+                    batch = bytes(b)
+                self.prio.send(wire.ENTRIES, batch)
+                next_seq += count
+            now = time.monotonic()
+            if last_sent:  # the window follows the rate of the writes just sent
+                rate = (next_seq - first) / max(now - last_sent, GATHER_MIN_S)
+                window = min(GATHER_MAX_S, max(GATHER_MIN_S, GATHER_MIN_S * rate / GATHER_RATE))
+            last_sent = now
             await self.prio.lane.drain()
 
     def _on_prio(self, ftype: int, payload: bytes) -> None:
+        if ftype == wire.ACKB and len(payload) == wire.ACK_BIN.size:
+            received, applied, applied_time, _gen, flags = wire.ACK_BIN.unpack(payload)
+            self.grp.on_ack(received, applied, applied_time, PAIR, bool(flags & 1))
+            return
         try:
             msg = json.loads(payload)
         except ValueError:
@@ -671,6 +684,7 @@ class _Session:
         self.copy_acked = 0
         self._last_ack = 0.0
         self._ack_scheduled = False
+        self._applied_pending = False
 
     def state(self, **extra: Any) -> dict[str, Any]:
         g = self.grp
@@ -685,13 +699,25 @@ class _Session:
             lane.send_json(cid, ftype, obj)
 
     def ack(self) -> None:
+        """Send the received and applied positions now: a fixed-size binary frame while the
+        pair replicates (the common case), JSON with the state's message otherwise."""
         self._ack_scheduled = False
         self._last_ack = time.monotonic()
-        self.send_prio(wire.ACK, self.state())
+        g = self.grp
+        if self.prio is None:
+            return
+        if g.conf["state"] == PAIR:
+            lane, cid = self.prio
+            lane.send(cid, wire.ACKB, wire.ACK_BIN.pack(
+                g.journal.next_seq - 1, g.applied.seq, g.applied.time, g.journal.generation,
+                1 if g.conf.get("consistent") else 0))
+        else:
+            self.send_prio(wire.ACK, self.state())
 
     def ack_soon(self) -> None:
-        """Asynchronous pairs: at most one acknowledgement per ACK_INTERVAL_S, carrying the
-        latest received and applied positions (fewer wake-ups at the main site)."""
+        """Entries were received: synchronous pairs acknowledge them at once (a writer
+        waits); asynchronous ones at most once per ACK_INTERVAL_S (their applied position,
+        acknowledged at the end of each apply pass, is what the lag is made of)."""
         if self.mode == "sync":
             self.ack()
             return
@@ -705,7 +731,19 @@ class _Session:
             self.service.loop.call_later(wait, self.ack)
 
     def ack_soon_threadsafe(self) -> None:
-        self.service.loop.call_soon_threadsafe(self.ack_soon)
+        """An apply pass ended: acknowledge at once (from an apply thread: one frame however
+        many passes end before the loop gets to it)."""
+        if threading.get_ident() == self.service.loop_thread_id:
+            self._ack_applied()
+            return
+        if self._applied_pending:
+            return
+        self._applied_pending = True
+        self.service.loop.call_soon_threadsafe(self._ack_applied)
+
+    def _ack_applied(self) -> None:
+        self._applied_pending = False
+        self.ack()
 
     def flush_copy_ack(self) -> None:
         if self.copied != self.copy_acked and self.bulk is not None:
@@ -857,11 +895,12 @@ class _BackupLane(_Lane):
         svc = self.service
         if ftype == wire.ENTRIES:
             try:
-                g.receive(payload)
+                applied = g.receive(payload, apply=True)  # applied here when caught up
             except JournalError as e:
                 self.send_json(cid, wire.ERROR, {"message": str(e)})
                 return
-            s.ack_soon()
+            if not applied:
+                s.ack_soon()
         elif ftype == wire.COPYDATA:
             gen, vid, off, length, flags = wire.COPY.unpack_from(payload)
             vol = g.members.get(vid)
@@ -905,6 +944,35 @@ class _BackupLane(_Lane):
         for s in self.copy_sessions:
             s.flush_copy_ack()
         self.copy_sessions.clear()
+
+
+class _Waker:
+    """Sets events of the loop from other threads with one eventfd write (the commit path's
+    wake-up of an idle sender), cheaper than ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.pending: collections.deque[asyncio.Event] = collections.deque()
+        self.loop = loop
+        loop.add_reader(self.fd, self._drain)
+
+    def wake(self, ev: asyncio.Event) -> None:
+        self.pending.append(ev)
+        try:
+            os.eventfd_write(self.fd, 1)
+        except OSError:  # closed at shutdown
+            pass
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.fd)
+        pending = self.pending
+        while pending:
+            pending.popleft().set()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
 
 
 class _ApplyPool:
@@ -972,6 +1040,7 @@ class ReplicationService:
         from concurrent.futures import ThreadPoolExecutor
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="replication-bulk")
         self.copy_slots: asyncio.Semaphore | None = None
+        self.waker: _Waker | None = None
         self._started = threading.Event()
         self._stop: asyncio.Future | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="replication")
@@ -991,6 +1060,7 @@ class ReplicationService:
     async def _main(self) -> None:
         self._stop = self.loop.create_future()
         self.copy_slots = asyncio.Semaphore(COPY_SLOTS)
+        self.waker = _Waker(self.loop)
         server = await self.loop.create_server(lambda: _BackupLane(self), sock=self._sock)
         self._started.set()
         try:
@@ -1005,6 +1075,7 @@ class ReplicationService:
             for lane in list(self.lanes):
                 lane.abort()
             await asyncio.sleep(0)
+            self.waker.close()
 
     def stop(self) -> None:
         stop = self._stop
@@ -1082,4 +1153,4 @@ class ReplicationService:
             g.set_state(state, why, consistent=False)
 
 
-__all__ = ["ReplicationService", "Sender", "ACK_INTERVAL_S", "BATCH_WINDOW_MS"]
+__all__ = ["ReplicationService", "Sender", "ACK_INTERVAL_S", "GATHER_MIN_S", "GATHER_MAX_S"]

@@ -6,7 +6,8 @@ journal entries and acknowledgements; the *bulk* lane carries initial-copy and r
 data, so a copy never queues in front of a running group's entries.  Every group's
 session is a *channel* on a lane (a number chosen by the main array).
 
-A frame is ``length u32 | type u8 | channel u32 | payload``; control payloads are JSON,
+A frame is ``length u32 | type u8 | channel u32 | payload``; control payloads are JSON
+(but the frequent acknowledgement of a replicating pair, ``ACKB``, is a fixed struct),
 journal batches are raw journal records (each carries its own checksum), copy payloads
 are ``generation u32 | volume u32 | offset u64 | length u32 | flags u8 | data``.  A copy
 frame with ``COPY_ZERO`` carries no data: ``length`` bytes at ``offset`` are zeros (the
@@ -41,7 +42,10 @@ FRAME = struct.Struct("<IBI")  # length, type, channel
 COPY = struct.Struct("<IIQIB")  # generation, volume, offset, length, flags
 
 (HELLO, STATE, ENTRIES, ACK, COPYDATA, RESYNC_START, COPY_DONE, ERROR, CHALLENGE, AUTH,
- BYE) = range(1, 12)
+ BYE, ACKB) = range(1, 13)
+# ACKB: the backup's positions while a pair replicates, without JSON: received, applied,
+# applied write's main-site time, generation, flags (1: consistent)
+ACK_BIN = struct.Struct("<QQdIB")
 COPY_ZERO = 1
 MAX_FRAME = 64 << 20
 PRIO, BULK = "prio", "bulk"
