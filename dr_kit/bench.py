@@ -244,8 +244,11 @@ class Bench:
             shops["pg_off"], shops["pg_async"] = pg.shops["off"], pg.shops["async"]
         out: dict[str, Any] = {}
         pg_out: dict[str, Any] = {}
-        rounds = rounds or (6 if self.quick else 15)
-        block = 20
+        rounds = rounds or (8 if self.quick else 16)
+        # blocks long against the asynchronous sender's gathering window (at most 10 ms), so
+        # that an async block pays for the transfers of its own writes; the order is fixed,
+        # so the tail of an async block's transfer falls into the sync block, never into off
+        block = 50
         for shop in shops.values():  # one unrecorded block each: caches and prepared statements
             shop.run(0, count=block)
         for delay in (0, 5, 20):
@@ -254,7 +257,7 @@ class Bench:
             t_mode: dict[str, float] = {m: 0.0 for m in shops}
             for _ in range(rounds):
                 for mode, shop in shops.items():
-                    n = block if not (mode == "sync" and delay >= 5) else max(3, block // 4)
+                    n = block if mode != "sync" else 20 if delay < 5 else 5
                     shop.stats.latencies_ms.clear()
                     t0 = time.perf_counter()
                     shop.run(0, count=n)
@@ -458,8 +461,14 @@ class Bench:
                 self.mc.group_action("bench-cpu", "pause-transfer")
             c0 = cpu_now()
             shops["off" if mode == "off" else "async"].run(0, count=n_block)
+            # the last writes' transfer (gathered for at most 10 ms) and apply happen in the
+            # block; every mode then asks both arrays once, so the asking costs the same
+            time.sleep(0.03)
             if mode == "streaming":
                 caught_up()
+            else:
+                _head(self.mc, "bench-cpu")
+                self.bc.group_status("bench-cpu")
             c1 = cpu_now()
             spent[mode].append({k: (c1[k] - c0[k]) / n_block * 1e6 for k in procs})
             if mode == "journal":
@@ -603,6 +612,8 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         "async_over_off_p50_max": max(commit[d]["async_over_off_p50"] for d in delays),
         "async_over_off_tps_min": min(commit[d]["async_over_off_tps"] for d in delays),
         "sync_over_off_p50_at_20ms": commit["20ms"]["sync_over_off_p50"],
+        "sync_over_off_growth_20ms_over_0ms": (commit["20ms"]["sync_over_off_p50"]
+                                               / commit["0ms"]["sync_over_off_p50"]),
         "lag_p99_ms_at_1000": lag["1000"]["time_lag_ms_p99"],
         "apply_over_write_rate": lag["apply_over_write_rate"],
         "snapshot_ratio_1g_over_1m": big["snapshot_ratio_large_over_1m"],
@@ -655,10 +666,11 @@ def _exit_on_interrupt(cleanup: Callable[[], None]) -> dict[int, Any]:
 
 
 TARGETS = [
-    ("async_over_off_p50_max", "<=", 1.15, "async/off commit p50, worst delay"),
+    ("async_over_off_p50_max", "<=", 1.10, "async/off commit p50, worst delay"),
     ("sync_over_off_p50_at_20ms", ">", 1.0, "sync/off commit p50 at 20 ms"),
-    ("lag_p99_ms_at_1000", "<", 20.0, "lag p99 at 1,000 writes/s (ms)"),
-    ("apply_over_write_rate", ">=", 5.0, "backup apply / write rate"),
+    ("sync_over_off_growth_20ms_over_0ms", ">", 1.0, "sync/off at 20 ms / sync/off at 0 ms"),
+    ("lag_p99_ms_at_1000", "<=", 5.0, "lag p99 at 1,000 writes/s (ms)"),
+    ("apply_over_write_rate", ">=", 10.0, "backup apply / write rate"),
     ("snapshot_ratio_1g_over_1m", "<=", 2.0, "snapshot time large / 1 MiB"),
 ]
 
@@ -710,7 +722,7 @@ def plot(result: dict[str, Any]):
     rates = ["100", "1000"]
     b.bar([0, 1], [result["lag"][r]["time_lag_ms_p50"] for r in rates], width=0.35, label="p50")
     b.bar([0.35, 1.35], [result["lag"][r]["time_lag_ms_p99"] for r in rates], width=0.35, label="p99")
-    b.axhline(20, color="red", linestyle="--", label="target p99 < 20 ms")
+    b.axhline(5, color="red", linestyle="--", label="target p99 <= 5 ms")
     if result.get("postgres_lag_p99_ms") is not None:
         b.scatter([1.35], [result["postgres_lag_p99_ms"]], marker="D", color="black", zorder=3,
                   label="PostgreSQL p99, same run")

@@ -99,6 +99,11 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Add received bytes; returns the complete frames (type, channel, payload)."""
+        if not self.buf:  # the common case: frames start at the start of what arrived
+            out, pos = self._whole(data)
+            if pos < len(data):
+                self.buf += memoryview(data)[pos:]
+            return out
         buf = self.buf
         buf += data
         out = []
@@ -116,6 +121,24 @@ class FrameReader:
         if pos:
             del buf[:pos]
         return out
+
+
+    @staticmethod
+    def _whole(data: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
+        """The complete frames at the start of ``data`` (a payload that is all of ``data``
+        past its header is that same object's slice, one copy), and where they end."""
+        out = []
+        pos, n = 0, len(data)
+        while n - pos >= FRAME.size:
+            length, ftype, channel = FRAME.unpack_from(data, pos)
+            if length > MAX_FRAME:
+                raise Unavailable(f"replication frame of {length} bytes is too large; the link is garbled")
+            end = pos + FRAME.size + length
+            if end > n:
+                break
+            out.append((ftype, channel, data[pos + FRAME.size:end]))
+            pos = end
+        return out, pos
 
 
 def nonce() -> str:
