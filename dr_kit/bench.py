@@ -49,6 +49,11 @@ from dr_kit.storage.link import TOKEN_ENV as LINK_TOKEN_ENV
 from dr_kit.storage.position import JournalPosition
 
 Progress = Callable[[str], None]
+# commit latency: transactions per block, long against the asynchronous sender's gathering
+# window (at most 10 ms) so that an async block pays for the transfers of its own writes;
+# the order of the modes is fixed, so the tail of an async block's transfer falls into the
+# sync block that follows it, never into an off block
+COMMIT_BLOCK = 50
 
 
 
@@ -245,10 +250,7 @@ class Bench:
         out: dict[str, Any] = {}
         pg_out: dict[str, Any] = {}
         rounds = rounds or (8 if self.quick else 16)
-        # blocks long against the asynchronous sender's gathering window (at most 10 ms), so
-        # that an async block pays for the transfers of its own writes; the order is fixed,
-        # so the tail of an async block's transfer falls into the sync block, never into off
-        block = 50
+        block = COMMIT_BLOCK
         for shop in shops.values():  # one unrecorded block each: caches and prepared statements
             shop.run(0, count=block)
         for delay in (0, 5, 20):

@@ -79,8 +79,8 @@ def test_postgres_anchor_beside_ours_and_the_standby_replays_every_row(tmp_path)
     standby = b.pg_result["standby"]
     assert standby["standby_rows_match"]
     rows = standby["rows"]["standby"]
-    # on the primary with a standby: a warm-up block and 1 round at 3 delays, 20 transactions each
-    assert rows["orders"] == 20 + 3 * 20
+    # on the primary with a standby: a warm-up block and 1 round at 3 delays, one block each
+    assert rows["orders"] == bench.COMMIT_BLOCK + 3 * bench.COMMIT_BLOCK
     assert rows["stock_movements"] >= rows["orders"]
     assert rows["lag_probe"] >= 500 and rows == standby["rows"]["primary"]
     assert b.pg_result["wal_senders"] == {"off": 0, "async": 1}

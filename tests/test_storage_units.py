@@ -622,3 +622,74 @@ def test_listener_failures_are_logged(tmp_path, caplog, storage_log):
     with storage_log("dr_kit.storage.groups", "WARNING"):
         g._notify()
     assert any("connection reset" in r.getMessage() for r in caplog.records)
+
+
+# -- per-batch paths: journal batches, in-place record scans, frames, gathering -----------------
+
+
+def test_journal_append_batch_spans_segments_and_reads_back(tmp_path):
+    """A received batch is stored with one write per segment it lands in; the index and a
+    reopen see every record."""
+    j = Journal.create(tmp_path / "j", CAP)
+    raws = [rec.encode(rec.KIND_WRITE, 1, s, 100.0 + s, 1, 0, _payload(s, 3000)) for s in range(1, 401)]
+    buf = b"".join(raws)
+    ends, end = [], 0
+    for r in raws:
+        end += len(r)
+        ends.append(end)
+    j.append_batch(buf[:ends[199]], [100.0 + s for s in range(1, 201)], ends[:200])
+    rest = [e - ends[199] for e in ends[200:]]
+    j.append_batch(buf[ends[199]:], [100.0 + s for s in range(201, 401)], rest)
+    assert (j.first_seq, j.last_seq) == (1, 400)
+    assert len(_seg_files(tmp_path / "j")) >= 2
+    expect = [(s, 100.0 + s, _payload(s, 3000)) for s in range(1, 401)]
+    assert _records(j) == expect
+    assert j.time_of(250) == 350.0 and j.bytes_after(399) == len(raws[-1])
+    j.close()
+    assert _records(Journal.open(tmp_path / "j", CAP)) == expect
+
+
+def test_record_scan_checks_in_place_and_yields_views():
+    kind, off, vector = rec.pack_extents([(0, b"x" * 10), (50, b"yy")])
+    raws = [rec.encode(rec.KIND_WRITE, 2, 10, 1.5, 3, 4096, b"a" * 100),
+            rec.encode(kind, 2, 11, 1.6, 3, off, vector)]
+    buf = b"".join(raws)
+    out = list(rec.scan(buf, 10))
+    assert [(k, g, s, t, v, o, e) for k, g, s, t, v, o, _, e in out] == [
+        (rec.KIND_WRITE, 2, 10, 1.5, 3, 4096, len(raws[0])),
+        (rec.KIND_WRITEV, 2, 11, 1.6, 3, 0, len(buf))]
+    assert isinstance(out[0][6], memoryview) and bytes(out[0][6]) == b"a" * 100
+    assert [(o, bytes(d)) for o, d in rec.extent_views(out[1][6])] == [(0, b"x" * 10), (50, b"yy")]
+    with pytest.raises(JournalError, match="record 9 expected, found 10"):
+        list(rec.scan(buf, 9))
+    flipped = bytearray(buf)
+    flipped[len(raws[0]) + rec.HEADER_SIZE + 3] ^= 1
+    with pytest.raises(JournalError, match="record 11 .* fails its checksum"):
+        list(rec.scan(bytes(flipped), 10))
+    with pytest.raises(JournalError, match="cut short"):
+        list(rec.scan(buf[:-1], 10))
+    with pytest.raises(JournalError, match="does not add up"):
+        rec.extent_views(bytes(out[1][6])[:-1])
+
+
+def test_frame_reader_gives_the_same_frames_whatever_the_pieces():
+    from dr_kit.storage import wire
+
+    frames = [(wire.ENTRIES, 1, os.urandom(5000)), (wire.ACKB, 1, wire.ACK_BIN.pack(5, 4, 1.5, 1, 1)),
+              (wire.STATE, 2, b"{}"), (wire.BYE, 3, b"")]
+    stream = b"".join(wire.frame(t, c, p) for t, c, p in frames)
+    for cut in (1, 9, 10, 100, 5009, 5010, len(stream) - 1, len(stream)):
+        r = wire.FrameReader()
+        got = r.feed(stream[:cut]) + r.feed(stream[cut:])
+        assert [(t, c, bytes(p)) for t, c, p in got] == frames, cut
+        assert not r.buf
+
+
+@pytest.mark.parametrize("records,seconds,window", [
+    (1, 0.001, 0.001), (1, 0.0001, 0.001), (10, 0.01, 0.001), (0, 0.5, 0.001),
+    (5, 0.001, 0.005), (30, 0.003, 0.01), (10_000, 0.01, 0.01)])
+def test_gathering_window_grows_with_the_write_rate_and_is_bounded(records, seconds, window):
+    from dr_kit.storage.replication import GATHER_MAX_S, GATHER_MIN_S, gather_window
+
+    assert GATHER_MIN_S <= gather_window(records, seconds) <= GATHER_MAX_S
+    assert gather_window(records, seconds) == pytest.approx(window)

@@ -76,6 +76,14 @@ PREAUTH_MAX = 64 << 10  # bytes a connection may send before any channel is auth
 _FATAL = "fatal"
 
 
+def gather_window(records: int, seconds: float) -> float:
+    """How long an asynchronous sender lets writes gather after a transfer of ``records``
+    written over ``seconds``: GATHER_MIN_S up to GATHER_RATE records/s, proportionally
+    longer above, at most GATHER_MAX_S."""
+    rate = records / max(seconds, GATHER_MIN_S)
+    return min(GATHER_MAX_S, max(GATHER_MIN_S, GATHER_MIN_S * rate / GATHER_RATE))
+
+
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"cannot reach the backup array: {e.strerror}"
@@ -502,8 +510,7 @@ class Sender:
                 next_seq += count
             now = time.monotonic()
             if last_sent:  # the window follows the rate of the writes just sent
-                rate = (next_seq - first) / max(now - last_sent, GATHER_MIN_S)
-                window = min(GATHER_MAX_S, max(GATHER_MIN_S, GATHER_MIN_S * rate / GATHER_RATE))
+                window = gather_window(next_seq - first, now - last_sent)
             last_sent = now
             await self.prio.lane.drain()
 
@@ -1153,4 +1160,5 @@ class ReplicationService:
             g.set_state(state, why, consistent=False)
 
 
-__all__ = ["ReplicationService", "Sender", "ACK_INTERVAL_S", "GATHER_MIN_S", "GATHER_MAX_S"]
+__all__ = ["ReplicationService", "Sender", "ACK_INTERVAL_S", "GATHER_MIN_S", "GATHER_MAX_S",
+           "gather_window"]
