@@ -17,7 +17,8 @@ waits for it and wakes it only on the idle-to-busy edge: one eventfd write when 
 sender sleeps for lack of entries.  An asynchronous sender sends what the journal holds,
 then lets the next writes gather for a window that grows with the write rate
 (:data:`GATHER_MIN_S` up to :data:`GATHER_RATE` records/s, proportionally longer above,
-at most :data:`GATHER_MAX_S`), so the transfers' fixed costs stay bounded per second.
+at most :data:`GATHER_MAX_S`) and looks again: while the group is busy its writers never
+have to wake it, and the transfers' fixed costs stay bounded per second.
 
 Copies stream: regions go out without a round trip each, up to :data:`COPY_WINDOW_BYTES`
 in flight, acknowledged by the backup once per batch of frames it has stored.  Holes and
@@ -451,7 +452,7 @@ class Sender:
         if st.get("generation") != g.generation and g.state == PAIR:
             g.suspend("the backup is at another generation; resync needed")
         last_beat, beat_head = 0.0, -1
-        last_sent, window = 0.0, GATHER_MIN_S
+        last_sent = 0.0
         journal = g.journal
         while True:
             self._check()
@@ -483,19 +484,14 @@ class Sender:
                     await self._wait(IDLE_WAIT_S)
                     g.sender_waiting = False
                 continue
-            asynchronous = g.mode == "async"
             interval = float(g.conf.get("transfer_interval_ms", 0)) / 1000.0
             if interval:
                 # an independent transfer cycle: this journal is read on its own schedule
                 await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
-            elif asynchronous and now - last_sent < window:
-                # the previous transfer left just now: let the writes gather until the window
-                # closes (a timer on this loop; nothing on the commit path)
-                await asyncio.sleep(window - (now - last_sent))
-            self._check()
-            if g.state != PAIR:
-                continue
-            head = journal.next_seq - 1
+                self._check()
+                if g.state != PAIR:
+                    continue
+                head = journal.next_seq - 1
             first = next_seq
             while next_seq <= head:  # everything the journal holds now, in frames of <= 1 MiB
                 batch, count = journal.read_records(next_seq, max_bytes=1 << 20, through=head)
@@ -509,10 +505,14 @@ class Sender:
                 self.prio.send(wire.ENTRIES, batch)
                 next_seq += count
             now = time.monotonic()
-            if last_sent:  # the window follows the rate of the writes just sent
-                window = gather_window(next_seq - first, now - last_sent)
+            # the window follows the rate of the writes just sent
+            window = gather_window(next_seq - first, now - last_sent) if last_sent else GATHER_MIN_S
             last_sent = now
             await self.prio.lane.drain()
+            if g.mode == "async" and not interval:
+                # the next writes gather for the window (a timer on this loop: while the
+                # group is busy the commit path never has to wake the sender)
+                await asyncio.sleep(window)
 
     def _on_prio(self, ftype: int, payload: bytes) -> None:
         if ftype == wire.ACKB and len(payload) == wire.ACK_BIN.size:
