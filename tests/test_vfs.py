@@ -565,3 +565,56 @@ def test_shop_runs_in_wal_mode_with_two_journal_entries_per_transaction(tmp_path
         sales.close()
     finally:
         a.close()
+
+
+def test_snapshot_group_of_the_live_wal_shop_opens_consistent(tmp_path):
+    """The shop's two WAL databases, snapshotted together while their owners are open and
+    their latest commits are frames in the WALs only: clones of both volumes open (the WAL
+    recovery runs on the clones, as judge_snapshot opens them and as an analyst's plain
+    connection does), read every committed order and judge consistent; the live shop goes on."""
+    a = Array(tmp_path / "arr", "main")
+    try:
+        for v in ("stock-db", "sales-db"):
+            a.create_volume(v, 16 * MiB)
+        vfs = _vfs(lambda name: _ArrayDev(a, name))
+        stock, sales = open_shop(vfs)
+        seed(stock, sales)
+        shop = Shop(stock, sales, seed_value=5)
+        shop.run(0, count=40)
+        for v in ("stock-db", "sales-db"):
+            wal = vfs._fs[v].entries[2]
+            assert wal.flags & 1 and wal.size > 0, v  # commits not checkpointed
+        a.create_snapshot("grp", volumes=["stock-db", "sales-db"])
+        live = judge_images(stock, sales)
+        assert live.consistent and live.orders == 40
+        for how in ("owner", "reader"):
+            for v in ("stock-db", "sales-db"):
+                a.create_clone(f"{how}-{v}", "grp", v)
+            cv = _vfs(lambda name: _ArrayDev(a, name))
+            try:
+                if how == "owner":  # as judge_snapshot opens them
+                    cs = sqlite_vfs.connect(cv, f"{how}-stock-db", "stock.db", create=False)
+                    cl = sqlite_vfs.connect(cv, f"{how}-sales-db", "sales.db", create=False)
+                else:
+                    cs, cl = (apsw.Connection(f"{how}-{v}/{f}", flags=apsw.SQLITE_OPEN_READWRITE,
+                                              vfs=cv.vfs_name)
+                              for v, f in (("stock-db", "stock.db"), ("sales-db", "sales.db")))
+                try:
+                    verdict = judge_images(cs, cl)
+                    modes = [next(c.execute("PRAGMA journal_mode"))[0] for c in (cs, cl)]
+                finally:
+                    cs.close()
+                    cl.close()
+            finally:
+                for v in ("stock-db", "sales-db"):
+                    cv.forget(f"{how}-{v}")
+            assert verdict.consistent and verdict.orders == 40, (how, verdict)
+            assert verdict.integrity == {"stock": "ok", "sales": "ok"}, (how, verdict)
+            assert "wal" not in modes, (how, modes)  # recovered out of WAL mode first
+        shop.run(0, count=5)  # the owners were not disturbed by the clones' recovery
+        after = judge_images(stock, sales)
+        assert after.consistent and after.orders == 45
+        stock.close()
+        sales.close()
+    finally:
+        a.close()
