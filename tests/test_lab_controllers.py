@@ -4,7 +4,6 @@ loopback, the controllers and the operator in threads of this process."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,18 +67,13 @@ def lab(tmp_path: Path):
     mk.create("Namespace", {"metadata": {"name": "shop"}})
     for name in ("sales-db", "stock-db"):
         mk.create("PersistentVolumeClaim", pvc(name))
-    ctls = [SiteController(lab, s, interval=0.1) for s in ("main", "backup")]
-    threads = [threading.Thread(target=c.run, daemon=True) for c in ctls]
-    for t in threads:
-        t.start()
+    ctls = [SiteController(lab, s, poll=0.1).start() for s in ("main", "backup")]
     op = runner_for(str(lab.kubeconfig), "main", "backup")
     op.start()
-    yield {"mk": mk, "bk": bk, "ma": ma, "ba": ba, "op": op}
+    yield {"mk": mk, "bk": bk, "ma": ma, "ba": ba, "op": op, "ctls": ctls, "lab": lab}
     op.stop()
     for c in ctls:
-        c.stopping.set()
-    for t in threads:
-        t.join(5)
+        c.stop()
     for h in (ma, ba):
         h.stop()
     link.stop()
