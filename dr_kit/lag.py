@@ -116,37 +116,69 @@ def _unknown(group: str, namespace: str | None, resource: str | None, state: str
                     resource=resource)
 
 
-def _storage_class(site: Site, namespace: str, kind: str, obj: dict[str, Any],
+def _claim_classes(site: Site, namespace: str | None) -> dict[tuple[str, str], str | None]:
+    """(namespace, PVC) -> storage class, from one list of the PVCs (of ``namespace``, or of
+    every namespace)."""
+    return {(p["metadata"].get("namespace") or "", p["metadata"]["name"]):
+            (p.get("spec") or {}).get("storageClassName")
+            for p in site.kube.items("PersistentVolumeClaim", namespace)}
+
+
+def _storage_class(namespace: str, kind: str, obj: dict[str, Any],
                    classes: dict[tuple[str, str], str | None]) -> str | None:
     """The storage class of the resource's PVCs (None when unknown or mixed)."""
     st, spec = obj.get("status") or {}, obj.get("spec") or {}
     names = ([spec.get("persistentVolumeClaimName")] if kind == "Replication"
              else [r.get("name") for r in st.get("persistentVolumeClaimsRefList") or []])
-    if not any(names):
-        return None
-    if (namespace, "") not in classes:
-        classes[(namespace, "")] = None
-        for p in site.kube.items("PersistentVolumeClaim", namespace):
-            classes[(namespace, p["metadata"]["name"])] = (p.get("spec") or {}).get(
-                "storageClassName")
     found = {classes.get((namespace, n)) for n in names if n}
     return found.pop() if len(found) == 1 else None
 
 
+class _ArrayReader:
+    """The arrays' lag reports for one read: each array is asked once for every group's
+    report (its status) when several groups are read, or per group when only a few are."""
+
+    BULK_FROM = 3  # groups on one read from which one status call beats one call per group
+
+    def __init__(self, site: Site, groups: int) -> None:
+        self.site = site
+        self.bulk = groups >= self.BULK_FROM
+        self._status: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def report(self, access: Any, group: str) -> LagReport | str:
+        """The group's report, or why there is none (a message)."""
+        if not self.bulk:
+            try:
+                return access.client(self.site.timeout).lag(group)
+            except NotFound:
+                return f"no consistency group {group} on the {access} yet"
+        groups = self._status.get(access.management_url)
+        if groups is None:
+            st = access.client(self.site.timeout).status()
+            groups = self._status[access.management_url] = {
+                g["name"]: g for g in st.get("groups") or [] if g.get("side") == "main"}
+        g = groups.get(group)
+        if g is None or not g.get("lag"):
+            return f"no consistency group {group} on the {access} yet"
+        return LagReport.from_dict(g["lag"])
+
+
 def _array_report(site: Site, ns: str, kind: str, name: str, obj: dict[str, Any],
-                  classes: dict[tuple[str, str], str | None], now: float) -> GroupLag | None:
+                  classes: dict[tuple[str, str], str | None] | None, reader: _ArrayReader,
+                  now: float) -> GroupLag | None:
     """The array's report for the resource's group; None when the driver publishes no
     array group or array endpoint for it."""
     group = ((obj.get("metadata") or {}).get("annotations") or {}).get(published.ARRAY_GROUP)
-    access = site.array_for(_storage_class(site, ns, kind, obj, classes)) if group else None
-    resource = f"{kind} {ns}/{name}"
-    if not group or access is None:
+    if not group:
         return None
-    try:
-        rep = access.client(site.timeout).lag(group)
-    except NotFound:
-        return _unknown(group, ns, resource, "pending", "array",
-                        f"no consistency group {group} on the {access} yet", now)
+    sc = _storage_class(ns, kind, obj, classes) if classes is not None else None
+    access = site.array_for(sc)
+    if access is None:
+        return None
+    resource = f"{kind} {ns}/{name}"
+    rep = reader.report(access, group)
+    if isinstance(rep, str):
+        return _unknown(group, ns, resource, "pending", "array", rep, now)
     return GroupLag(**{**rep.__dict__, "namespace": ns, "resource": resource})
 
 
@@ -216,17 +248,33 @@ def read_lag(main_site: Site, namespace: str | None = None, *, source: Source = 
         raise InvalidInput(f"the {main_site.name} site publishes no array management endpoint "
                            "(see dr_kit.published); use source='k8s-status'")
     reports: list[GroupLag] = []
-    classes: dict[tuple[str, str], str | None] = {}
+    classes: dict[tuple[str, str], str | None] | None = None
+    with_group = [r for r in resources
+                  if ((r[3].get("metadata") or {}).get("annotations") or {}).get(published.ARRAY_GROUP)]
+    if source != "k8s-status" and with_group and not main_site.array_url and \
+            len({a.management_url for a in main_site.arrays().values()}) > 1:
+        classes = _claim_classes(main_site, namespace)  # several arrays: which one is whose
+    reader = _ArrayReader(main_site, len(with_group))
     for ns, kind, name, obj in resources:
         now = time.time()
         rep = None if source == "k8s-status" else _array_report(main_site, ns, kind, name,
-                                                                  obj, classes, now)
+                                                                  obj, classes, reader, now)
         if rep is None and source == "array":
             rep = _unknown(name, ns, f"{kind} {ns}/{name}", "pending", "array",
                            "no consistency group on the array yet (the storage driver "
                            f"publishes no {published.ARRAY_GROUP} for it)", now)
         reports.append(rep if rep is not None else _status_report(ns, kind, name, obj))
     return reports
+
+
+def worst_first(reports: Iterable[GroupLag]) -> list[GroupLag]:
+    """Reports ranked for attention: unknown time lags first (nothing says the backup is
+    current), then the largest time lag, then the largest byte and sequence lag."""
+    def key(r: GroupLag) -> tuple[bool, float, int, int, str, str]:
+        return (r.time_lag_s is not None, -(r.time_lag_s or 0.0), -(r.byte_lag or 0),
+                -(r.sequence_lag or 0), r.namespace or "", r.group)
+
+    return sorted(reports, key=key)
 
 
 # -- sampling --------------------------------------------------------------------------------
@@ -485,6 +533,7 @@ def serve_metrics(site: Site, addr: str = "127.0.0.1:9469", *, namespace: str | 
     return MetricsServer(server, thread, host)
 
 
-__all__ = ["GroupLag", "read_lag", "sample_lag", "lag_frame", "lag_percentiles", "LagCollector",
+__all__ = ["GroupLag", "read_lag", "worst_first", "sample_lag", "lag_frame",
+           "lag_percentiles", "LagCollector",
            "MetricsServer", "serve_metrics", "parse_listen", "SAMPLE_COLUMNS", "source_label",
            "frame_source", "time_resolution"]

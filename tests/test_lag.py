@@ -275,3 +275,108 @@ def test_cli_serve_until_interrupted(lab: Path) -> None:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(10)
     assert rc == 0
+
+
+# -- many groups: one read, worst first ---------------------------------------------------------
+
+
+class _FakeArray:
+    def __init__(self, groups: dict[str, dict], calls: list[str]) -> None:
+        self.groups, self.calls = groups, calls
+
+    def status(self) -> dict:
+        self.calls.append("status")
+        return {"groups": [{"name": n, "side": "main", "lag": d} for n, d in self.groups.items()]}
+
+    def lag(self, group: str):
+        from dr_kit.storage.position import LagReport
+
+        self.calls.append(f"lag {group}")
+        if group not in self.groups:
+            raise NotFound(group)
+        return LagReport.from_dict(self.groups[group])
+
+
+class _FakeAccess:
+    management_url = "http://array"
+
+    def __init__(self, array: _FakeArray) -> None:
+        self.array = array
+
+    def client(self, timeout: float = 10.0) -> _FakeArray:
+        return self.array
+
+    def __str__(self) -> str:
+        return "array http://array"
+
+
+class _FakeSite:
+    """What read_lag asks of a Site: replication resources and the published array."""
+
+    name, timeout, array_url = "main", 5.0, None
+
+    def __init__(self, n: int, array: _FakeArray) -> None:
+        self.access = _FakeAccess(array)
+        self.objs = [("VolumeGroupReplication", {"metadata": {
+            "name": "g", "namespace": f"app{i:03d}",
+            "annotations": {published.ARRAY_GROUP: f"app{i:03d}-g"}}}) for i in range(n)]
+
+    def replication_objects(self, namespace=None):
+        return [o for o in self.objs if namespace in (None, o[1]["metadata"]["namespace"])]
+
+    def arrays(self):
+        return {"lab-array": self.access}
+
+    def array_for(self, storage_class=None):
+        return self.access
+
+    @property
+    def has_array(self) -> bool:
+        return True
+
+    def require_namespace(self, name: str) -> dict:
+        return {}
+
+
+def _lag_dict(group: str, t: float | None, seq: int | None = 0) -> dict:
+    return {"group": group, "state": "pair", "main": "g1/10", "applied": "g1/9",
+            "sequence_lag": seq, "byte_lag": None if seq is None else seq * 4096,
+            "time_lag_s": t, "consistent": True, "measured_at": 1.0, "source": "array",
+            "message": ""}
+
+
+def test_many_groups_are_read_with_one_array_call_and_ranked_worst_first() -> None:
+    calls: list[str] = []
+    groups = {f"app{i:03d}-g": _lag_dict(f"app{i:03d}-g", i / 100, i) for i in range(100)}
+    groups["app007-g"] = _lag_dict("app007-g", None, None)  # unknown
+    del groups["app042-g"]  # labelled, no group on the array yet
+    site_ = _FakeSite(100, _FakeArray(groups, calls))
+    reports = lag.read_lag(site_)  # type: ignore[arg-type]
+    assert calls == ["status"], "one status call for every group, not one call per group"
+    assert len(reports) == 100 and all(r.source == "array" for r in reports)
+    pending = next(r for r in reports if r.namespace == "app042")
+    assert pending.time_lag_s is None and pending.state == "pending"
+    ranked = lag.worst_first(reports)
+    # unknown first (two of them, by namespace), then the largest time lag
+    assert [r.namespace for r in ranked[:4]] == ["app007", "app042", "app099", "app098"]
+    assert [r.time_lag_s for r in ranked[2:5]] == [0.99, 0.98, 0.97]
+    # a read of one namespace asks for that group alone
+    calls.clear()
+    one = lag.read_lag(site_, "app003")  # type: ignore[arg-type]
+    assert calls == ["lag app003-g"] and one[0].time_lag_s == 0.03
+
+
+def test_cli_top_lists_the_worst_groups(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _pending_annotated(site("main", lab))
+    d = str(lab)
+    assert cli.main(["lag", "--json", "--top", "1", "--dir", d]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["group"] for r in out] == ["pending-nothing-yet"]  # unknown lag ranks first
+    assert cli.main(["lag", "--top", "1", "--dir", d]) == 0
+    table = capsys.readouterr().out
+    assert "pending-nothing-yet" in table and "shop-dr-kit-shop" not in table
+    assert "(1 of 2 groups, worst first; --top 1)" in table
+    for bad in ("0", "x", "-3"):
+        assert cli.main(["lag", "--top", bad, "--dir", d]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--top takes a number" in err[0], err

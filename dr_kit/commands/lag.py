@@ -1,4 +1,5 @@
-"""``dr-kit lag [--json] [--serve ADDR]``: journal lag per consistency group, once or as metrics."""
+"""``dr-kit lag [--top N] [--json] [--serve ADDR]``: journal lag per consistency group, worst
+first, once or as metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import threading
 
 from dr_kit.commands import site_from_args, site_options
+from dr_kit.errors import InvalidInput
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,9 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Read the replication lag of every consistency group at the main "
                        "site: from the array when the storage driver publishes it (exact), otherwise "
                        "from the replication resources' lastSyncTime (an upper bound, 1 s "
-                       "resolution).  Unknown figures are shown as unknown, never as 0.")
+                       "resolution).  Groups are listed worst first: unknown lag, then the "
+                       "largest time lag.  Unknown figures are shown as unknown, never as 0.")
     p.add_argument("--namespace", "-n", metavar="NS", help="only this namespace")
-    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.add_argument("--top", metavar="N", help="only the N groups that lag most (unknown lag "
+                   "counts as most)")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON (worst first)")
     p.add_argument("--source", choices=("auto", "array", "k8s-status"), default="auto",
                    help="where to read the lag (default: the array where its driver publishes it)")
     p.add_argument("--serve", metavar="ADDR", help="serve Prometheus gauges at http://ADDR/metrics "
@@ -36,9 +41,22 @@ def _fmt(v: object, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def _top(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InvalidInput(f"--top takes a number of groups >= 1, got {value!r}")
+    return n
+
+
 def _run(args: argparse.Namespace) -> int:
     from dr_kit import lag
 
+    top = _top(args.top)
     if args.serve is not None:
         host, port = lag.parse_listen(args.serve, allow_remote=args.allow_remote)  # before connecting
     site = site_from_args(args, "main")
@@ -54,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             srv.stop()
         return 0
-    reports = lag.read_lag(site, args.namespace, source=args.source)
+    reports = lag.worst_first(lag.read_lag(site, args.namespace, source=args.source))
+    total = len(reports)
+    reports = reports[:top] if top is not None else reports
     if args.json:
         print(json.dumps([r.to_dict() for r in reports]))
         return 0
@@ -70,4 +90,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{r.group:<28} {r.namespace or '-':<14} {r.state:<12} {_fmt(r.sequence_lag):>8} "
               f"{_fmt(r.byte_lag):>10} {t:>10}  {r.source_label}"
               + (f"  ({r.message})" if r.message else ""))
+    if len(reports) < total:
+        print(f"({len(reports)} of {total} groups, worst first; --top {top})")
     return 0
