@@ -19,6 +19,10 @@ and returns the figures (``--json``).
 - ``failover``      after a main-site crash the backup is promoted, the shop opens there (the
                     databases run their crash recovery), the invariants hold, and the shop
                     serves again: RPO and RTO are reported.
+- ``api-down``      (on a whole lab) each site's API server is killed (SIGKILL) under load and
+                    started again as ``lab up`` would: the plug-ins, the operator and the
+                    shop recover in place, the replication status follows again, and no
+                    acknowledged order is missing at either site.
 """
 
 from __future__ import annotations
@@ -404,25 +408,49 @@ DRILLS: dict[str, tuple[Callable[..., dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+# Drills that need a whole lab (API servers, plug-ins, operator): run by the lab, which
+# this module must not import; the command line's entry point registers them.
+# name -> (fn(workdir, say) -> result, one line saying what it does)
+LabDrill = Callable[[Path, Progress], dict[str, Any]]
+LAB_DRILLS: dict[str, tuple[LabDrill, str]] = {}
+
+
+def register_lab_drill(name: str, fn: LabDrill, doc: str) -> None:
+    """Add a drill that runs on a fresh lab in the folder it is given."""
+    LAB_DRILLS[name] = (fn, doc)
+
+
+def names() -> list[str]:
+    """Every drill, the arrays' first."""
+    return [*DRILLS, *(n for n in LAB_DRILLS if n not in DRILLS)]
+
+
 def run(name: str, *, workdir: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Run one drill on fresh arrays; returns its figures with ``ok`` and ``line``."""
-    if name not in DRILLS:
-        raise InvalidInput(f"unknown drill {name!r}; choose one of {', '.join(DRILLS)} or all")
+    """Run one drill on fresh arrays (or a fresh lab); returns its figures with ``ok`` and
+    ``line``."""
+    if name not in DRILLS and name not in LAB_DRILLS:
+        raise InvalidInput(f"unknown drill {name!r}; choose one of {', '.join(names())} or all")
     say = progress or (lambda s: None)
-    fn, setup = DRILLS[name]
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"dr-kit-drill-{name}-"))
-    sites = Sites(root, **setup)
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
-        result = fn(sites, say)
+        if name in DRILLS:
+            fn, setup = DRILLS[name]
+            sites = Sites(root, **setup)
+            try:
+                result = fn(sites, say)
+            finally:
+                sites.close()
+        else:
+            result = LAB_DRILLS[name][0](root, say)
         result["seconds"] = time.monotonic() - t0
     finally:
-        sites.close()
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     result["drill"] = name
     result["line"] = f"{name}: {'PASS' if result['ok'] else 'FAIL'} — " + ", ".join(
-        f"{k}={_fmt(v)}" for k, v in result.items() if k not in ("ok", "drill", "line", "promoted_at"))
+        f"{k}={_fmt(v)}" for k, v in result.items()
+        if k not in ("ok", "drill", "line", "promoted_at") and not isinstance(v, (list, dict)))
     return result
 
 

@@ -4,6 +4,7 @@ loopback, the controllers and the operator in threads of this process."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,15 +71,17 @@ def lab(tmp_path: Path):
     ctls = [SiteController(lab, s, poll=0.1).start() for s in ("main", "backup")]
     op = runner_for(str(lab.kubeconfig), "main", "backup")
     op.start()
-    yield {"mk": mk, "bk": bk, "ma": ma, "ba": ba, "op": op, "ctls": ctls, "lab": lab}
+    servers = {"main": ms, "backup": bs}
+    yield {"mk": mk, "bk": bk, "ma": ma, "ba": ba, "op": op, "ctls": ctls, "lab": lab,
+           "servers": servers, "root": tmp_path}
     op.stop()
     for c in ctls:
         c.stop()
     for h in (ma, ba):
         h.stop()
     link.stop()
-    ms.stop()
-    bs.stop()
+    for srv in servers.values():
+        srv.stop()
 
 
 def bound(k: Kube, ns: str) -> list[str]:
@@ -144,3 +147,34 @@ def test_label_to_replicating_backup_snapshot_restore_unlabel(lab):
     wait(lambda: not ma.client.status()["groups"], "array group removed at main")
     assert {"sales-db", "stock-db", "audit-db"} <= set(bound(bk, "shop"))
     assert not [g for g in ba.client.status()["groups"]], "backup side of the group removed"
+
+
+def test_plugins_survive_the_loss_and_return_of_their_api_server(lab):
+    """The main API server goes away (its connections reset mid-watch, as urllib3's
+    ProtocolError) and comes back on the same port: the plug-ins' threads all live on,
+    their health says what is degraded meanwhile, and afterwards they provision again."""
+    from dr_kit.lab.controllers import health_file
+
+    mk, ctls, servers = lab["mk"], lab["ctls"], lab["servers"]
+    main_ctl = ctls[0]
+    wait(lambda: bound(mk, "shop") == ["sales-db", "stock-db"], "main PVCs bound")
+    wait(main_ctl.synced, "caches synced")
+    threads = {t.name for t in main_ctl.threads()}
+    ms = servers["main"]
+    port = ms.port
+    ms.stop()
+    health = wait(lambda: (lambda h: h if h["degraded"] else None)(main_ctl.health()),
+                  "the health to say what is degraded")
+    assert any("the main API server" in d for d in health["degraded"]), health
+    assert health["api"]["main"]["ok"] is False and health["api"]["backup"]["ok"] is True
+    time.sleep(2.0)  # handlers fail meanwhile (retried with backoff), nothing dies
+    assert all(t.is_alive() for t in main_ctl.threads())
+    assert {t.name for t in main_ctl.threads()} == threads
+    servers["main"] = start_in_thread(lab["root"] / "main/api", "tok-main", port=port)
+    wait(lambda: not main_ctl.health()["degraded"], "the health to clear", 30)
+    mk.create("PersistentVolumeClaim", pvc("after-db", "4Mi"))
+    wait(lambda: "after-db" in bound(mk, "shop"), "a PVC bound after the API server came back", 30)
+    main_ctl.write_health()
+    written = json.loads(Path(health_file(lab["lab"], "main")).read_text())
+    assert written["degraded"] == [] and written["synced"] is True
+    assert written["threads"] >= len(threads)

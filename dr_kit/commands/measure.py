@@ -5,7 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from dr_kit.errors import DrKitError, InvalidInput
+
+# ``bench --scale`` measures a whole lab, which the library must not import: the command
+# line's entry point plugs the lab's scale benchmark in (see dr_kit.cli).
+ScaleBench = Callable[[argparse.Namespace], int]
+_SCALE: list[ScaleBench] = []
+
+
+def plug_scale_bench(handler: ScaleBench) -> None:
+    """What ``dr-kit bench --scale`` runs (set by the command line's entry point)."""
+    _SCALE[:] = [handler]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,16 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--out", help="also write the JSON result and a plot (PNG) into this folder")
     p.add_argument("--workdir", help="keep the arrays in this folder (default: a temporary one)")
+    p.add_argument("--scale", metavar="NSxPVC",
+                   help="instead: the scale benchmark on a fresh lab, e.g. 100x10 (namespaces x "
+                   "PVCs of 64 MiB with ~1 MiB of data each, the shop at 100 tx/s, all labelled "
+                   "at once); with --workdir the lab is kept there")
     p.add_argument("--anchor", choices=("postgres", "none"), default="auto",
                    help="measure PostgreSQL's asynchronous streaming replication beside ours in the "
                    "same run (default: postgres when its server binaries are installed; a missing "
                    "server is a one-line note); none turns it off")
     p.set_defaults(func=_bench)
 
-    from dr_kit.drills import DRILLS
+    from dr_kit.drills import names
     p = sub.add_parser("drill", help="fault drills: break something, show nothing is lost",
-                       description="Drills: " + ", ".join(DRILLS) + ", or all.")
-    p.add_argument("name", choices=[*DRILLS, "all"])
+                       description="Drills: " + ", ".join(names()) + ", or all.")
+    p.add_argument("name", choices=[*names(), "all"])
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.set_defaults(func=_drill)
 
@@ -69,6 +86,13 @@ def _crashtest(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from dr_kit import bench
 
+    if args.scale is not None:
+        if args.quick or args.anchor != "auto":
+            raise InvalidInput("--quick and --anchor do not apply to --scale")
+        if not _SCALE:
+            raise DrKitError("bench --scale needs the lab, which this installation does not "
+                             "plug in; run it as dr-kit bench --scale")
+        return _SCALE[0](args)
     result = bench.run(quick=args.quick, workdir=args.workdir, anchor=args.anchor,
                        progress=None if args.json else (lambda s: print(s, flush=True)))
     if args.out:
@@ -109,7 +133,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _drill(args: argparse.Namespace) -> int:
     from dr_kit import drills
 
-    names = list(drills.DRILLS) if args.name == "all" else [args.name]
+    names = drills.names() if args.name == "all" else [args.name]
     results = []
     for n in names:
         if not args.json:

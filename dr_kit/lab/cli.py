@@ -110,9 +110,13 @@ def render_status(st: dict[str, Any]) -> str:
     """The human view of :func:`manager.status`."""
     procs = st["processes"]
     n_alive = sum(p["alive"] for p in procs.values())
-    out = [f"lab {st['dir']}: {'running' if st['running'] else 'NOT running'} "
-           f"({n_alive}/{len(procs)} processes alive)",
-           f"kubeconfig {st['kubeconfig']} (contexts main, backup)", "", "sites"]
+    degraded = st.get("degraded") or []
+    state = ("running" if not degraded else "running, DEGRADED") if st["running"] else "NOT running"
+    out = [f"lab {st['dir']}: {state} ({n_alive}/{len(procs)} processes alive)",
+           f"kubeconfig {st['kubeconfig']} (contexts main, backup)"]
+    if degraded:
+        out += ["", "degraded"] + [f"  {line}" for line in degraded]
+    out += ["", "sites"]
     rows = []
     for site, s in st["sites"].items():
         arr = s["array"]
@@ -173,8 +177,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_up)
 
-    p = sub.add_parser("status", help="sites, processes, volumes, groups and lag, shop (exit 1 "
-                       "when a process is not running)")
+    p = sub.add_parser("status", help="sites, processes, volumes, groups and lag, shop, and what "
+                       "is degraded (exit 1 when a process is not running)")
     _dir_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_status)

@@ -39,7 +39,7 @@ everything every minute (level-triggered, as a safety net).
 and its key retried with its own exponential backoff (0.25 s doubling to 10 s); a broken
 watch is relisted by its informer; when an API server or array comes back, every key is
 queued again.  The state of each dependency (API servers, arrays) and the recent errors
-are written to ``run/<site>-controllers.health`` every two seconds, which ``dr-kit lab
+are written to ``run/<site>-controllers.health`` every second, which ``dr-kit lab
 status`` shows.
 """
 
@@ -87,7 +87,7 @@ REPLICATED_LABEL = published.REPLICATED_FROM
 A = ANNOTATION_PREFIX
 PUBLISH_EVERY = 5.0  # seconds between checks of the published array endpoint
 RESYNC_EVERY = 60.0  # seconds between full resyncs (every key queued)
-HEALTH_EVERY = 2.0  # seconds between writes of the health file
+HEALTH_EVERY = 1.0  # seconds between writes of the health file
 STATUS_WRITES_PER_S = 20.0  # lastSyncTime refreshes, summed over all groups
 STATUS_PERIOD_MIN = 1.0  # seconds: lastSyncTime has a resolution of one second anyway
 
@@ -1284,6 +1284,8 @@ class SiteController:
 
     def write_health(self) -> None:
         try:
+            if self.lab.root.is_dir():
+                self.lab.run.mkdir(exist_ok=True)
             write_json(health_file(self.lab, self.site), self.health())
         except OSError as e:  # the lab folder went away (a purge): nothing to report to
             log.debug("cannot write the health file: %s", e)
@@ -1300,6 +1302,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds between two reads of the arrays' status (default 0.5)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # a retried request is said once by the handler that failed, not per attempt by urllib3
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         ctl = SiteController(LabDir.of(a.dir), a.site, workers=a.workers, poll=a.poll)
     except DrKitError as e:

@@ -6,6 +6,7 @@
     down(dir=None, *, purge=False, progress=None) -> dict
     set_workload(dir, rate) -> dict
     set_link(dir, delay_ms=None, rate_mbit=None, cut=None) -> dict
+    kill(dir, name) -> int                 # SIGKILL one process (fault drills); up restarts it
 
 Processes, in start order (stopped in reverse)::
 
@@ -135,8 +136,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+MAX_RATE = 10_000.0  # transactions/s: ten times what one shop process can run on a laptop
+
+
 def check_rate(rate: Any) -> float:
-    """A shop rate in transactions per second: a finite number >= 0 (0 pauses the shop)."""
+    """A shop rate in transactions per second: a finite number from 0 (pauses the shop) to
+    :data:`MAX_RATE`."""
     try:
         r = float(rate)
     except (TypeError, ValueError):
@@ -144,6 +149,9 @@ def check_rate(rate: Any) -> float:
                            f"got {rate!r}") from None
     if not math.isfinite(r) or r < 0:
         raise InvalidInput(f"the shop rate must be >= 0 transactions per second (0 pauses), got {rate}")
+    if r > MAX_RATE:
+        raise InvalidInput(f"the shop rate must be at most {MAX_RATE:,.0f} transactions per "
+                           f"second (one shop process runs about 1,000), got {rate}")
     return r
 
 
@@ -506,12 +514,9 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
         _wait_bound(lab, deadline)
         say(f"PVCs {', '.join(SHOP_PVCS)} bound ({time.monotonic() - t:.1f} s)")
 
-        # 3: the shop and the operator.  A shop that outlived its array holds a broken data
-        # path (as a host whose LUN went away), so it restarts with the array.
-        if "shop" in alive and "main-array" in started:
-            processes.stop([state["processes"]["shop"]])
-            alive.discard("shop")
-            say("stopped shop application (the main array restarted)")
+        # 3: the shop and the operator.  A shop that outlived its array reconnects to it by
+        # itself (dr_kit.lab.shopapp), as the plug-ins and the operator reconnect to an API
+        # server that came back: only dead processes are started.
         control = _read_json(lab.shop_control)
         if control is None or rate is not None:
             control = {**(control or {}), "rate": DEFAULT_RATE if rate is None else rate}
@@ -659,7 +664,96 @@ def set_link(dir: str | os.PathLike[str] | None, delay_ms: float | None = None, 
     return result
 
 
+def kill(dir: str | os.PathLike[str] | None, name: str) -> int:  # noqa: A002
+    """SIGKILL one of the lab's processes (``main-api``, ``shop``, ...), as a fault drill
+    does; returns its pid.  ``up`` starts it again."""
+    if name not in START_ORDER:
+        raise InvalidInput(f"no lab process {name!r}; processes: {', '.join(START_ORDER)}")
+    lab = LabDir.of(dir)
+    rec = (lab.load().get("processes") or {}).get(name)
+    if not processes.alive(rec):
+        raise Conflict(f"the {LABELS[name]} is not running")
+    assert rec is not None
+    processes.kill(rec)
+    return int(rec["pid"])
+
+
 # -- status -------------------------------------------------------------------------------------------
+
+HEALTH_STALE_S = 10.0  # a process report older than this is itself a sign of trouble
+
+
+def _operator_health(lab: LabDir) -> str | None:
+    """What the operator's /readyz says when it is not ready (None: ready, or not known)."""
+    import re
+
+    try:
+        with open(lab.log_file("operator"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    urls = re.findall(r"health and metrics on (http://127\.0\.0\.1:\d+)", text)
+    if not urls:
+        return None
+    try:
+        with urllib.request.urlopen(urls[-1] + "/readyz", timeout=1.0):
+            return None
+    except urllib.error.HTTPError as e:
+        return f"not ready: {e.read().decode(errors='replace').strip()[:200]}"
+    except (urllib.error.URLError, OSError) as e:
+        return f"its health endpoint does not answer ({getattr(e, 'reason', e)})"
+
+
+def _degraded(lab: LabDir, procs: dict[str, Any], sites: dict[str, Any], link: dict[str, Any],
+              shop: dict[str, Any]) -> list[str]:
+    """What does not work right now, one line each: dead processes, unreachable servers,
+    and what the long-running processes report they cannot reach."""
+    from dr_kit.lab.controllers import health_file
+
+    out = [f"{LABELS.get(n, n)}: not running (pid {p['pid']}; dr-kit lab up starts it again)"
+           for n, p in procs.items() if p["pid"] and not p["alive"]]
+    for site, s in sites.items():
+        if not s["api"]["reachable"]:
+            out.append(f"the {site} API server: unreachable ({s['api'].get('error', '')})")
+        if not s["array"]["reachable"]:
+            out.append(f"the {site} array: unreachable ({s['array'].get('error', '')})")
+    if not link.get("reachable", True):
+        out.append("the replication link: its control API is unreachable")
+    now = time.time()
+    for site in SITES:
+        name = f"{site}-controllers"
+        if not procs[name]["alive"]:
+            continue
+        h = _read_json(Path(health_file(lab, site)))
+        if h is None or h.get("pid") != procs[name]["pid"]:
+            out.append(f"{LABELS[name]}: no health report yet")
+            continue
+        age = now - float(h.get("updated") or 0)
+        if age > HEALTH_STALE_S:
+            out.append(f"{LABELS[name]}: no health report for {age:.0f} s")
+        out += [f"{LABELS[name]}: cannot reach {d}" for d in h.get("degraded") or []]
+        if not h.get("synced"):
+            out.append(f"{LABELS[name]}: watch caches not synced yet")
+    if procs["operator"]["alive"]:
+        if not sites["main"]["api"]["reachable"]:
+            out.append("operator: the main API server is unreachable (it relists when it answers)")
+        else:
+            why = _operator_health(lab)
+            if why:
+                out.append(f"operator: {why}")
+    rep = shop.get("status") or {}
+    if shop.get("alive") and rep:
+        if rep.get("state") == "degraded":
+            since = now - float(rep.get("degraded_since") or now)
+            out.append(f"shop application: transactions fail for {since:.0f} s, it reconnects "
+                       f"({rep.get('last_error', '')[:200]})")
+        age = now - float(rep.get("updated") or 0)
+        if age > HEALTH_STALE_S:
+            out.append(f"shop application: no report for {age:.0f} s")
+    return out
+
 
 
 def _site_objects(lab: LabDir, site: str) -> dict[str, Any]:
@@ -729,8 +823,10 @@ def status(dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:  # noqa
         link = {"reachable": False, "error": str(e), **link_ep}
     shop = {"control": _read_json(lab.shop_control), "status": _read_json(lab.shop_status),
             "alive": procs["shop"]["alive"]}
+    running = all(p["alive"] for p in procs.values()) and bool(recs)
+    degraded = _degraded(lab, procs, sites, link, shop) if recs else []
     return {"dir": str(lab.root), "kubeconfig": str(lab.kubeconfig), "version": state.get("version"),
-            "running": all(p["alive"] for p in procs.values()) and bool(recs),
+            "running": running, "degraded": degraded,
             "seeded": bool(state.get("seeded")), "ports": state["ports"],
             "endpoints": state["endpoints"], "processes": procs, "sites": sites,
             "groups": groups, "link": link, "shop": shop}

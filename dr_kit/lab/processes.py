@@ -11,6 +11,7 @@ check and every signal goes through :func:`alive`, so the lab never signals a st
     info = wait_ready(proc, deadline)        # the ready file's content, or raises
     alive(proc.record)                       # True while that very process runs
     stop([rec_a, rec_b, ...])                # in start order; stopped in reverse
+    kill(rec)                                # SIGKILL, for fault drills
 """
 
 from __future__ import annotations
@@ -183,6 +184,21 @@ def _signal(proc: psutil.Process, sig: int) -> None:
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)
+
+
+def kill(record: Record, *, timeout: float = 10.0) -> bool:
+    """SIGKILL the process of ``record`` (and its process group) and wait until it is gone;
+    False when it was not running."""
+    proc = _process(record)
+    if proc is None:
+        return False
+    _signal(proc, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while alive(record):
+        if time.monotonic() > deadline:
+            raise Unavailable(f"process {record['pid']} survived SIGKILL")
+        time.sleep(0.01)
+    return True
 
 
 def stop(records: Sequence[Record], *, timeout: float = 10.0) -> list[Record]:

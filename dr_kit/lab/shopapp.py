@@ -5,7 +5,14 @@ at the main site, attaches the array volumes through the main array's data path,
 and seeds the databases when they are new, and runs business transactions at the rate in
 ``DIR/shop.json`` (``{"rate": N}``; 0 pauses).  Every half second it reports to
 ``DIR/shop-status.json``: committed and failed transactions, the commit latency
-percentiles of the last second, the last order id.
+percentiles of the last second, the last order id, and its state (``running``, or
+``degraded`` with the error and since when).
+
+When its array goes away (killed, restarted), transactions fail; after two failures in a
+row the shop closes its databases and opens them again through a fresh data path, with a
+backoff (0.2 s doubling to 5 s), as an application reconnects to its storage: when the
+array is back, SQLite's own recovery runs and the shop carries on from the last committed
+order.  It needs its API server only to find its volumes when it starts.
 """
 
 from __future__ import annotations
@@ -65,7 +72,11 @@ class ShopApp:
                                            sales_volume=self.volumes["sales-db"])
         seed(self.stock, self.sales, None, **history_options())  # 180 days of history when new
         self.shop = Shop(self.stock, self.sales, keep_latencies=0)
+        self.vfs = vfs
         self.stopping = threading.Event()
+        self.failures_in_row = 0
+        self.reconnects = 0
+        self.degraded_since: float | None = None
         self.recent: deque[tuple[float, float]] = deque(maxlen=5000)  # (time, latency ms)
         self.committed = self.failed = 0
         self.last_error = ""
@@ -87,8 +98,32 @@ class ShopApp:
             "last_order": self.last_order, "last_error": self.last_error, "updated": now,
             "volumes": self.volumes, "tx_last_second": len(window),
             "p50_ms": statistics.median(lats) if lats else None,
-            "p99_ms": lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else None}
-        write_json(self.lab.shop_status, status)
+            "p99_ms": lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else None,
+            "state": "degraded" if self.degraded_since is not None else "running",
+            "degraded_since": self.degraded_since, "reconnects": self.reconnects}
+        try:
+            write_json(self.lab.shop_status, status)
+        except OSError:
+            pass  # the lab folder is gone (a purge while stopping): nobody to report to
+
+    def _reopen(self) -> bool:
+        """Close the databases and open them again (a fresh data path); False when the
+        array does not answer yet."""
+        for conn in (self.stock, self.sales):
+            try:
+                conn.close()
+            except (apsw.Error, DrKitError, OSError):
+                pass
+        try:
+            self.stock, self.sales = open_shop(self.vfs, stock_volume=self.volumes["stock-db"],
+                                               sales_volume=self.volumes["sales-db"])
+            self.shop = Shop(self.stock, self.sales, keep_latencies=0)
+        except (apsw.Error, DrKitError, OSError) as e:
+            self.last_error = f"{type(e).__name__}: {e}"
+            return False
+        self.reconnects += 1
+        self.last_order = self.shop.next_order - 1
+        return True
 
     def run(self) -> None:
         next_report = 0.0
@@ -116,12 +151,31 @@ class ShopApp:
                 self.last_order = self.shop.transact()
                 self.committed += 1
                 self.recent.append((time.time(), (time.perf_counter() - t0) * 1000))
-            except (apsw.Error, DrKitError) as e:
+                self.failures_in_row = 0
+                self.degraded_since = None
+            except (apsw.Error, DrKitError, OSError) as e:
                 self.failed += 1
+                self.failures_in_row += 1
                 self.last_error = f"{type(e).__name__}: {e}"
-                self.stopping.wait(0.2)
+                if self.degraded_since is None:
+                    self.degraded_since = time.time()
+                self._recover()
             next_tx = max(next_tx + 1.0 / self.rate, time.monotonic() - 1.0)
         self._report()
+
+    def _recover(self) -> None:
+        """After two failures in a row: reopen the databases, with a backoff, until they
+        open or the shop is stopped."""
+        if self.failures_in_row < 2:
+            self.stopping.wait(0.2)
+            return
+        delay = 0.2
+        while not self.stopping.is_set():
+            self._report()
+            if self._reopen():
+                return
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
