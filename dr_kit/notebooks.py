@@ -21,7 +21,7 @@ from typing import Any
 from dr_kit.errors import DrKitError, InvalidInput
 
 NOTEBOOKS = ("01_protect_namespace", "02_journal_lag", "03_snapshot_group", "04_snapshot_analytics",
-             "05_dr_drill")
+             "05_dr_drill", "06_many_applications")
 
 
 def notebook_dir() -> Path:
@@ -193,6 +193,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     if r5:
         lines.append(f"failover drill: {'PASS' if r5.get('ok') else 'FAIL'}, RTO {r5.get('rto_s', 0):.2f} s, "
                      f"orders lost {r5.get('rpo_orders_lost')}")
+    r6 = results.get("06_many_applications")
+    if r6:
+        lines.append(f"many applications: {r6.get('protected')}/{r6.get('namespaces')} namespaces of "
+                     f"{r6.get('pvcs_per_namespace')} PVCs protected at once in "
+                     f"{r6.get('seconds_to_protect_all')} s; worst lag: {r6.get('worst')}")
     return lines
 
 

@@ -315,3 +315,83 @@ def what_changed(summary: dict[str, Any], by_channel: pd.DataFrame, by_product: 
                  fontsize=11)
     fig.tight_layout(rect=(0, _stamp(fig, stamp), 1, 1))
     return fig
+
+
+# -- 06 many applications -------------------------------------------------------------------
+
+
+def protection_timeline(df: pd.DataFrame, *, title: str = "") -> Figure:
+    """How many namespaces were protected (the operator's status) and had all their backup
+    PVCs bound, over the seconds since the labels (``walkthrough.protect_applications``)."""
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.subplots()
+    n = len(df)
+    title = title or f"{n} namespaces labelled at once ({int(df['pvcs'].sum()) if n else 0} PVCs)"
+    for col, label, style in (("protected_s", "Protected (operator status)", "-"),
+                              ("backup_bound_s", "backup PVCs all bound", "--")):
+        t = sorted(float(v) for v in df[col].dropna()) if n else []
+        if t:
+            ax.step([0.0, *t], [0, *range(1, len(t) + 1)], where="post", linestyle=style,
+                    linewidth=2, label=f"{label}: {len(t)}/{n}, last at {t[-1]:.1f} s")
+    ax.axhline(n, color="grey", linewidth=0.8, linestyle=":")
+    labelled = df.attrs.get("labelled_in_s")
+    if labelled is not None:
+        ax.axvspan(0, float(labelled), color="#eef5ff", zorder=0, label=f"labels written ({labelled:.2f} s)")
+    ax.set_xlabel("seconds since the first label")
+    ax.set_ylabel("namespaces")
+    ax.set_ylim(0, max(1, n) * 1.08)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, top: int = 40,
+                title: str = "Time lag per consistency group, worst first") -> Figure:
+    """Time lag (ms) of every group over time as a heat map, groups ranked worst first
+    (``walkthrough.lag_ranking``; at most ``top`` rows), beside each group's p99.  Unknown
+    readings are grey, never drawn as 0."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    from dr_kit.lag import frame_source
+
+    fig = Figure(figsize=(11, 1.6 + 0.22 * max(3, min(top, samples["group"].nunique()
+                                                        if not samples.empty else 3))))
+    if samples.empty:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no lag samples", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        return fig
+    d = samples.copy()
+    t = pd.to_datetime(d["time"])
+    d["t"] = (t - t.min()).dt.total_seconds()
+    d["read"] = d.groupby("group").cumcount()
+    order = list(ranking["group"]) if ranking is not None and not ranking.empty else \
+        sorted(d["group"].unique())
+    order = order[:top]
+    grid = d.pivot_table(index="group", columns="read", values="time_lag_s", aggfunc="max")
+    grid = grid.reindex(order) * 1000.0
+    when = d.groupby("read")["t"].min()
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [4, 1]}, sharey=True)
+    values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    cmap = colormaps["viridis"].copy()
+    cmap.set_bad("#d0d0d0")
+    extent = (float(when.min()), float(when.max()) if len(when) > 1 else 1.0, len(order) - 0.5, -0.5)
+    img = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", extent=extent)
+    fig.colorbar(img, ax=bx, label="time lag (ms)", fraction=0.5, pad=0.02)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels(order, fontsize=7)
+    ax.set_xlabel("seconds")
+    ax.set_title(f"{title}\nsource: {frame_source(d)}; grey = unknown", fontsize=10)
+    p99 = ranking.set_index("group").reindex(order)["p99_ms"] if ranking is not None and \
+        not ranking.empty else grid.quantile(0.99, axis=1)
+    bx.barh(range(len(order)), p99.astype(float).fillna(0.0), color="#4c72b0")
+    for i, v in enumerate(p99):
+        if pd.isna(v):
+            bx.text(0, i, " unknown", va="center", fontsize=7, color="grey")
+    bx.set_xlabel("p99 (ms)")
+    shown = "" if len(order) == d["group"].nunique() else f" ({len(order)} of {d['group'].nunique()})"
+    bx.set_title(f"ranking{shown}", fontsize=10)
+    fig.tight_layout()
+    return fig

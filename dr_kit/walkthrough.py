@@ -344,3 +344,160 @@ def wait_for_orders(controls: LabControls | None, minimum: int, timeout: float =
     except DrKitError as e:
         raise Unavailable(f"the shop did not reach {minimum} orders: {e}") from None
     return lab.committed_orders()
+
+
+# -- 06 many applications ----------------------------------------------------------------
+
+MAX_APPLICATIONS = 1000
+MAX_PVCS_PER_APPLICATION = 100  # a VolumeGroupReplication holds at most 100 PVCs
+
+
+def application_names(prefix: str, namespaces: int) -> list[str]:
+    """``prefix-000``, ``prefix-001``, ...: the namespaces of :func:`create_applications`."""
+    return [f"{prefix}-{i:03d}" for i in range(namespaces)]
+
+
+def _count(value: Any, what: str, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+        raise InvalidInput(f"{what} must be a whole number from 1 to {hi}, not {value!r}")
+    return value
+
+
+def create_applications(main: Site, prefix: str, namespaces: int, pvcs_per_namespace: int, *,
+                        size: str = "16Mi", storage_class: str | None = None,
+                        timeout: float = 120.0, progress: Progress | None = None) -> pd.DataFrame:
+    """``namespaces`` namespaces (``prefix-NNN``) of ``pvcs_per_namespace`` PVCs each
+    (``data-N``), created through the main site's API as an application's manifests would
+    be; returns their PVCs once all are bound (existing ones are kept: re-runnable)."""
+    from dr_kit.errors import Conflict
+    from dr_kit.kube import parse_quantity
+
+    _count(namespaces, "namespaces", MAX_APPLICATIONS)
+    _count(pvcs_per_namespace, "pvcs_per_namespace", MAX_PVCS_PER_APPLICATION)
+    parse_quantity(size)  # one clear error before anything is created
+    names = application_names(prefix, namespaces)
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    for ns in names:
+        for kind, body in [("Namespace", {"metadata": {"name": ns, "labels": {
+                               "app.kubernetes.io/part-of": prefix}}})] + [
+                ("PersistentVolumeClaim", {"metadata": {"name": f"data-{j}", "namespace": ns},
+                                           "spec": spec}) for j in range(pvcs_per_namespace)]:
+            try:
+                main.kube.create(kind, body)
+            except Conflict:
+                pass
+    wanted = set(names)
+    total = namespaces * pvcs_per_namespace
+
+    def check() -> tuple[bool, str]:
+        df = main.pvcs()
+        n = int(((df["namespace"].isin(wanted)) & (df["phase"] == "Bound")).sum()) if not df.empty else 0
+        return n >= total, f"{n}/{total} PVCs bound"
+
+    wait_until(check, task=f"creating {namespaces} applications", timeout=timeout, progress=progress)
+    df = main.pvcs()
+    return df[df["namespace"].isin(wanted)].reset_index(drop=True)
+
+
+def protect_applications(main: Site, backup: Site, names: list[str], *, timeout: float = 120.0,
+                         interval_s: float = 0.5, progress: Progress | None = None,
+                         note: Note | None = print) -> pd.DataFrame:
+    """Label every namespace at once, then follow each one: when the operator says it is
+    Protected, when all its backup PVCs are bound.  One row per namespace (seconds since
+    the first label; None when it did not happen within ``timeout``); ``df.attrs`` holds
+    ``labelled_in_s`` (writing the labels) and ``seconds`` (labels -> all done)."""
+    from dr_kit.operator.cli import protect, protection_table
+
+    if not names:
+        raise InvalidInput("no namespaces to protect")
+    kw: dict[str, Any] = {"kubeconfig": main.kubeconfig, "context": main.context, "lab_dir": None}
+    pvcs = main.pvcs()
+    wanted = {ns: set(pvcs[pvcs["namespace"] == ns]["name"]) for ns in names}
+    t0 = time.monotonic()
+    for ns in names:
+        protect(ns, **kw)
+    labelled = time.monotonic() - t0
+    protected: dict[str, float] = {}
+    bound: dict[str, float] = {}
+    state: dict[str, str] = {}
+
+    def check() -> tuple[bool, str]:
+        now = time.monotonic() - t0
+        for row in protection_table(**kw):
+            if row["namespace"] in wanted:
+                state[row["namespace"]] = row["state"]
+                if row["state"] == "Protected":
+                    protected.setdefault(row["namespace"], now)
+        b = backup.pvcs()
+        for ns, want in wanted.items():
+            have = set(b[(b["namespace"] == ns) & (b["phase"] == "Bound")]["name"]) if not b.empty else set()
+            if want <= have:
+                bound.setdefault(ns, now)
+        done = len(protected) == len(names) and len(bound) == len(names)
+        return done, f"{len(protected)}/{len(names)} protected, {len(bound)}/{len(names)} with their backup PVCs bound"
+
+    try:
+        wait_until(check, task=f"protecting {len(names)} namespaces", timeout=timeout,
+                   interval=interval_s, progress=progress)
+    except Unavailable as e:  # the rows say which ones did not make it
+        if note:
+            note(f"not all protected in time: {e}")
+    rows = [{"namespace": ns, "pvcs": len(wanted[ns]), "state": state.get(ns, "unknown"),
+             "protected_s": protected.get(ns), "backup_bound_s": bound.get(ns)} for ns in names]
+    df = pd.DataFrame(rows, columns=["namespace", "pvcs", "state", "protected_s", "backup_bound_s"])
+    done = [*protected.values(), *bound.values()]
+    df.attrs["labelled_in_s"] = round(labelled, 3)
+    df.attrs["seconds"] = round(max(done), 3) if len(protected) == len(bound) == len(names) else None
+    return df
+
+
+def lag_ranking(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per consistency group: lag percentiles of the samples, worst first (unknown-only
+    groups first: nothing says their backup is current; then by p99, then max)."""
+    from dr_kit.lag import lag_percentiles
+
+    if samples.empty:
+        return pd.DataFrame(columns=["rank", "group", "namespace", "samples", "unknown", "p50",
+                                     "p99", "max", "source"])
+    p = lag_percentiles(samples, q=(50, 99))
+    p["_unknown_only"] = p["p99"].isna()
+    p = p.sort_values(["_unknown_only", "p99", "max"], ascending=[False, False, False],
+                      na_position="first").drop(columns="_unknown_only").reset_index(drop=True)
+    for c in ("p50", "p99", "max"):
+        p[c] = (p[c] * 1000).round(2)  # ms
+    p.insert(0, "rank", range(1, len(p) + 1))
+    return p.rename(columns={"p50": "p50_ms", "p99": "p99_ms", "max": "max_ms"})
+
+
+def remove_applications(main: Site, backup: Site, names: list[str], *, timeout: float = 120.0,
+                        progress: Progress | None = None) -> None:
+    """Unprotect the namespaces and delete them at both sites (the demo's clean-up: the
+    backup copies go too; their PVs are retained by the storage class's policy)."""
+    from dr_kit.errors import NotFound
+    from dr_kit.operator.cli import unprotect
+
+    kw: dict[str, Any] = {"kubeconfig": main.kubeconfig, "context": main.context, "lab_dir": None}
+    for ns in names:
+        try:
+            unprotect(ns, **kw)
+        except NotFound:
+            pass
+
+    def unprotected() -> tuple[bool, str]:
+        rep = main.replication()
+        left = sorted(set(rep["namespace"]) & set(names)) if not rep.empty else []
+        return not left, f"{len(left)} replication resources left"
+
+    wait_until(unprotected, task="removing the replication", timeout=timeout, progress=progress)
+    for site in (main, backup):
+        for ns in names:
+            site.kube.delete("Namespace", ns, missing_ok=True)
+
+    def gone() -> tuple[bool, str]:
+        left = [ns for site in (main, backup) for ns in names if site.namespace(ns) is not None]
+        return not left, f"{len(left)} namespaces still terminating"
+
+    wait_until(gone, task="deleting the namespaces", timeout=timeout, progress=progress)

@@ -191,10 +191,12 @@ def _replicating(vgr: dict[str, Any]) -> bool:
 
 def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
         data_bytes: int = 1 << 20, steady_s: float = 10.0, timeout: float = 900.0,
-        workdir: str | os.PathLike[str] | None = None, progress: Progress | None = None
-        ) -> dict[str, Any]:
+        workdir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+        series: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the scale benchmark on a fresh lab (in ``workdir``, kept, or a temporary folder,
-    removed); returns the figures (see the module doc)."""
+    removed); returns the figures (see the module doc).  ``series``, when given, receives
+    the time series behind them: ``shop_lag`` ((seconds since the labels, lag ms or None)
+    per sample) and ``groups`` ((seconds, groups on the array, groups in pair state))."""
     say = progress or (lambda s: None)
     if workdir is not None and LabDir.of(workdir).exists():
         raise InvalidInput(f"{workdir} holds a lab already; the scale benchmark needs a fresh one")
@@ -279,13 +281,16 @@ def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
             out["label_all_s"] = round(time.monotonic() - t_label, 2)
             protect_s = copy_s = None
             groups_expected = namespaces
+            progress_rows: list[tuple[float, int, int]] = []
             last_note = 0.0
             while time.monotonic() - t_label < timeout:
                 now = time.monotonic()
                 if copy_s is None:
                     gs = [g for g in array.status()["groups"]
                           if g.get("side") == "main" and g["name"].split("-", 1)[0] in wanted]
-                    if len(gs) == groups_expected and all(g.get("state") == "pair" for g in gs):
+                    paired = sum(1 for g in gs if g.get("state") == "pair")
+                    progress_rows.append((round(now - t_label, 2), len(gs), paired))
+                    if len(gs) == groups_expected and paired == len(gs):
                         copy_s = now - t_label
                 if protect_s is None:
                     vgrs = [v for v in main.items("VolumeGroupReplication")
@@ -314,6 +319,9 @@ def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
         out["shop_lag_p99_ms_steady"] = None if steady is None else round(steady, 1)
         out["shop_lag_p99_ms_during_copy"] = None if during is None else round(during, 1)
         out["shop_lag_samples_unknown"] = unknown_steady + unknown_during
+        if series is not None:
+            series["shop_lag"] = [(round(t - t_label, 2), v) for t, v in mon.lags]
+            series["groups"] = progress_rows
         main_alloc = _allocated(lab.array_dir("main") / "volumes")
         backup_alloc = _allocated(lab.array_dir("backup") / "volumes")
         out["main_allocated_mb"] = round(main_alloc / 1e6, 1)
@@ -397,12 +405,14 @@ def cli(args: Any) -> int:
     import json
 
     ns, pvcs = parse_scale(args.scale)
-    result = run(ns, pvcs, workdir=args.workdir,
+    series: dict[str, Any] = {}
+    result = run(ns, pvcs, workdir=args.workdir, series=series,
                  progress=None if args.json else (lambda s: print(s, flush=True)))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "scale.json").write_text(json.dumps(result, indent=2))
+        (out / "scale-series.json").write_text(json.dumps(series))
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,0 +1,80 @@
+"""The scale benchmark (``dr-kit bench --scale``): its parsing and table, and a small run
+of it as the suite's scale smoke (10 namespaces x 5 PVCs on a fresh lab).  The full
+100x10 belongs to the benchmark, not to the suite."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from dr_kit import cli
+from dr_kit.errors import InvalidInput
+from dr_kit.lab import bench_scale
+
+KEYS = ("namespaces", "volumes", "protect_all_s", "copy_all_s", "backup_over_main_allocated",
+        "threads_max", "rss_mb_max", "lag_read_s", "shop_lag_p99_ms_steady",
+        "shop_lag_p99_ms_during_copy")
+
+
+def test_parse_scale() -> None:
+    assert bench_scale.parse_scale("100x10") == (100, 10)
+    assert bench_scale.parse_scale(" 3 X 2 ") == (3, 2)
+    for bad, msg in (("100", "NSxPVC"), ("ax3", "NSxPVC"), ("0x5", "namespaces must be"),
+                     ("5x101", "at most 100"), ("1001x1", "namespaces must be")):
+        with pytest.raises(InvalidInput, match=msg):
+            bench_scale.parse_scale(bad)
+
+
+def test_verdicts_and_table_say_met_missed_and_timeout() -> None:
+    r = {"namespaces": 100, "volumes": 1000, "protect_all_s": 48.0, "copy_all_s": None,
+         "backup_over_main_allocated": 1.01, "threads_max": 16, "rss_mb_max": 320.0,
+         "lag_read_s": 0.2, "shop_lag_p99_ms_steady": 10.0, "shop_lag_p99_ms_during_copy": 60.0,
+         "threads_max_main_array": 14, "rss_mb_max_main_array": 40.0, "cpu_s_main_array": 12.5}
+    rows = {what: (v, ok) for what, v, _goal, ok in bench_scale.verdicts(r)}
+    assert rows["labels -> all protected (s)"] == (48.0, True)
+    assert rows["labels -> all initial copies done (s)"] == (None, None)  # timed out
+    assert rows["RSS MB, largest lab process"] == (320.0, False)
+    assert rows["shop lag p99 during / steady"] == (6.0, False)  # 60 > 5 x 10
+    table = bench_scale.render(r)
+    assert "MISSED" in table and "timeout" in table and "main-array" in table
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["bench", "--scale", "0x5"], "namespaces must be"),
+    (["bench", "--scale", "nonsense"], "NSxPVC"),
+    (["bench", "--scale", "2x1", "--quick"], "do not apply to --scale"),
+])
+def test_bad_scale_is_one_error_line(argv, msg, capsys) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+
+
+@pytest.mark.slow
+def test_scale_smoke_10x5(tmp_path) -> None:
+    """10 namespaces x 5 PVCs labelled at once on a fresh lab, through the command line."""
+    p = subprocess.run([sys.executable, "-m", "dr_kit.cli", "bench", "--scale", "10x5", "--json",
+                        "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout)
+    assert json.loads((tmp_path / "out" / "scale.json").read_text()) == r
+    for key in KEYS:
+        assert isinstance(r[key], (int, float)) and not math.isnan(r[key]), (key, r)
+    assert r["namespaces"] == 10 and r["volumes"] == 50
+    assert all(isinstance(v, (int, float)) for v in r.values()), "every top-level value a number"
+    # every namespace protected and copied, long before the 900 s the run allows
+    assert 0 < r["copy_all_s"] < 300 and 0 < r["protect_all_s"] < 300
+    # thin stays thin: 5 x 10 x ~1 MiB of data, not 50 x 64 MiB, at the backup
+    assert r["backup_over_main_allocated"] <= 1.2
+    assert r["backup_allocated_mb"] < 50 * 64 / 4
+    # bounded threads in every lab process
+    assert r["threads_max"] <= 64
+    for name in ("main_controllers", "backup_controllers", "operator", "main_array",
+                 "backup_array", "link"):
+        assert 1 <= r[f"threads_max_{name}"] <= 32, (name, r[f"threads_max_{name}"])
+    assert r["lag_read_groups"] == 11  # the shop's group and the ten new ones
