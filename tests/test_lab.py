@@ -237,6 +237,8 @@ def test_link_cut_restore_delay(lab: Path) -> None:
     ("link", "--delay", "abc"),
     ("link", "--delay", "-5"),
     ("workload", "--rate", "fast"),
+    ("workload", "--rate", "1e9"),
+    ("workload", "--rate", "inf"),
 ])
 def test_bad_input_is_one_error_line(lab: Path, args: tuple[str, ...]) -> None:
     r = run_cli(*args, "--dir", str(lab))

@@ -196,7 +196,9 @@ def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
     """Run the scale benchmark on a fresh lab (in ``workdir``, kept, or a temporary folder,
     removed); returns the figures (see the module doc).  ``series``, when given, receives
     the time series behind them: ``shop_lag`` ((seconds since the labels, lag ms or None)
-    per sample) and ``groups`` ((seconds, groups on the array, groups in pair state))."""
+    per sample) and ``groups`` ((seconds, groups on the array, groups in pair state, and
+    the shop group's state, connected, journal bytes used, main position, received and
+    applied at the backup, last error))."""
     say = progress or (lambda s: None)
     if workdir is not None and LabDir.of(workdir).exists():
         raise InvalidInput(f"{workdir} holds a lab already; the scale benchmark needs a fresh one")
@@ -224,6 +226,8 @@ def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
         state = lab.load()
         ep = lab.array_endpoint("main", state)
         array = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=lab.array_token("main"))
+        bep = lab.array_endpoint("backup", state)
+        backup_array = ArrayClient(bep["mgmt_url"], token=lab.array_token("backup"))
 
         names = [f"app{i:04d}" for i in range(namespaces)]
         say(f"creating {namespaces} namespaces x {pvcs} PVCs of {size} ...")
@@ -281,15 +285,23 @@ def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
             out["label_all_s"] = round(time.monotonic() - t_label, 2)
             protect_s = copy_s = None
             groups_expected = namespaces
-            progress_rows: list[tuple[float, int, int]] = []
+            progress_rows: list[tuple[Any, ...]] = []
             last_note = 0.0
             while time.monotonic() - t_label < timeout:
                 now = time.monotonic()
                 if copy_s is None:
-                    gs = [g for g in array.status()["groups"]
+                    all_groups = array.status()["groups"]
+                    gs = [g for g in all_groups
                           if g.get("side") == "main" and g["name"].split("-", 1)[0] in wanted]
                     paired = sum(1 for g in gs if g.get("state") == "pair")
-                    progress_rows.append((round(now - t_label, 2), len(gs), paired))
+                    sg = next((g for g in all_groups if g["name"] == shop_group), {})
+                    bg = next((g for g in backup_array.status()["groups"]
+                               if g["name"] == shop_group), {})
+                    progress_rows.append((round(now - t_label, 2), len(gs), paired,
+                                          sg.get("state"), sg.get("connected"),
+                                          (sg.get("journal") or {}).get("used_bytes"),
+                                          (sg.get("lag") or {}).get("main"), bg.get("received"),
+                                          bg.get("applied"), sg.get("last_error")))
                     if len(gs) == groups_expected and paired == len(gs):
                         copy_s = now - t_label
                 if protect_s is None:

@@ -263,6 +263,8 @@ class SiteController:
         self._group_keys: dict[str, Key] = {}  # array group -> the key that handles it
         self._fingerprints: dict[str, Any] = {}
         self._pv_by_claim: dict[tuple[str, str], str] = {}
+        self._rv_seen: dict[str, int] = {}  # newest resourceVersion each watch delivered
+        self._first_seen: dict[Key, float] = {}
         self._errors: deque[dict[str, Any]] = deque(maxlen=20)
         self._said: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -458,6 +460,9 @@ class SiteController:
                    new: dict[str, Any] | None) -> None:
         obj = new or old or {}
         md = obj.get("metadata") or {}
+        rv = md.get("resourceVersion")
+        if isinstance(rv, str) and rv.isdigit():
+            self._rv_seen[kind] = max(self._rv_seen.get(kind, 0), int(rv))
         ns, name = md.get("namespace") or "", md.get("name") or ""
         add = self.queue.add
         if kind == "PersistentVolumeClaim":
@@ -918,9 +923,12 @@ class SiteController:
             self._forget_group(gname, key)
             return
         self._group_keys[gname] = key
+        selector = vgr["spec"].get("source", {}).get("selector") or {}
+        if self.view.group(gname) is None and self._pvcs_behind(key, vgr, ns, selector):
+            return  # queued again in a moment
         vgr = self._add_finalizer("VolumeGroupReplication", vgr)
         vgr = self._annotate_group("VolumeGroupReplication", vgr, gname)
-        pvcs, vols = self._group_members(ns, vgr["spec"].get("source", {}).get("selector") or {})
+        pvcs, vols = self._group_members(ns, selector)
         if not vols:
             return
         g = self._ensure_array_group(gname, vols, cls["spec"].get("parameters") or {})
@@ -928,6 +936,32 @@ class SiteController:
         self._fingerprints[gname] = self._fingerprint(gname)
         status, applied = self._status_from(g, pvcs, vgr["metadata"].get("generation"), key)
         self._write_status("VolumeGroupReplication", vgr, status, key, applied)
+
+    def _pvcs_behind(self, key: Key, obj: dict[str, Any], ns: str, selector: dict[str, Any],
+                     patience: float = 2.0) -> bool:
+        """Whether the PVC watch may not have delivered the changes made before ``obj``.
+
+        The operator labels a namespace's PVCs, then creates the group that selects them by
+        that label; the two watches deliver independently.  A new group is created with
+        all its members at once (a member added during the initial copy costs a resync),
+        so while some PVC of the namespace does not match the selector yet and the PVC
+        watch has not reached the group's resourceVersion, its creation waits (at most
+        ``patience`` seconds: a selector may leave PVCs out on purpose)."""
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        pvcs = [p for p in self.caches["PersistentVolumeClaim"].in_namespace(ns)
+                if (p.get("spec") or {}).get("storageClassName") == STORAGE_CLASS
+                and not _meta(p).get("deletionTimestamp")]
+        if all(match_selector(selector, p["metadata"].get("labels") or {}) for p in pvcs) or \
+                not (isinstance(rv, str) and rv.isdigit()) or \
+                self._rv_seen.get("PersistentVolumeClaim", 0) >= int(rv):
+            self._first_seen.pop(key, None)
+            return False
+        first = self._first_seen.setdefault(key, time.monotonic())
+        if time.monotonic() - first >= patience:
+            self._first_seen.pop(key, None)
+            return False
+        self.queue.add_after(key, 0.1)
+        return True
 
     def _forget_group(self, gname: str, key: Key) -> None:
         if self._group_keys.get(gname) == key:
