@@ -262,12 +262,16 @@ def test_up_after_a_crash_restarts_only_the_dead(lab: Path) -> None:
     assert "starting replication link ... ok" in r.stdout and "main array ... ok" in r.stdout
     assert "backup array ... ok" not in r.stdout
     after = records(lab)
-    # the shop held the dead array's data path, so it restarts with it; nothing else does
-    restarted = {"link", "main-array", "shop"}
+    # only the dead restart; the shop outlives its array and reconnects to the new one
+    restarted = {"link", "main-array"}
     assert all(after[n]["pid"] != before[n]["pid"] for n in restarted)
     assert {n: r for n, r in after.items() if n not in restarted} == \
         {n: r for n, r in before.items() if n not in restarted}
-    _shop_report(lab, lambda rep: rep["pid"] == after["shop"]["pid"] and rep["committed"] > 0)
+    assert "shop application ... ok" not in r.stdout
+    assert json.loads((lab / "shop.json").read_text())["rate"] > 0
+    c0 = json.loads((lab / "shop-status.json").read_text())["committed"]
+    _shop_report(lab, lambda rep: rep["pid"] == before["shop"]["pid"]
+                 and rep["committed"] > c0 and rep["state"] == "running", timeout=60)
 
 
 def test_shop_pod_reports_the_process_truthfully(lab: Path) -> None:

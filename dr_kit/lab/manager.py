@@ -147,7 +147,10 @@ def check_rate(rate: Any) -> float:
     except (TypeError, ValueError):
         raise InvalidInput(f"the shop rate must be a number of transactions per second, "
                            f"got {rate!r}") from None
-    if not math.isfinite(r) or r < 0:
+    if not math.isfinite(r):
+        raise InvalidInput(f"the shop rate must be a finite number of transactions per second "
+                           f"(at most {MAX_RATE:,.0f}), got {rate}")
+    if r < 0:
         raise InvalidInput(f"the shop rate must be >= 0 transactions per second (0 pauses), got {rate}")
     if r > MAX_RATE:
         raise InvalidInput(f"the shop rate must be at most {MAX_RATE:,.0f} transactions per "

@@ -115,6 +115,18 @@ class ShopApp:
             except (apsw.Error, DrKitError, OSError):
                 pass
         try:
+            # a fresh data path: the array may be a new process (new socket, new port), and
+            # the VFS's cached devices still hold the dead one's connections
+            state = self.lab.load()
+            ep = self.lab.array_endpoint("main", state)
+            self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"],
+                                     token=self.lab.array_token("main"))
+            self.vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
+            for vol in self.volumes.values():
+                try:
+                    self.vfs.forget(vol)
+                except (DrKitError, OSError):
+                    pass  # the old connection is gone already
             self.stock, self.sales = open_shop(self.vfs, stock_volume=self.volumes["stock-db"],
                                                sales_volume=self.volumes["sales-db"])
             self.shop = Shop(self.stock, self.sales, keep_latencies=0)
