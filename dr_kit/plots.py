@@ -326,7 +326,8 @@ def protection_timeline(df: pd.DataFrame, *, title: str = "") -> Figure:
     fig = Figure(figsize=(9, 3.6))
     ax = fig.subplots()
     n = len(df)
-    title = title or f"{n} namespaces labelled at once ({int(df['pvcs'].sum()) if n else 0} PVCs)"
+    title = title or (f"{n} namespaces labelled at once ({int(df['pvcs'].sum()) if n else 0} PVCs): "
+                      "namespaces protected over seconds since the labels")
     for col, label, style in (("protected_s", "Protected (operator status)", "-"),
                               ("backup_bound_s", "backup PVCs all bound", "--")):
         t = sorted(float(v) for v in df[col].dropna()) if n else []
@@ -347,7 +348,7 @@ def protection_timeline(df: pd.DataFrame, *, title: str = "") -> Figure:
 
 
 def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, top: int = 40,
-                title: str = "Time lag per consistency group, worst first") -> Figure:
+                title: str = "Time lag (ms) per consistency group over seconds, worst first") -> Figure:
     """Time lag (ms) of every group over time as a heat map, groups ranked worst first
     (``walkthrough.lag_ranking``; at most ``top`` rows), beside each group's p99.  Unknown
     readings are grey, never drawn as 0."""

@@ -454,6 +454,35 @@ def protect_applications(main: Site, backup: Site, names: list[str], *, timeout:
     return df
 
 
+def applications_table(apps: pd.DataFrame) -> pd.DataFrame:
+    """Per namespace of :func:`create_applications`: its PVCs and how many are bound."""
+    if apps.empty:
+        return pd.DataFrame(columns=["pvcs", "bound"])
+    return apps.assign(bound=apps["phase"] == "Bound").groupby("namespace").agg(
+        pvcs=("name", "count"), bound=("bound", "sum"))
+
+
+def many_applications_summary(names: list[str], pvcs_per_namespace: int,
+                              timeline: pd.DataFrame | None, samples: pd.DataFrame,
+                              ranking: pd.DataFrame, *, cleaned_up: bool) -> dict[str, Any]:
+    """What notebook 06 records: how many were protected and bound, in how long, the
+    worst-lagging group and the lag's source."""
+    df = timeline
+    return {
+        "namespaces": len(names), "pvcs_per_namespace": pvcs_per_namespace,
+        "protected": int(df["protected_s"].notna().sum()) if df is not None else 0,
+        "backup_bound": int(df["backup_bound_s"].notna().sum()) if df is not None else 0,
+        "seconds_to_protect_all": df.attrs.get("seconds") if df is not None else None,
+        "labelled_in_s": df.attrs.get("labelled_in_s") if df is not None else None,
+        "groups_ranked": len(ranking),
+        "ranked_namespaces": sorted(set(ranking["namespace"].dropna()) & set(names)),
+        "worst": ({k: (None if pd.isna(v) else v) for k, v in
+                   ranking.iloc[0][["group", "namespace", "p99_ms"]].to_dict().items()}
+                  if len(ranking) else None),
+        "lag_source": sorted(set(samples["source"])) if not samples.empty else [],
+        "cleaned_up": bool(cleaned_up)}
+
+
 def lag_ranking(samples: pd.DataFrame) -> pd.DataFrame:
     """Per consistency group: lag percentiles of the samples, worst first (unknown-only
     groups first: nothing says their backup is current; then by p99, then max)."""

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -48,7 +50,7 @@ from dr_kit.lag import sample_lag
 
 main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context)
 names = wt.application_names(namespace, namespaces)
-names
+print(f"{len(names)} applications: {names[0]} ... {names[-1]}, {pvcs_per_namespace} PVCs each")
 
 # %% [markdown]
 # ## The applications
@@ -59,7 +61,7 @@ names
 apps = wt.create_applications(main, namespace, namespaces, pvcs_per_namespace, size=pvc_size,
                               storage_class=storage_class, timeout=timeout_s,
                               progress=ui.progress_printer())
-ui.show(apps.groupby("namespace").agg(pvcs=("name", "count"), bound=("phase", lambda p: (p == "Bound").sum())))
+ui.show(wt.applications_table(apps))
 
 # %% [markdown]
 # ## Label them all at once
@@ -104,15 +106,5 @@ if cleanup:
     wt.remove_applications(main, backup, names, timeout=timeout_s, progress=ui.progress_printer())
 
 # %%
-df = timeline.get("df")
-wt.record(results_file, {
-    "namespaces": len(names), "pvcs_per_namespace": pvcs_per_namespace,
-    "protected": int(df["protected_s"].notna().sum()) if df is not None else 0,
-    "backup_bound": int(df["backup_bound_s"].notna().sum()) if df is not None else 0,
-    "seconds_to_protect_all": df.attrs.get("seconds") if df is not None else None,
-    "labelled_in_s": df.attrs.get("labelled_in_s") if df is not None else None,
-    "groups_ranked": len(ranking),
-    "ranked_namespaces": sorted(set(ranking["namespace"].dropna()) & set(names)),
-    "worst": ranking.iloc[0][["group", "namespace", "p99_ms"]].to_dict() if len(ranking) else None,
-    "lag_source": sorted(set(samples["source"])) if not samples.empty else [],
-    "cleaned_up": bool(cleanup)})
+wt.record(results_file, wt.many_applications_summary(names, pvcs_per_namespace, timeline.get("df"),
+                                                     samples, ranking, cleaned_up=cleanup))

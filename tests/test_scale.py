@@ -55,6 +55,7 @@ def test_bad_scale_is_one_error_line(argv, msg, capsys) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about a minute alone; far longer on a loaded machine
 def test_scale_smoke_10x5(tmp_path) -> None:
     """10 namespaces x 5 PVCs labelled at once on a fresh lab, through the command line."""
     p = subprocess.run([sys.executable, "-m", "dr_kit.cli", "bench", "--scale", "10x5", "--json",
