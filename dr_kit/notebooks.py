@@ -195,9 +195,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                      f"orders lost {r5.get('rpo_orders_lost')}")
     r6 = results.get("06_many_applications")
     if r6:
-        lines.append(f"many applications: {r6.get('protected')}/{r6.get('namespaces')} namespaces of "
-                     f"{r6.get('pvcs_per_namespace')} PVCs protected at once in "
-                     f"{r6.get('seconds_to_protect_all')} s; worst lag: {r6.get('worst')}")
+        from dr_kit.walkthrough import many_applications_line
+
+        lines.append(many_applications_line(r6))
     return lines
 
 

@@ -340,9 +340,9 @@ def protection_timeline(df: pd.DataFrame, *, title: str = "") -> Figure:
         ax.axvspan(0, float(labelled), color="#eef5ff", zorder=0, label=f"labels written ({labelled:.2f} s)")
     ax.set_xlabel("seconds since the first label")
     ax.set_ylabel("namespaces")
-    ax.set_ylim(0, max(1, n) * 1.08)
+    ax.set_ylim(0, max(1, n) * 1.35)  # room for the legend above the steps
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
 

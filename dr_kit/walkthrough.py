@@ -483,6 +483,22 @@ def many_applications_summary(names: list[str], pvcs_per_namespace: int,
         "cleaned_up": bool(cleaned_up)}
 
 
+def many_applications_line(summary: dict[str, Any]) -> str:
+    """One line of :func:`many_applications_summary`."""
+    w = summary.get("worst")
+    if w:
+        p99 = w.get("p99_ms")
+        worst = f"{w.get('group')} (namespace {w.get('namespace')}), p99 " + \
+            ("unknown" if p99 is None else f"{p99:g} ms")
+    else:
+        worst = "none measured"
+    took = summary.get("seconds_to_protect_all")
+    return (f"many applications: {summary.get('protected')}/{summary.get('namespaces')} namespaces "
+            f"of {summary.get('pvcs_per_namespace')} PVCs protected at once "
+            f"{'in ' + format(took, 'g') + ' s' if took is not None else '(not all in time)'}; "
+            f"worst lag: {worst}")
+
+
 def lag_ranking(samples: pd.DataFrame) -> pd.DataFrame:
     """Per consistency group: lag percentiles of the samples, worst first (unknown-only
     groups first: nothing says their backup is current; then by p99, then max)."""

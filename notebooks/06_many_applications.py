@@ -106,5 +106,7 @@ if cleanup:
     wt.remove_applications(main, backup, names, timeout=timeout_s, progress=ui.progress_printer())
 
 # %%
-wt.record(results_file, wt.many_applications_summary(names, pvcs_per_namespace, timeline.get("df"),
-                                                     samples, ranking, cleaned_up=cleanup))
+summary = wt.many_applications_summary(names, pvcs_per_namespace, timeline.get("df"), samples,
+                                       ranking, cleaned_up=cleanup)
+wt.record(results_file, summary)
+print(wt.many_applications_line(summary))
