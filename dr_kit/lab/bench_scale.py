@@ -294,9 +294,10 @@ def run(namespaces: int, pvcs: int, *, rate: float = 100.0, size: str = "64Mi",
                     gs = [g for g in all_groups
                           if g.get("side") == "main" and g["name"].split("-", 1)[0] in wanted]
                     paired = sum(1 for g in gs if g.get("state") == "pair")
-                    sg = next((g for g in all_groups if g["name"] == shop_group), {})
-                    bg = next((g for g in backup_array.status()["groups"]
-                               if g["name"] == shop_group), {})
+                    sg: dict[str, Any] = next((g for g in all_groups
+                                               if g["name"] == shop_group), {})
+                    bg: dict[str, Any] = next((g for g in backup_array.status()["groups"]
+                                               if g["name"] == shop_group), {})
                     progress_rows.append((round(now - t_label, 2), len(gs), paired,
                                           sg.get("state"), sg.get("connected"),
                                           (sg.get("journal") or {}).get("used_bytes"),
