@@ -114,6 +114,10 @@ def test_walkthrough_records_what_the_demo_claims(ran):
     assert "analytics-1-databases" in r4["provenance"]["source"]
     r5 = results["05_dr_drill"]
     assert r5["ok"] and r5["rto_s"] > 0
+    r6 = results["06_many_applications"]  # its small defaults: 4 namespaces x 3 PVCs
+    assert r6["namespaces"] == r6["protected"] == r6["backup_bound"] == 4, r6
+    assert r6["ranked_namespaces"] == [f"apps-00{i}" for i in range(4)]
+    assert r6["lag_source"] == ["array"] and r6["cleaned_up"] is True
 
 
 @pytest.mark.slow
