@@ -79,3 +79,38 @@ def test_scale_smoke_10x5(tmp_path) -> None:
                  "backup_array", "link"):
         assert 1 <= r[f"threads_max_{name}"] <= 32, (name, r[f"threads_max_{name}"])
     assert r["lag_read_groups"] == 11  # the shop's group and the ten new ones
+
+
+def test_a_status_read_that_crossed_a_creation_keeps_the_new_group() -> None:
+    """The lab plug-ins' view of an array: a group created while a status read was under
+    way must not vanish from the view when that (older) read lands, or it would be created
+    again with another pair secret and never replicate."""
+    from dr_kit.lab.controllers import ArrayView
+
+    class Slow:
+        def __init__(self) -> None:
+            self.groups: list[dict] = []
+            self.during = None
+
+        def status(self) -> dict:
+            seen = list(self.groups)  # the array's answer is taken now ...
+            if self.during:
+                self.during()  # ... while the plug-in creates a group
+            return {"groups": seen, "volumes": []}
+
+    client = Slow()
+    view = ArrayView(client, "main")  # type: ignore[arg-type]
+    assert view.refresh() and view.group("g") is None
+    new = {"name": "g", "side": "main", "state": "copy", "members": {}}
+
+    def create() -> None:
+        client.groups.append(new)
+        view.put_group(new)
+
+    client.during = create
+    assert view.refresh()
+    assert view.group("g") == new, "the crossed read made the new group look absent"
+    client.during = None
+    assert view.refresh() and view.group("g") == new  # a later read shows it: the truth
+    client.groups.clear()
+    assert view.refresh() and view.group("g") is None  # and a later read is believed

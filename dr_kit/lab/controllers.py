@@ -162,16 +162,28 @@ class ArrayView:
         self.error = ""
         self.since = time.time()
         self._lock = threading.Lock()
+        self._put_at: dict[str, float] = {}  # group -> when put here (monotonic)
 
     def refresh(self) -> bool:
-        """Read the array; returns True when it answered (False: unreachable or refusing)."""
+        """Read the array; returns True when it answered (False: unreachable or refusing).
+
+        A group put here (just created) after this read was sent stays in the view even if
+        the read does not show it yet: a status read that crossed a creation must not make
+        the group look absent, or it would be created (and its pair secret given) again."""
+        t0 = time.monotonic()
         try:
             st = self.client.status()
         except Exception as e:  # noqa: BLE001 - any failure: the array is not usable now
             self._set(False, _one_line(e))
             return False
         with self._lock:
-            self.groups = {g["name"]: g for g in st.get("groups") or []}
+            groups = {g["name"]: g for g in st.get("groups") or []}
+            for name, at in list(self._put_at.items()):
+                if at < t0:
+                    del self._put_at[name]  # this read was sent after the put: it is the truth
+                elif name not in groups and name in self.groups:
+                    groups[name] = self.groups[name]
+            self.groups = groups
             self.volumes = {v["name"]: v for v in st.get("volumes") or []}
         self._set(True, "")
         return True
@@ -192,10 +204,12 @@ class ArrayView:
     def put_group(self, g: dict[str, Any]) -> None:
         with self._lock:
             self.groups[g["name"]] = g
+            self._put_at[g["name"]] = time.monotonic()
 
     def drop_group(self, name: str) -> None:
         with self._lock:
             self.groups.pop(name, None)
+            self._put_at.pop(name, None)
 
     def has_volume(self, name: str) -> bool:
         with self._lock:
@@ -265,6 +279,7 @@ class SiteController:
         self._pv_by_claim: dict[tuple[str, str], str] = {}
         self._rv_seen: dict[str, int] = {}  # newest resourceVersion each watch delivered
         self._first_seen: dict[Key, float] = {}
+        self._pair_secrets: dict[str, str] = {}  # group -> the secret its creation gave
         self._errors: deque[dict[str, Any]] = deque(maxlen=20)
         self._said: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -788,9 +803,11 @@ class SiteController:
                 opts["journal_capacity"] = parse_quantity(params["journalCapacity"])
             if "transferIntervalMs" in params:
                 opts["transfer_interval_ms"] = float(params["transferIntervalMs"])
-            # a fresh secret for this pair, told to the backup array first
+            # a fresh secret for this pair, told to the backup array first; a retry of the
+            # same creation gives the same one (a creation that went through although its
+            # answer was lost must not leave the backup expecting another secret)
             assert self.backup_array is not None
-            secret = new_pair_secret()
+            secret = self._pair_secrets.setdefault(gname, new_pair_secret())
             self.backup_array.authorize_pair(gname, secret)
             try:
                 made = self.array.create_group(gname, vols, self.lab.link_address(self.state),
@@ -967,6 +984,7 @@ class SiteController:
         if self._group_keys.get(gname) == key:
             self._group_keys.pop(gname, None)
         self._fingerprints.pop(gname, None)
+        self._pair_secrets.pop(gname, None)
         self._status_written.pop(key, None)
         self._synced_bytes.pop(key, None)
 
