@@ -84,9 +84,13 @@ class ShopApp:
         self.rate = self._read_rate()
 
     def _read_rate(self) -> float:
+        """The rate in ``DIR/shop.json``, as ``dr-kit lab workload`` checks it (a file edited
+        by hand with a rate out of bounds pauses the shop rather than spinning it)."""
+        from dr_kit.lab.manager import check_rate
+
         try:
-            return max(0.0, float(json.loads(self.lab.shop_control.read_text()).get("rate", 0.0)))
-        except (OSError, ValueError, TypeError):
+            return check_rate(json.loads(self.lab.shop_control.read_text()).get("rate", 0.0))
+        except (OSError, ValueError, TypeError, AttributeError, DrKitError):
             return 0.0
 
     def _report(self) -> None:
