@@ -340,3 +340,19 @@ def test_ensure_up_after_down_keeps_the_objects(lab: Path) -> None:
     assert state["link_settings"] == {"delay_ms": 0.0, "rate_mbit": 0.0}
     _shop_report(lab, lambda rep: rep["pid"] == state["processes"]["shop"]["pid"]
                  and rep["committed"] > 0, timeout=15)
+
+
+@pytest.mark.parametrize("text, rate", [('{"rate": 5}', 5.0), ('{"rate": 0}', 0.0),
+                                        ('{"rate": Infinity}', 0.0), ('{"rate": NaN}', 0.0),
+                                        ('{"rate": 1e9}', 0.0), ('{"rate": -1}', 0.0),
+                                        ('{"rate": "fast"}', 0.0), ('[]', 0.0)])
+def test_the_shop_reads_its_rate_within_the_bounds(tmp_path: Path, text: str, rate: float) -> None:
+    """A shop.json edited by hand out of bounds pauses the shop; it never spins."""
+    from types import SimpleNamespace
+
+    from dr_kit.lab.shopapp import ShopApp
+
+    (tmp_path / "shop.json").write_text(text)
+    app = object.__new__(ShopApp)
+    app.lab = SimpleNamespace(shop_control=tmp_path / "shop.json")  # type: ignore[assignment]
+    assert app._read_rate() == rate
