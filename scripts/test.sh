@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test run behind `make test` (and CI): lint (ruff, import contracts, mypy), then the
-# whole suite; arguments go to pytest (`make test-fast` passes -m "not slow").
+# whole suite on two workers; arguments go to pytest (`make test-fast` passes -m "not slow").
 # Starts the services the tests need on 127.0.0.1 (a throwaway PostgreSQL) and installs
 # Debian's kubectl and sqlite3 when we may (root), so the kubectl compatibility tests and
 # the sqlite3 checks of exports run too.
@@ -40,7 +40,12 @@ $BIN/ruff check dr_kit tests || exit 1
 $BIN/lint-imports --no-cache >/tmp/dr-kit-lint-imports.log 2>&1 \
     || { cat /tmp/dr-kit-lint-imports.log; exit 1; }
 $BIN/mypy dr_kit || exit 1
-$BIN/python -m pytest -q -p no:cacheprovider "$@"
+# two workers by default (DR_KIT_TEST_WORKERS=1 for one process), one test file per worker at
+# a time: a file's tests share their fixtures, and most of them wait on lab processes
+WORKERS=${DR_KIT_TEST_WORKERS:-2}
+XDIST=()
+[ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS" --dist loadfile)
+$BIN/python -m pytest -q -p no:cacheprovider "${XDIST[@]}" "$@"
 rc=$?
 [ $rc -eq 5 ] && { echo "no tests collected"; exit 1; }
 exit $rc
