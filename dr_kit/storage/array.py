@@ -12,6 +12,10 @@ Folder layout::
 An array restarts from its folder without losing an acknowledged write: at the main site
 every retained journal record is re-applied to its volume (redo; idempotent in order), at
 the backup the applier resumes after the last applied sequence it recorded.
+
+Roles swap without a copy when both sides are identical (:meth:`Array.demote` of a group
+whose backup applied everything, then :meth:`Array.promote` with ``clean``), and with a
+copy of only the changed regions otherwise (see :mod:`dr_kit.storage.groups`).
 """
 
 from __future__ import annotations
@@ -37,13 +41,17 @@ from dr_kit.storage.blocks import (
     CowStore,
     FileVolume,
     SnapshotView,
+    chunks_of,
     data_ranges,
 )
 from dr_kit.storage.groups import (
     COPY,
     ERROR,
+    PAIR,
+    SUSPENDED,
     PrimaryGroup,
     SecondaryGroup,
+    _PosFile,
 )
 from dr_kit.storage.journal import Journal
 from dr_kit.storage.position import JournalPosition
@@ -185,10 +193,20 @@ class Array:
             except JournalError as e:
                 self.problems.append(f"group {g}: {e}")
                 c["state"], c["message"] = ERROR, str(e)
+        for kind in ("primary_groups", "secondary_groups"):
+            for g, c in self.conf[kind].items():
+                self._drop_stale_journals(g, c)
+
+    def _drop_stale_journals(self, g: str, c: dict) -> None:
+        """Journal folders of a role the group no longer has (a swap cut short by a kill)."""
+        keep = c.get("journal_dir", "journal")
+        for d in (self.root / "groups" / g).glob("journal*"):
+            if d.is_dir() and d.name != keep:
+                shutil.rmtree(d, ignore_errors=True)
 
     def _open_primary(self, g: str, c: dict, create: bool = False) -> PrimaryGroup:
         folder = self.root / "groups" / g
-        jdir = folder / "journal"
+        jdir = folder / c.get("journal_dir", "journal")
         if create:
             folder.mkdir(parents=True, exist_ok=True)
             journal = Journal.create(jdir, c["journal_capacity"], fsync=self.fsync)
@@ -214,7 +232,7 @@ class Array:
 
     def _open_secondary(self, g: str, c: dict, create: bool = False) -> SecondaryGroup:
         folder = self.root / "groups" / g
-        jdir = folder / "journal"
+        jdir = folder / c.get("journal_dir", "journal")
         if create:
             folder.mkdir(parents=True, exist_ok=True)
             journal = Journal.create(jdir, c["journal_capacity"], generation=c.get("generation", 1),
@@ -470,11 +488,26 @@ class Array:
         return p["secret"] if isinstance(p, dict) else None
 
     def ensure_secondary_group(self, name: str, members: dict[int, tuple[str, int]],
-                               journal_capacity: int, generation: int) -> SecondaryGroup:
-        """Create (once) the backup side of a group announced by a main array."""
+                               journal_capacity: int, generation: int, *,
+                               peer_names: dict[str, str] | None = None) -> SecondaryGroup:
+        """Create (once) the backup side of a group announced by a main array.
+
+        A group that was demoted here (or was the other way round before a swap) is keyed
+        by the new main's volume ids the first time that main announces the same volumes.
+        ``peer_names``: this side's volume name -> the main's own name for it."""
         with self.lock:
             grp = self.secondary.get(name)
             if grp is not None:
+                by_name = {v.name: v for v in grp.members.values()}
+                announced = {vname for vname, _size in members.values()}
+                if set(grp.members) != set(members) and announced == set(by_name):
+                    with grp.lock:  # the same volumes, reached from another main array
+                        grp.members = {vid: by_name[vname] for vid, (vname, _s) in members.items()}
+                        grp.conf["members"] = {str(vid): vname for vid, (vname, _s) in members.items()}
+                    self._save()
+                if peer_names and grp.conf.get("peer_names") != peer_names:
+                    grp.conf["peer_names"] = dict(peer_names)
+                    self._save()
                 for vid, (vname, size) in members.items():  # members that joined since
                     if vid not in grp.members:
                         v = self.volumes.get(vname)
@@ -501,7 +534,8 @@ class Array:
             conf = {"members": {str(vid): vname for vid, (vname, _s) in members.items()},
                     "journal_capacity": journal_capacity, "generation": generation,
                     "state": COPY, "consistent": False, "copy_end_seq": None,
-                    "message": "initial copy", "created": time.time()}
+                    "message": "initial copy", "created": time.time(),
+                    "peer_names": dict(peer_names or {})}
             self.conf["secondary_groups"][name] = conf
             grp = self._open_secondary(name, conf, create=True)
             self._save()
@@ -532,17 +566,202 @@ class Array:
                 for v in list(grp.members.values()):
                     self.delete_volume(v.name)
 
-    def promote(self, name: str) -> dict[str, Any]:
-        """Failover: stop applying, make the backup volumes writable data volumes."""
+    def promote(self, name: str, *, track: bool = False, clean: bool = False,
+                remote: str | None = None, secret: str | None = None) -> dict[str, Any]:
+        """Failover: stop applying, make the backup volumes writable.
+
+        Without ``track`` the group is dissolved (plain data volumes, the pair forgotten).
+        With ``track`` it becomes a main-side group of the same name whose volumes the
+        hosts write: with ``clean`` (both sides identical: the other side was demoted after
+        this one applied everything, which is checked here) it journals on from the same
+        sequence and replicates to ``remote`` without any copy; otherwise it tracks the
+        regions written from now on, and a later resync toward the old main copies those
+        and the old main's divergent regions.  Either way the old main's pair secret is
+        forgotten here: it can no longer feed these volumes (fencing).  Idempotent."""
         with self.lock:
             grp = self.group(name)
-            if not isinstance(grp, SecondaryGroup):
-                raise InvalidInput(f"group {name!r} is already a main-side group")
-            grp.apply_available(max_records=1 << 30)
-            pos = {"sequence": grp.applied_seq, "time": grp.applied.time,
-                   "consistent": bool(grp.conf.get("consistent")), "state": grp.state}
-            self.delete_secondary_group(name)
-            return pos
+            if isinstance(grp, PrimaryGroup):
+                if not track:
+                    raise InvalidInput(f"group {name!r} is already a main-side group")
+                return dict(grp.conf.get("promoted") or {}, name=name, side="main", already=True)
+            if not track:
+                grp.apply_available(max_records=1 << 30)
+                pos = {"sequence": grp.applied_seq, "time": grp.applied.time,
+                       "consistent": bool(grp.conf.get("consistent")), "state": grp.state}
+                self.delete_secondary_group(name)
+                return pos
+            if secret is not None:
+                check_secret(secret)
+            if remote is not None and (not isinstance(remote, str) or ":" not in remote):
+                raise InvalidInput(f"remote must be HOST:PORT of the other array's replication port, "
+                                   f"got {remote!r}")
+            return self._promote_tracking(grp, clean=clean, remote=remote, secret=secret)
+
+    def _promote_tracking(self, grp: SecondaryGroup, *, clean: bool, remote: str | None,
+                          secret: str | None) -> dict[str, Any]:
+        name = grp.name
+        with grp.lock:
+            if grp.state != ERROR:
+                grp.apply_available(max_records=1 << 30)
+            grp.paused = True  # the apply workers leave it alone from here on
+            gen, seq, t = grp.journal.generation, grp.applied_seq, grp.applied.time
+            consistent, state = bool(grp.conf.get("consistent")), grp.state
+            received = grp.received_seq
+            if clean and not (state == PAIR and consistent and seq == received and not grp.divergent):
+                grp.paused = False
+                raise Conflict(f"group {name!r} cannot be promoted without a copy: it is {state}"
+                               f"{'' if consistent else ', not consistent'}, applied {seq} of "
+                               f"{received} received{', holds divergent regions' if grp.divergent else ''}")
+            vols = list(grp.members.values())
+            peer = grp.conf.get("peer_names") or {}
+            remote_names = {v.id: str(peer.get(v.name, v.name)) for v in vols}
+            now = time.time()
+            info = {"name": name, "side": "main", "at": now, "clean": clean,
+                    "position": str(JournalPosition(gen, seq)), "sequence": seq, "generation": gen,
+                    "time": t or None, "consistent": consistent, "state": state,
+                    "received": received, "main_head": grp.main_head[0] or None,
+                    "main_head_time": grp.main_head[1] or None}
+            jdir = f"journal-p{int(now * 1000)}"
+            folder = grp.folder
+            cap = max(int(grp.conf.get("journal_capacity", DEFAULT_JOURNAL)) // 2, DEFAULT_JOURNAL)
+            pconf: dict[str, Any] = {
+                "members": {str(v.id): remote_names[v.id] for v in vols}, "mode": "async",
+                "remote": remote or "", "journal_capacity": cap, "transfer_interval_ms": 0.0,
+                "sync_timeout_s": 5.0, "state": PAIR if clean else SUSPENDED,
+                "message": ("promoted with the other side identical: replication goes on from the same "
+                            "sequence" if clean else "promoted: the regions written from now on are "
+                            "tracked; a resync toward the old main copies them"),
+                "created": now, "sizes": {str(v.id): v.size for v in vols}, "secret": secret,
+                "auto_resync": False, "journal_dir": jdir, "promoted": info}
+            for p in folder.glob("dirty-*.map"):  # an earlier main life's maps are stale
+                p.unlink()
+            Journal.create(folder / jdir, cap, generation=gen, next_seq=seq + 1,
+                           fsync=self.fsync).close()
+            pos = _PosFile(folder / "backup-applied")
+            pos.store(seq if clean else 0, gen, t if clean else 0.0)
+            pos.close()
+            grp.close()
+            for v in vols:
+                v.secondary = None
+                v.role = "data"
+                self.conf["volumes"][v.name]["role"] = "data"
+            del self.secondary[name]
+            old = self.conf["secondary_groups"].pop(name)
+            self.conf["pairs"].pop(name, None)  # the old main can no longer feed these volumes
+            self.conf["primary_groups"][name] = pconf
+            self._save()
+        self._open_primary(name, pconf)
+        self._drop_stale_journals(name, pconf)
+        for p in list(folder.glob("divergent-*.map")) + [folder / "applied"]:
+            p.unlink(missing_ok=True)
+        del old
+        log.info("group %s promoted at %s (%s)", name, info["position"], "clean" if clean else "tracking")
+        return info
+
+    def demote(self, name: str, *, split: str | None = None) -> dict[str, Any]:
+        """Make a main-side group a backup-side group: its hosts' writes are refused from now
+        on (fencing), and it waits for the other side's resync.
+
+        ``split`` (``g<generation>/<sequence>``) is the position the other side had applied
+        when it was promoted, when known; otherwise the last position this side heard the
+        backup acknowledge (a superset of what differs).  The regions this side wrote
+        beyond the split are kept as *divergent*: the next resync from the new main
+        overwrites them, and they are reported as lost writes.  With nothing beyond the
+        split (a planned move after a final sync) the demotion is clean: both sides are
+        identical at one position and replication can reverse without a copy.  Idempotent."""
+        with self.lock:
+            grp = self.group(name)
+            if isinstance(grp, SecondaryGroup):
+                return dict(grp.conf.get("demoted") or {}, name=name, side="backup", already=True)
+            at: JournalPosition | None = JournalPosition.parse(split) if split else None
+            with grp.lock:
+                gen, last, applied = grp.journal.generation, grp.journal.last_seq, grp.applied_seq
+                cut = applied
+                if at is not None and at.generation == gen:
+                    cut = min(max(at.sequence, grp.journal.first_seq - 1, applied), last)
+                div: dict[int, set[int]] = {vid: set(m) for vid, m in grp.dirty.items()}
+                tracked = sum(len(c) for c in div.values())
+                lost_entries, first_t, last_t = 0, None, None
+                lost_bytes = grp.journal.bytes_after(cut) if cut < last else 0
+                for r, _ in grp.journal.iter_records(cut + 1) if cut < last else ():
+                    lost_entries += 1
+                    first_t = first_t or r.time
+                    last_t = r.time
+                    if r.volume in div:
+                        for off, data in r.extents():
+                            div[r.volume].update(chunks_of(off, len(data)))
+                clean = grp.state == PAIR and cut == last and not tracked
+                t = grp.journal.time_of(cut) or grp.applied_time or 0.0
+                now = time.time()
+                nregions = sum(len(c) for c in div.values())
+                info = {"name": name, "side": "backup", "at": now, "clean": clean,
+                        "position": str(JournalPosition(gen, cut)), "sequence": cut,
+                        "generation": gen, "head": last, "state": grp.state,
+                        "lost_entries": lost_entries, "lost_bytes": lost_bytes,
+                        "lost_first_time": first_t, "lost_last_time": last_t,
+                        "untracked_regions": tracked, "divergent_regions": nregions,
+                        "divergent_bytes": nregions * CHUNK}
+                vols = list(grp.members.values())
+                folder = grp.folder
+                jdir = f"journal-s{int(now * 1000)}"
+                sconf: dict[str, Any] = {
+                    "members": {str(v.id): v.name for v in vols},
+                    "journal_capacity": 2 * int(grp.conf.get("journal_capacity", DEFAULT_JOURNAL)),
+                    "generation": gen, "journal_dir": jdir,
+                    "state": PAIR if clean else SUSPENDED, "consistent": True, "copy_end_seq": None,
+                    "message": ("demoted: identical to the other side at "
+                                f"{info['position']}" if clean else
+                                f"demoted: {nregions} regions written here beyond {info['position']} "
+                                "are overwritten by the next resync from the new main"),
+                    "created": now, "demoted": info, "divergent": nregions > 0,
+                    "peer_names": {v.name: grp.remote_names[v.id] for v in vols}}
+                for v in vols:
+                    m = ChunkMap(folder / f"divergent-{v.name}.map", (v.size + CHUNK - 1) // CHUNK,
+                                 create=True)
+                    m.add_many(sorted(div.get(v.id, ())))
+                    m.close()
+                Journal.create(folder / jdir, sconf["journal_capacity"], generation=gen,
+                               next_seq=cut + 1, fsync=self.fsync).close()
+                pos = _PosFile(folder / "applied")
+                pos.store(cut, gen, t)
+                pos.close()
+                grp.close()  # a writer waiting for the group's lock is refused from here on
+                for v in vols:
+                    v.primary = None
+                    v.role = "secondary"
+                    self.conf["volumes"][v.name]["role"] = "secondary"
+                del self.primary[name]
+                self.conf["primary_groups"].pop(name)
+                self.conf["secondary_groups"][name] = sconf
+                self._save()
+            self._open_secondary(name, sconf)
+            self._drop_stale_journals(name, sconf)
+            for p in list(folder.glob("dirty-*.map")) + [folder / "backup-applied"]:
+                p.unlink(missing_ok=True)
+            if nregions == 0:
+                self.secondary[name].clear_divergent()
+            log.info("group %s demoted at %s (%s)", name, info["position"],
+                     "clean" if clean else f"{nregions} divergent regions")
+            return info
+
+    def pair_with(self, name: str, remote: str, secret: str) -> dict[str, Any]:
+        """Point a promoted main-side group at the other array (which must hold ``secret``
+        for it): replication starts, with a resync of the changed regions when needed."""
+        check_secret(secret)
+        if not isinstance(remote, str) or ":" not in remote:
+            raise InvalidInput(f"remote must be HOST:PORT of the other array's replication port, got {remote!r}")
+        with self.lock:
+            grp = self.group(name)
+            if not isinstance(grp, PrimaryGroup):
+                raise InvalidInput(f"group {name!r} is a backup-side group here; pair it from its main side")
+            with grp.lock:
+                grp.conf["remote"], grp.conf["secret"] = remote, secret
+                grp.conf["reconnect"] = True
+                if grp.state in (SUSPENDED, ERROR):
+                    grp.conf["resync_requested"] = True
+                self._save()
+                grp.signal()
+            return {"name": name, "state": grp.state, "remote": remote}
 
     # -- snapshots and clones -------------------------------------------------------
     def take_guard(self, group: str) -> tuple[str, str]:
@@ -685,6 +904,9 @@ class Array:
                                            "capacity": g.journal.capacity},
                                "copy": {"total": g.copy_total, "done": g.copy_done},
                                "applied_bytes": g.applied_bytes,
+                               "paired": bool(g.conf.get("secret") and g.conf.get("remote")),
+                               "promoted": g.conf.get("promoted"), "last_copy": g.conf.get("last_copy"),
+                               "volume_bytes": sum(v.size for v in g.members.values()),
                                "lag": lag.to_dict()})
             for s in self.secondary.values():
                 groups.append({"name": s.name, "side": "backup", "state": s.state,
@@ -694,6 +916,12 @@ class Array:
                                "applied_time": s.applied.time or None,
                                "applied_at": s.applied_at,
                                "received": s.received_seq, "apply_paused": s.paused,
+                               "generation": s.journal.generation,
+                               "main_head": {"sequence": s.main_head[0] or None,
+                                             "time": s.main_head[1] or None},
+                               "demoted": s.conf.get("demoted"),
+                               "divergent_regions": sum(m.count() for m in s.divergent.values()),
+                               "volume_bytes": sum(v.size for v in s.members.values()),
                                "journal": {"used_bytes": s.journal.used_bytes, "capacity": s.journal.capacity}})
             snaps = [self.snapshot_info(n) for n in sorted(self.conf["snapshots"])]
             return {"name": self.name, "pid": os.getpid(), "volumes": vols, "groups": groups,

@@ -16,6 +16,14 @@ Pair states (one per group, shared by its pairs)::
     suspended  journal full or link timed out in sync mode: changed regions are tracked
     resync     changed regions being copied back: backup not consistent (guard snapshot kept)
     error      a corrupt or missing entry was detected and refused: resync needed
+
+Roles swap (see :meth:`Array.demote` and :meth:`Array.promote`): a demoted main-side group
+becomes a backup-side group (its hosts' writes are refused: fenced) that remembers the
+regions it wrote beyond the split (*divergent* regions); a promoted backup-side group
+becomes a main-side group that tracks the regions written since (or, when both sides were
+identical, journals on from the same sequence).  When the new main reaches the new
+backup, the divergent regions are merged into its changed regions and one resync copies
+the union: nothing else.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dr_kit.errors import JournalError
+from dr_kit.errors import Conflict, JournalError
 from dr_kit.storage import record as rec
 from dr_kit.storage.blocks import CHUNK, ChunkMap, chunks_of
 from dr_kit.storage.journal import Journal
@@ -95,6 +103,7 @@ class PrimaryGroup:
         self.last_error: str | None = None  # why the last replication session failed
         self.last_error_at: float | None = None
         self.faults: dict[str, int] = {}
+        self.closed = False  # demoted or deleted: a writer that raced the change is refused
 
     # -- persisted attributes -------------------------------------------------------
     @property
@@ -141,6 +150,9 @@ class PrimaryGroup:
         with :meth:`sync_done` / :meth:`sync_expired` (the data path parks the request)."""
         wait_for = 0
         with self.lock:
+            if self.closed:
+                raise Conflict(f"volume {vol.name!r} is no longer written through group "
+                               f"{self.name!r} (demoted: it is read-only now)")
             conf = self.conf
             state = conf["state"]
             if state in JOURNALING:
@@ -260,6 +272,9 @@ class PrimaryGroup:
                                 "consistent image in a guard snapshot until this ends")
             self.copy_total = sum(m.count() for m in self.dirty.values())
             self.copy_done = 0
+            self.conf["last_copy"] = {"initial": initial, "regions": self.copy_total,
+                                      "bytes": self.copy_total * CHUNK, "started": time.time(),
+                                      "ended": None, "generation": self.journal.generation}
             return self.journal.generation, self.journal.next_seq, initial
 
     def end_copy(self) -> int:
@@ -267,8 +282,42 @@ class PrimaryGroup:
         returned sequence."""
         with self.lock:
             self.conf.pop("oldest_unreplicated", None)
+            if isinstance(self.conf.get("last_copy"), dict):
+                self.conf["last_copy"]["ended"] = time.time()
             self._set_state(PAIR)
             return self.journal.last_seq
+
+    def merge_divergent(self, runs: dict[str, list[list[int]]]) -> int:
+        """Regions the backup side wrote itself beyond the split (a demoted old main), by
+        its volume names: they join the changed regions, so the next copy overwrites them
+        with this side's data.  Returns the number of regions added."""
+        by_remote = {rn: vid for vid, rn in self.remote_names.items()}
+        added = 0
+        with self.lock:
+            for name, pairs in runs.items():
+                vid = by_remote.get(str(name))
+                dmap = self.dirty.get(vid) if vid is not None else None
+                if dmap is None:
+                    continue
+                chunks = [c for c0, c1 in pairs for c in range(max(0, int(c0)), min(int(c1), dmap.nchunks))]
+                before = dmap.count()
+                dmap.add_many(chunks)
+                added += dmap.count() - before
+            if added:
+                if self.conf["state"] in (PAIR, COPY):
+                    self._suspend_locked(f"the backup holds {added} regions it wrote itself after "
+                                         "the split; they are copied from here")
+                self.conf["resync_requested"] = True
+                self._save()
+                self.signal()
+        return added
+
+    def demote_view(self) -> dict:
+        """What a demotion would find: (generation, last sequence, acknowledged applied)."""
+        with self.lock:
+            return {"generation": self.journal.generation, "last": self.journal.last_seq,
+                    "applied": self.applied_seq, "state": self.conf["state"],
+                    "dirty": sum(m.count() for m in self.dirty.values())}
 
     # -- lag ------------------------------------------------------------------------
     def lag(self) -> LagReport:
@@ -303,6 +352,7 @@ class PrimaryGroup:
                              consistent=consistent, measured_at=now, source="array", message=msg)
 
     def close(self) -> None:
+        self.closed = True
         self.journal.close()
         for m in self.dirty.values():
             m.close()
@@ -329,6 +379,35 @@ class SecondaryGroup:
         self.applied_at: float | None = None  # when the last entry was applied here (this process)
         self.listeners: list[Callable[[], None]] = []
         self.main_head = (0, 0.0)  # (sequence, time) last heard from the main site
+        # a demoted old main: the regions it wrote beyond the split, by its volume names
+        self.divergent: dict[str, ChunkMap] = {}
+        for v in members.values():
+            path = folder / f"divergent-{v.name}.map"
+            if conf.get("divergent") and path.exists():
+                self.divergent[v.name] = ChunkMap(path, (v.size + CHUNK - 1) // CHUNK)
+
+    def divergent_runs(self) -> dict[str, list[list[int]]]:
+        """The divergent regions as ``{volume: [[first chunk, last + 1], ...]}`` ({} when none)."""
+        out: dict[str, list[list[int]]] = {}
+        for name, m in self.divergent.items():
+            runs: list[list[int]] = []
+            for c in m:
+                if runs and runs[-1][1] == c:
+                    runs[-1][1] = c + 1
+                else:
+                    runs.append([c, c + 1])
+            if runs:
+                out[name] = runs
+        return out
+
+    def clear_divergent(self) -> None:
+        """A copy from the new main overwrote them: forget the divergent regions."""
+        for m in self.divergent.values():
+            m.close()
+            m.path.unlink(missing_ok=True)
+        self.divergent.clear()
+        if self.conf.pop("divergent", None) is not None:
+            self._save()
 
     @property
     def state(self) -> str:
@@ -347,6 +426,8 @@ class SecondaryGroup:
         self.conf["message"] = message
         if consistent is not None:
             self.conf["consistent"] = consistent
+        if state == PAIR and consistent and self.divergent:
+            self.clear_divergent()  # a copy made this side equal to the new main
         self._save()
 
     # -- receiving ------------------------------------------------------------------
@@ -485,3 +566,5 @@ class SecondaryGroup:
     def close(self) -> None:
         self.journal.close()
         self.applied.close()
+        for m in self.divergent.values():
+            m.close()

@@ -366,6 +366,11 @@ class Sender:
         backoff = 0.05
         g = self.grp
         while not self.stopping:
+            if not (g.conf.get("secret") and g.conf.get("remote")):
+                # a promoted group not paired with the other side yet: nothing to reach
+                self.ev.clear()
+                await self._wait(IDLE_WAIT_S)
+                continue
             try:
                 await self._session()
                 backoff = 0.05
@@ -421,7 +426,7 @@ class Sender:
                                                             chal.get("proof")):
                 raise Unavailable(f"the replication peer at {g.conf['remote']} did not prove the pair "
                                   f"secret of group {g.name}; nothing was sent to it")
-            members = {str(vid): [g.remote_names[vid], v.size] for vid, v in g.members.items()}
+            members = {str(vid): [g.remote_names[vid], v.size, v.name] for vid, v in g.members.items()}
             ch.send_json(wire.AUTH, {"proof": wire.proof(secret, "main", g.name, nm, nb),
                                      "generation": g.generation, "members": members, "mode": g.mode,
                                      "journal_capacity": g.journal.capacity})
@@ -449,6 +454,20 @@ class Sender:
         if st.get("state") == ERROR and g.state != ERROR:
             g.fail(f"the backup reports: {st.get('message')}")
         next_seq = int(st["received"]) + 1
+        if isinstance(st.get("divergent"), dict) and st["divergent"]:
+            added = g.merge_divergent(st["divergent"])  # the old main's own writes: copied over
+            log.info("group %s: the backup holds regions written after the split; %d join the "
+                     "changed regions", g.name, added)
+        if st.get("generation") == g.generation and g.state == PAIR and \
+                int(st["received"]) > g.journal.last_seq:
+            # the backup holds entries this side never wrote: nothing tells which regions
+            # differ, so every region is copied
+            for m in g.dirty.values():
+                m.set_all()
+            g.suspend(f"the backup holds entries up to {st['received']}, beyond this side's "
+                      f"{g.journal.last_seq}; a full resync follows")
+            with g.lock:
+                g.conf["resync_requested"] = True
         if st.get("generation") != g.generation and g.state == PAIR:
             g.suspend("the backup is at another generation; resync needed")
         last_beat, beat_head = 0.0, -1
@@ -863,11 +882,13 @@ class _BackupLane(_Lane):
         svc = self.service
         if kind == wire.PRIO:
             members = {int(k): (str(v[0]), int(v[1])) for k, v in auth["members"].items()}
+            peer_names = {str(v[0]): str(v[2]) for v in auth["members"].values()
+                          if isinstance(v, list) and len(v) > 2}
             try:
                 # the backup journal holds what the main journal holds, with room for the
                 # segment granularity of freeing on both sides
                 grp = svc.array.ensure_secondary_group(group, members, 2 * int(auth["journal_capacity"]),
-                                                       int(auth["generation"]))
+                                                       int(auth["generation"]), peer_names=peer_names)
             except DrKitError as e:
                 self.refuse(cid, str(e), log_it=f"refused group {group!r}: {e}")
                 return
@@ -883,7 +904,8 @@ class _BackupLane(_Lane):
             if s.ack_soon_threadsafe not in grp.listeners:
                 grp.listeners.append(s.ack_soon_threadsafe)
             self.channels[cid] = ("ok", s, kind)
-            self.send_json(cid, wire.STATE, s.state())
+            div = grp.divergent_runs()  # a demoted old main says which regions it wrote itself
+            self.send_json(cid, wire.STATE, s.state(**({"divergent": div} if div else {})))
         else:
             s = svc.sessions.get(group)
             if s is None or s.grp is not svc.array.secondary.get(group):

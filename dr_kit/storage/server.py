@@ -457,6 +457,16 @@ class ManagementServer(ApiServer):
                         g.signal()
                 case "corrupt-next":
                     g.faults["corrupt_next"] = g.faults.get("corrupt_next", 0) + 1
+                case "demote":
+                    info = a.demote(name, split=_str(body, "split", None))
+                    self.service.ensure_threads()
+                    return info
+                case "pair":
+                    info = a.pair_with(name, _str(body, "remote"), _str(body, "secret"))
+                    self.service.ensure_threads()
+                    return info
+                case "promote":  # already a main-side group: nothing to do
+                    return a.promote(name, track=True)
                 case "configure":
                     interval = _num(body, "transfer_interval_ms", None, hi=3_600_000)
                     resync = _bool(body, "auto_resync", None)
@@ -466,7 +476,7 @@ class ManagementServer(ApiServer):
                         g.conf["auto_resync"] = resync
                 case _:
                     raise InvalidInput(f"unknown main-side group action {act!r}; use suspend, resync, "
-                                       "pause-transfer, resume-transfer, configure")
+                                       "pause-transfer, resume-transfer, configure, demote, pair")
             return g.lag().to_dict()
         assert isinstance(g, SecondaryGroup)
         match act:
@@ -474,9 +484,13 @@ class ManagementServer(ApiServer):
                 g.paused = act == "pause-apply"
                 g.kick()
             case "promote":
-                pos = a.promote(name)
+                pos = a.promote(name, track=bool(_bool(body, "track", False)),
+                                clean=bool(_bool(body, "clean", False)),
+                                remote=_str(body, "remote", None), secret=_str(body, "secret", None))
                 self.service.ensure_threads()
                 return pos
+            case "demote":  # already a backup-side group: nothing to do
+                return a.demote(name)
             case _:
                 raise InvalidInput(f"unknown backup-side group action {act!r}; use pause-apply, "
                                    "resume-apply, promote")
