@@ -136,6 +136,7 @@ def test_backup_site_peer_reads_pvcs_and_deletes_only_when_asked():
     roles = _roles(manifests.render(Policy(), site="backup"))
     peer = roles[manifests.PEER_NAME]
     assert peer[("", "persistentvolumeclaims")] == ["list", "watch"]
+    assert peer[("", "namespaces")] == ["list", "watch"]  # the DR state, read at both sites
     assert not any(v for k, v in peer.items() if set(v) & {"create", "patch", "update"})
     roles = _roles(manifests.render(Policy(delete_backup_on_unprotect=True), site="backup"))
     assert roles[manifests.PEER_NAME][("", "persistentvolumeclaims")] == [

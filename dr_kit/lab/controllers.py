@@ -6,7 +6,8 @@ One process per site (``python -m dr_kit.lab.controllers --dir DIR --site main|b
   bound PV whose ``csi.volumeHandle`` names it; a PVC whose ``dataSource`` is a
   VolumeSnapshot gets a writable clone of that snapshot instead (a restore).  A released
   PV's volume is deleted with it.
-- **Replication plug-in** (main site): a VolumeGroupReplication (csi-addons) — or Hitachi
+- **Replication plug-in** (the site holding the primary copy; both sites run it, as DR
+  operations swap the roles): a VolumeGroupReplication (csi-addons) — or Hitachi
   ``Replication`` objects sharing a ``consistencyGroupId`` — becomes one array consistency
   group with one asynchronous pair per selected PVC, replicating through the lab's link.
   At the backup site it creates the namespace and a PV and bound PVC per replicated
@@ -16,7 +17,7 @@ One process per site (``python -m dr_kit.lab.controllers --dir DIR --site main|b
   long that write took from its acknowledgement at the main site to being applied at the
   backup), ``lastSyncBytes`` (bytes applied at the backup since
   the previous status update) and ``persistentVolumeClaimsRefList``.
-- **Group snapshot controller** (backup site): a VolumeGroupSnapshot becomes an array
+- **Group snapshot controller** (the site holding the secondary copy): a VolumeGroupSnapshot becomes an array
   snapshot group at one sequence number, a VolumeGroupSnapshotContent, and one
   VolumeSnapshot + VolumeSnapshotContent per volume, ``readyToUse`` when done.  The
   consistency point is recorded in annotations (:mod:`dr_kit.published`).
@@ -91,13 +92,16 @@ HEALTH_EVERY = 1.0  # seconds between writes of the health file
 STATUS_WRITES_PER_S = 20.0  # lastSyncTime refreshes, summed over all groups
 STATUS_PERIOD_MIN = 1.0  # seconds: lastSyncTime has a resolution of one second anyway
 
-# What each site's plug-ins watch (one informer each); the main site also watches the
-# backup site's namespaces and PVCs (it creates the replicated copies there).
-WATCH = {"main": ("PersistentVolumeClaim", "PersistentVolume", "VolumeGroupReplication",
-                  "VolumeGroupReplicationClass", "Replication", "ReplicationGroup"),
-         "backup": ("PersistentVolumeClaim", "PersistentVolume", "VolumeGroupSnapshot",
-                    "VolumeGroupSnapshotClass", "VolumeSnapshot", "VolumeSnapshotContent")}
+# What each site's plug-ins watch (one informer each).  Both sites run every plug-in: a
+# DR operation swaps which site holds the primary copy (replication) and which the
+# secondary one (group snapshots, restores).  Each site also watches the other site's
+# namespaces and PVCs (the primary's plug-in creates the replicated copies there).
+_KINDS = ("PersistentVolumeClaim", "PersistentVolume", "VolumeGroupReplication",
+          "VolumeGroupReplicationClass", "Replication", "ReplicationGroup", "VolumeGroupSnapshot",
+          "VolumeGroupSnapshotClass", "VolumeSnapshot", "VolumeSnapshotContent")
+WATCH = {"main": _KINDS, "backup": _KINDS}
 WATCH_OTHER = ("Namespace", "PersistentVolumeClaim")
+QUERY_TIMEOUT = 5.0  # seconds for a call to the other site's array (it may be down)
 # status fields that move with every sync; a change of only these is not urgent
 VOLATILE = frozenset({"lastSyncTime", "lastSyncBytes", "lastSyncDuration", "timeLagSeconds"})
 
@@ -254,19 +258,18 @@ class SiteController:
         self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=lab.array_token(site),
                                  timeout=10.0)
         self.view = ArrayView(self.array, f"the {site} array")
-        self.backup_kube: Kube | None = None
-        self.backup_array: ArrayClient | None = None
-        self.backup_view: ArrayView | None = None
-        self._other_watch_kube: Kube | None = None
-        if site == "main":
-            self.backup_kube = self._kube("backup", pool=self.workers + 2)
-            self._other_watch_kube = self._kube("backup", pool=len(WATCH_OTHER) + 2)
-            bep = lab.array_endpoint("backup", self.state)
-            self.backup_array = ArrayClient(bep["mgmt_url"], bep["data_socket"],
-                                            token=lab.array_token("backup"), timeout=10.0)
-            self.backup_view = ArrayView(self.backup_array, "the backup array")
+        # the other site's API and array ("backup_*": the backup of this site's primary
+        # copies; after a role swap the main site is the backup site's backup)
+        other = "backup" if site == "main" else "main"
+        self.other_site = other
+        self.backup_kube: Kube | None = self._kube(other, pool=self.workers + 2)
+        self._other_watch_kube: Kube | None = self._kube(other, pool=len(WATCH_OTHER) + 2)
+        bep = lab.array_endpoint(other, self.state)
+        self.backup_array: ArrayClient | None = ArrayClient(
+            bep["mgmt_url"], bep["data_socket"], token=lab.array_token(other), timeout=QUERY_TIMEOUT)
+        self.backup_view: ArrayView | None = ArrayView(self.backup_array, f"the {other} array")
         self.caches = {k: Cache(k) for k in WATCH[site]}
-        self.other = {k: Cache(k) for k in WATCH_OTHER} if site == "main" else {}
+        self.other = {k: Cache(k) for k in WATCH_OTHER}
         self.stopping = threading.Event()
         self.queue = WorkQueue()
         self.backoff = backoff or Backoff(base=0.25, cap=10.0)
@@ -308,15 +311,13 @@ class SiteController:
             assert self._other_watch_kube is not None
             self._informers.append(Informer(
                 self._other_watch_kube, kind, cache, self._on_other_change, self.stopping,
-                served=lambda: True, watch_seconds=self.watch_seconds, site="backup"))
+                served=lambda: True, watch_seconds=self.watch_seconds, site=self.other_site))
         for inf in self._informers:
             self._spawn(f"watch-{inf.site}-{inf.kind}", inf.run)
         for i in range(self.workers):
             self._spawn(f"worker-{i}", self._work_loop)
-        for key in (("poll",), ("publish",), ("resync",)):
+        for key in (("poll",), ("publish",), ("resync",), ("shop",), ("static",)):
             self.queue.add(key)
-        if self.site == "main":
-            self.queue.add(("shop",))
         return self
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -325,7 +326,8 @@ class SiteController:
         self._threads.append(t)
 
     def synced(self) -> bool:
-        return all(c.synced.is_set() for c in (*self.caches.values(), *self.other.values()))
+        """This site's caches are synced (the other site's may not be: it may be down)."""
+        return all(c.synced.is_set() for c in self.caches.values())
 
     def wait_synced(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -423,7 +425,7 @@ class SiteController:
         handlers: dict[str, Callable[..., None]] = {
             "pvc": self.provision, "pv": self.release, "vgr": self.replicate_csi_addons,
             "hitachi": self.replicate_hitachi, "vgs": self.group_snapshot,
-            "databases": self.publish_databases}
+            "databases": self.publish_databases, "static": self.bind_static_snapshots}
         handlers[what](*key[1:])
 
     def resync(self) -> None:
@@ -438,14 +440,13 @@ class SiteController:
         for pv in self.caches["PersistentVolume"].items():
             if self._ours(pv):
                 yield ("pv", pv["metadata"]["name"])
-        if self.site == "main":
-            for v in self.caches["VolumeGroupReplication"].items():
-                yield ("vgr", v["metadata"]["namespace"], v["metadata"]["name"])
-            yield from {self._hitachi_key(r) for r in self.caches["Replication"].items()}
-        else:
-            for g in self.caches["VolumeGroupSnapshot"].items():
-                yield ("vgs", g["metadata"]["namespace"], g["metadata"]["name"])
-            yield ("databases",)
+        for v in self.caches["VolumeGroupReplication"].items():
+            yield ("vgr", v["metadata"]["namespace"], v["metadata"]["name"])
+        yield from {self._hitachi_key(r) for r in self.caches["Replication"].items()}
+        for g in self.caches["VolumeGroupSnapshot"].items():
+            yield ("vgs", g["metadata"]["namespace"], g["metadata"]["name"])
+        yield ("databases",)
+        yield ("static",)
 
     # -- what a change concerns ----------------------------------------------------------
     @staticmethod
@@ -464,8 +465,6 @@ class SiteController:
         return ("hitachi", r["metadata"]["namespace"], cg)
 
     def _group_keys_in(self, ns: str) -> list[Key]:
-        if self.site != "main":
-            return []
         keys: list[Key] = [("vgr", ns, v["metadata"]["name"])
                            for v in self.caches["VolumeGroupReplication"].in_namespace(ns)]
         keys += sorted({self._hitachi_key(r) for r in self.caches["Replication"].in_namespace(ns)})
@@ -490,8 +489,7 @@ class SiteController:
             if self._claim_facts(old) != self._claim_facts(new):
                 for key in self._group_keys_in(ns):
                     add(key)
-                if self.site == "backup":
-                    add(("databases",))
+                add(("databases",))
         elif kind == "PersistentVolume":
             ref = (obj.get("spec") or {}).get("claimRef") or {}
             claim = (ref.get("namespace") or "", ref.get("name") or "")
@@ -504,8 +502,7 @@ class SiteController:
                     add(("pv", name))
             for key in self._group_keys_in(claim[0]):
                 add(key)
-            if self.site == "backup":
-                add(("databases",))
+            add(("databases",))
         elif kind in ("VolumeGroupReplication", "Replication"):
             if self._spec_facts(old) != self._spec_facts(new):
                 add(("vgr", ns, name) if kind == "VolumeGroupReplication" else self._hitachi_key(obj))
@@ -531,10 +528,11 @@ class SiteController:
                 if src.get("kind") == "VolumeSnapshot" and self._pending(p):
                     add(("pvc", p["metadata"]["namespace"], p["metadata"]["name"]))
             add(("databases",))
+            add(("static",))
 
     def _on_other_change(self, kind: str, type_: str, old: dict[str, Any] | None,
                          new: dict[str, Any] | None) -> None:
-        """A change at the backup site that the main site's replication plug-in cares about."""
+        """A change at the other site that this site's replication plug-in cares about."""
         obj = new or old or {}
         md = obj.get("metadata") or {}
         ns = md.get("name") if kind == "Namespace" else md.get("namespace")
@@ -586,7 +584,7 @@ class SiteController:
             for key in self._all_keys():
                 self.backoff.forget(key)
             self.resync()
-        if self.site != "main" or not all(answered):
+        if not answered[0]:
             return
         now = time.monotonic()
         period = self.status_period()
@@ -608,7 +606,9 @@ class SiteController:
         bvols = tuple(self.backup_view.has_volume(v) for v in sorted((g.get("members") or {}).values()))
         bg = self.backup_view.group(gname) or {}
         return (g.get("state"), g.get("message"), tuple(sorted(g.get("members") or {})),
-                bool(lag.get("consistent")), g.get("connected"), bvols, bg.get("state"))
+                bool(lag.get("consistent")), g.get("connected"), bvols, bg.get("state"),
+                g.get("side"), g.get("paired"), bool(g.get("promoted")), bool(g.get("demoted")),
+                bg.get("side"), bg.get("paired"))
 
     # -- what the plug-in publishes (see dr_kit.published) -----------------------------
     def publish_array(self) -> None:
@@ -810,7 +810,7 @@ class SiteController:
             secret = self._pair_secrets.setdefault(gname, new_pair_secret())
             self.backup_array.authorize_pair(gname, secret)
             try:
-                made = self.array.create_group(gname, vols, self.lab.link_address(self.state),
+                made = self.array.create_group(gname, vols, self._peer_address(),
                                                secret=secret, **opts)
             except Conflict:  # it exists after all (made since the last poll): converge
                 return self._fresh_group(gname)
@@ -842,6 +842,8 @@ class SiteController:
         assert self.backup_kube is not None and self.backup_view is not None
         bk = self.backup_kube
         bpvcs = self.other["PersistentVolumeClaim"]
+        if not all(c.synced.is_set() for c in self.other.values()):
+            raise Unavailable(f"the {self.other_site} site's API server is not watched yet")
         present = [(p, v) for p, v in zip(pvcs, vols, strict=True) if self.backup_view.has_volume(v)]
         if not present:
             return  # the backup array creates the volumes when the pair starts
@@ -948,11 +950,126 @@ class SiteController:
         pvcs, vols = self._group_members(ns, selector)
         if not vols:
             return
-        g = self._ensure_array_group(gname, vols, cls["spec"].get("parameters") or {})
-        self._ensure_backup_objects(ns, pvcs, vols, gname)
-        self._fingerprints[gname] = self._fingerprint(gname)
-        status, applied = self._status_from(g, pvcs, vgr["metadata"].get("generation"), key)
-        self._write_status("VolumeGroupReplication", vgr, status, key, applied)
+        want = vgr["spec"].get("replicationState") or "primary"
+        g = self._apply_role(gname, vols, want, cls["spec"].get("parameters") or {})
+        if g is None:
+            return
+        gen = vgr["metadata"].get("generation")
+        if g["side"] == "main":
+            if g.get("paired", True):
+                self._ensure_backup_objects(ns, pvcs, vols, gname)
+            self._fingerprints[gname] = self._fingerprint(gname)
+            status, applied = self._status_from(g, pvcs, gen, key)
+            self._write_status("VolumeGroupReplication", vgr, status, key, applied)
+        else:
+            self._fingerprints[gname] = self._fingerprint(gname)
+            self._write_status("VolumeGroupReplication", vgr, self._secondary_status(g, pvcs, gen), key)
+
+    # -- roles: which side holds the primary copy (DR operations) ----------------------
+    def _peer_address(self) -> str:
+        """Where this site's array reaches the other site's replication port."""
+        if self.site == "main":
+            return self.lab.link_address(self.state)  # through the lab's link emulator
+        return str(self.state["endpoints"]["main"]["array"]["replication"])
+
+    def _my_address(self) -> str:
+        """Where the other site's array reaches this site's replication port."""
+        if self.site == "main":
+            return str(self.state["endpoints"]["main"]["array"]["replication"])
+        return self.lab.link_address(self.state)
+
+    def _local_group(self, gname: str) -> dict[str, Any] | None:
+        try:
+            g = self.array.group_status(gname)
+        except NotFound:
+            self.view.drop_group(gname)
+            return None
+        self.view.put_group(g)
+        return g
+
+    def _peer_group(self, gname: str) -> dict[str, Any] | None:
+        """The other array's side of the group; None when it has none or is unreachable."""
+        assert self.backup_array is not None
+        try:
+            return self.backup_array.group_status(gname)
+        except DrKitError:
+            return None
+
+    def _apply_role(self, gname: str, vols: list[str], want: str,
+                    params: dict[str, Any]) -> dict[str, Any] | None:
+        """Bring this array's side of the group to the role asked: ``primary`` (create the
+        pair, or promote a backup-side copy), ``secondary`` (demote: the hosts here are
+        fenced) or ``resync`` (demoted, and paired with the other side's promoted copy,
+        whose resync copies the regions changed on either side since the split).  The
+        steady case (primary, paired) is read from the last poll; a role change reads the
+        arrays themselves."""
+        seen = self.view.group(gname)
+        if want == "primary" and (seen is None or (seen.get("side") == "main" and seen.get("paired", True))):
+            return self._ensure_array_group(gname, vols, params)
+        local = self._local_group(gname)
+        if want == "primary":
+            if local is not None and local["side"] == "backup":
+                self._promote(gname, local)
+            elif local is None or local.get("paired", True):
+                return self._ensure_array_group(gname, vols, params)
+            return self._local_group(gname)
+        if local is None:
+            return None
+        if local["side"] == "main":
+            peer = self._peer_group(gname)
+            split = (peer or {}).get("promoted") if (peer or {}).get("side") == "main" else None
+            self.array.group_action(gname, "demote",
+                                    **({"split": split["position"]} if split else {}))
+            log.info("group %s demoted at the %s site (hosts fenced)", gname, self.site)
+        if want == "resync":
+            peer = self._peer_group(gname)
+            if peer is not None and peer["side"] == "main" and not peer.get("paired"):
+                assert self.backup_array is not None
+                secret = new_pair_secret()
+                self.array.authorize_pair(gname, secret)
+                self.backup_array.group_action(gname, "pair", remote=self._my_address(), secret=secret)
+                log.info("group %s: the %s site resyncs from the %s site", gname, self.site,
+                         self.other_site)
+        return self._local_group(gname)
+
+    def _promote(self, gname: str, local: dict[str, Any]) -> None:
+        """Promote this array's copy: without any copy when the other side was demoted at
+        exactly the position applied here (paired at once), else tracking changes."""
+        peer = self._peer_group(gname)
+        applied = local.get("applied")
+        clean = (peer is not None and peer["side"] == "backup"
+                 and bool((peer.get("demoted") or {}).get("clean")) and peer.get("applied") == applied
+                 and local.get("state") == "pair" and bool(local.get("consistent"))
+                 and str(local.get("received")) == str(applied).rsplit("/", 1)[-1])
+        if clean:
+            assert self.backup_array is not None
+            secret = new_pair_secret()
+            self.backup_array.authorize_pair(gname, secret)
+            info = self.array.group_action(gname, "promote", track=True, clean=True,
+                                           remote=self._peer_address(), secret=secret)
+        else:
+            info = self.array.group_action(gname, "promote", track=True, remote=self._peer_address())
+        log.info("group %s promoted at the %s site at %s (%s)", gname, self.site,
+                 info.get("position"), "no copy needed" if clean else "tracking changes")
+
+    def _secondary_status(self, g: dict[str, Any], pvcs: list[dict[str, Any]],
+                          gen: int | None) -> dict[str, Any]:
+        """Status of a resource whose copy here is the secondary (backup-side) one."""
+        state, consistent = g["state"], bool(g.get("consistent"))
+        msg = g.get("message") or ("replicated from the other site" if state == "pair" else state)
+        st: dict[str, Any] = {
+            "state": "Secondary", "message": msg, "observedGeneration": gen or 0,
+            "persistentVolumeClaimsRefList": [{"name": p["metadata"]["name"]} for p in pvcs],
+            "conditions": [
+                _condition("Completed", state == "pair" and consistent,
+                           "Replicating" if state == "pair" else state.capitalize(), msg, gen),
+                _condition("Degraded", state in ("suspended", "error"),
+                           state.capitalize() if state in ("suspended", "error") else "Healthy", msg, gen),
+                _condition("Resyncing", state in ("copy", "resync"),
+                           "Copying" if state in ("copy", "resync") else "NotResyncing", msg, gen)]}
+        if g.get("applied_time"):
+            st["lastSyncTime"] = now_rfc3339(g["applied_time"])
+        return st
 
     def _pvcs_behind(self, key: Key, obj: dict[str, Any], ns: str, selector: dict[str, Any],
                      patience: float = 2.0) -> bool:
@@ -1017,52 +1134,68 @@ class SiteController:
         if not vols:
             return
         mode = "sync" if str(live[0]["spec"].get("replicationType", "UR")).upper() == "TC" else "async"
-        g = self._ensure_array_group(gname, vols, {"mode": mode})
         parent = live[0]["spec"].get("parentName")
-        if parent:
-            rg = self.caches["ReplicationGroup"].get(ns, parent)
-            want = (rg or {}).get("spec", {}).get("desiredPairState", "pair")
+        rg = self.caches["ReplicationGroup"].get(ns, parent) if parent else None
+        want = (rg or {}).get("spec", {}).get("desiredPairState", "pair")
+        # DR roles (the lab's reading): svol = this site's copy is the secondary one
+        # (demoted, fenced), resync = and resynchronised from the other site's primary
+        role = {"svol": "secondary", "resync": "resync"}.get(want, "primary")
+        g = self._apply_role(gname, vols, role, {"mode": mode})
+        if g is None:
+            return
+        if g["side"] == "main":
             if want == "split" and g["state"] == "pair":
                 self.array.group_action(gname, "suspend")
                 g = self._fresh_group(gname)
-            elif want == "pair" and g["state"] == "suspended":
+            elif want == "pair" and g["state"] == "suspended" and g.get("paired", True):
                 self.array.group_action(gname, "resync")
                 g = self._fresh_group(gname)
-        self._ensure_backup_objects(ns, pvcs, vols, gname)
+            if g.get("paired", True):
+                self._ensure_backup_objects(ns, pvcs, vols, gname)
         self._fingerprints[gname] = self._fingerprint(gname)
         pair_state = {"pair": "PAIR", "copy": "COPY", "resync": "COPY", "suspended": "PSUS",
                       "error": "PSUE"}.get(g["state"], g["state"].upper())
-        t, _ = self._applied(gname)
+        if g["side"] == "backup":  # S-VOL states
+            pair_state = {"pair": "PAIR", "copy": "COPY", "resync": "COPY", "suspended": "SSUS",
+                          "error": "PSUE"}.get(g["state"], g["state"].upper())
+        t, _ = self._applied(gname) if g["side"] == "main" else (g.get("applied_time"), None)
         for r, p in zip(reps, pvcs, strict=True):
             st = {"pairState": pair_state, "consistencyGroupId": cg, "copyGroup": gname,
                   "lastSyncTime": now_rfc3339(t) if t else None,
-                  "timeLagSeconds": g["lag"].get("time_lag_s"), "message": g.get("message", ""),
+                  "timeLagSeconds": (g.get("lag") or {}).get("time_lag_s"),
+                  "message": g.get("message", ""),
                   "persistentVolumeClaimName": p["metadata"]["name"]}
             self._write_status("Replication", r, st, ("hitachi-member", ns, r["metadata"]["name"]))
         self._status_written[key] = time.monotonic()
         if parent:
             rg = self.caches["ReplicationGroup"].get(ns, parent)
             st = {"pairState": pair_state, "copyGroup": gname,
+                  "role": "Primary" if g["side"] == "main" else "Secondary",
                   "members": [p["metadata"]["name"] for p in pvcs]}
             if rg is not None and _steady(rg.get("status")) != st:
                 self._write(self.caches["ReplicationGroup"], self.kube.patch(
                     "ReplicationGroup", parent, {"status": st}, ns, status=True))
 
     def _teardown(self, gname: str) -> None:
-        """Replication removed: stop the pairs; backup volumes stay (their data is kept)."""
+        """Replication removed: stop the pairs; backup volumes stay (their data is kept).
+        Removing it where the copy is the secondary one leaves the other site's primary
+        copy alone."""
         assert self.backup_array is not None and self.backup_view is not None
+        local = self._local_group(gname)
         try:
             self.array.delete_group(gname)
         except NotFound:
             pass
         self.view.drop_group(gname)
+        if local is not None and local["side"] == "backup":
+            return
         try:
             self.backup_array.delete_group(gname)  # the volumes become plain volumes there
         except NotFound:
             pass
         self.backup_view.drop_group(gname)
 
-    # -- the shop application's pod (main site) ------------------------------------
+    # -- the shop application's pod (the site where it runs) --------------------------
     def shop_status(self) -> None:
         """Report the shop process as a Pod and in its Deployment's status, as a kubelet
         would: Running while its process lives (checked by pid and start time), Failed
@@ -1073,9 +1206,13 @@ class SiteController:
         record = self.lab.load().get("processes", {}).get("shop")
         if not record:
             return
-        running = processes.alive(record)
+        here = record.get("site", "main") == self.site  # the shop runs at the primary site
+        running = here and processes.alive(record)
         key = (record.get("pid"), running)
         if key == self._shop_reported:
+            return
+        if not here and self.kube.get("Pod", "shop-0", SHOP_NAMESPACE) is None:
+            self._shop_reported = key
             return
         started = now_rfc3339(record.get("create_time"))
         labels = {"app": "shop", "app.kubernetes.io/part-of": "dr-kit-lab"}
@@ -1110,7 +1247,7 @@ class SiteController:
             pass
         self._shop_reported = key
 
-    # -- group snapshots (backup site) ----------------------------------------------
+    # -- group snapshots (the secondary copy's site) ----------------------------------
     def group_snapshot(self, ns: str, name: str) -> None:
         vgs = self.caches["VolumeGroupSnapshot"].get(ns, name)
         if vgs is None:
@@ -1228,6 +1365,62 @@ class SiteController:
                 "readyToUse": True, "boundVolumeGroupSnapshotContentName": content_name,
                 "creationTime": created}}, ns, status=True))
 
+    # -- pre-provisioned snapshots (the snapshot controller's part) -------------------
+    def bind_static_snapshots(self) -> None:
+        """A VolumeSnapshot naming a pre-provisioned VolumeSnapshotContent of this driver
+        (``spec.source.snapshotHandle``, e.g. a group snapshot's member imported into
+        another namespace) is bound and ready, as the snapshot controller binds them.  The
+        lab's own bookkeeping labels (the group snapshot and source PVC of the handle) are
+        copied, so restored databases are published as for the group's own snapshots."""
+        contents = {c["metadata"]["name"]: c for c in self.caches["VolumeSnapshotContent"].items()}
+        for vs in self.caches["VolumeSnapshot"].items():
+            m = vs["metadata"]
+            src = (vs.get("spec") or {}).get("source") or {}
+            if (vs.get("status") or {}).get("readyToUse") or not src.get("volumeSnapshotContentName"):
+                continue
+            content = contents.get(src["volumeSnapshotContentName"])
+            if content is None or (content.get("spec") or {}).get("driver") != CSI_DRIVER:
+                continue
+            handle = ((content.get("spec") or {}).get("source") or {}).get("snapshotHandle")
+            if not handle or "/" not in handle:
+                continue
+            snap, vol = handle.split("/", 1)
+            try:
+                info = self.array.snapshot(snap)
+            except NotFound:
+                self._error("VolumeSnapshot", vs, f"snapshot handle {handle} does not exist on the array")
+                continue
+            if vol not in info.get("volumes", []):
+                self._error("VolumeSnapshot", vs, f"snapshot {snap} has no volume {vol}")
+                continue
+            origin = next((o for o in contents.values()
+                           if ((o.get("status") or {}).get("snapshotHandle") == handle)
+                           and (o["metadata"].get("labels") or {}).get(A + "group-snapshot-uid")), None)
+            group_name_, pvc_name = None, None
+            if origin is not None:
+                ref = (origin.get("spec") or {}).get("volumeSnapshotRef") or {}
+                ovs = self.caches["VolumeSnapshot"].get(ref.get("namespace"), ref.get("name", ""))
+                if ovs is not None:
+                    group_name_ = (ovs.get("status") or {}).get("volumeGroupSnapshotName")
+                    pvc_name = (ovs["metadata"].get("labels") or {}).get(A + "pvc")
+            size = (self.view.volume(vol) or {}).get("size")
+            created = now_rfc3339(info.get("created"))
+            cname = content["metadata"]["name"]
+            self._write(self.caches["VolumeSnapshotContent"], self.kube.patch(
+                "VolumeSnapshotContent", cname, {"status": {
+                    "readyToUse": True, "snapshotHandle": handle,
+                    "creationTime": int(info["created"] * 1e9), **({"restoreSize": size} if size else {})}},
+                status=True))
+            if pvc_name:
+                self._write(self.caches["VolumeSnapshot"], self.kube.patch(
+                    "VolumeSnapshot", m["name"], {"metadata": {"labels": {A + "pvc": pvc_name}}},
+                    m["namespace"]))
+            self._write(self.caches["VolumeSnapshot"], self.kube.patch("VolumeSnapshot", m["name"], {"status": {
+                "readyToUse": True, "boundVolumeSnapshotContentName": cname, "creationTime": created,
+                **({"restoreSize": format_bytes(size)} if size else {}),
+                **({"volumeGroupSnapshotName": group_name_} if group_name_ else {})}},
+                m["namespace"], status=True))
+
     # -- the DBA's part for the lab's shop (backup site) -------------------------------
     def publish_databases(self) -> None:
         """Once each shop database's PVC of a snapshot group is restored and bound, publish
@@ -1274,12 +1467,14 @@ class SiteController:
                 self.kube.delete("Secret", secret["metadata"]["name"], ns, missing_ok=True)
 
     def _backup_lag(self, group: str | None) -> float | None:
-        """Time lag of the group at this moment, read at the main site (None when unknown)."""
+        """Time lag of the group at this moment, read at the other (primary) site (None when
+        unknown)."""
         if not group:
             return None
         try:
-            main = ArrayClient(self.lab.array_endpoint("main", self.state)["mgmt_url"], timeout=2.0,
-                               token=self.lab.array_token("main"))
+            other = self.other_site
+            main = ArrayClient(self.lab.array_endpoint(other, self.state)["mgmt_url"], timeout=2.0,
+                               token=self.lab.array_token(other))
             return main.lag(group).time_lag_s
         except DrKitError:
             return None
@@ -1311,7 +1506,7 @@ class SiteController:
         """What this process can reach, what it waits for, its recent errors."""
         apis: dict[str, dict[str, Any]] = {}
         for inf in self._informers:
-            site = "backup" if inf.site == "backup" else self.site
+            site = inf.site
             a = apis.setdefault(site, {"ok": True, "watches": 0, "broken": []})
             a["watches"] += 1
             if not inf.connected:
@@ -1321,7 +1516,7 @@ class SiteController:
                     a["error"] = inf.last_error[:300]
         arrays = {self.site: self.view.health()}
         if self.backup_view is not None:
-            arrays["backup"] = self.backup_view.health()
+            arrays[self.other_site] = self.backup_view.health()
         with self._lock:
             errors = list(self._errors)[-5:]
         degraded = [f"the {s} API server: {a.get('error') or 'watch ' + ', '.join(a['broken'])}"

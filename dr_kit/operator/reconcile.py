@@ -23,7 +23,12 @@ Rules:
   (:mod:`dr_kit.operator.status`) and holds no moving figure, so it only changes with
   the state;
 - a namespace whose DR state (``dr-kit.io/dr-state``) names the other site as primary is
-  ``Standby`` here: no writes but its status.
+  ``Standby`` here: no writes but its status, and its replication resource here is kept
+  secondary (a returning old main is fenced: a resource still saying ``primary`` is
+  demoted).  The DR state read at the other site counts too (the newer revision wins), so
+  an old main that was down during a failover learns it is no longer primary;
+- while a DR operation runs (the state names one) the roles are the operation's: the
+  operator changes no resource's replication state at either site.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from dr_kit.dr import state as dr_state
+from dr_kit.errors import InvalidInput
 from dr_kit.labels import SelectorError, match_selector
 from dr_kit.operator.backends import (
     OWNER_NAMESPACE_LABEL,
@@ -62,8 +69,10 @@ MAX_PVCS = {"csi-addons": csi_addons.MAX_PVCS, "hitachi": hitachi.MAX_PAIRS}
 LIMIT_REASONS = {"csi-addons": csi_addons.LIMIT_REASON, "hitachi": hitachi.LIMIT_REASON}
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
-DR_STATE_ANNOTATION = "dr-kit.io/dr-state"  # {"primary": "main"|"backup", ...}
-SITES = ("main", "backup")
+DR_STATE_ANNOTATION = dr_state.ANNOTATION  # {"primary": "main"|"backup", "rev": N, ...}
+SITES = dr_state.SITES
+# the replication state of a resource whose copy at this site is the secondary one
+SECONDARY_STATE = {"csi-addons": "secondary", "hitachi": "svol"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ def reconcile(
     backup_pvcs: Iterable[Mapping[str, Any]] | None = None,
     backup_site: bool = False,
     site: str = "main",
+    peer_annotations: Mapping[str, str] | None = None,
 ) -> Plan:
     """Plan the writes that bring ``namespace`` to its desired protection.
 
@@ -148,7 +158,10 @@ def reconcile(
     ``site``: which site this operator runs at (``main`` or ``backup``).  When the
     namespace's DR state (annotation ``dr-kit.io/dr-state``, ``{"primary": ...}``; no
     annotation = ``main``) names the other site as primary, nothing is created or patched
-    here: protection runs from the primary site.  Unprotecting works at either site.
+    here but the replication state of its own resource (kept secondary: fencing);
+    protection runs from the primary site.  Unprotecting works at either site.
+    ``peer_annotations``: the namespace's annotations at the other site when observed
+    (their DR state counts when its revision is newer).
     """
     now = now or datetime.now(UTC)
     ns_name = namespace["metadata"]["name"]
@@ -166,13 +179,15 @@ def reconcile(
         backup_pvcs=None if backup_pvcs is None else list(backup_pvcs),
         backup_site=backup_site,
         site=site,
+        peer_annotations=dict(peer_annotations) if peer_annotations is not None else None,
     )
     plan = Plan(namespace=ns_name)
     if namespace["metadata"].get("deletionTimestamp"):
         return plan  # everything namespaced goes with it; nothing to say
     if ctx.labels.get(policy.label_key) == policy.label_value:
         try:
-            primary = primary_site(ctx.annotations)
+            primary, busy = _dr_roles(ctx)
+            ctx.dr_busy = busy
             if primary != site:
                 _standby(ctx, plan, primary)
             else:
@@ -208,6 +223,15 @@ def primary_site(annotations: Mapping[str, str]) -> str:
     return str(primary)
 
 
+def _dr_roles(ctx: _Context) -> tuple[str, bool]:
+    """(primary site, DR operation running) from this site's and the other site's DR state."""
+    primary_site(ctx.annotations)  # an unreadable annotation here is refused as it always was
+    try:
+        return dr_state.primary_of(ctx.annotations, ctx.peer_annotations)
+    except InvalidInput as e:
+        raise _Refusal(f"{e}; nothing is created until it is fixed") from None
+
+
 # -- internals ----------------------------------------------------------------------------
 
 
@@ -226,6 +250,8 @@ class _Context:
     backup_pvcs: list | None
     backup_site: bool
     site: str = "main"
+    peer_annotations: dict | None = None
+    dr_busy: bool = False  # a DR operation runs: replication states are the operation's
 
     @property
     def previous(self) -> dict | None:
@@ -442,9 +468,9 @@ def _protect_csi_addons(ctx: _Context, plan: Plan, live: list[dict], sc_of: dict
         plan.actions.append(Action("create", Ref("VolumeGroupReplication", group, ctx.ns),
                                    desired))
     else:
+        keys = ("autoResync",) if ctx.dr_busy else ("replicationState", "autoResync")
         patch = {k: v for k, v in desired["spec"].items()
-                 if k in ("replicationState", "autoResync")
-                 and (owned_vgr.get("spec") or {}).get(k) != v}
+                 if k in keys and (owned_vgr.get("spec") or {}).get(k) != v}
         if patch:
             plan.actions.append(Action("patch", Ref("VolumeGroupReplication", group, ctx.ns),
                                        {"spec": patch}))
@@ -496,7 +522,8 @@ def _protect_hitachi(ctx: _Context, plan: Plan, live: list[dict], sc_of: dict,
     want_rg = hitachi.replication_group(policy, ctx.ns, gid)
     if rg is None:
         plan.actions.append(Action("create", Ref("ReplicationGroup", group, ctx.ns), want_rg))
-    elif (rg.get("spec") or {}).get("desiredPairState") != want_rg["spec"]["desiredPairState"]:
+    elif (rg.get("spec") or {}).get("desiredPairState") != want_rg["spec"]["desiredPairState"] \
+            and not ctx.dr_busy:
         plan.actions.append(Action("patch", Ref("ReplicationGroup", group, ctx.ns),
                                    {"spec": {"desiredPairState":
                                              want_rg["spec"]["desiredPairState"]}}))
@@ -624,7 +651,25 @@ def _protect_status(ctx: _Context, plan: Plan, backend: str, group: str,
 
 
 def _standby(ctx: _Context, plan: Plan, primary: str) -> None:
-    """The other site is primary for this namespace: report, create nothing."""
+    """The other site is primary for this namespace: report, create nothing; a resource of
+    its own still saying this site's copy is the primary one is demoted (fencing)."""
+    if not ctx.dr_busy:
+        vgr = ctx.find("VolumeGroupReplication", ctx.policy.group_name(ctx.ns))
+        if vgr is not None and is_owned(vgr) and \
+                (vgr.get("spec") or {}).get("replicationState", "primary") == "primary":
+            plan.actions.append(Action("patch", Ref("VolumeGroupReplication", vgr["metadata"]["name"],
+                                                    ctx.ns),
+                                       {"spec": {"replicationState": SECONDARY_STATE["csi-addons"]}}))
+        rg = ctx.find("ReplicationGroup", ctx.policy.group_name(ctx.ns))
+        if rg is not None and is_owned(rg) and \
+                (rg.get("spec") or {}).get("desiredPairState") not in (SECONDARY_STATE["hitachi"],
+                                                                       "resync"):
+            plan.actions.append(Action("patch", Ref("ReplicationGroup", rg["metadata"]["name"], ctx.ns),
+                                       {"spec": {"desiredPairState": SECONDARY_STATE["hitachi"]}}))
+        if plan.actions:
+            plan.events.append(Event("Warning", "Fenced",
+                                     f"the {primary} site is primary: the replication here is made "
+                                     f"secondary, its volumes refuse writes"))
     prev = ctx.previous or {}
     _set_status(ctx, plan, STANDBY,
                 f"the {primary} site is primary for this namespace ({DR_STATE_ANNOTATION}); "

@@ -49,7 +49,14 @@ from dr_kit.operator.backends import (
 from dr_kit.operator.cache import Cache, Informer
 from dr_kit.operator.health import HealthServer, Metrics
 from dr_kit.operator.policy import Policy
-from dr_kit.operator.reconcile import REFUSED, Action, Plan, read_status, reconcile
+from dr_kit.operator.reconcile import (
+    DR_STATE_ANNOTATION,
+    REFUSED,
+    Action,
+    Plan,
+    read_status,
+    reconcile,
+)
 from dr_kit.operator.retry import Backoff, PermanentError, TemporaryError, WorkQueue
 
 log = logging.getLogger("dr_kit.operator")
@@ -70,8 +77,8 @@ _W = frozenset({"list", "watch", "create", "patch", "delete"})
 def permissions(policy: Policy, *, site: str = "main") -> dict[tuple[str, str], frozenset[str]]:
     """(api group, resource) -> verbs the runner uses, for the policy's backends.
 
-    ``site="backup"``: what it needs at the other site (watch the replicated PVCs;
-    delete them only when the policy deletes backup data on unprotect).
+    ``site="backup"``: what it needs at the other site (watch the replicated PVCs and the
+    namespaces' DR state; delete PVCs only when the policy deletes backup data on unprotect).
     """
     def key(kind: str) -> tuple[str, str]:
         r = RESOURCES[kind]
@@ -79,7 +86,8 @@ def permissions(policy: Policy, *, site: str = "main") -> dict[tuple[str, str], 
 
     if site == "backup":
         verbs = {"list", "watch"} | ({"delete"} if policy.delete_backup_on_unprotect else set())
-        return {key("PersistentVolumeClaim"): frozenset(verbs)}
+        return {key("PersistentVolumeClaim"): frozenset(verbs),
+                key("Namespace"): frozenset({"list", "watch"})}
     perms: dict[tuple[str, str], set[str]] = {
         key("Namespace"): {"list", "watch", "patch"},
         key("PersistentVolumeClaim"): {"list", "watch", "patch"},
@@ -162,6 +170,8 @@ class Runner:
         self.metrics = Metrics()
         self.caches = {k: Cache(k) for k in self.watched_kinds()}
         self.backup_cache = Cache("PersistentVolumeClaim") if backup is not None else None
+        # the other site's namespaces: their DR state (a newer revision there wins)
+        self.peer_ns_cache = Cache("Namespace") if backup is not None else None
         self.health: HealthServer | None = None
         self.instance = socket.gethostname()
         self.reconciles = 0
@@ -218,6 +228,11 @@ class Runner:
         if self.backup is not None and self.backup_cache is not None:
             self._informers.append(Informer(
                 self.backup, "PersistentVolumeClaim", self.backup_cache, self._on_backup_change,
+                self.stop_event, served=lambda: True, watch_seconds=self.watch_seconds,
+                site="other", on_restart=self._on_restart))
+        if self.backup is not None and self.peer_ns_cache is not None:
+            self._informers.append(Informer(
+                self.backup, "Namespace", self.peer_ns_cache, self._on_peer_namespace,
                 self.stop_event, served=lambda: True, watch_seconds=self.watch_seconds,
                 site="other", on_restart=self._on_restart))
         for inf in self._informers:
@@ -331,12 +346,16 @@ class Runner:
         backup_pvcs = None
         if self.backup_cache is not None and self.backup_cache.synced.is_set():
             backup_pvcs = self.backup_cache.in_namespace(name)
+        peer_annotations = None
+        if self.peer_ns_cache is not None and self.peer_ns_cache.synced.is_set():
+            peer = self.peer_ns_cache.get(None, name)
+            peer_annotations = (peer["metadata"].get("annotations") or {}) if peer else None
         with self._decide:  # Hitachi group ids: two namespaces never pick the same one
             plan = reconcile(ns, pvcs, existing, storage_classes, self.policy,
                              now=self.clock(), available_kinds=kinds,
                              taken_group_ids=self._taken_group_ids(),
                              backup_pvcs=backup_pvcs, backup_site=self.backup is not None,
-                             site=self.site)
+                             site=self.site, peer_annotations=peer_annotations)
             self._reserve(name, plan)
         self.apply(plan, ns)
         status = plan.status or read_status(ns["metadata"].get("annotations") or {},
@@ -517,6 +536,16 @@ class Runner:
         ns = ((obj or {}).get("metadata") or {}).get("namespace")
         if ns and self._handled(ns):
             self._trigger(ns)
+
+    def _on_peer_namespace(self, kind: str, type_: str, old: dict | None,
+                           new: dict | None) -> None:
+        def dr(o: dict | None) -> Any:
+            return ((o or {}).get("metadata") or {}).get("annotations", {}).get(DR_STATE_ANNOTATION)
+        if dr(old) == dr(new):
+            return
+        name = ((new or old or {}).get("metadata") or {}).get("name")
+        if name and self._handled(name):
+            self._trigger(name)
 
     def _on_restart(self, kind: str, cause: str) -> None:
         self.metrics.watch_restarts.labels(kind=kind, cause=cause).inc()
