@@ -36,17 +36,21 @@ def _scale_bench(args: argparse.Namespace) -> int:
 def _registrars() -> list[Registrar]:
     """Every area's subcommands.  All of them are part of the package: an ImportError here
     is a broken installation and must show, not silently remove commands."""
+    import functools
+
     from dr_kit import drills
-    from dr_kit.commands import console, lag, measure, notebooks, query, snapshot
+    from dr_kit.commands import console, dr, lag, measure, notebooks, query, snapshot
     from dr_kit.lab import faults
     from dr_kit.lab.cli import add_parser as lab_parser
+    from dr_kit.lab.controls import Lab
     from dr_kit.operator.cli import add_parser as operator_parser
 
     measure.plug_scale_bench(_scale_bench)
     for name, (fn, doc) in faults.LAB_DRILLS.items():
         drills.register_lab_drill(name, fn, doc)
     return [measure.add_parser, notebooks.add_parser, operator_parser, lab_parser,
-            snapshot.add_parser, lag.add_parser, query.add_parser, console.add_parser]
+            snapshot.add_parser, lag.add_parser, query.add_parser, console.add_parser,
+            functools.partial(dr.add_parser, lab_controls=Lab)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class LabControls(Protocol):
-    """Controls of a lab: its replication link and its shop application."""
+    """Controls of a lab: its replication link, its applications and its sites."""
 
     @property
     def name(self) -> str:
@@ -34,6 +34,32 @@ class LabControls(Protocol):
 
     def committed_orders(self) -> int | None:
         """The last order id the shop committed (None while it reports nothing)."""
+        ...
+
+    # -- DR operations: the application at a site, and the disaster ------------------
+    def start_application(self, site: str, namespace: str, *, rate: float | None = None,
+                          verify: bool = False) -> dict[str, Any]:
+        """Start ``namespace``'s application at ``site`` on that site's PVCs of the
+        namespace (idempotent; refused while it runs at the other site).  ``verify``: the
+        application judges its images before its first transaction."""
+        ...
+
+    def stop_application(self, namespace: str) -> dict[str, Any]:
+        """Stop ``namespace``'s application wherever it runs (idempotent); its last report."""
+        ...
+
+    def application_status(self, namespace: str) -> dict[str, Any] | None:
+        """What ``namespace``'s application reports: ``running``, ``site``, ``committed``,
+        ``last_order``, ``started_after_order``, ``verdict`` (None: it never ran)."""
+        ...
+
+    def crash_site(self, site: str) -> dict[str, Any]:
+        """The disaster: kill every process of ``site`` at once (SIGKILL)."""
+        ...
+
+    def restart_site(self, site: str) -> dict[str, Any]:
+        """Bring a crashed site's infrastructure back (its application only where the
+        namespace's DR state says it is primary)."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""``dr-kit lab up|status|down|workload|link``: the embedded two-site lab from the shell.
+"""``dr-kit lab up|status|down|workload|link|crash``: the embedded two-site lab from the shell.
 
 Numbers are checked here rather than by argparse so that a bad value ends in the one-line
 ``error: ...`` of every dr_kit command (exit 2), like every other user error.
@@ -58,6 +58,13 @@ def _cmd_workload(args: argparse.Namespace) -> int:
     control = manager.set_workload(args.dir, rate)
     r = control["rate"]
     print(f"shop rate set to {r:g} transactions/s" + (" (paused)" if r == 0 else ""))
+    return 0
+
+
+def _cmd_crash(args: argparse.Namespace) -> int:
+    r = manager.crash(args.dir, args.site)
+    killed = ", ".join(r["killed"]) or "nothing (no process of it was running)"
+    print(f"{args.site} site crashed (SIGKILL): {killed}; `dr-kit lab up --dir {args.dir}` brings it back")
     return 0
 
 
@@ -192,6 +199,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _dir_arg(p)
     p.add_argument("--rate", metavar="TX_PER_S", required=True, help="transactions per second")
     p.set_defaults(func=_cmd_workload)
+
+    p = sub.add_parser("crash", help="kill every process of one site at once (SIGKILL): the "
+                       "disaster of a DR drill; `lab up` brings the site back")
+    _dir_arg(p)
+    p.add_argument("site", choices=("main", "backup"))
+    p.set_defaults(func=_cmd_crash)
 
     p = sub.add_parser("link", help="slow down, cut or restore the replication link "
                        "(no option: show it)")

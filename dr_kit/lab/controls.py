@@ -54,6 +54,32 @@ class Lab:
         last = status.get("last_order") if isinstance(status, dict) else None
         return int(last) if isinstance(last, int) else None
 
+    def start_application(self, site: str, namespace: str, *, rate: float | None = None,
+                          verify: bool = False) -> dict[str, Any]:
+        from dr_kit.lab import manager
+
+        return manager.start_app(self.lab.root, site, namespace, rate=rate, verify=verify)
+
+    def stop_application(self, namespace: str) -> dict[str, Any]:
+        from dr_kit.lab import manager
+
+        return manager.stop_app(self.lab.root, namespace)
+
+    def application_status(self, namespace: str) -> dict[str, Any] | None:
+        from dr_kit.lab import manager
+
+        return manager.app_status(self.lab.root, namespace)
+
+    def crash_site(self, site: str) -> dict[str, Any]:
+        from dr_kit.lab import manager
+
+        return manager.crash(self.lab.root, site)
+
+    def restart_site(self, site: str) -> dict[str, Any]:
+        from dr_kit.lab import manager
+
+        return manager.up(self.lab.root)
+
     def site(self, name: str = "main", *, timeout: float = 10.0) -> Site:
         """The lab's ``main`` or ``backup`` site, through the lab's kubeconfig."""
         return site(name, self.lab.root, timeout=timeout)

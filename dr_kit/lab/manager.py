@@ -258,15 +258,16 @@ def _command(lab: LabDir, name: str, state: dict[str, Any]) -> list[str]:
         return py("dr_kit.lab.controllers", "--dir", str(lab.root), "--site", site,
                   "--ready-file", str(lab.ready_file(name)))
     if name == "shop":
-        return py("dr_kit.lab.shopapp", "--dir", str(lab.root), "--ready-file", str(lab.ready_file(name)))
+        return py("dr_kit.lab.shopapp", "--dir", str(lab.root), "--ready-file", str(lab.ready_file(name)),
+                  "--site", app_site(state, SHOP_NAMESPACE) or "main")
     if name == "operator":
         return py("dr_kit.operator", "run", "--kubeconfig", str(lab.kubeconfig),
                   "--dir", str(lab.root), "--context", "main", "--backup-context", "backup",
                   "--serve", "127.0.0.1:0")  # a free port each time: labs run side by side
-    if name == "backup-operator":
+    if name == "backup-operator":  # protection runs from whichever site is primary
         return py("dr_kit.operator", "run", "--kubeconfig", str(lab.kubeconfig),
-                  "--dir", str(lab.root), "--context", "backup", "--site", "backup",
-                  "--workers", "1", "--serve", "127.0.0.1:0")
+                  "--dir", str(lab.root), "--context", "backup", "--backup-context", "main",
+                  "--site", "backup", "--workers", "1", "--serve", "127.0.0.1:0")
     raise ValueError(name)
 
 
@@ -282,6 +283,8 @@ def _spawn(lab: LabDir, name: str, state: dict[str, Any], tokens: dict[str, str]
                         cwd=lab.root)
     if name in STOP_GRACE:
         p.record["stop_grace"] = STOP_GRACE[name]
+    if name == "shop":
+        p.record["site"], p.record["namespace"] = app_site(state, SHOP_NAMESPACE) or "main", SHOP_NAMESPACE
     state["processes"][name] = p.record
     lab.save(state)  # recorded before waiting: an interrupted up leaves nothing untracked
     return p
@@ -350,19 +353,19 @@ def _seed(lab: LabDir) -> list[str]:
                              published.SECRET_NAMESPACE_PARAM: PLUGIN_NAMESPACE}}
         if _create(kube, "StorageClass", sc):
             created.append(f"{site}: storageclass/{STORAGE_CLASS}")
-        if site == "backup":
-            vgsc = {"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
-                    "kind": "VolumeGroupSnapshotClass",
-                    "metadata": {"name": SNAPSHOT_CLASS, "annotations": {
-                        "groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
-                    "driver": CSI_DRIVER, "deletionPolicy": "Delete"}
-            if _create(kube, "VolumeGroupSnapshotClass", vgsc):
-                created.append(f"{site}: volumegroupsnapshotclass/{SNAPSHOT_CLASS}")
-            vsc = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
-                   "metadata": {"name": VOLUME_SNAPSHOT_CLASS}, "driver": CSI_DRIVER,
-                   "deletionPolicy": "Delete"}
-            if _create(kube, "VolumeSnapshotClass", vsc):
-                created.append(f"{site}: volumesnapshotclass/{VOLUME_SNAPSHOT_CLASS}")
+        # both sites: after a role swap the main site holds the secondary copies
+        vgsc = {"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
+                "kind": "VolumeGroupSnapshotClass",
+                "metadata": {"name": SNAPSHOT_CLASS, "annotations": {
+                    "groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
+                "driver": CSI_DRIVER, "deletionPolicy": "Delete"}
+        if _create(kube, "VolumeGroupSnapshotClass", vgsc):
+            created.append(f"{site}: volumegroupsnapshotclass/{SNAPSHOT_CLASS}")
+        vsc = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": VOLUME_SNAPSHOT_CLASS}, "driver": CSI_DRIVER,
+               "deletionPolicy": "Delete"}
+        if _create(kube, "VolumeSnapshotClass", vsc):
+            created.append(f"{site}: volumesnapshotclass/{VOLUME_SNAPSHOT_CLASS}")
     kube = _kube(lab, "main")
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": SHOP_NAMESPACE, "labels": {"app.kubernetes.io/part-of": "dr-kit-lab"}}}
@@ -420,6 +423,150 @@ def _mark_shop(lab: LabDir, running: bool, pid: int | None = None) -> None:
         kube.patch("Deployment", SHOP_DEPLOYMENT, {"status": status}, SHOP_NAMESPACE, status=True)
     except Exception:  # noqa: BLE001 - best effort: the site may be down
         pass
+
+
+# -- the application's site, DR state and disasters ------------------------------------------
+
+
+def app_site(state: dict[str, Any], namespace: str) -> str | None:
+    """The site the lab runs ``namespace``'s application at (None: not decided)."""
+    return (state.get("app_sites") or {}).get(namespace)
+
+
+def app_name(namespace: str) -> str:
+    """The lab's process name of a namespace's application."""
+    return "shop" if namespace == SHOP_NAMESPACE else f"app-{namespace}"
+
+
+def _app_files(lab: LabDir, namespace: str) -> tuple[Path, Path]:
+    """(status file, control file) of a namespace's application."""
+    if namespace == SHOP_NAMESPACE:
+        return lab.shop_status, lab.shop_control
+    name = app_name(namespace)
+    return lab.root / f"{name}-status.json", lab.root / f"{name}.json"
+
+
+def _dr_state(lab: LabDir, namespace: str = SHOP_NAMESPACE) -> Any:
+    """The namespace's DR state as the reachable sites record it (None: none readable)."""
+    from dr_kit.dr import state as dr_state
+
+    found = []
+    for site in SITES:
+        try:
+            ns = _kube(lab, site, timeout=QUERY_TIMEOUT).get("Namespace", namespace)
+            found.append(dr_state.of_namespace(ns))
+        except DrKitError:
+            continue
+    return dr_state.merge(found) if any(found) else None
+
+
+def _shop_site(lab: LabDir, state: dict[str, Any]) -> tuple[str | None, str]:
+    """Where the shop should run (None: nowhere now) and why."""
+    st = _dr_state(lab)
+    if st is None:
+        return "main", ""
+    if st.busy:
+        return None, f"DR operation {st.operation.name} of namespace {SHOP_NAMESPACE} is running"
+    return st.primary, f"the {st.primary} site is primary (DR state)"
+
+
+def _site_of(name: str, record: dict[str, Any]) -> str | None:
+    if record.get("site"):
+        return str(record["site"])
+    if name == "operator":
+        return "main"
+    if name == "backup-operator":
+        return "backup"
+    head = name.split("-", 1)[0]
+    return head if head in SITES else None
+
+
+def crash(dir: str | os.PathLike[str] | None, site: str) -> dict[str, Any]:  # noqa: A002
+    """The disaster: SIGKILL every process of one site (its API server, array, storage
+    plug-ins, operator and the applications running there).  ``lab up`` brings it back."""
+    if site not in SITES:
+        raise InvalidInput(f"a lab site is 'main' or 'backup', not {site!r}")
+    lab = LabDir.of(dir)
+    lab.load()
+    with _locked(lab):
+        state = lab.load()
+        recs = state.get("processes") or {}
+        names = [n for n, r in recs.items() if _site_of(n, r) == site and processes.alive(r)]
+        at = time.time()
+        for n in names:
+            processes.kill(recs[n])
+        left = [n for n in names if processes.alive(recs[n])]
+        if left:
+            raise Unavailable(f"still running after SIGKILL: {', '.join(left)}")
+    return {"site": site, "killed": names, "at": at}
+
+
+def start_app(dir: str | os.PathLike[str] | None, site: str, namespace: str = SHOP_NAMESPACE,  # noqa: A002
+              *, rate: float | None = None, verify: bool = False, timeout: float = 60.0) -> dict[str, Any]:
+    """Start ``namespace``'s application at ``site`` (on that site's PVCs of the namespace);
+    a no-op when it runs there already.  Refused while it runs at the other site."""
+    if site not in SITES:
+        raise InvalidInput(f"a lab site is 'main' or 'backup', not {site!r}")
+    lab = LabDir.of(dir)
+    lab.load()
+    name = app_name(namespace)
+    status_file, control_file = _app_files(lab, namespace)
+    with _locked(lab):
+        state = lab.load()
+        rec = (state.get("processes") or {}).get(name)
+        if rec and processes.alive(rec):
+            if rec.get("site", "main") != site:
+                raise Conflict(f"the application of namespace {namespace} runs at the "
+                               f"{rec.get('site', 'main')} site (pid {rec['pid']}); stop it first")
+            return {"name": name, "site": site, "pid": rec["pid"], "started": False,
+                    **(_read_json(status_file) or {})}
+        control = _read_json(control_file) or {"rate": DEFAULT_RATE}
+        if rate is not None:
+            control["rate"] = check_rate(rate)
+        _write_json(control_file, control)
+        status_file.unlink(missing_ok=True)
+        state.setdefault("app_sites", {})[namespace] = site
+        cmd = processes.python_cmd("dr_kit.lab.shopapp", "--dir", str(lab.root), "--site", site,
+                                   "--namespace", namespace, "--status", str(status_file),
+                                   "--control", str(control_file), "--ready-file", str(lab.ready_file(name)),
+                                   *(["--verify"] if verify else []))
+        p = processes.spawn(name, cmd, log=lab.log_file(name), env=processes.base_env({}),
+                            ready_file=lab.ready_file(name), cwd=lab.root)
+        p.record.update(site=site, namespace=namespace)
+        state["processes"][name] = p.record
+        lab.save(state)
+        ready = json.loads(processes.wait_ready(p, time.monotonic() + timeout))
+    return {"name": name, "site": site, "pid": p.pid, "started": True, **ready}
+
+
+def stop_app(dir: str | os.PathLike[str] | None, namespace: str = SHOP_NAMESPACE) -> dict[str, Any]:  # noqa: A002
+    """Stop ``namespace``'s application (SIGTERM: it commits nothing more and reports its
+    last order); returns its last report.  A no-op when it is not running."""
+    lab = LabDir.of(dir)
+    lab.load()
+    name = app_name(namespace)
+    status_file, _ = _app_files(lab, namespace)
+    with _locked(lab):
+        state = lab.load()
+        rec = (state.get("processes") or {}).get(name)
+        stopped = processes.stop([rec]) if rec else []
+        if stopped and namespace == SHOP_NAMESPACE and rec.get("site", "main") == "main":
+            _mark_shop(lab, False)
+    return {"name": name, "stopped": bool(stopped), **(_read_json(status_file) or {})}
+
+
+def app_status(dir: str | os.PathLike[str] | None, namespace: str = SHOP_NAMESPACE) -> dict[str, Any] | None:  # noqa: A002
+    """What ``namespace``'s application last reported, with ``running`` and ``site`` (None
+    when it never ran)."""
+    lab = LabDir.of(dir)
+    state = lab.load()
+    rec = (state.get("processes") or {}).get(app_name(namespace))
+    status_file, _ = _app_files(lab, namespace)
+    report = _read_json(status_file)
+    if rec is None and report is None:
+        return None
+    return {**(report or {}), "running": processes.alive(rec),
+            "site": (rec or {}).get("site") or (report or {}).get("site")}
 
 
 # -- up / down --------------------------------------------------------------------------------------
@@ -517,17 +664,30 @@ def up(dir: str | os.PathLike[str] | None = None, *, rate: float | None = None, 
         _wait_bound(lab, deadline)
         say(f"PVCs {', '.join(SHOP_PVCS)} bound ({time.monotonic() - t:.1f} s)")
 
-        # 3: the shop and the operator.  A shop that outlived its array reconnects to it by
-        # itself (dr_kit.lab.shopapp), as the plug-ins and the operator reconnect to an API
-        # server that came back: only dead processes are started.
+        # 3: the shop and the operators.  A shop that outlived its array reconnects to it by
+        # itself (dr_kit.lab.shopapp), as the plug-ins and the operators reconnect to an API
+        # server that came back: only dead processes are started.  The shop runs at the
+        # site the namespace's DR state names primary, and not while a DR operation runs
+        # (the operation starts it where it belongs; a running one is left alone).
+        shop_site, why = _shop_site(lab, state)
+        shop_rec = state["processes"].get("shop") or {}
+        if "shop" in alive and shop_site not in (None, shop_rec.get("site", "main")):
+            processes.stop([state["processes"]["shop"]])
+            alive.discard("shop")
+            say(f"stopped shop application ({why})")
         control = _read_json(lab.shop_control)
         if control is None or rate is not None:
             control = {**(control or {}), "rate": DEFAULT_RATE if rate is None else rate}
             _write_json(lab.shop_control, control)
+        if shop_site is None:
+            alive.add("shop")  # not started: say why
+            say(f"shop application not started: {why}")
+        else:
+            state.setdefault("app_sites", {})[SHOP_NAMESPACE] = shop_site
         names = todo("shop", "operator", "backup-operator")
         _start_all(lab, names, state, tokens, deadline, say)
         started += names
-        if "shop" in names or not state.get("seeded"):
+        if ("shop" in names or not state.get("seeded")) and shop_site == "main":
             _mark_shop(lab, True, state["processes"]["shop"]["pid"])
         state["seeded"] = True
         lab.save(state)

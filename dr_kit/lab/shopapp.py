@@ -1,12 +1,14 @@
 """The shop application of the lab, as a process: ``python -m dr_kit.lab.shopapp --dir DIR``.
 
-Like a pod using two PVCs, it resolves ``shop/sales-db`` and ``shop/stock-db`` to their PVs
-at the main site, attaches the array volumes through the main array's data path, creates
-and seeds the databases when they are new, and runs business transactions at the rate in
-``DIR/shop.json`` (``{"rate": N}``; 0 pauses).  Every half second it reports to
-``DIR/shop-status.json``: committed and failed transactions, the commit latency
-percentiles of the last second, the last order id, and its state (``running``, or
-``degraded`` with the error and since when).
+Like a pod using two PVCs, it resolves ``NS/sales-db`` and ``NS/stock-db`` to their PVs at
+its site (``--site``, default main; ``--namespace``, default shop), attaches the array
+volumes through that site's array data path, creates and seeds the databases when they
+are new, and runs business transactions at the rate in its control file (``DIR/shop.json``
+by default: ``{"rate": N}``; 0 pauses).  Every half second it reports to its status file
+(``DIR/shop-status.json`` by default): committed and failed transactions, the commit
+latency percentiles of the last second, the last order id, the order id it started
+after, and its state (``running``, or ``degraded`` with the error and since when).  With ``--verify`` it first judges the two images it opened (the consistency
+verdict, reported as ``verdict``) — what a DR test's or failover's application checks.
 
 When its array goes away (killed, restarted), transactions fail; after two failures in a
 row the shop closes its databases and opens them again through a fresh data path, with a
@@ -26,6 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -35,7 +38,7 @@ from dr_kit.fsutil import write_json
 from dr_kit.kube import Kube, api_client
 from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
 from dr_kit.shop.history import history_options
-from dr_kit.shop.workload import Shop, open_shop, seed
+from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient
 
@@ -60,19 +63,25 @@ def resolve_volumes(kube: Kube, namespace: str = SHOP_NAMESPACE, timeout: float 
 
 
 class ShopApp:
-    def __init__(self, lab: LabDir) -> None:
+    def __init__(self, lab: LabDir, *, site: str = "main", namespace: str = SHOP_NAMESPACE,
+                 status: str | None = None, control: str | None = None, verify: bool = False) -> None:
         self.lab = lab
+        self.site, self.namespace = site, namespace
+        self.status_path = Path(status) if status else lab.shop_status
+        self.control_path = Path(control) if control else lab.shop_control
         state = lab.load()
-        ep = lab.array_endpoint("main", state)
-        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=lab.array_token("main"))
-        self.kube = Kube(api_client(lab.kubeconfig, "main"), where="the main site's API server")
-        self.volumes = resolve_volumes(self.kube)
-        vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
+        ep = lab.array_endpoint(site, state)
+        self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=lab.array_token(site))
+        self.kube = Kube(api_client(lab.kubeconfig, site), where=f"the {site} site's API server")
+        self.volumes = resolve_volumes(self.kube, namespace)
+        vfs = sqlite_vfs.register(f"lab-shop-{site}-{namespace}", self.array.open_volume)
         self.stock, self.sales = open_shop(vfs, stock_volume=self.volumes["stock-db"],
                                            sales_volume=self.volumes["sales-db"])
+        self.verdict = judge_images(self.stock, self.sales).summary() if verify else None
         seed(self.stock, self.sales, None, **history_options())  # 180 days of history when new
         self.shop = Shop(self.stock, self.sales, keep_latencies=0)
         self.vfs = vfs
+        self.first_order = self.shop.next_order - 1  # the last order in the images it opened
         self.stopping = threading.Event()
         self.failures_in_row = 0
         self.reconnects = 0
@@ -89,7 +98,7 @@ class ShopApp:
         from dr_kit.lab.manager import check_rate
 
         try:
-            return check_rate(json.loads(self.lab.shop_control.read_text()).get("rate", 0.0))
+            return check_rate(json.loads(self.control_path.read_text()).get("rate", 0.0))
         except (OSError, ValueError, TypeError, AttributeError, DrKitError):
             return 0.0
 
@@ -100,13 +109,15 @@ class ShopApp:
         status: dict[str, Any] = {
             "pid": os.getpid(), "rate": self.rate, "committed": self.committed, "failed": self.failed,
             "last_order": self.last_order, "last_error": self.last_error, "updated": now,
-            "volumes": self.volumes, "tx_last_second": len(window),
+            "volumes": self.volumes, "tx_last_second": len(window), "site": self.site,
+            "namespace": self.namespace, "started_after_order": self.first_order,
+            "verdict": self.verdict,
             "p50_ms": statistics.median(lats) if lats else None,
             "p99_ms": lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else None,
             "state": "degraded" if self.degraded_since is not None else "running",
             "degraded_since": self.degraded_since, "reconnects": self.reconnects}
         try:
-            write_json(self.lab.shop_status, status)
+            write_json(self.status_path, status)
         except OSError:
             pass  # the lab folder is gone (a purge while stopping): nobody to report to
 
@@ -122,10 +133,11 @@ class ShopApp:
             # a fresh data path: the array may be a new process (new socket, new port), and
             # the VFS's cached devices still hold the dead one's connections
             state = self.lab.load()
-            ep = self.lab.array_endpoint("main", state)
+            ep = self.lab.array_endpoint(self.site, state)
             self.array = ArrayClient(ep["mgmt_url"], ep["data_socket"],
-                                     token=self.lab.array_token("main"))
-            self.vfs = sqlite_vfs.register("lab-shop", self.array.open_volume)
+                                     token=self.lab.array_token(self.site))
+            self.vfs = sqlite_vfs.register(f"lab-shop-{self.site}-{self.namespace}",
+                                           self.array.open_volume)
             for vol in self.volumes.values():
                 try:
                     self.vfs.forget(vol)
@@ -198,15 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dr_kit.lab.shopapp")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--ready-file")
+    ap.add_argument("--site", default="main", choices=("main", "backup"))
+    ap.add_argument("--namespace", default=SHOP_NAMESPACE)
+    ap.add_argument("--status", help="status file (default DIR/shop-status.json)")
+    ap.add_argument("--control", help="control file with the rate (default DIR/shop.json)")
+    ap.add_argument("--verify", action="store_true", help="judge the images before the first transaction")
     a = ap.parse_args(argv)
     try:
-        app = ShopApp(LabDir.of(a.dir))
+        app = ShopApp(LabDir.of(a.dir), site=a.site, namespace=a.namespace, status=a.status,
+                      control=a.control, verify=a.verify)
     except DrKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     app._report()
     if a.ready_file:
-        write_json(a.ready_file, {"pid": os.getpid(), "volumes": app.volumes})
+        write_json(a.ready_file, {"pid": os.getpid(), "volumes": app.volumes, "site": app.site,
+                                  "namespace": app.namespace, "started_after_order": app.first_order,
+                                  "verdict": app.verdict})
     signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: app.stopping.set())
     app.run()

@@ -1,0 +1,1066 @@
+"""The DR operations of a protected namespace, reaching both sites through their kubeconfig
+contexts (the lab is reached the same way; what only a lab can do goes through
+:class:`~dr_kit.controls.LabControls`).
+
+    dr = DR(main, backup, "shop", controls=lab)        # controls=None on real clusters
+    dr.test()        # snapshot group -> clones in shop-drtest -> application there, verified
+    dr.relocate()    # planned: quiesce, final sync, demote, promote, no copy, start
+    dr.failover()    # unplanned: promote the backup, start there; the old main is fenced
+    dr.failback()    # resync only the changed regions, then relocate home
+    dr.status()
+
+Every operation is a list of idempotent steps.  The namespace's DR state (annotation
+``dr-kit.io/dr-state`` at both sites, :mod:`dr_kit.dr.state`) records the operation and the
+steps done, and every step is an Event on the namespace.  Killed at any step (SIGKILL
+included), the same call again resumes at the step it was in.  Test hook:
+``DR_KIT_DR_KILL_AFTER_STEP=N`` (or a step name) makes the process kill itself with SIGKILL
+right after step N of the operation is recorded done.
+
+Operations that make no sense are refused in one line before anything changes: relocate
+while a DR test runs, failover to a backup that is not consistent (unless ``force``, which
+first says what will be lost), failback with no failover behind it, another operation
+while one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dr_kit.controls import LabControls
+from dr_kit.dr import manifests
+from dr_kit.dr import state as drs
+from dr_kit.dr.apps import Apps, apps_for
+from dr_kit.dr.state import DrState, Operation
+from dr_kit.errors import Conflict, DrKitError, InvalidInput, NotFound, Unavailable
+from dr_kit.operator.policy import Policy
+from dr_kit.operator.reconcile import BACKEND_ANNOTATION
+from dr_kit.sites import Site, wait_until
+
+Note = Callable[[str], None]
+KILL_ENV = "DR_KIT_DR_KILL_AFTER_STEP"
+COMPONENT = "dr-kit-dr"
+TEST_SUFFIX = "-drtest"
+
+
+class Refused(Conflict):
+    """A DR operation that makes no sense now; nothing was changed."""
+
+
+@dataclass
+class Step:
+    name: str
+    run: Callable[[DrState], dict[str, Any] | None]
+    what: str = ""
+
+
+@dataclass
+class DR:
+    """DR operations on ``namespace``, protected from ``main`` to ``backup`` (either may be
+    primary now: the DR state says which)."""
+
+    main: Site
+    backup: Site
+    namespace: str
+    controls: LabControls | None = None
+    policy: Policy = field(default_factory=Policy)
+    progress: Note | None = print
+    timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        self.apps: Apps = apps_for(self.controls)
+        self._reach: dict[str, tuple[float, bool]] = {}
+
+    # -- sites ---------------------------------------------------------------------------
+    def site(self, name: str) -> Site:
+        if name not in drs.SITES:
+            raise InvalidInput(f"a site is 'main' or 'backup', not {name!r}")
+        return self.main if name == "main" else self.backup
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            self.progress(text)
+
+    def reachable(self, name: str, *, fresh: bool = False) -> bool:
+        now = time.monotonic()
+        got = self._reach.get(name)
+        if got and not fresh and now - got[0] < 2.0:
+            return got[1]
+        try:
+            self.site(name).kube.version()
+            ok = True
+        except DrKitError:
+            ok = False
+        self._reach[name] = (now, ok)
+        return ok
+
+    def _namespace(self, name: str) -> dict[str, Any] | None:
+        if not self.reachable(name):
+            return None
+        try:
+            return self.site(name).namespace(self.namespace)
+        except Unavailable:
+            self._reach[name] = (time.monotonic(), False)
+            return None
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> DrState:
+        """The namespace's DR state, as the reachable sites record it."""
+        found = [drs.of_namespace(self._namespace(s)) for s in drs.SITES]
+        if self._namespace("main") is None and self._namespace("backup") is None:
+            if not (self.reachable("main") or self.reachable("backup")):
+                raise Unavailable("neither site's API server can be reached")
+            raise NotFound(f"namespace {self.namespace!r} exists at neither site")
+        return drs.merge(found)
+
+    def _write(self, st: DrState) -> None:
+        raw = st.to_json()
+        written = []
+        for s in drs.SITES:
+            if self._namespace(s) is None:
+                continue
+            try:
+                self.site(s).kube.patch("Namespace", self.namespace,
+                                        {"metadata": {"annotations": {drs.ANNOTATION: raw}}})
+                written.append(s)
+            except Unavailable:
+                self._reach[s] = (time.monotonic(), False)
+        if not written:
+            raise Unavailable(f"the DR state of {self.namespace} could not be recorded at either site")
+
+    def _event(self, reason: str, message: str, type_: str = "Normal") -> None:
+        for s in drs.SITES:
+            ns = self._namespace(s)
+            if ns is None:
+                continue
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            body = {"apiVersion": "v1", "kind": "Event",
+                    "metadata": {"generateName": f"{self.namespace}.dr.", "namespace": self.namespace},
+                    "involvedObject": {"apiVersion": "v1", "kind": "Namespace", "name": self.namespace,
+                                       "uid": ns["metadata"].get("uid")},
+                    "type": type_, "reason": reason, "message": message[:1024],
+                    "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
+                    "reportingInstance": COMPONENT, "firstTimestamp": now, "lastTimestamp": now,
+                    "count": 1}
+            with contextlib.suppress(DrKitError):  # events are best effort
+                self.site(s).kube.create("Event", body)
+
+    # -- the step runner ---------------------------------------------------------------------
+    def _run(self, op: str, target: str, steps: list[Step], check: Callable[[DrState], None],
+             result: Callable[[DrState], dict[str, Any]],
+             finish: Callable[[DrState], DrState] | None = None) -> dict[str, Any]:
+        st = self.state()
+        if st.operation is not None and st.operation.name != op:
+            raise Refused(f"{op} refused: DR operation {st.operation.name} of {self.namespace} is "
+                          f"running (step {st.operation.step}); run `dr-kit dr {st.operation.name} "
+                          f"{self.namespace}` again to finish it first")
+        if st.operation is None:
+            check(st)
+            st = st.bump(operation=Operation(name=op, id=uuid.uuid4().hex[:8], started=time.time(),
+                                             target=target))
+            self._write(st)
+            self._event(f"DR{op.capitalize()}", f"{op} started (target: the {target} site)")
+            self.say(f"{op} of {self.namespace}: started")
+        else:
+            assert st.operation is not None
+            self.say(f"{op} of {self.namespace}: resuming at step {st.operation.step} "
+                     f"({len(st.operation.done)} of {len(steps)} steps done)")
+        for i, step in enumerate(steps, 1):
+            assert st.operation is not None
+            if step.name in st.operation.done:
+                continue
+            st = st.with_step(step.name)
+            self._write(st)
+            self._event(f"DR{op.capitalize()}Step", f"{op} step {i}/{len(steps)} {step.name}: "
+                        f"{step.what or 'started'}")
+            t0 = time.monotonic()
+            data = step.run(st) or {}
+            st = self.state()  # a step may have recorded something itself
+            if st.operation is None or st.operation.name != op:
+                raise Unavailable(f"the DR state of {self.namespace} changed under {op}")
+            st = st.with_step(step.name, done=step.name, **data)
+            self._write(st)
+            self.say(f"  {i}/{len(steps)} {step.name} done ({time.monotonic() - t0:.1f} s)")
+            _kill_hook(op, i, step.name)
+        out = result(st)
+        if finish is not None:
+            st = finish(st)
+        st = st.finished(time.time(), **{k: v for k, v in out.items() if isinstance(v, (int, float, str, bool))
+                                         or v is None})
+        self._write(st)
+        self._event(f"DR{op.capitalize()}", f"{op} finished: the {st.primary} site is primary")
+        self.say(f"{op} of {self.namespace}: done")
+        return out
+
+    # -- role objects ---------------------------------------------------------------------
+    @property
+    def group(self) -> str:
+        return self.policy.group_name(self.namespace)
+
+    def backend(self) -> str:
+        for s in drs.SITES:
+            ns = self._namespace(s)
+            b = ((ns or {}).get("metadata", {}).get("annotations") or {}).get(BACKEND_ANNOTATION)
+            if b:
+                return str(b)
+        return self.policy.backend
+
+    def role_object(self, site: str) -> dict[str, Any] | None:
+        kind = manifests.ROLE_KIND[self.backend()]
+        try:
+            return self.site(site).kube.get(kind, self.group, self.namespace)
+        except NotFound:
+            return None
+
+    def ensure_role_object(self, site: str, role: str) -> None:
+        """This site has the namespace's role object asking for ``role`` (created as a copy
+        of the other site's, with its class, when missing)."""
+        backend = self.backend()
+        kind, patch = manifests.role_patch(backend, role)
+        s = self.site(site)
+        have = self.role_object(site)
+        if have is not None:
+            if manifests.role_of(backend, have) != role:
+                s.kube.patch(kind, self.group, patch, self.namespace)
+            return
+        src = self.role_object(drs.other(site))
+        if src is None:
+            raise Conflict(f"namespace {self.namespace} has no {kind} at either site: it is not "
+                           "protected (dr-kit protect first)")
+        self._ensure_namespace_copy(site)
+        if backend == "csi-addons":
+            cls_name = (src.get("spec") or {}).get("volumeGroupReplicationClassName")
+            if cls_name and s.kube.get("VolumeGroupReplicationClass", cls_name) is None:
+                cls = self.site(drs.other(site)).kube.get("VolumeGroupReplicationClass", cls_name)
+                if cls is not None:
+                    s.kube.create("VolumeGroupReplicationClass", manifests.class_copy(cls), exist_ok=True)
+        else:
+            other_kube = self.site(drs.other(site)).kube
+            for rep in other_kube.items("Replication", self.namespace):
+                if (rep["metadata"].get("labels") or {}).get(self.policy.group_label_key) == self.group:
+                    s.kube.create("Replication", manifests.role_copy(rep, role, backend), exist_ok=True)
+        s.kube.create(kind, manifests.role_copy(src, role, backend), exist_ok=True)
+
+    def _ensure_namespace_copy(self, site: str) -> None:
+        """The protection label and backend of the namespace at ``site`` too, so that the
+        operator there protects it once that site is primary."""
+        src = self._namespace(drs.other(site)) or {}
+        labels = {k: v for k, v in (src.get("metadata", {}).get("labels") or {}).items()
+                  if k == self.policy.label_key}
+        ann = {k: v for k, v in (src.get("metadata", {}).get("annotations") or {}).items()
+               if k == BACKEND_ANNOTATION}
+        here = self._namespace(site)
+        if here is None:
+            raise Conflict(f"namespace {self.namespace} does not exist at the {site} site")
+        have_l = here["metadata"].get("labels") or {}
+        have_a = here["metadata"].get("annotations") or {}
+        patch: dict[str, Any] = {}
+        if any(have_l.get(k) != v for k, v in labels.items()):
+            patch.setdefault("metadata", {})["labels"] = labels
+        if any(have_a.get(k) != v for k, v in ann.items()):
+            patch.setdefault("metadata", {})["annotations"] = ann
+        if patch:
+            self.site(site).kube.patch("Namespace", self.namespace, patch)
+
+    def wait_role(self, site: str, role: str, *, in_sync: bool = False,
+                  timeout: float | None = None) -> dict[str, Any]:
+        """Until the storage plug-in reports ``role`` for the site's copy (and, with
+        ``in_sync``, replicating and consistent)."""
+        backend = self.backend()
+        got: list[dict[str, Any]] = []
+
+        def check() -> tuple[bool, str]:
+            obj = self.role_object(site)
+            seen, done = manifests.observed_role(backend, obj)
+            msg = ((obj or {}).get("status") or {}).get("message") or "no status yet"
+            if seen == role and (done or not in_sync):
+                got.append(obj or {})
+                return True, f"{role}: {msg}"
+            return False, f"{seen or 'unknown'}: {msg}"
+
+        wait_until(check, task=f"the {site} site's copy {role}{', in sync' if in_sync else ''}",
+                   timeout=timeout or self.timeout, interval=0.2)
+        return got[-1]
+
+    # -- arrays (what the driver publishes; None on clusters that publish none) ------------
+    def array_group(self, site: str) -> dict[str, Any] | None:
+        """The array's report of this site's copy of the group (None when unknown)."""
+        s = self.site(site)
+        obj = self.role_object(site)
+        from dr_kit import published
+
+        name = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(published.ARRAY_GROUP)
+        if not name or not self.reachable(site):
+            return None
+        try:
+            if not s.has_array:
+                return None
+            return s.array.group_status(name)
+        except DrKitError:
+            return None
+
+    def wait_caught_up(self, site: str, since: float, timeout: float | None = None) -> float:
+        """Until the copy at the other site holds every write of ``site`` (the primary):
+        sequence lag 0 at the array, else ``lastSyncTime`` at or after ``since``."""
+        t0 = time.monotonic()
+
+        def check() -> tuple[bool, str]:
+            g = self.array_group(site)
+            if g is not None:
+                lag = g.get("lag") or {}
+                ok = g.get("state") == "pair" and lag.get("sequence_lag") == 0 and lag.get("consistent")
+                return bool(ok), f"{g.get('state')}, {lag.get('sequence_lag')} entries behind"
+            obj = self.role_object(site) or {}
+            last = (obj.get("status") or {}).get("lastSyncTime")
+            from dr_kit.sites import _ts
+
+            ts = _ts(last)
+            ok = ts is not None and ts.timestamp() >= since
+            return ok, f"lastSyncTime {last}"
+
+        wait_until(check, task=f"final sync from the {site} site", timeout=timeout or self.timeout,
+                   interval=0.05)
+        return time.monotonic() - t0
+
+    def wait_serving(self, site: str, namespace: str | None = None,
+                     timeout: float | None = None) -> dict[str, Any]:
+        ns = namespace or self.namespace
+        got: list[dict[str, Any]] = []
+
+        def check() -> tuple[bool, str]:
+            ok, msg, st = self.apps.serving(self.site(site), ns)
+            if ok:
+                got.append(st)
+            return ok, msg
+
+        wait_until(check, task=f"the application of {ns} serving at the {site} site",
+                   timeout=timeout or self.timeout, interval=0.05)
+        return got[-1]
+
+    # -- checks (refusals) ---------------------------------------------------------------
+    def _require_reachable(self, site: str, op: str) -> None:
+        if not self.reachable(site, fresh=True) or self._namespace(site) is None:
+            raise Refused(f"{op} refused: the {site} site cannot be reached (or has no namespace "
+                          f"{self.namespace}); nothing was changed")
+
+    def _require_replicating(self, st: DrState, op: str) -> None:
+        obj = self.role_object(st.primary)
+        seen, done = manifests.observed_role(self.backend(), obj)
+        if seen != "primary" or not done:
+            msg = ((obj or {}).get("status") or {}).get("message") or "no replication status"
+            raise Refused(f"{op} refused: {self.namespace} does not replicate from the {st.primary} "
+                          f"site now ({msg}); nothing was changed")
+
+    # ======================================================================================
+    # relocate (planned)
+    # ======================================================================================
+    def relocate(self) -> dict[str, Any]:
+        """Planned move of the application to the other site: quiesce, final sync (lag 0),
+        demote, promote the other side, reverse replication without any copy, start there.
+        Keys: ``rpo_orders`` (0), ``rto_s``, ``final_sync_s``, ``resync_bytes``, ``primary``."""
+        st0 = self.state()
+        src = st0.operation.data.get("source", st0.primary) if st0.operation and \
+            st0.operation.name == "relocate" else st0.primary
+        dst = drs.other(src)
+
+        def check(st: DrState) -> None:
+            if st.test_running:
+                raise Refused(f"relocate refused: a DR test of {self.namespace} is running "
+                              f"(namespace {(st.test or {}).get('namespace')}); clean it up first: "
+                              f"dr-kit dr test {self.namespace} --cleanup")
+            for s in drs.SITES:
+                self._require_reachable(s, "relocate")
+            self._require_replicating(st, "relocate")
+
+        def prepare(st: DrState) -> dict[str, Any]:
+            self.ensure_role_object(dst, "secondary")
+            return {"source": src}
+
+        steps = [Step("prepare", prepare, f"the {dst} site's copy described as secondary"),
+                 *self._move_steps(src, dst)]
+        return self._run("relocate", dst, steps, check, lambda st: self._move_result(st, src, dst))
+
+    def _move_steps(self, src: str, dst: str) -> list[Step]:
+        """Quiesce at ``src``, final sync, demote, promote ``dst``, swap, start, verify."""
+
+        def quiesce(st: DrState) -> dict[str, Any]:
+            t = time.time()
+            report = self.apps.stop(self.site(src), self.namespace)
+            return {"t_quiesce": t, "orders_at_source": report.get("last_order")}
+
+        def final_sync(st: DrState) -> dict[str, Any]:
+            since = float(st.operation.data.get("t_quiesce") or time.time())  # type: ignore[union-attr]
+            return {"final_sync_s": round(self.wait_caught_up(src, since), 3)}
+
+        def demote(st: DrState) -> dict[str, Any]:
+            self.ensure_role_object(src, "secondary")
+            self.wait_role(src, "secondary")
+            g = self.array_group(src) or {}
+            return {"demoted": g.get("demoted")}
+
+        def promote(st: DrState) -> dict[str, Any]:
+            self.ensure_role_object(dst, "primary")
+            self.wait_role(dst, "primary")
+            g = self.array_group(dst) or {}
+            return {"promoted": g.get("promoted")}
+
+        def swap(st: DrState) -> dict[str, Any]:
+            cur = self.state()
+            if cur.primary != dst:
+                self._write(cur.swapped(dst).bump())
+            self._ensure_namespace_copy(dst)
+            return {}
+
+        def start(st: DrState) -> dict[str, Any]:
+            self.apps.start(self.site(dst), self.namespace, verify=True)
+            report = self.wait_serving(dst)
+            t0 = float(st.operation.data.get("t_quiesce") or time.time())  # type: ignore[union-attr]
+            return {"t_serving": time.time(), "rto_s": round(time.time() - t0, 3),
+                    "orders_at_target": report.get("started_after_order"),
+                    "verdict": report.get("verdict")}
+
+        def verify(st: DrState) -> dict[str, Any]:
+            self.wait_role(dst, "primary", in_sync=True)
+            g = self.array_group(dst) or {}
+            copy = g.get("last_copy") or None
+            promoted_at = ((g.get("promoted") or {}).get("at")) or 0
+            resync = int(copy["bytes"]) if copy and (copy.get("started") or 0) >= promoted_at else 0
+            return {"resync_bytes": resync if g else None, "volume_bytes": g.get("volume_bytes")}
+
+        return [Step("quiesce", quiesce, f"application stopped at the {src} site"),
+                Step("final-sync", final_sync, f"the {dst} site applies every write"),
+                Step("demote", demote, f"the {src} site's copy secondary: its volumes refuse writes"),
+                Step("promote", promote, f"the {dst} site's copy primary, replicating back"),
+                Step("swap", swap, f"DR state: the {dst} site is primary"),
+                Step("start", start, f"application started at the {dst} site"),
+                Step("verify", verify, "replication in sync in the new direction")]
+
+    def _move_result(self, st: DrState, src: str, dst: str) -> dict[str, Any]:
+        d = st.operation.data if st.operation else {}
+        a, b = d.get("orders_at_source"), d.get("orders_at_target")
+        demoted, promoted = d.get("demoted") or {}, d.get("promoted") or {}
+        verdict = d.get("verdict") or {}
+        return {"rpo_orders": (int(a) - int(b)) if a is not None and b is not None else None,
+                "rto_s": d.get("rto_s"), "final_sync_s": d.get("final_sync_s"),
+                "resync_bytes": d.get("resync_bytes"), "primary": dst, "from": src,
+                "volume_bytes": d.get("volume_bytes"),
+                "position_demoted": demoted.get("position"), "position_promoted": promoted.get("position"),
+                "without_copy": bool(demoted.get("clean") and promoted.get("clean")
+                                     and demoted.get("position") == promoted.get("position")),
+                "orders": b, "consistent": verdict.get("consistent")}
+
+    # ======================================================================================
+    # failover (unplanned)
+    # ======================================================================================
+    def failover(self, *, force: bool = False) -> dict[str, Any]:
+        """The primary site is lost: promote the other site's copy and start the
+        application there.  The old primary is fenced (now if it answers, else when it
+        returns: its copy is demoted and its application not restarted).  Keys:
+        ``rpo_orders`` (+ ``rpo_estimated``), ``rto_s``, ``primary``, ``consistent``."""
+        st0 = self.state()
+        resuming = st0.operation is not None and st0.operation.name == "failover"
+        src = st0.operation.data.get("source", st0.primary) if resuming and st0.operation else st0.primary
+        dst = drs.other(src)
+
+        def check(st: DrState) -> None:
+            self._require_reachable(dst, "failover")
+            copy = self.array_group(dst)
+            if copy is not None and copy.get("side") == "main":
+                raise Refused(f"failover refused: the {dst} site's copy is primary already")
+            if st.test_running:
+                raise Refused(f"failover refused: a DR test of {self.namespace} is running; clean it "
+                              f"up first: dr-kit dr test {self.namespace} --cleanup")
+            est = self._loss_estimate(dst)
+            consistent = None if copy is None else bool(copy.get("consistent")) and \
+                copy.get("state") in ("pair", "suspended")
+            if consistent is not True:
+                why = ("its consistency cannot be verified (the storage publishes no array report)"
+                       if consistent is None else f"it is {copy.get('state')}: "
+                       f"{copy.get('message') or 'not consistent'}")  # type: ignore[union-attr]
+                if not force:
+                    raise Refused(f"failover refused: the {dst} site's copy of {self.namespace} is not "
+                                  f"known consistent ({why}); nothing was changed; --force fails over "
+                                  f"anyway ({_loss_line(est)})")
+                self.say(f"failover forced onto a copy that is not known consistent ({why})")
+            self.say(f"failover to the {dst} site: {_loss_line(est)}")
+
+        def fence(st: DrState) -> dict[str, Any]:
+            if not self.reachable(src, fresh=True) or self._namespace(src) is None:
+                return {"fence_pending": True, "source": src}
+            report = self.apps.stop(self.site(src), self.namespace)
+            with contextlib.suppress(DrKitError):
+                self.ensure_role_object(src, "secondary")
+                self.wait_role(src, "secondary", timeout=30)
+            return {"fence_pending": False, "source": src, "orders_at_source": report.get("last_order")}
+
+        def assess(st: DrState) -> dict[str, Any]:
+            copy = self.array_group(dst) or {}
+            return {"estimate": self._loss_estimate(dst),
+                    "applied": copy.get("applied"), "consistent_before": copy.get("consistent")}
+
+        def promote(st: DrState) -> dict[str, Any]:
+            self.ensure_role_object(dst, "primary")
+            self.wait_role(dst, "primary")
+            g = self.array_group(dst) or {}
+            return {"promoted": g.get("promoted")}
+
+        def swap(st: DrState) -> dict[str, Any]:
+            cur = self.state()
+            if cur.primary != dst:
+                d = cur.operation.data if cur.operation else {}
+                marker = {"from": src, "to": dst, "at": time.time(),
+                          "position": (d.get("promoted") or {}).get("position"),
+                          "fence_pending": bool(d.get("fence_pending")), "estimate": d.get("estimate")}
+                self._write(cur.swapped(dst).bump(failover=marker))
+            self._ensure_namespace_copy(dst)
+            return {}
+
+        def start(st: DrState) -> dict[str, Any]:
+            self.apps.start(self.site(dst), self.namespace, verify=True)
+            report = self.wait_serving(dst)
+            t0 = st.operation.started if st.operation else time.time()
+            cur = self.state()
+            if cur.failover is not None and report.get("started_after_order") is not None:
+                self._write(cur.bump(failover={**cur.failover,
+                                                "orders_at_promotion": report.get("started_after_order")}))
+            return {"rto_s": round(time.time() - t0, 3), "orders_at_target": report.get("started_after_order"),
+                    "verdict": report.get("verdict")}
+
+        def result(st: DrState) -> dict[str, Any]:
+            d = st.operation.data if st.operation else {}
+            a, b = d.get("orders_at_source"), d.get("orders_at_target")
+            est = d.get("estimate") or {}
+            exact = a is not None and b is not None
+            return {"rpo_orders": (int(a) - int(b)) if exact else est.get("orders"),
+                    "rpo_estimated": not exact, "rpo_window_s": est.get("window_s"),
+                    "rto_s": d.get("rto_s"), "primary": dst, "from": src,
+                    "fenced": not d.get("fence_pending"), "orders": b,
+                    "consistent": (d.get("verdict") or {}).get("consistent"),
+                    "position": (d.get("promoted") or {}).get("position")}
+
+        steps = [Step("fence", fence, f"the {src} site's application stopped, its copy demoted (if it answers)"),
+                 Step("assess", assess, f"what the {dst} site's copy holds"),
+                 Step("promote", promote, f"the {dst} site's copy primary"),
+                 Step("swap", swap, f"DR state: the {dst} site is primary; the {src} site fenced"),
+                 Step("start", start, f"application started at the {dst} site")]
+        return self._run("failover", dst, steps, check, result)
+
+    def _loss_estimate(self, dst: str) -> dict[str, Any]:
+        """What a failover to ``dst`` now loses: the writes its copy has not applied, from
+        the last head position the old primary announced, as entries and seconds; orders
+        estimated from the application's last reported rate (lab)."""
+        copy = self.array_group(dst)
+        if copy is None or copy.get("side") != "backup":
+            return {"entries": None, "window_s": None, "orders": None, "source": "unknown"}
+        head = (copy.get("main_head") or {})
+        applied_seq = int(str(copy.get("applied") or "g0/0").rsplit("/", 1)[-1])
+        entries = max(0, int(head.get("sequence") or applied_seq) - applied_seq)
+        window = None
+        if head.get("time") and copy.get("applied_time"):
+            window = max(0.0, float(head["time"]) - float(copy["applied_time"]))
+        elif entries == 0:
+            window = 0.0
+        orders = None
+        if self.controls is not None and window is not None:
+            app = self.controls.application_status(self.namespace) or {}
+            rate = app.get("rate")
+            if isinstance(rate, (int, float)):
+                orders = int(round(float(rate) * window))
+        return {"entries": entries, "window_s": None if window is None else round(window, 3),
+                "orders": orders, "source": "array: the old primary's last announced head"}
+
+    # ======================================================================================
+    # failback
+    # ======================================================================================
+    def failback(self) -> dict[str, Any]:
+        """After a failover, with the old primary back: fence it, count what it wrote that
+        was lost, resynchronise it from the new primary by the regions changed on either
+        side since the split, then relocate the application home.  Keys: ``resync_bytes``,
+        ``volume_bytes``, ``rpo_orders``, ``rto_s``, ``consistent``."""
+        st0 = self.state()
+        marker = st0.failover or (st0.operation.data.get("failover") if st0.operation else None) or {}
+        home = marker.get("from") or drs.other(st0.primary)
+        away = drs.other(home)
+
+        def check(st: DrState) -> None:
+            if not st.failover:
+                raise Refused(f"failback refused: no failover of {self.namespace} is behind it (the "
+                              f"{st.primary} site is primary by "
+                              f"{(st.history[-1].get('op') if st.history else 'protection')}); "
+                              "nothing was changed")
+            if st.test_running:
+                raise Refused(f"failback refused: a DR test of {self.namespace} is running; clean it "
+                              f"up first: dr-kit dr test {self.namespace} --cleanup")
+            for s in drs.SITES:
+                self._require_reachable(s, "failback")
+
+        def fence(st: DrState) -> dict[str, Any]:
+            if self.apps.running_at(self.namespace) == home:
+                self.apps.stop(self.site(home), self.namespace)
+            if manifests.role_of(self.backend(), self.role_object(home)) != "resync":
+                self.ensure_role_object(home, "secondary")
+            self.wait_role(home, "secondary")
+            g = self.array_group(home) or {}
+            return {"failover": dict(marker), "demoted": g.get("demoted")}
+
+        def lost(st: DrState) -> dict[str, Any]:
+            orders = self._image_orders(home)
+            return {"orders_at_old_primary": orders}
+
+        def resync(st: DrState) -> dict[str, Any]:
+            t0 = time.monotonic()
+            self.ensure_role_object(home, "resync")
+            self.wait_role(away, "primary", in_sync=True, timeout=max(self.timeout, 300))
+            self.wait_role(home, "secondary", in_sync=True)
+            g = self.array_group(away) or {}
+            copy = g.get("last_copy") or {}
+            return {"resync_s": round(time.monotonic() - t0, 3),
+                    "reverse_resync_bytes": copy.get("bytes"), "volume_bytes": g.get("volume_bytes"),
+                    "resync_regions": copy.get("regions")}
+
+        def steady(st: DrState) -> dict[str, Any]:
+            self.ensure_role_object(home, "secondary")
+            return {}
+
+        def clear(st: DrState) -> dict[str, Any]:
+            cur = self.state()
+            if cur.failover is not None:
+                self._write(cur.bump(failover=None))
+            return {}
+
+        move = self._move_steps(away, home)
+        steps = [Step("fence", fence, f"the {home} site's copy secondary, its application stopped"),
+                 Step("count-lost", lost, f"orders in the {home} site's image after the split"),
+                 Step("resync", resync, f"regions changed on either side copied from the {away} site"),
+                 Step("steady", steady, "the resync is over"),
+                 *[Step(f"home-{s.name}", s.run, s.what) for s in move],
+                 Step("clear", clear, "the failover is behind us")]
+
+        def result(st: DrState) -> dict[str, Any]:
+            d = st.operation.data if st.operation else {}
+            fo = d.get("failover") or {}
+            promo = fo.get("orders_at_promotion")
+            old = d.get("orders_at_old_primary")
+            exact = promo is not None and old is not None
+            est = (fo.get("estimate") or {}).get("orders")
+            dem = d.get("demoted") or {}
+            moved = self._move_result(st, away, home)
+            return {"resync_bytes": d.get("reverse_resync_bytes"), "volume_bytes": d.get("volume_bytes"),
+                    "rpo_orders": max(0, int(old) - int(promo)) if exact else est,
+                    "rpo_estimated": not exact, "rto_s": moved["rto_s"], "consistent": moved["consistent"],
+                    "primary": home, "resync_s": d.get("resync_s"), "resync_regions": d.get("resync_regions"),
+                    "lost_writes": dem.get("lost_entries"), "lost_write_bytes": dem.get("lost_bytes"),
+                    "divergent_bytes": dem.get("divergent_bytes"), "final_sync_s": moved["final_sync_s"],
+                    "relocate_resync_bytes": moved["resync_bytes"], "orders": moved["orders"]}
+
+        return self._run("failback", home, steps, check, result)
+
+    def _image_orders(self, site: str) -> int | None:
+        """Orders in the image of the site's copy (a snapshot group of it, restored, its
+        databases opened as an analyst does); None when the site cannot tell."""
+        from dr_kit.snapshots import (
+            create_snapshot_group,
+            delete_snapshot_group,
+            open_snapshot_databases,
+        )
+
+        s = self.site(site)
+        if not s.serves_group_snapshots:
+            return None
+        name = f"dr-count-{uuid.uuid4().hex[:6]}"
+        try:
+            create_snapshot_group(s, name, self.namespace, allow_inconsistent=True)
+            dbs = open_snapshot_databases(s, name, self.namespace, timeout=60)
+            try:
+                return int(dbs.provenance.verdict.orders)
+            finally:
+                dbs.close()
+        except DrKitError as e:
+            self.say(f"  the orders in the {site} site's image cannot be counted: {e}")
+            return None
+        finally:
+            with contextlib.suppress(DrKitError):
+                delete_snapshot_group(s, name, self.namespace, timeout=60)
+
+    # ======================================================================================
+    # DR test
+    # ======================================================================================
+    def test(self, *, keep: bool = False, seconds: float = 3.0, rate: float | None = 20.0,
+             run_application: bool = True, lag_interval_s: float = 0.1) -> dict[str, Any]:
+        """Rehearse a failover without touching production: a snapshot group at the
+        secondary site, restored to clones in ``<namespace>-drtest``, the application
+        started there on them and verified; production replication goes on meanwhile
+        (sampled throughout).  ``keep`` leaves the test environment running
+        (:meth:`test_cleanup` removes it).  Keys: ``consistent``, ``test_rto_s``,
+        ``test_transactions``, ``replication_suspended``, ``resync_after``,
+        ``lag_p99_ms_during_test``."""
+        st0 = self.state()
+        src = st0.primary
+        dst = st0.secondary
+        test_ns = f"{self.namespace}{TEST_SUFFIX}"[:63]
+        resuming = st0.operation is not None and st0.operation.name == "test"
+        snap = (st0.operation.data.get("snapshot") if resuming and st0.operation else None) \
+            or f"drtest-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        sampler = _LagSampler(self.site(src), self.namespace, lag_interval_s)
+
+        def check(st: DrState) -> None:
+            if st.test_running:
+                raise Refused(f"test refused: a DR test of {self.namespace} is running already "
+                              f"(namespace {(st.test or {}).get('namespace')}); clean it up first: "
+                              f"dr-kit dr test {self.namespace} --cleanup")
+            for s in drs.SITES:
+                self._require_reachable(s, "test")
+            self._require_replicating(st, "test")
+
+        def baseline(st: DrState) -> dict[str, Any]:
+            g = self.array_group(src) or {}
+            lag = g.get("lag") or {}
+            return {"snapshot": snap, "test_namespace": test_ns, "generation_before": _gen(lag.get("main")),
+                    "sequence_before": _seq(lag.get("main"))}
+
+        def snapshot(st: DrState) -> dict[str, Any]:
+            from dr_kit.snapshots import create_snapshot_group, get_snapshot_group
+
+            t = time.time()
+            try:
+                grp = get_snapshot_group(self.site(dst), snap, self.namespace)
+            except NotFound:
+                grp = create_snapshot_group(self.site(dst), snap, self.namespace,
+                                            main_site=self.site(src))
+            cur = self.state()
+            self._write(cur.bump(test={"namespace": test_ns, "snapshot": snap, "site": dst,
+                                       "state": "creating", "started": t}))
+            return {"t_requested": t, "snapshot_sequence": grp.sequence, "snapshot_position": grp.position}
+
+        def restore(st: DrState) -> dict[str, Any]:
+            self._restore_test(dst, snap, test_ns)
+            return {}
+
+        def start(st: DrState) -> dict[str, Any]:
+            if not run_application:
+                self.say("  skipped: the application copy is not started on this path")
+                return {"serving": None}
+            s = self.site(dst)
+            if self.controls is None:
+                from dr_kit.dr.apps import ClusterApps
+
+                apps = ClusterApps()._apps(self.site(src), self.namespace)
+                for body in manifests.application_copy(apps, test_ns, self.namespace):
+                    s.kube.create(body["kind"], body, exist_ok=True)
+            report = self.apps.start(s, test_ns, rate=rate, verify=True)
+            if report.get("note"):
+                self.say(f"  {report['note']}")
+            served = self.wait_serving(dst, test_ns)
+            t0 = float(st.operation.data.get("t_requested") or time.time())  # type: ignore[union-attr]
+            return {"test_rto_s": round(time.time() - t0, 3), "app_verdict": served.get("verdict")}
+
+        def run(st: DrState) -> dict[str, Any]:
+            if not run_application:
+                return {"test_transactions": None}
+            time.sleep(seconds)
+            ok, _msg, report = self.apps.serving(self.site(dst), test_ns)
+            return {"test_transactions": report.get("committed") if report else None}
+
+        def verify(st: DrState) -> dict[str, Any]:
+            if run_application and self.controls is not None:
+                self.apps.stop(self.site(dst), test_ns)  # the databases are read quiet
+            out = self._verify_test(dst, snap, test_ns)
+            if keep and run_application and self.controls is not None:
+                self.apps.start(self.site(dst), test_ns, rate=rate)
+            return out
+
+        def replication(st: DrState) -> dict[str, Any]:
+            g = self.array_group(src) or {}
+            lag = g.get("lag") or {}
+            samples = sampler.stop()
+            d = st.operation.data if st.operation else {}
+            gens = {s["generation"] for s in samples if s["generation"] is not None}
+            states = {s["state"] for s in samples}
+            gen_after = _gen(lag.get("main"))
+            ms = sorted(s["lag_ms"] for s in samples if s["lag_ms"] is not None)
+            return {"replication_suspended": bool(states & {"suspended", "error"}),
+                    "resync_after": bool(states & {"resync", "copy"}) or len(gens) > 1 or (
+                        gen_after is not None and d.get("generation_before") is not None
+                        and gen_after != d.get("generation_before")),
+                    "sequence_after": _seq(lag.get("main")),
+                    "lag_p99_ms_during_test": _p99(ms), "lag_p50_ms_during_test": _p50(ms),
+                    "lag_samples": len(samples), "lag_source": sampler.source,
+                    "lag_series": [[round(s["t"], 3), s["lag_ms"]] for s in samples]}
+
+        def cleanup(st: DrState) -> dict[str, Any]:
+            if keep:
+                cur = self.state()
+                self._write(cur.bump(test={**(cur.test or {}), "state": "running"}))
+                return {}
+            self._cleanup_test(dst, snap, test_ns)
+            cur = self.state()
+            self._write(cur.bump(test={**(cur.test or {}), "state": "cleaned", "cleaned": time.time()}))
+            return {}
+
+        def result(st: DrState) -> dict[str, Any]:
+            d = st.operation.data if st.operation else {}
+            seq0, seq1 = d.get("sequence_before"), d.get("sequence_after")
+            return {"consistent": d.get("consistent"), "test_rto_s": d.get("test_rto_s"),
+                    "test_transactions": d.get("test_transactions"),
+                    "replication_suspended": d.get("replication_suspended"),
+                    "resync_after": d.get("resync_after"),
+                    "lag_p99_ms_during_test": d.get("lag_p99_ms_during_test"),
+                    "lag_p50_ms_during_test": d.get("lag_p50_ms_during_test"),
+                    "lag_source": d.get("lag_source"), "lag_series": d.get("lag_series"),
+                    "sequence_continued": (seq1 > seq0) if seq0 is not None and seq1 is not None else None,
+                    "snapshot": snap, "snapshot_position": d.get("snapshot_position"),
+                    "namespace": test_ns, "site": dst, "kept": keep,
+                    "orders": d.get("orders"), "revenue_days": d.get("revenue_days"),
+                    "verdict": d.get("verdict")}
+
+        steps = [Step("baseline", baseline, "replication before the test"),
+                 Step("snapshot", snapshot, f"snapshot group {snap} at the {dst} site"),
+                 Step("restore", restore, f"clones in namespace {test_ns}"),
+                 Step("start", start, f"the application started in {test_ns}"),
+                 Step("run", run, "transactions committed on the clones"),
+                 Step("verify", verify, "consistency verdict and analytics on the clones"),
+                 Step("replication", replication, "production replication checked undisturbed"),
+                 Step("cleanup", cleanup, "kept" if keep else f"namespace {test_ns} removed")]
+        sampler.start()
+        try:
+            return self._run("test", dst, steps, check, result)
+        finally:
+            sampler.stop()
+
+    def test_cleanup(self) -> dict[str, Any]:
+        """Remove a kept DR test environment (idempotent)."""
+        st0 = self.state()
+        t = st0.test or (st0.operation.data if st0.operation and st0.operation.name == "test" else None)
+
+        def check(st: DrState) -> None:
+            if not st.test_running:
+                raise Refused(f"test cleanup refused: no DR test environment of {self.namespace} is "
+                              "running; nothing was changed")
+
+        def cleanup(st: DrState) -> dict[str, Any]:
+            tt = t or {}
+            self._cleanup_test(tt.get("site") or st.secondary, tt.get("snapshot"),
+                               tt.get("namespace") or f"{self.namespace}{TEST_SUFFIX}")
+            cur = self.state()
+            self._write(cur.bump(test={**(cur.test or {}), "state": "cleaned", "cleaned": time.time()}))
+            return {}
+
+        return self._run("test", st0.secondary, [Step("cleanup", cleanup, "test environment removed")],
+                         check, lambda st: {"cleaned": True, "namespace": (t or {}).get("namespace")})
+
+    def _restore_test(self, site: str, snap: str, test_ns: str) -> None:
+        from dr_kit.snapshots import _require_vgs, _volume_snapshots
+
+        s = self.site(site)
+        kube = s.kube
+        kube.create("Namespace", manifests.test_namespace(self.namespace, test_ns), exist_ok=True)
+        vgs = _require_vgs(s, snap, self.namespace)
+        vss = _volume_snapshots(s, vgs)
+        contents = {pvc: kube.get("VolumeSnapshotContent",
+                                  (vs.get("status") or {}).get("boundVolumeSnapshotContentName") or "") or {}
+                    for pvc, vs in vss.items()}
+        imports = manifests.snapshot_imports(self.namespace, test_ns, vss, contents, prefix=snap)
+        for body in imports:
+            kube.create(body["kind"], body, exist_ok=True)
+        sources = {p: kube.get("PersistentVolumeClaim", p, self.namespace) or {} for p in vss}
+        snapshot_of = {b["metadata"]["labels"]["dr-kit.io/pvc"]: b["metadata"]["name"]
+                       for b in imports if b["kind"] == "VolumeSnapshot"}
+        for body in manifests.restored_pvcs(test_ns, sources, snapshot_of, self.namespace):
+            kube.create("PersistentVolumeClaim", body, exist_ok=True)
+
+        def bound() -> tuple[bool, str]:
+            phases = {p: ((kube.get("PersistentVolumeClaim", p, test_ns) or {}).get("status") or {}).get("phase")
+                      for p in vss}
+            left = sorted(p for p, ph in phases.items() if ph != "Bound")
+            return not left, "all Bound" if not left else f"waiting for {', '.join(left)}"
+
+        wait_until(bound, task=f"clones in {test_ns}", timeout=self.timeout, interval=0.1)
+
+    def _verify_test(self, site: str, snap: str, test_ns: str) -> dict[str, Any]:
+        """The test clones' verdict and an analysis on them, through the databases a DBA
+        publishes for them (Secret ``<snapshot>-databases`` in the test namespace)."""
+        from dr_kit import analytics, published
+        from dr_kit.sqlite import dialect
+
+        s = self.site(site)
+        secret_name = published.databases_secret(snap)
+        got: list[dict[str, Any]] = []
+
+        def published_urls() -> tuple[bool, str]:
+            sec = s.kube.get("Secret", secret_name, test_ns)
+            if sec and published.secret_text(sec, published.STOCK_URL_KEY) and \
+                    published.secret_text(sec, published.SALES_URL_KEY):
+                got.append(sec)
+                return True, "published"
+            return False, f"waiting for Secret {test_ns}/{secret_name}"
+
+        try:
+            wait_until(published_urls, task="the test databases' URLs", timeout=30, interval=0.2)
+        except Unavailable:
+            self.say(f"  no database URLs published for the test clones (Secret {test_ns}/{secret_name}); "
+                     "the verdict and analytics are not run")
+            return {"consistent": None, "verdict": None}
+        dialect.register()
+        sec = got[-1]
+        dbs = analytics.open_databases(published.secret_text(sec, published.STOCK_URL_KEY) or "",
+                                       published.secret_text(sec, published.SALES_URL_KEY) or "",
+                                       password=published.secret_text(sec, published.PASSWORD_KEY),
+                                       snapshot=snap, source=f"DR test clones in {test_ns}")
+        try:
+            verdict = dbs.provenance.verdict
+            days = analytics.revenue_by_day(dbs)
+            return {"consistent": bool(verdict.consistent), "verdict": verdict.to_dict(),
+                    "orders": verdict.orders, "revenue_days": int(len(days))}
+        finally:
+            dbs.close()
+
+    def _cleanup_test(self, site: str, snap: str | None, test_ns: str) -> None:
+        from dr_kit.snapshots import delete_snapshot_group
+
+        s = self.site(site)
+        kube = s.kube
+        if self.controls is not None:
+            with contextlib.suppress(DrKitError):
+                self.apps.stop(s, test_ns)
+        label = f"{manifests.DRTEST_LABEL}={self.namespace}"
+        for kind in ("Deployment", "PersistentVolumeClaim", "VolumeSnapshot"):
+            with contextlib.suppress(NotFound):
+                for o in kube.items(kind, test_ns, label_selector=label):
+                    kube.delete(kind, o["metadata"]["name"], test_ns, missing_ok=True)
+
+        def gone() -> tuple[bool, str]:
+            left = kube.items("PersistentVolumeClaim", test_ns, label_selector=label)
+            return not left, f"{len(left)} clones left"
+
+        if kube.get("Namespace", test_ns) is not None:
+            wait_until(gone, task=f"clones of {test_ns} deleted", timeout=self.timeout, interval=0.1)
+        for o in kube.items("VolumeSnapshotContent", label_selector=label):
+            if o["metadata"]["name"].startswith(f"{test_ns}-"):
+                kube.delete("VolumeSnapshotContent", o["metadata"]["name"], missing_ok=True)
+        kube.delete("Namespace", test_ns, missing_ok=True)
+        if snap:
+            with contextlib.suppress(NotFound):
+                delete_snapshot_group(s, snap, self.namespace, timeout=self.timeout)
+
+    # ======================================================================================
+    # status
+    # ======================================================================================
+    def status(self) -> dict[str, Any]:
+        """The DR state and what each site reports: role asked, role observed, in sync,
+        the application, the array's view of the copy (when published)."""
+        st = self.state()
+        backend = self.backend()
+        sites: dict[str, Any] = {}
+        for s in drs.SITES:
+            up = self.reachable(s, fresh=True)
+            obj = self.role_object(s) if up else None
+            seen, in_sync = manifests.observed_role(backend, obj)
+            g = self.array_group(s) if up else None
+            sites[s] = {"reachable": up, "role_asked": manifests.role_of(backend, obj),
+                        "role": seen, "in_sync": in_sync,
+                        "message": ((obj or {}).get("status") or {}).get("message"),
+                        "array": None if g is None else {
+                            k: g.get(k) for k in ("side", "state", "consistent", "applied", "message",
+                                                  "paired", "divergent_regions", "promoted", "demoted",
+                                                  "last_copy")}}
+        app = self.controls.application_status(self.namespace) if self.controls else None
+        return {"namespace": self.namespace, "primary": st.primary, "epoch": st.epoch, "rev": st.rev,
+                "operation": st.operation.to_dict() if st.operation else None,
+                "test": st.test, "failover": st.failover, "history": list(st.history)[-10:],
+                "backend": backend, "sites": sites,
+                "application": None if app is None else {k: app.get(k) for k in (
+                    "running", "site", "committed", "last_order", "rate")}}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _kill_hook(op: str, index: int, step: str) -> None:
+    """Test hook: ``DR_KIT_DR_KILL_AFTER_STEP=N`` (or ``=name``, or ``=op:N``) kills this
+    process with SIGKILL right after that step is recorded done."""
+    want = os.environ.get(KILL_ENV, "").strip()
+    if not want:
+        return
+    if ":" in want:
+        wop, want = want.split(":", 1)
+        if wop != op:
+            return
+    if want in (str(index), step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _loss_line(est: dict[str, Any]) -> str:
+    if est.get("entries") is None:
+        return "what would be lost is unknown (no array report)"
+    orders = est.get("orders")
+    window = est.get("window_s")
+    return (f"about {est['entries']} writes not applied"
+            + (f", {window:.3f} s of transactions" if window is not None else "")
+            + (f", about {orders} orders (estimated)" if orders is not None else "")
+            + " would be lost")
+
+
+def _seq(pos: Any) -> int | None:
+    try:
+        return int(str(pos).rsplit("/", 1)[-1]) if pos else None
+    except ValueError:
+        return None
+
+
+def _gen(pos: Any) -> int | None:
+    try:
+        return int(str(pos).split("/", 1)[0].lstrip("g")) if pos else None
+    except ValueError:
+        return None
+
+
+def _p99(v: list[float]) -> float | None:
+    return round(v[min(len(v) - 1, int(len(v) * 0.99))], 3) if v else None
+
+
+def _p50(v: list[float]) -> float | None:
+    return round(v[len(v) // 2], 3) if v else None
+
+
+class _LagSampler:
+    """Samples the primary's lag in a thread for the length of a DR test."""
+
+    def __init__(self, site: Site, namespace: str, interval: float) -> None:
+        self.site, self.namespace, self.interval = site, namespace, interval
+        self.samples: list[dict[str, Any]] = []
+        self.source = "no samples"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.t0 = time.time()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dr-lag")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from dr_kit.lag import read_lag
+
+        while not self._stop.is_set():
+            with contextlib.suppress(DrKitError):
+                for r in read_lag(self.site, self.namespace):
+                    self.source = r.source_label
+                    self.samples.append({"t": r.measured_at - self.t0, "state": r.state,
+                                         "generation": r.main.generation if r.main else None,
+                                         "lag_ms": None if r.time_lag_s is None else r.time_lag_s * 1000})
+            self._stop.wait(self.interval)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        return list(self.samples)
+
+
+__all__ = ["DR", "Refused", "KILL_ENV"]
