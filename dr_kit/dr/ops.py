@@ -446,7 +446,7 @@ class DR:
         d = st.operation.data if st.operation else {}
         a, b = d.get("orders_at_source"), d.get("orders_at_target")
         demoted, promoted = d.get("demoted") or {}, d.get("promoted") or {}
-        verdict = d.get("verdict") or {}
+        verdict = d.get("verdict") if isinstance(d.get("verdict"), dict) else {}
         return {"rpo_orders": (int(a) - int(b)) if a is not None and b is not None else None,
                 "rto_s": d.get("rto_s"), "final_sync_s": d.get("final_sync_s"),
                 "resync_bytes": d.get("resync_bytes"), "primary": dst, "from": src,

@@ -77,7 +77,7 @@ class ShopApp:
         vfs = sqlite_vfs.register(f"lab-shop-{site}-{namespace}", self.array.open_volume)
         self.stock, self.sales = open_shop(vfs, stock_volume=self.volumes["stock-db"],
                                            sales_volume=self.volumes["sales-db"])
-        self.verdict = judge_images(self.stock, self.sales).summary() if verify else None
+        self.verdict = judge_images(self.stock, self.sales).to_dict() if verify else None
         seed(self.stock, self.sales, None, **history_options())  # 180 days of history when new
         self.shop = Shop(self.stock, self.sales, keep_latencies=0)
         self.vfs = vfs

@@ -708,9 +708,10 @@ class Array:
                     "members": {str(v.id): v.name for v in vols},
                     "journal_capacity": 2 * int(grp.conf.get("journal_capacity", DEFAULT_JOURNAL)),
                     "generation": gen, "journal_dir": jdir,
-                    "state": PAIR if clean else SUSPENDED, "consistent": True, "copy_end_seq": None,
+                    "state": SUSPENDED, "consistent": True, "copy_end_seq": None,
                     "message": ("demoted: identical to the other side at "
-                                f"{info['position']}" if clean else
+                                f"{info['position']}; replication resumes from the new main "
+                                "without a copy" if clean else
                                 f"demoted: {nregions} regions written here beyond {info['position']} "
                                 "are overwritten by the next resync from the new main"),
                     "created": now, "demoted": info, "divergent": nregions > 0,

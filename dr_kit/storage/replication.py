@@ -892,6 +892,10 @@ class _BackupLane(_Lane):
             except DrKitError as e:
                 self.refuse(cid, str(e), log_it=f"refused group {group!r}: {e}")
                 return
+            if grp.state == SUSPENDED and grp.conf.get("demoted") and not grp.divergent and \
+                    int(auth["generation"]) == grp.journal.generation:
+                # a demoted old main, identical to the new main at the split: it replicates now
+                grp.set_state(PAIR, "", consistent=True)
             svc.sync_groups()
             s = svc.sessions.get(group)
             if s is None or s.grp is not grp:
