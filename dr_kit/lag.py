@@ -98,6 +98,8 @@ def _resources(site: Site, namespace: str | None) -> list[tuple[str, str, str, d
     for kind, obj in site.replication_objects(namespace):
         if kind == "VolumeReplication":
             continue  # single-volume, no consistency group
+        if (obj.get("spec") or {}).get("replicationState") in ("secondary", "resync"):
+            continue  # the secondary copy after a DR role swap: its lag is read at the primary
         ns = obj["metadata"].get("namespace") or ""
         if kind == "Replication":
             cg = str((obj.get("spec") or {}).get("consistencyGroupId", obj["metadata"]["name"]))

@@ -191,8 +191,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"  {r4.get('stamp')}")
     r5 = results.get("05_dr_drill")
     if r5:
-        lines.append(f"failover drill: {'PASS' if r5.get('ok') else 'FAIL'}, RTO {r5.get('rto_s', 0):.2f} s, "
-                     f"orders lost {r5.get('rpo_orders_lost')}")
+        fb = r5.get("failback") or {}
+        rto = r5.get("rto_s")
+        lines.append(f"DR cycle: {'PASS' if r5.get('ok') else 'FAIL'}; failover RTO "
+                     f"{f'{rto:.2f} s' if isinstance(rto, (int, float)) else 'not run'}, orders lost "
+                     f"{r5.get('rpo_orders_lost')}, failback resync {fb.get('resync_bytes')} of "
+                     f"{fb.get('volume_bytes')} bytes; skipped: "
+                     f"{', '.join(s.get('step', '') for s in r5.get('skipped') or []) or 'nothing'}")
     r6 = results.get("06_many_applications")
     if r6:
         from dr_kit.walkthrough import many_applications_line

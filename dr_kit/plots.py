@@ -394,5 +394,115 @@ def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, t
     bx.set_xlabel("p99 (ms)")
     shown = "" if len(order) == d["group"].nunique() else f" ({len(order)} of {d['group'].nunique()})"
     bx.set_title(f"ranking{shown}", fontsize=10)
+
+
+# -- DR operations (notebook 05) ----------------------------------------------------------
+
+SITE_COLORS = {"main": "#4a7ab7", "backup": "#d98c3f"}
+
+
+def dr_test_lag(result: dict[str, Any]) -> Figure:
+    """The primary's time lag sampled through a DR test, with the test's moments marked:
+    production replication is undisturbed while the test application runs on clones."""
+    fig = Figure(figsize=(10, 3.4))
+    ax = fig.subplots()
+    series = [(t, ms) for t, ms in result.get("lag_series") or [] if ms is not None]
+    unknown = [t for t, ms in result.get("lag_series") or [] if ms is None]
+    if series:
+        ts, ms = zip(*series, strict=True)
+        ax.plot(ts, ms, ".-", linewidth=1, markersize=3, color="#4a7ab7",
+                label=f"time lag ({result.get('lag_source') or 'source unknown'})")
+    if unknown:
+        ax.plot(unknown, [0] * len(unknown), "x", color="grey", label="lag unknown")
+    marks = result.get("marks") or {}
+    if "test application serving" in marks and "test application stopped" in marks:
+        ax.axvspan(marks["test application serving"], marks["test application stopped"],
+                   color="#eefbee", zorder=0, label="test application committing on the clones")
+    for label, t in marks.items():
+        ax.axvline(t, color="#888888", linestyle=":", linewidth=1)
+        ax.text(t, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, rotation=0)
+    p99 = result.get("lag_p99_ms_during_test")
+    ax.set_title("Production replication during the DR test: "
+                 f"p99 {p99:.1f} ms, suspended: {result.get('replication_suspended')}, "
+                 f"resync after: {result.get('resync_after')}" if p99 is not None else
+                 "Production replication during the DR test", fontsize=10)
+    ax.set_xlabel("seconds since the test started")
+    ax.set_ylabel("time lag (ms)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
+def dr_outcomes(summary: dict[str, Any]) -> Figure:
+    """RPO (orders lost), RTO (seconds) per operation, and the failback's resync against
+    the volumes' size."""
+    ops = [k for k in ("test", "relocate", "relocate back", "failover", "failback") if summary.get(k)]
+    fig = Figure(figsize=(12, 3.4))
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    rto = [summary[k].get("rto_s", summary[k].get("test_rto_s")) for k in ops]
+    ax1.bar(ops, [v or 0 for v in rto], color="#4a7ab7")
+    for i, v in enumerate(rto):
+        ax1.text(i, v or 0, "n/a" if v is None else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax1.set_title("RTO: application down (s)", fontsize=10)
+    moves = [k for k in ops if k != "test"]
+    rpo = [summary[k].get("rpo_orders") for k in moves]
+    ax2.bar(moves, [v or 0 for v in rpo], color="#d9534f")
+    for i, k in enumerate(moves):
+        v = rpo[i]
+        tag = "n/a" if v is None else f"{v}{' (est.)' if summary[k].get('rpo_estimated') else ''}"
+        ax2.text(i, v or 0, tag, ha="center", va="bottom", fontsize=8)
+    ax2.set_title("RPO: orders lost", fontsize=10)
+    fb = summary.get("failback") or {}
+    vol = fb.get("volume_bytes")
+    if vol:
+        mib = 1 << 20
+        rows = [("volumes", vol), ("failback resync", fb.get("resync_bytes") or 0),
+                ("relocate (no copy)", (summary.get("relocate") or {}).get("resync_bytes") or 0)]
+        ax3.barh([r[0] for r in rows][::-1], [r[1] / mib for r in rows][::-1],
+                 color=["#bbbbbb", "#6aa56a", "#b7794a"][::-1])
+        for i, (_, v) in enumerate(rows[::-1]):
+            ax3.text(v / mib, i, f" {v / mib:.1f} MiB ({100 * v / vol:.1f}%)", va="center", fontsize=8)
+        ax3.set_xlim(0, vol / mib * 1.35)
+        ax3.set_xlabel("MiB")
+    else:
+        ax3.text(0.5, 0.5, "no failback on this path", ha="center", va="center", transform=ax3.transAxes)
+    ax3.set_title("Bytes copied to reverse replication", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=8, rotation=15)
+    fig.tight_layout()
+    return fig
+
+
+def dr_timeline(summary: dict[str, Any]) -> Figure:
+    """Which site holds the primary copy over the cycle: one lane per site, the
+    operations and the outage marked, the application's downtime (RTO) in red."""
+    rows = summary.get("timeline") or []
+    fig = Figure(figsize=(12, 2.9))
+    ax = fig.subplots()
+    lanes = {"main": 1, "backup": 0}
+    if not rows:
+        ax.text(0.5, 0.5, "no operation ran", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    end = max(r["end_s"] for r in rows) + 1.0
+    primary, t = summary.get("primary_at_start") or rows[0]["from"], 0.0
+    for r in sorted(rows, key=lambda r: r["start_s"]):
+        if r["primary"] != primary and r["op"] != "disaster":
+            ax.broken_barh([(t, r["end_s"] - t)], (lanes[primary] - 0.3, 0.6),
+                           color=SITE_COLORS[primary], alpha=0.85)
+            primary, t = r["primary"], r["end_s"]
+    ax.broken_barh([(t, end - t)], (lanes[primary] - 0.3, 0.6), color=SITE_COLORS[primary], alpha=0.85)
+    for r in rows:
+        color = "#d9534f" if r["op"] == "disaster" else "#555555"
+        ax.axvspan(r["start_s"], r["end_s"], color=color, alpha=0.12, zorder=0)
+        ax.text((r["start_s"] + r["end_s"]) / 2, 1.55, r["op"], ha="center", fontsize=8, color=color)
+        if r.get("rto_s") and r["op"] != "test":
+            ax.plot([r["end_s"] - r["rto_s"], r["end_s"]], [0.5, 0.5], color="#d9534f", linewidth=4,
+                    solid_capstyle="butt")
+    ax.plot([], [], color="#d9534f", linewidth=4, label="application down (RTO)")
+    for site, c in SITE_COLORS.items():
+        ax.plot([], [], color=c, linewidth=8, label=f"{site} site primary")
+    ax.set_yticks([0, 1], ["backup", "main"])
+    ax.set_ylim(-0.6, 1.8)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("seconds since the cycle started")
+    ax.set_title("Which site is primary through the DR cycle", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

@@ -546,3 +546,126 @@ def remove_applications(main: Site, backup: Site, names: list[str], *, timeout: 
         return not left, f"{len(left)} namespaces still terminating"
 
     wait_until(gone, task="deleting the namespaces", timeout=timeout, progress=progress)
+
+
+# -- 05 DR operations ------------------------------------------------------------------------
+
+class DrCycle:
+    """One DR cycle of a namespace for the walkthrough: a DR test, relocate and back, a
+    failover and a failback, each through :class:`dr_kit.dr.ops.DR`, with a timeline of
+    which site is primary and when the application was down.
+
+    The steps that need a lab (the disaster itself, and the lab's application processes
+    for moves of production) are skipped without the lab's controls, with a note; the DR
+    test then runs without starting the application copy."""
+
+    def __init__(self, main: Site, backup: Site, namespace: str, *,
+                 controls: LabControls | None = None, note: Note | None = print,
+                 progress: Note | None = print) -> None:
+        from dr_kit.dr.ops import DR
+
+        self.dr = DR(main, backup, namespace, controls=controls, progress=progress)
+        self.controls = controls
+        self.note = note
+        self.t0 = time.time()
+        self.results: dict[str, Any] = {}
+        self.skipped: list[dict[str, str]] = []
+        self.timeline: list[dict[str, Any]] = []  # one row per operation (and the outage)
+        self.primary_at_start = self.dr.state().primary
+
+    def _skip(self, what: str, why: str | None) -> bool:
+        if why is None:
+            return False
+        self.skipped.append({"step": what, "why": why})
+        if self.note:
+            self.note(why)
+        return True
+
+    def _op(self, name: str, fn: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        before = self.dr.state().primary
+        t = time.time() - self.t0
+        out = fn()
+        end = time.time() - self.t0
+        self.timeline.append({"op": name, "start_s": round(t, 3), "end_s": round(end, 3),
+                              "from": before, "primary": out.get("primary", before),
+                              "rto_s": out.get("rto_s") or out.get("test_rto_s"), **extra})
+        self.results[name] = out
+        return out
+
+    def test(self, seconds: float = 3.0) -> dict[str, Any] | None:
+        """The DR test (with the lag sampled throughout); without the lab's application
+        control the clones are made and verified but no application copy is started."""
+        run_app = self.controls is not None
+        if not run_app and self.note:
+            self.note(needs("starting the test application copy", None, "application control") or "")
+        return self._op("test", lambda: self.dr.test(seconds=seconds, run_application=run_app))
+
+    def relocate(self, name: str = "relocate") -> dict[str, Any] | None:
+        if self._skip(name, needs(name, self.controls, "application control")):
+            return None
+        return self._op(name, self.dr.relocate)
+
+    def failover(self, outage_s: float = 1.5) -> dict[str, Any] | None:
+        """The disaster (the lab's main site killed after ``outage_s`` of writes the backup
+        never got: the link is cut first), the failover, and the old main's return."""
+        if self._skip("failover", needs("the failover (a site disaster)", self.controls, "site control")):
+            return None
+        assert self.controls is not None
+        primary = self.dr.state().primary
+        self.controls.set_link(cut=True)
+        time.sleep(outage_s)
+        crash = self.controls.crash_site(primary)
+        self.controls.set_link(cut=False)
+        self.timeline.append({"op": "disaster", "start_s": round(crash["at"] - self.t0 - outage_s, 3),
+                              "end_s": round(crash["at"] - self.t0, 3), "from": primary,
+                              "primary": primary, "rto_s": None, "note": "link cut, then site killed"})
+        out = self._op("failover", self.dr.failover, disaster_at_s=round(crash["at"] - self.t0, 3))
+        self.controls.restart_site(primary)
+        return out
+
+    def failback(self) -> dict[str, Any] | None:
+        if self._skip("failback", needs("the failback", self.controls, "site control")):
+            return None
+        return self._op("failback", self.dr.failback)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline figures for the record: every operation's result and checks."""
+        r = self.results
+        checks: dict[str, bool] = {}
+        t = r.get("test")
+        if t:
+            checks["test consistent, replication undisturbed"] = bool(
+                t.get("consistent") is not False and not t.get("replication_suspended")
+                and not t.get("resync_after"))
+        for k in ("relocate", "relocate back"):
+            if r.get(k):
+                checks[f"{k}: RPO 0, no copy"] = r[k].get("rpo_orders") == 0 and r[k].get("resync_bytes") == 0
+        if r.get("failover"):
+            checks["failover serving"] = bool(r["failover"].get("rto_s"))
+        if r.get("failback"):
+            fb = r["failback"]
+            checks["failback resync <= 10% of volumes"] = bool(
+                fb.get("resync_bytes") is not None and fb.get("volume_bytes")
+                and fb["resync_bytes"] <= 0.10 * fb["volume_bytes"])
+            checks["failback consistent"] = fb.get("consistent") is True
+        trimmed = {k: {kk: vv for kk, vv in v.items() if kk != "lag_series"} for k, v in r.items() if v}
+        return {"ok": all(checks.values()) and bool(checks), "checks": checks, **trimmed,
+                "rto_s": (r.get("failover") or {}).get("rto_s"),
+                "rpo_orders_lost": (r.get("failback") or {}).get("rpo_orders"),
+                "timeline": self.timeline, "skipped": self.skipped,
+                "primary_at_start": self.primary_at_start, "primary_at_end": self.dr.state().primary}
+
+    def table(self) -> pd.DataFrame:
+        """One row per operation: primary after it, RPO, RTO, bytes resynchronised."""
+        rows = []
+        for name, out in self.results.items():
+            if not out:
+                continue
+            rows.append({"operation": name, "primary": out.get("primary", out.get("site")),
+                         "rpo_orders": out.get("rpo_orders"),
+                         "rpo_estimated": out.get("rpo_estimated"),
+                         "rto_s": out.get("rto_s", out.get("test_rto_s")),
+                         "resync_bytes": out.get("resync_bytes"), "volume_bytes": out.get("volume_bytes"),
+                         "consistent": out.get("consistent")})
+        return pd.DataFrame(rows, columns=["operation", "primary", "rpo_orders", "rpo_estimated",
+                                           "rto_s", "resync_bytes", "volume_bytes", "consistent"])

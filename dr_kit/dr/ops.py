@@ -230,23 +230,51 @@ class DR:
             if manifests.role_of(backend, have) != role:
                 s.kube.patch(kind, self.group, patch, self.namespace)
             return
-        src = self.role_object(drs.other(site))
+        other = drs.other(site)
+        src = self.role_object(other) if self._namespace(other) is not None else None
         if src is None:
-            raise Conflict(f"namespace {self.namespace} has no {kind} at either site: it is not "
-                           "protected (dr-kit protect first)")
-        self._ensure_namespace_copy(site)
+            if backend != "csi-addons":
+                raise Conflict(f"the {site} site has no {kind} of {self.namespace} and the {other} "
+                               f"site cannot give its own to copy; create it there first")
+            src = self._role_from_policy(site, role)
+        else:
+            self._ensure_namespace_copy(site)
         if backend == "csi-addons":
             cls_name = (src.get("spec") or {}).get("volumeGroupReplicationClassName")
             if cls_name and s.kube.get("VolumeGroupReplicationClass", cls_name) is None:
-                cls = self.site(drs.other(site)).kube.get("VolumeGroupReplicationClass", cls_name)
+                cls = self.site(other).kube.get("VolumeGroupReplicationClass", cls_name)
                 if cls is not None:
                     s.kube.create("VolumeGroupReplicationClass", manifests.class_copy(cls), exist_ok=True)
         else:
-            other_kube = self.site(drs.other(site)).kube
+            other_kube = self.site(other).kube
             for rep in other_kube.items("Replication", self.namespace):
                 if (rep["metadata"].get("labels") or {}).get(self.policy.group_label_key) == self.group:
                     s.kube.create("Replication", manifests.role_copy(rep, role, backend), exist_ok=True)
         s.kube.create(kind, manifests.role_copy(src, role, backend), exist_ok=True)
+
+    def _role_from_policy(self, site: str, role: str) -> dict[str, Any]:
+        """The VolumeGroupReplication (and its class) for ``site`` from the operator's policy,
+        when the other site cannot be read (a failover with the main site down)."""
+        from dr_kit.operator.backends import csi_addons
+
+        s = self.site(site)
+        scs = {(p.get("spec") or {}).get("storageClassName")
+               for p in s.kube.items("PersistentVolumeClaim", self.namespace)
+               if (p["metadata"].get("labels") or {}).get(self.policy.group_label_key) == self.group}
+        scs.discard(None)
+        if len(scs) != 1:
+            raise Conflict(f"the {site} site holds no replicated PVCs of {self.namespace} with one "
+                           "storage class; it cannot take the primary role")
+        sc_name = scs.pop()
+        rc = self.policy.storage_classes.get(sc_name)
+        sc = s.kube.get("StorageClass", sc_name) or {}
+        if rc is None:
+            raise Conflict(f"storage class {sc_name} has no replication class in the operator policy")
+        if s.kube.get("VolumeGroupReplicationClass", rc.name) is None:
+            s.kube.create("VolumeGroupReplicationClass", csi_addons.volume_group_replication_class(
+                rc.name, rc.provisioner or sc.get("provisioner", ""), rc.parameters, self.namespace),
+                exist_ok=True)
+        return manifests.role_object("csi-addons", self.policy, self.namespace, role, class_name=rc.name)
 
     def _ensure_namespace_copy(self, site: str) -> None:
         """The protection label and backend of the namespace at ``site`` too, so that the
@@ -254,6 +282,8 @@ class DR:
         src = self._namespace(drs.other(site)) or {}
         labels = {k: v for k, v in (src.get("metadata", {}).get("labels") or {}).items()
                   if k == self.policy.label_key}
+        if not src:  # the other site is down: the namespace was protected, or it has no copy here
+            labels = {self.policy.label_key: self.policy.label_value}
         ann = {k: v for k, v in (src.get("metadata", {}).get("annotations") or {}).items()
                if k == BACKEND_ANNOTATION}
         here = self._namespace(site)
@@ -292,19 +322,41 @@ class DR:
     # -- arrays (what the driver publishes; None on clusters that publish none) ------------
     def array_group(self, site: str) -> dict[str, Any] | None:
         """The array's report of this site's copy of the group (None when unknown)."""
-        s = self.site(site)
-        obj = self.role_object(site)
         from dr_kit import published
 
-        name = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(published.ARRAY_GROUP)
-        if not name or not self.reachable(site):
+        s = self.site(site)
+        if not self.reachable(site):
             return None
+        name = None
+        for where in (site, drs.other(site)):  # a copy without a resource of its own yet
+            obj = self.role_object(where) if self.reachable(where) else None
+            name = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(published.ARRAY_GROUP)
+            if name:
+                break
         try:
             if not s.has_array:
                 return None
-            return s.array.group_status(name)
+            if not name:
+                name = self._group_of_volumes(site)
+            return s.array.group_status(name) if name else None
         except DrKitError:
             return None
+
+    def _group_of_volumes(self, site: str) -> str | None:
+        """The array group holding the namespace's protected volumes at ``site`` (from its
+        PVCs' volume handles and the array's report), when no resource names it."""
+        s = self.site(site)
+        handles = set()
+        for pvc in s.kube.items("PersistentVolumeClaim", self.namespace):
+            if (pvc["metadata"].get("labels") or {}).get(self.policy.group_label_key) != self.group:
+                continue
+            pv = s.kube.get("PersistentVolume", (pvc.get("spec") or {}).get("volumeName") or "")
+            handle = (((pv or {}).get("spec") or {}).get("csi") or {}).get("volumeHandle")
+            if handle:
+                handles.add(handle)
+        groups = {v.get("group") for v in s.array.status()["volumes"] if v["name"] in handles}
+        groups.discard(None)
+        return next(iter(groups)) if len(groups) == 1 else None
 
     def wait_caught_up(self, site: str, since: float, timeout: float | None = None) -> float:
         """Until the copy at the other site holds every write of ``site`` (the primary):
@@ -608,7 +660,7 @@ class DR:
                 self.ensure_role_object(home, "secondary")
             self.wait_role(home, "secondary")
             g = self.array_group(home) or {}
-            return {"failover": dict(marker), "demoted": g.get("demoted")}
+            return {"failover": dict(marker), "fenced_copy": g.get("demoted")}
 
         def lost(st: DrState) -> dict[str, Any]:
             orders = self._image_orders(home)
@@ -650,7 +702,7 @@ class DR:
             old = d.get("orders_at_old_primary")
             exact = promo is not None and old is not None
             est = (fo.get("estimate") or {}).get("orders")
-            dem = d.get("demoted") or {}
+            dem = d.get("fenced_copy") or {}
             moved = self._move_result(st, away, home)
             return {"resync_bytes": d.get("reverse_resync_bytes"), "volume_bytes": d.get("volume_bytes"),
                     "rpo_orders": max(0, int(old) - int(promo)) if exact else est,
@@ -759,7 +811,8 @@ class DR:
                 self.say(f"  {report['note']}")
             served = self.wait_serving(dst, test_ns)
             t0 = float(st.operation.data.get("t_requested") or time.time())  # type: ignore[union-attr]
-            return {"test_rto_s": round(time.time() - t0, 3), "app_verdict": served.get("verdict")}
+            return {"test_rto_s": round(time.time() - t0, 3), "app_verdict": served.get("verdict"),
+                    "t_serving": time.time()}
 
         def run(st: DrState) -> dict[str, Any]:
             if not run_application:
@@ -771,7 +824,8 @@ class DR:
         def verify(st: DrState) -> dict[str, Any]:
             if run_application and self.controls is not None:
                 self.apps.stop(self.site(dst), test_ns)  # the databases are read quiet
-            out = self._verify_test(dst, snap, test_ns)
+            t_stopped = time.time()
+            out = {**self._verify_test(dst, snap, test_ns), "t_stopped": t_stopped}
             if keep and run_application and self.controls is not None:
                 self.apps.start(self.site(dst), test_ns, rate=rate)
             return out
@@ -807,7 +861,10 @@ class DR:
         def result(st: DrState) -> dict[str, Any]:
             d = st.operation.data if st.operation else {}
             seq0, seq1 = d.get("sequence_before"), d.get("sequence_after")
-            return {"consistent": d.get("consistent"), "test_rto_s": d.get("test_rto_s"),
+            marks = {label: round(float(d[key]) - sampler.t0, 3) for key, label in (
+                ("t_requested", "snapshot requested"), ("t_serving", "test application serving"),
+                ("t_stopped", "test application stopped")) if d.get(key)}
+            return {"consistent": d.get("consistent"), "test_rto_s": d.get("test_rto_s"), "marks": marks,
                     "test_transactions": d.get("test_transactions"),
                     "replication_suspended": d.get("replication_suspended"),
                     "resync_after": d.get("resync_after"),

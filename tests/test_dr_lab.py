@@ -1,0 +1,262 @@
+"""DR operations on a lab, as a user runs them with `dr-kit dr`: a DR test that never
+pauses replication, relocate and back without a copy, failover with fencing of the
+returning old main, failback by changed regions, the refusals, and resume after a SIGKILL
+of the command at several steps.  One lab for the module; the tests run in file order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from dr_kit.dr.ops import DR, KILL_ENV
+from dr_kit.lab import Lab, manager, site
+from dr_kit.operator.cli import protect
+
+pytestmark = pytest.mark.timeout(600)
+NS = "shop"
+RATE = 20.0
+
+
+def dr_cli(lab: Path, *args: str, env: dict[str, str] | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dr_kit.cli", "dr", *args, NS, "--dir", str(lab),
+                           "--json", "--quiet"], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def ok(r: subprocess.CompletedProcess) -> dict:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def dr_of(lab: Path) -> DR:
+    return DR(site("main", lab), site("backup", lab), NS, controls=Lab(lab), progress=None)
+
+
+def shop_processes(lab: Path) -> list[dict]:
+    from dr_kit.lab import processes
+
+    recs = json.loads((lab / "lab.json").read_text())["processes"]
+    return [r for n, r in recs.items() if (n == "shop" or n.startswith("app-")) and processes.alive(r)]
+
+
+def in_sync(lab: Path) -> dict:
+    """Both sites agree: one copy primary and in sync, the other secondary and in sync, the
+    application running (once) at the primary."""
+    def check():
+        st = dr_of(lab).status()
+        p, s = st["primary"], "backup" if st["primary"] == "main" else "main"
+        copy = st["sites"][s]["array"] or {}  # before the first move it has no resource of its own
+        good = (st["operation"] is None and st["sites"][p]["role"] == "primary" and st["sites"][p]["in_sync"]
+                and st["sites"][s]["role"] in ("secondary", None)
+                and copy.get("side") == "backup" and copy.get("state") == "pair" and copy.get("consistent")
+                and (st["application"] or {}).get("running") and st["application"]["site"] == p)
+        return st if good else None
+    st = wait_for(check, timeout=60, interval=0.3, what="both sites in sync")
+    assert len(shop_processes(lab)) == 1, shop_processes(lab)
+    return st
+
+
+def events(lab: Path, reason: str) -> list[dict]:
+    return [e for e in site("main", lab).kube.items("Event", NS) if e.get("reason") == reason]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dr") / "lab"
+    manager.up(d, rate=RATE)
+    try:
+        assert protect(NS, lab_dir=d, wait=60)["state"] == "Protected"
+        st = dr_of(d).status()
+        wait_for(lambda: dr_of(d).status()["sites"]["main"]["in_sync"], timeout=60, interval=0.3,
+                 what="the shop replicating in sync")
+        assert st["primary"] == "main" and st["operation"] is None
+        yield d
+    finally:
+        manager.down(d, purge=True)
+
+
+def test_dr_test_runs_the_application_on_clones_while_replication_goes_on(lab):
+    out = ok(dr_cli(lab, "test", "--seconds", "2"))
+    assert out["consistent"] is True and out["verdict"]["collapsed_orders"] == 0
+    assert out["test_transactions"] >= 5 and out["test_rto_s"] > 0
+    assert out["replication_suspended"] is False and out["resync_after"] is False
+    assert out["sequence_continued"] is True  # production kept writing and replicating
+    assert out["lag_p99_ms_during_test"] is not None and out["lag_p99_ms_during_test"] < 2000
+    assert out["lag_source"] == "array (exact)" and out["revenue_days"] > 100
+    backup = site("backup", lab)
+    assert backup.namespace("shop-drtest") is None  # cleaned up
+    assert not backup.kube.items("VolumeGroupSnapshot", NS)
+    assert [v for v in backup.array.status()["volumes"] if v["role"] == "clone"] == []
+    assert len(events(lab, "DRTestStep")) == 8
+
+
+def test_relocate_while_a_kept_test_runs_is_refused_with_nothing_changed(lab):
+    kept = ok(dr_cli(lab, "test", "--seconds", "1", "--keep"))
+    assert kept["kept"] is True and site("backup", lab).namespace("shop-drtest") is not None
+    before = dr_of(lab).state()
+    r = dr_cli(lab, "relocate")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "DR test" in r.stderr, r.stderr
+    assert dr_of(lab).state() == before  # nothing changed, not even the state's revision
+    r = dr_cli(lab, "test")
+    assert r.returncode == 2 and "running already" in r.stderr
+    ok(dr_cli(lab, "test", "--cleanup"))
+    assert site("backup", lab).namespace("shop-drtest") is None
+    r = dr_cli(lab, "test", "--cleanup")
+    assert r.returncode == 2 and "no DR test environment" in r.stderr
+
+
+def test_failback_without_a_failover_is_refused(lab):
+    before = dr_of(lab).state()
+    r = dr_cli(lab, "failback")
+    assert r.returncode == 2 and "no failover" in r.stderr and r.stderr.count("\n") == 1
+    assert dr_of(lab).state() == before
+
+
+def test_relocate_and_back_swap_roles_without_a_copy_and_lose_nothing(lab):
+    in_sync(lab)
+    out = ok(dr_cli(lab, "relocate"))
+    assert out["primary"] == "backup" and out["rpo_orders"] == 0 and out["resync_bytes"] == 0
+    assert out["without_copy"] is True and out["position_demoted"] == out["position_promoted"]
+    assert out["rto_s"] > 0 and out["final_sync_s"] is not None and out["consistent"] is True
+    st = in_sync(lab)
+    assert st["sites"]["backup"]["array"]["side"] == "main" and st["primary"] == "backup"
+    # the operator protects from the new primary; the old one is standby
+    from dr_kit.operator.policy import Policy
+    from dr_kit.operator.reconcile import read_status
+
+    def protected(where: str, state: str):
+        ns = site(where, lab).namespace(NS)
+        return (read_status(ns["metadata"].get("annotations") or {}, Policy()) or {}).get("state") == state
+    wait_for(lambda: protected("backup", "Protected"), timeout=60, what="Protected at the backup site")
+    wait_for(lambda: protected("main", "Standby"), timeout=60, what="Standby at the main site")
+    with pytest.raises(Exception, match="read-only"):  # the main copy is fenced
+        _write_main(lab)
+    back = ok(dr_cli(lab, "relocate"))
+    assert back["primary"] == "main" and back["rpo_orders"] == 0 and back["resync_bytes"] == 0
+    assert back["without_copy"] is True
+    in_sync(lab)
+
+
+def _write_main(lab: Path) -> None:
+    """Write to a shop volume at the main array, as a host would (refused when fenced)."""
+    main = site("main", lab)
+    vol = main.pvcs(NS).set_index("name").loc["sales-db", "volume"]
+    state = json.loads((lab / "lab.json").read_text())
+    from dr_kit.storage.client import ArrayClient
+
+    ep = state["endpoints"]["main"]["array"]
+    v = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=(lab / "tokens" / "main-array.token")
+                    .read_text().strip()).open_volume(vol)
+    try:
+        v.write(0, b"\0" * 4096)
+    finally:
+        v.close()
+
+
+@pytest.mark.parametrize("step", ["2", "4", "5"])
+def test_relocate_resumes_after_a_kill_at_any_step(lab, step):
+    in_sync(lab)
+    start = dr_of(lab).state()
+    r = dr_cli(lab, "relocate", env={KILL_ENV: f"relocate:{step}"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    mid = dr_of(lab).state()
+    assert mid.operation is not None and mid.operation.name == "relocate"
+    assert len(mid.operation.done) == int(step)
+    out = ok(dr_cli(lab, "relocate"))  # the same command again finishes it
+    assert out["rpo_orders"] == 0 and out["resync_bytes"] == 0 and out["without_copy"] is True
+    assert out["primary"] != start.primary
+    st = in_sync(lab)  # one application, at the new primary, in sync both ways
+    assert st["epoch"] == start.epoch + 1
+    if st["primary"] != "main":
+        ok(dr_cli(lab, "relocate"))
+        in_sync(lab)
+
+
+def test_failover_to_an_inconsistent_copy_is_refused_unless_forced(lab):
+    main = site("main", lab)
+    group = main.array.status()["groups"][0]["name"]
+    main.array.group_action(group, "corrupt-next")  # the backup refuses it and goes to error
+    backup = site("backup", lab)
+    wait_for(lambda: backup.array.group_status(group)["state"] == "error", timeout=30,
+             what="the backup copy in error")
+    before = dr_of(lab).state()
+    r = dr_cli(lab, "failover")
+    assert r.returncode == 2 and "not known consistent" in r.stderr and "--force" in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert dr_of(lab).state() == before and backup.array.group_status(group)["side"] == "backup"
+    main.array.group_action(group, "resync")
+    in_sync(lab)
+
+
+def test_failover_fences_the_returning_main_and_failback_copies_only_changed_regions(lab):
+    in_sync(lab)
+    lab_ctl = Lab(lab)
+    lab_ctl.set_link(cut=True)  # the main keeps writing what the backup never gets
+    time.sleep(1.5)
+    lab_ctl.crash_site("main")  # the disaster
+    lab_ctl.set_link(cut=False)
+    out = ok(dr_cli(lab, "failover"))
+    assert out["primary"] == "backup" and out["rpo_estimated"] is True and out["fenced"] is False
+    assert out["rto_s"] > 0 and out["consistent"] is True
+    # estimated from what the backup last heard: a lower bound when the link failed first
+    assert out["rpo_orders"] is not None and out["rpo_orders"] >= 0
+    st = dr_of(lab).status()
+    assert st["failover"]["from"] == "main" and st["application"]["site"] == "backup"
+
+    manager.up(lab)  # the old main returns: fenced, its application not restarted
+    wait_for(lambda: (dr_of(lab).status()["sites"]["main"]["array"] or {}).get("side") == "backup",
+             timeout=60, interval=0.3, what="the old main's copy demoted (fenced)")
+    main_copy = dr_of(lab).status()["sites"]["main"]["array"]
+    assert main_copy["demoted"]["lost_entries"] >= 10 and main_copy["divergent_regions"] >= 1
+    assert Lab(lab).application_status(NS)["site"] == "backup" and len(shop_processes(lab)) == 1
+    with pytest.raises(Exception, match="read-only"):
+        _write_main(lab)
+
+    back = ok(dr_cli(lab, "failback"))
+    assert back["primary"] == "main" and back["consistent"] is True
+    assert back["rpo_estimated"] is False and back["rpo_orders"] >= 1  # counted in the old image
+    assert back["lost_writes"] == main_copy["demoted"]["lost_entries"]
+    assert 0 < back["resync_bytes"] <= 0.10 * back["volume_bytes"], back
+    assert back["relocate_resync_bytes"] == 0 and back["rto_s"] > 0
+    st = in_sync(lab)
+    assert st["failover"] is None and st["primary"] == "main"
+
+
+def test_failover_and_failback_resume_after_kills(lab):
+    in_sync(lab)
+    Lab(lab).crash_site("main")
+    r = dr_cli(lab, "failover", env={KILL_ENV: "failover:3"})
+    assert r.returncode == -9
+    assert dr_of(lab).state().operation.step == "promote"
+    out = ok(dr_cli(lab, "failover"))
+    assert out["primary"] == "backup" and out["rto_s"] > 0
+    manager.up(lab)
+    for step in ("failback:3", "failback:10"):
+        r = dr_cli(lab, "failback", env={KILL_ENV: step})
+        assert r.returncode == -9, r.stdout + r.stderr
+    out = ok(dr_cli(lab, "failback"))
+    assert out["primary"] == "main" and out["resync_bytes"] <= 0.10 * out["volume_bytes"]
+    in_sync(lab)
+
+
+def test_unprotect_from_the_new_primary_after_a_swap(lab):
+    ok(dr_cli(lab, "relocate"))
+    in_sync(lab)
+    from dr_kit.operator.cli import unprotect
+
+    st = unprotect(NS, kubeconfig=lab / "kubeconfig", context="backup", lab_dir=None, wait=60)
+    assert st["state"] == "Unprotected"
+    for where in ("main", "backup"):
+        wait_for(lambda w=where: not site(w, lab).array.status()["groups"], timeout=60,
+                 what=f"no replication group left at the {where} array")
+    # the data stays at both sites
+    assert site("main", lab).pvcs(NS)["phase"].eq("Bound").all()
+    assert site("backup", lab).pvcs(NS)["phase"].eq("Bound").all()
