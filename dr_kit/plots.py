@@ -401,6 +401,10 @@ def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, t
 SITE_COLORS = {"main": "#4a7ab7", "backup": "#d98c3f"}
 
 
+def _ms(v: float | None) -> str:
+    return "unknown" if v is None else f"{v:.1f} ms"
+
+
 def dr_test_lag(result: dict[str, Any]) -> Figure:
     """The primary's time lag sampled through a DR test, with the test's moments marked:
     production replication is undisturbed while the test application runs on clones."""
@@ -415,17 +419,19 @@ def dr_test_lag(result: dict[str, Any]) -> Figure:
     if unknown:
         ax.plot(unknown, [0] * len(unknown), "x", color="grey", label="lag unknown")
     marks = result.get("marks") or {}
+    if "snapshot requested" in marks:
+        ax.axvspan(0, marks["snapshot requested"], color="#eef5ff", zorder=0,
+                   label="before the test: the steady band")
     if "test application serving" in marks and "test application stopped" in marks:
         ax.axvspan(marks["test application serving"], marks["test application stopped"],
                    color="#eefbee", zorder=0, label="test application committing on the clones")
     for label, t in marks.items():
         ax.axvline(t, color="#888888", linestyle=":", linewidth=1)
         ax.text(t, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, rotation=0)
-    p99 = result.get("lag_p99_ms_during_test")
-    ax.set_title("Production replication during the DR test: "
-                 f"p99 {p99:.1f} ms, suspended: {result.get('replication_suspended')}, "
-                 f"resync after: {result.get('resync_after')}" if p99 is not None else
-                 "Production replication during the DR test", fontsize=10)
+    p99, b99 = result.get("lag_p99_ms_during_test"), result.get("lag_p99_ms_before_test")
+    ax.set_title("Production replication through the DR test: lag p99 "
+                 f"{_ms(b99)} before, {_ms(p99)} during; suspended: {result.get('replication_suspended')}, "
+                 f"resync after: {result.get('resync_after')}", fontsize=10)
     ax.set_xlabel("seconds since the test started")
     ax.set_ylabel("time lag (ms)")
     ax.set_ylim(bottom=0)
@@ -436,18 +442,27 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
     ops = [k for k in ("test", "relocate", "relocate back", "failover", "failback") if summary.get(k)]
     fig = Figure(figsize=(12, 3.4))
     ax1, ax2, ax3 = fig.subplots(1, 3)
-    rto = [summary[k].get("rto_s", summary[k].get("test_rto_s")) for k in ops]
+    rto = [summary[k].get("rto_from_disaster_s") or summary[k].get("rto_s", summary[k].get("test_rto_s"))
+           for k in ops]
     ax1.bar(ops, [v or 0 for v in rto], color="#4a7ab7")
     for i, v in enumerate(rto):
-        ax1.text(i, v or 0, "n/a" if v is None else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        extra = "\nfrom the disaster" if summary[ops[i]].get("rto_from_disaster_s") else ""
+        ax1.text(i, v or 0, "n/a" if v is None else f"{v:.2f}{extra}", ha="center", va="bottom", fontsize=8)
+    ax1.set_ylim(0, max([v or 0 for v in rto] + [1]) * 1.3)
     ax1.set_title("RTO: application down (s)", fontsize=10)
     moves = [k for k in ops if k != "test"]
-    rpo = [summary[k].get("rpo_orders") for k in moves]
+    rpo = [summary[k].get("rpo_orders_counted", summary[k].get("rpo_orders")) for k in moves]
     ax2.bar(moves, [v or 0 for v in rpo], color="#d9534f")
     for i, k in enumerate(moves):
-        v = rpo[i]
-        tag = "n/a" if v is None else f"{v}{' (est.)' if summary[k].get('rpo_estimated') else ''}"
+        v, r = rpo[i], summary[k]
+        if v is None:
+            tag = "n/a"
+        elif "rpo_orders_counted" in r:
+            tag = f"{v} counted\n(est. {r.get('rpo_orders')}..{r.get('rpo_orders_max')})"
+        else:
+            tag = f"{v}{' (est.)' if r.get('rpo_estimated') else ''}"
         ax2.text(i, v or 0, tag, ha="center", va="bottom", fontsize=8)
+    ax2.set_ylim(0, max([v or 0 for v in rpo] + [1]) * 1.35)
     ax2.set_title("RPO: orders lost", fontsize=10)
     fb = summary.get("failback") or {}
     vol = fb.get("volume_bytes")
@@ -481,21 +496,34 @@ def dr_timeline(summary: dict[str, Any]) -> Figure:
         ax.text(0.5, 0.5, "no operation ran", ha="center", va="center", transform=ax.transAxes)
         return fig
     end = max(r["end_s"] for r in rows) + 1.0
+    ops = [r for r in rows if r["op"] not in ("disaster", "site down")]
     primary, t = summary.get("primary_at_start") or rows[0]["from"], 0.0
-    for r in sorted(rows, key=lambda r: r["start_s"]):
-        if r["primary"] != primary and r["op"] != "disaster":
+    for r in sorted(ops, key=lambda r: r["start_s"]):
+        if r["primary"] != primary:
             ax.broken_barh([(t, r["end_s"] - t)], (lanes[primary] - 0.3, 0.6),
                            color=SITE_COLORS[primary], alpha=0.85)
             primary, t = r["primary"], r["end_s"]
     ax.broken_barh([(t, end - t)], (lanes[primary] - 0.3, 0.6), color=SITE_COLORS[primary], alpha=0.85)
     for r in rows:
+        if r["op"] == "site down":  # the lost site, until it is back (and fenced)
+            ax.broken_barh([(r["start_s"], r["end_s"] - r["start_s"])], (lanes[r["site"]] - 0.3, 0.6),
+                           facecolor="white", edgecolor="#555555", hatch="///", zorder=3)
+            ax.text((r["start_s"] + r["end_s"]) / 2, lanes[r["site"]], f"{r['site']} site down",
+                    ha="center", va="center", fontsize=8, zorder=4,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+            continue
         color = "#d9534f" if r["op"] == "disaster" else "#555555"
         ax.axvspan(r["start_s"], r["end_s"], color=color, alpha=0.12, zorder=0)
         ax.text((r["start_s"] + r["end_s"]) / 2, 1.55, r["op"], ha="center", fontsize=8, color=color)
-        if r.get("rto_s") and r["op"] != "test":
-            ax.plot([r["end_s"] - r["rto_s"], r["end_s"]], [0.5, 0.5], color="#d9534f", linewidth=4,
+        down = r.get("rto_s")
+        if r["op"] == "failover" and r.get("disaster_at_s") is not None:
+            down = r["end_s"] - r["disaster_at_s"]  # the shop stopped with its site
+        if down and r["op"] != "test":
+            ax.plot([r["end_s"] - down, r["end_s"]], [0.5, 0.5], color="#d9534f", linewidth=4,
                     solid_capstyle="butt")
     ax.plot([], [], color="#d9534f", linewidth=4, label="application down (RTO)")
+    ax.broken_barh([(0, 0)], (0, 0), facecolor="white", edgecolor="#555555", hatch="///",
+                   label="site down")
     for site, c in SITE_COLORS.items():
         ax.plot([], [], color=c, linewidth=8, label=f"{site} site primary")
     ax.set_yticks([0, 1], ["backup", "main"])

@@ -620,13 +620,30 @@ class DrCycle:
                               "end_s": round(crash["at"] - self.t0, 3), "from": primary,
                               "primary": primary, "rto_s": None, "note": "link cut, then site killed"})
         out = self._op("failover", self.dr.failover, disaster_at_s=round(crash["at"] - self.t0, 3))
+        serving = self.timeline[-1]["end_s"]
+        out["rto_from_disaster_s"] = round(serving - (crash["at"] - self.t0), 3)
         self.controls.restart_site(primary)
+        self.timeline.append({"op": "site down", "site": primary, "start_s": round(crash["at"] - self.t0, 3),
+                              "end_s": round(time.time() - self.t0, 3), "from": primary,
+                              "primary": out.get("primary"), "rto_s": None,
+                              "note": "killed, then brought back (fenced)"})
         return out
 
     def failback(self) -> dict[str, Any] | None:
         if self._skip("failback", needs("the failback", self.controls, "site control")):
             return None
-        return self._op("failback", self.dr.failback)
+        out = self._op("failback", self.dr.failback)
+        fo = self.results.get("failover")
+        if fo and out.get("rpo_orders") is not None and not out.get("rpo_estimated"):
+            fo["rpo_orders_counted"] = out["rpo_orders"]  # the old main's image, read once it returned
+        return out
+
+    def status_text(self) -> str:
+        from dr_kit.dr.ops import status_text
+
+        st = self.dr.status()
+        st["history"] = []
+        return status_text(st)
 
     def summary(self) -> dict[str, Any]:
         """Headline figures for the record: every operation's result and checks."""
@@ -661,8 +678,9 @@ class DrCycle:
         for name, out in self.results.items():
             if not out:
                 continue
-            rows.append({"operation": name, "primary": out.get("primary", out.get("site")),
-                         "rpo_orders": out.get("rpo_orders"),
+            row = next((r for r in self.timeline if r["op"] == name), {})
+            rows.append({"operation": name, "primary": out.get("primary", row.get("primary")),
+                         "rpo_orders": out.get("rpo_orders_counted", out.get("rpo_orders")),
                          "rpo_estimated": out.get("rpo_estimated"),
                          "rto_s": out.get("rto_s", out.get("test_rto_s")),
                          "resync_bytes": out.get("resync_bytes"), "volume_bytes": out.get("volume_bytes"),

@@ -45,7 +45,7 @@ from dr_kit.lab import connect
 
 main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
 cycle = wt.DrCycle(main, backup, namespace, controls=lab)
-ui.show(cycle.dr.status())
+print(cycle.status_text())
 
 # %% [markdown]
 # ## 1. A DR test that never pauses replication
@@ -54,12 +54,13 @@ ui.show(cycle.dr.status())
 # the shop started there on the clones and verified; the primary's lag is sampled throughout.
 
 # %%
-test = cycle.test(seconds=test_seconds)
-plots.dr_test_lag(test)
+ui.action("Run a DR test", lambda: plots.dr_test_lag(cycle.test(seconds=test_seconds)),
+          interactive=interactive)
 
 # %%
-{k: test.get(k) for k in ("consistent", "test_rto_s", "test_transactions", "replication_suspended",
-                          "resync_after", "lag_p99_ms_during_test", "sequence_continued")}
+{k: cycle.results.get("test", {}).get(k) for k in (
+    "consistent", "test_rto_s", "test_transactions", "replication_suspended", "resync_after",
+    "lag_p99_ms_during_test", "sequence_continued")}
 
 # %% [markdown]
 # ## 2. Relocate and back: RPO 0, no copy
@@ -69,9 +70,8 @@ plots.dr_test_lag(test)
 # without copying anything.
 
 # %%
-relocated = cycle.relocate()
-returned = cycle.relocate("relocate back")
-ui.show(cycle.table())
+ui.action("Relocate and back", lambda: (cycle.relocate(), cycle.relocate("relocate back"),
+                                        cycle.table())[-1], interactive=interactive)
 
 # %% [markdown]
 # ## 3. Failover and failback
@@ -80,19 +80,21 @@ ui.show(cycle.table())
 # killed. The backup is promoted and the shop serves there. When the main site returns its
 # copy is demoted (fenced) and its shop is not restarted; the failback copies back only the
 # regions written on either side since the split, counts the orders the old main had that
-# were lost, and moves the shop home.
+# were lost, and moves the shop home. At the failover the loss is only estimated (what
+# the backup last heard of the main, and the time since its last applied write); the
+# failback counts it in the old main's own image.
 
 # %%
-failed_over = cycle.failover(outage_s=outage_s)
-failed_back = cycle.failback()
+ui.action("Fail over, then fail back", lambda: (cycle.failover(outage_s=outage_s), cycle.failback(),
+                                                cycle.table())[-1], interactive=interactive)
+
+# %% [markdown]
+# ## 4. RPO, RTO, bytes copied, and which site was primary when
+
+# %%
 summary = cycle.summary()
-plots.dr_outcomes(summary)
-
-# %%
-plots.dr_timeline(summary)
-
-# %%
-ui.show(cycle.table(), cycle.dr.status())
+ui.show(plots.dr_outcomes(summary), plots.dr_timeline(summary))
+print(cycle.status_text())
 
 # %%
 wt.record(results_file, summary)

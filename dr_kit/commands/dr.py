@@ -28,7 +28,8 @@ LINES = {
     "test": ("consistent", "test_rto_s", "test_transactions", "replication_suspended",
              "resync_after", "lag_p99_ms_during_test"),
     "relocate": ("primary", "rpo_orders", "rto_s", "final_sync_s", "resync_bytes"),
-    "failover": ("primary", "rpo_orders", "rpo_estimated", "rto_s", "consistent", "fenced"),
+    "failover": ("primary", "rpo_orders", "rpo_orders_max", "rpo_estimated", "rto_s", "consistent",
+                 "fenced"),
     "failback": ("primary", "resync_bytes", "volume_bytes", "rpo_orders", "rto_s", "consistent"),
 }
 
@@ -96,28 +97,9 @@ def render(op: str, out: dict[str, Any]) -> str:
 
 
 def render_status(st: dict[str, Any]) -> str:
-    op = st.get("operation")
-    lines = [f"namespace {st['namespace']}: primary {st['primary']} (epoch {st['epoch']}), "
-             + (f"{op['name']} running at step {op['step']}" if op else "no operation running")]
-    if st.get("test"):
-        lines.append(f"  DR test: {st['test'].get('state')} in namespace {st['test'].get('namespace')}")
-    if st.get("failover"):
-        lines.append(f"  failed over from the {st['failover'].get('from')} site: failback pending")
-    for name, s in st["sites"].items():
-        if not s["reachable"]:
-            lines.append(f"  {name:7s} unreachable")
-            continue
-        arr = s.get("array") or {}
-        extra = f"; array: {arr.get('side')} side, {arr.get('state')}" if arr else ""
-        lines.append(f"  {name:7s} asked {s['role_asked'] or '-'}, reports {s['role'] or '-'}"
-                     f"{', in sync' if s['in_sync'] else ''}{extra}")
-    app = st.get("application")
-    if app:
-        lines.append(f"  application: {'running' if app.get('running') else 'stopped'} at "
-                     f"{app.get('site')}, {app.get('committed')} committed, last order {app.get('last_order')}")
-    for h in st.get("history") or []:
-        lines.append(f"  history: {h.get('op')} -> primary {h.get('primary')}")
-    return "\n".join(lines)
+    from dr_kit.dr.ops import status_text
+
+    return status_text(st)
 
 
 def _fmt(v: Any) -> str:

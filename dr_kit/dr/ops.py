@@ -440,7 +440,9 @@ class DR:
         return self._run("relocate", dst, steps, check, lambda st: self._move_result(st, src, dst))
 
     def _move_steps(self, src: str, dst: str) -> list[Step]:
-        """Quiesce at ``src``, final sync, demote, promote ``dst``, swap, start, verify."""
+        """Quiesce at ``src``, final sync, demote, promote ``dst``, swap, start, verify.  The
+        application starts at once (the image is the one it stopped on, proven by the
+        journal positions); it is not judged on the way (that is the failover's part)."""
 
         def quiesce(st: DrState) -> dict[str, Any]:
             t = time.time()
@@ -471,7 +473,7 @@ class DR:
             return {}
 
         def start(st: DrState) -> dict[str, Any]:
-            self.apps.start(self.site(dst), self.namespace, verify=True)
+            self.apps.start(self.site(dst), self.namespace)
             report = self.wait_serving(dst)
             t0 = float(st.operation.data.get("t_quiesce") or time.time())  # type: ignore[union-attr]
             return {"t_serving": time.time(), "rto_s": round(time.time() - t0, 3),
@@ -592,6 +594,7 @@ class DR:
             exact = a is not None and b is not None
             return {"rpo_orders": (int(a) - int(b)) if exact else est.get("orders"),
                     "rpo_estimated": not exact, "rpo_window_s": est.get("window_s"),
+                    "rpo_orders_max": None if exact else est.get("orders_max"),
                     "rto_s": d.get("rto_s"), "primary": dst, "from": src,
                     "fenced": not d.get("fence_pending"), "orders": b,
                     "consistent": (d.get("verdict") or {}).get("consistent"),
@@ -619,14 +622,21 @@ class DR:
             window = max(0.0, float(head["time"]) - float(copy["applied_time"]))
         elif entries == 0:
             window = 0.0
-        orders = None
-        if self.controls is not None and window is not None:
+        upto = None
+        if copy.get("applied_time"):  # the old primary may have written until it was lost
+            upto = max(0.0, time.time() - float(copy["applied_time"]))
+        orders = orders_max = None
+        if self.controls is not None:
             app = self.controls.application_status(self.namespace) or {}
             rate = app.get("rate")
             if isinstance(rate, (int, float)):
-                orders = int(round(float(rate) * window))
+                orders = int(round(float(rate) * window)) if window is not None else None
+                orders_max = int(round(float(rate) * upto)) if upto is not None else None
         return {"entries": entries, "window_s": None if window is None else round(window, 3),
-                "orders": orders, "source": "array: the old primary's last announced head"}
+                "orders": orders, "orders_max": orders_max,
+                "window_max_s": None if upto is None else round(upto, 3),
+                "source": "array: the old primary's last announced head (at least this much); "
+                          "at most everything since the last applied write"}
 
     # ======================================================================================
     # failback
@@ -663,8 +673,8 @@ class DR:
             return {"failover": dict(marker), "fenced_copy": g.get("demoted")}
 
         def lost(st: DrState) -> dict[str, Any]:
-            orders = self._image_orders(home)
-            return {"orders_at_old_primary": orders}
+            verdict = self._image_verdict(home)
+            return {"orders_at_old_primary": None if verdict is None else verdict["orders"]}
 
         def resync(st: DrState) -> dict[str, Any]:
             t0 = time.monotonic()
@@ -681,6 +691,10 @@ class DR:
             self.ensure_role_object(home, "secondary")
             return {}
 
+        def judge(st: DrState) -> dict[str, Any]:
+            verdict = self._image_verdict(away)  # the copy of what now runs at home
+            return {"verdict_after": verdict}
+
         def clear(st: DrState) -> dict[str, Any]:
             cur = self.state()
             if cur.failover is not None:
@@ -693,6 +707,7 @@ class DR:
                  Step("resync", resync, f"regions changed on either side copied from the {away} site"),
                  Step("steady", steady, "the resync is over"),
                  *[Step(f"home-{s.name}", s.run, s.what) for s in move],
+                 Step("check", judge, f"a snapshot group of the {away} site's copy judged"),
                  Step("clear", clear, "the failover is behind us")]
 
         def result(st: DrState) -> dict[str, Any]:
@@ -704,9 +719,11 @@ class DR:
             est = (fo.get("estimate") or {}).get("orders")
             dem = d.get("fenced_copy") or {}
             moved = self._move_result(st, away, home)
+            after = d.get("verdict_after") or {}
             return {"resync_bytes": d.get("reverse_resync_bytes"), "volume_bytes": d.get("volume_bytes"),
                     "rpo_orders": max(0, int(old) - int(promo)) if exact else est,
-                    "rpo_estimated": not exact, "rto_s": moved["rto_s"], "consistent": moved["consistent"],
+                    "rpo_estimated": not exact, "rto_s": moved["rto_s"],
+                    "consistent": after.get("consistent"),
                     "primary": home, "resync_s": d.get("resync_s"), "resync_regions": d.get("resync_regions"),
                     "lost_writes": dem.get("lost_entries"), "lost_write_bytes": dem.get("lost_bytes"),
                     "divergent_bytes": dem.get("divergent_bytes"), "final_sync_s": moved["final_sync_s"],
@@ -714,9 +731,10 @@ class DR:
 
         return self._run("failback", home, steps, check, result)
 
-    def _image_orders(self, site: str) -> int | None:
-        """Orders in the image of the site's copy (a snapshot group of it, restored, its
-        databases opened as an analyst does); None when the site cannot tell."""
+    def _image_verdict(self, site: str) -> dict[str, Any] | None:
+        """The consistency verdict (with its order count) of the image the site's copy
+        holds: a snapshot group of it, restored, its databases opened as an analyst does;
+        None when the site cannot tell (no group snapshots, no published databases)."""
         from dr_kit.snapshots import (
             create_snapshot_group,
             delete_snapshot_group,
@@ -731,11 +749,11 @@ class DR:
             create_snapshot_group(s, name, self.namespace, allow_inconsistent=True)
             dbs = open_snapshot_databases(s, name, self.namespace, timeout=60)
             try:
-                return int(dbs.provenance.verdict.orders)
+                return dbs.provenance.verdict.to_dict()
             finally:
                 dbs.close()
         except DrKitError as e:
-            self.say(f"  the orders in the {site} site's image cannot be counted: {e}")
+            self.say(f"  the {site} site's image cannot be judged: {e}")
             return None
         finally:
             with contextlib.suppress(DrKitError):
@@ -745,11 +763,13 @@ class DR:
     # DR test
     # ======================================================================================
     def test(self, *, keep: bool = False, seconds: float = 3.0, rate: float | None = 20.0,
-             run_application: bool = True, lag_interval_s: float = 0.1) -> dict[str, Any]:
+             run_application: bool = True, lag_interval_s: float = 0.1,
+             baseline_s: float = 2.0) -> dict[str, Any]:
         """Rehearse a failover without touching production: a snapshot group at the
         secondary site, restored to clones in ``<namespace>-drtest``, the application
         started there on them and verified; production replication goes on meanwhile
-        (sampled throughout).  ``keep`` leaves the test environment running
+        (sampled throughout, and ``baseline_s`` before it: its steady band).  ``keep``
+        leaves the test environment running
         (:meth:`test_cleanup` removes it).  Keys: ``consistent``, ``test_rto_s``,
         ``test_transactions``, ``replication_suspended``, ``resync_after``,
         ``lag_p99_ms_during_test``."""
@@ -772,6 +792,7 @@ class DR:
             self._require_replicating(st, "test")
 
         def baseline(st: DrState) -> dict[str, Any]:
+            time.sleep(baseline_s)  # the lag's steady band, sampled before anything is done
             g = self.array_group(src) or {}
             lag = g.get("lag") or {}
             return {"snapshot": snap, "test_namespace": test_ns, "generation_before": _gen(lag.get("main")),
@@ -838,13 +859,16 @@ class DR:
             gens = {s["generation"] for s in samples if s["generation"] is not None}
             states = {s["state"] for s in samples}
             gen_after = _gen(lag.get("main"))
-            ms = sorted(s["lag_ms"] for s in samples if s["lag_ms"] is not None)
+            t_req = float(d.get("t_requested") or 0.0) - sampler.t0
+            ms = sorted(s["lag_ms"] for s in samples if s["lag_ms"] is not None and s["t"] >= t_req)
+            before = sorted(s["lag_ms"] for s in samples if s["lag_ms"] is not None and s["t"] < t_req)
             return {"replication_suspended": bool(states & {"suspended", "error"}),
                     "resync_after": bool(states & {"resync", "copy"}) or len(gens) > 1 or (
                         gen_after is not None and d.get("generation_before") is not None
                         and gen_after != d.get("generation_before")),
                     "sequence_after": _seq(lag.get("main")),
                     "lag_p99_ms_during_test": _p99(ms), "lag_p50_ms_during_test": _p50(ms),
+                    "lag_p99_ms_before_test": _p99(before),
                     "lag_samples": len(samples), "lag_source": sampler.source,
                     "lag_series": [[round(s["t"], 3), s["lag_ms"]] for s in samples]}
 
@@ -870,6 +894,7 @@ class DR:
                     "resync_after": d.get("resync_after"),
                     "lag_p99_ms_during_test": d.get("lag_p99_ms_during_test"),
                     "lag_p50_ms_during_test": d.get("lag_p50_ms_during_test"),
+                    "lag_p99_ms_before_test": d.get("lag_p99_ms_before_test"),
                     "lag_source": d.get("lag_source"), "lag_series": d.get("lag_series"),
                     "sequence_continued": (seq1 > seq0) if seq0 is not None and seq1 is not None else None,
                     "snapshot": snap, "snapshot_position": d.get("snapshot_position"),
@@ -1056,12 +1081,40 @@ def _kill_hook(op: str, index: int, step: str) -> None:
 def _loss_line(est: dict[str, Any]) -> str:
     if est.get("entries") is None:
         return "what would be lost is unknown (no array report)"
-    orders = est.get("orders")
-    window = est.get("window_s")
-    return (f"about {est['entries']} writes not applied"
-            + (f", {window:.3f} s of transactions" if window is not None else "")
-            + (f", about {orders} orders (estimated)" if orders is not None else "")
+    orders, most = est.get("orders"), est.get("orders_max")
+    window, upto = est.get("window_s"), est.get("window_max_s")
+    return (f"at least {est['entries']} writes the copy never received"
+            + (f" ({window:.3f} s of transactions)" if window is not None else "")
+            + (f", up to {upto:.1f} s of transactions if the old primary wrote until it was lost"
+               if upto is not None else "")
+            + (f"; estimated {orders} to {most} orders" if orders is not None and most is not None else "")
             + " would be lost")
+
+
+def status_text(st: dict[str, Any]) -> str:
+    """:meth:`DR.status` as a few lines."""
+    op = st.get("operation")
+    lines = [f"namespace {st['namespace']}: primary {st['primary']} (epoch {st['epoch']}), "
+             + (f"{op['name']} running at step {op['step']}" if op else "no operation running")]
+    if st.get("test"):
+        lines.append(f"  DR test: {st['test'].get('state')} in namespace {st['test'].get('namespace')}")
+    if st.get("failover"):
+        lines.append(f"  failed over from the {st['failover'].get('from')} site: failback pending")
+    for name, s in st["sites"].items():
+        if not s["reachable"]:
+            lines.append(f"  {name:7s} unreachable")
+            continue
+        arr = s.get("array") or {}
+        extra = f"; array: {arr.get('side')} side, {arr.get('state')}" if arr else ""
+        lines.append(f"  {name:7s} asked {s['role_asked'] or '-'}, reports {s['role'] or '-'}"
+                     f"{', in sync' if s['in_sync'] else ''}{extra}")
+    app = st.get("application")
+    if app:
+        lines.append(f"  application: {'running' if app.get('running') else 'stopped'} at "
+                     f"{app.get('site')}, {app.get('committed')} committed, last order {app.get('last_order')}")
+    for h in st.get("history") or []:
+        lines.append(f"  history: {h.get('op')} -> primary {h.get('primary')}")
+    return "\n".join(lines)
 
 
 def _seq(pos: Any) -> int | None:
@@ -1120,4 +1173,4 @@ class _LagSampler:
         return list(self.samples)
 
 
-__all__ = ["DR", "Refused", "KILL_ENV"]
+__all__ = ["DR", "Refused", "KILL_ENV", "status_text"]
