@@ -592,23 +592,32 @@ class DrCycle:
         self.results[name] = out
         return out
 
+    def _lab_only(self, what: str, cli: str) -> str | None:
+        if self.controls is not None:
+            return None
+        return (f"skipped: {what} runs only on the lab in this walkthrough (it needs the lab's "
+                f"controls); on real clusters: dr-kit dr {cli} {self.dr.namespace} --kubeconfig K "
+                "--main-context M --backup-context B")
+
     def test(self, seconds: float = 3.0) -> dict[str, Any] | None:
         """The DR test (with the lag sampled throughout); without the lab's application
         control the clones are made and verified but no application copy is started."""
         run_app = self.controls is not None
         if not run_app and self.note:
-            self.note(needs("starting the test application copy", None, "application control") or "")
+            self.note("note: the test application is not started on this path (the lab's shop runs "
+                      "only under the lab's controls); on real clusters `dr-kit dr test` starts a copy "
+                      f"of the namespace's Deployments in {self.dr.namespace}-drtest")
         return self._op("test", lambda: self.dr.test(seconds=seconds, run_application=run_app))
 
     def relocate(self, name: str = "relocate") -> dict[str, Any] | None:
-        if self._skip(name, needs(name, self.controls, "application control")):
+        if self._skip(name, self._lab_only(f"moving production ({name})", "relocate")):
             return None
         return self._op(name, self.dr.relocate)
 
     def failover(self, outage_s: float = 1.5) -> dict[str, Any] | None:
         """The disaster (the lab's main site killed after ``outage_s`` of writes the backup
         never got: the link is cut first), the failover, and the old main's return."""
-        if self._skip("failover", needs("the failover (a site disaster)", self.controls, "site control")):
+        if self._skip("failover", self._lab_only("the failover (a site disaster)", "failover")):
             return None
         assert self.controls is not None
         primary = self.dr.state().primary
@@ -630,7 +639,7 @@ class DrCycle:
         return out
 
     def failback(self) -> dict[str, Any] | None:
-        if self._skip("failback", needs("the failback", self.controls, "site control")):
+        if self._skip("failback", self._lab_only("the failback", "failback")):
             return None
         out = self._op("failback", self.dr.failback)
         fo = self.results.get("failover")

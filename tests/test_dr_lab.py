@@ -247,6 +247,44 @@ def test_failover_and_failback_resume_after_kills(lab):
     in_sync(lab)
 
 
+def test_relocate_with_the_hitachi_backend_and_no_lab_controls(lab):
+    """Hitachi's resources carry the roles (ReplicationGroup desiredPairState), and the
+    real-cluster path (no lab controls: applications are Deployments) moves a namespace
+    that has none."""
+    main = site("main", lab)
+    main.kube.create("Namespace", {"metadata": {"name": "hshop"}})
+    for pvc in ("sales-db", "stock-db"):
+        main.kube.create("PersistentVolumeClaim", {
+            "metadata": {"name": pvc, "namespace": "hshop"},
+            "spec": {"storageClassName": "lab-array", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "4Mi"}}}})
+    # the operator's Hitachi resources, made here (the lab's operator runs the default
+    # policy, csi-addons only)
+    from dr_kit.operator.backends import hitachi
+    from dr_kit.operator.policy import Policy
+
+    pol = Policy(backend="hitachi")
+    group = pol.group_name("hshop")
+    for pvc in ("sales-db", "stock-db"):
+        main.kube.patch("PersistentVolumeClaim", pvc, {"metadata": {"labels": {pol.group_label_key: group}}},
+                        "hshop")
+        main.kube.create("Replication", hitachi.replication(pol, "hshop", pvc, "lab-array", 7))
+    main.kube.create("ReplicationGroup", hitachi.replication_group(pol, "hshop", 7))
+    main.kube.patch("Namespace", "hshop", {"metadata": {"annotations": {"dr-kit.io/backend": "hitachi"}}})
+    dr = DR(site("main", lab), site("backup", lab), "hshop", controls=None, progress=None, policy=pol)
+    wait_for(lambda: dr.status()["sites"]["main"]["in_sync"], timeout=60, interval=0.3,
+             what="hshop replicating in sync")
+    out = dr.relocate()
+    assert out["primary"] == "backup" and out["without_copy"] is True and out["resync_bytes"] == 0
+    rg = site("backup", lab).kube.get("ReplicationGroup", dr.group, "hshop")
+    assert rg["spec"]["desiredPairState"] == "pair" and rg["status"]["role"] == "Primary"
+    assert site("main", lab).kube.get("ReplicationGroup", dr.group, "hshop")["spec"]["desiredPairState"] == "svol"
+    wait_for(lambda: dr.status()["sites"]["backup"]["in_sync"], timeout=60, interval=0.3,
+             what="hshop replicating back in sync")
+    back = dr.relocate()
+    assert back["primary"] == "main" and back["without_copy"] is True
+
+
 def test_unprotect_from_the_new_primary_after_a_swap(lab):
     ok(dr_cli(lab, "relocate"))
     in_sync(lab)
@@ -255,8 +293,9 @@ def test_unprotect_from_the_new_primary_after_a_swap(lab):
     st = unprotect(NS, kubeconfig=lab / "kubeconfig", context="backup", lab_dir=None, wait=60)
     assert st["state"] == "Unprotected"
     for where in ("main", "backup"):
-        wait_for(lambda w=where: not site(w, lab).array.status()["groups"], timeout=60,
-                 what=f"no replication group left at the {where} array")
+        wait_for(lambda w=where: not [g for g in site(w, lab).array.status()["groups"]
+                                      if g["name"].startswith("shop-")], timeout=60,
+                 what=f"no replication group of shop left at the {where} array")
     # the data stays at both sites
     assert site("main", lab).pvcs(NS)["phase"].eq("Bound").all()
     assert site("backup", lab).pvcs(NS)["phase"].eq("Bound").all()

@@ -113,7 +113,15 @@ def test_walkthrough_records_what_the_demo_claims(ran):
     assert r4["revenue_total_cents"] > 0
     assert "analytics-1-databases" in r4["provenance"]["source"]
     r5 = results["05_dr_drill"]
-    assert r5["ok"] and r5["rto_s"] > 0
+    assert r5["ok"] and r5["rto_s"] > 0 and r5["skipped"] == []
+    assert r5["test"]["consistent"] is True and r5["test"]["replication_suspended"] is False
+    assert r5["test"]["resync_after"] is False and r5["test"]["test_transactions"] > 0
+    assert r5["relocate"]["rpo_orders"] == 0 == r5["relocate back"]["rpo_orders"]
+    assert r5["relocate"]["resync_bytes"] == 0 and r5["relocate"]["primary"] == "backup"
+    assert r5["failback"]["resync_bytes"] <= 0.10 * r5["failback"]["volume_bytes"]
+    assert r5["failback"]["consistent"] is True and r5["primary_at_end"] == "main"
+    assert [r["op"] for r in r5["timeline"] if r["op"] not in ("disaster", "site down")] == [
+        "test", "relocate", "relocate back", "failover", "failback"]
     r6 = results["06_many_applications"]  # its small defaults: 4 namespaces x 3 PVCs
     assert r6["namespaces"] == r6["protected"] == r6["backup_bound"] == 4, r6
     assert r6["ranked_namespaces"] == [f"apps-00{i}" for i in range(4)]
@@ -144,7 +152,11 @@ def test_the_real_cluster_path_runs_every_notebook_and_skips_only_the_lab_contro
     assert r4["provenance"]["verdict"]["consistent"] is True
     assert r4["provenance"]["sequence"] == r3["sequence"]
     assert "Secret shop/analytics-real-databases" in r4["provenance"]["source"]
-    assert results["05_dr_drill"]["ok"]
+    r5 = results["05_dr_drill"]
+    assert r5["ok"] and r5["test"]["consistent"] is True and r5["test"]["test_transactions"] is None
+    assert [s["step"] for s in r5["skipped"]] == ["relocate", "relocate back", "failover", "failback"]
+    assert all("runs only on the lab" in s["why"] for s in r5["skipped"])
+    assert r5["primary_at_end"] == "main"
 
 
 @pytest.mark.slow

@@ -102,8 +102,8 @@ class ClusterApps:
 
     def serving(self, site: Site, namespace: str) -> tuple[bool, str, dict[str, Any]]:
         apps = self._apps(site, namespace)
-        if not apps:
-            return False, f"no application of {namespace} at the {site.name} site", {}
+        if not apps:  # nothing to wait for (start said so)
+            return True, f"no Deployment or StatefulSet of {namespace} at the {site.name} site", {}
         waiting = [a["metadata"]["name"] for a in apps
                    if int(((a.get("status") or {}).get("readyReplicas")) or 0) < 1]
         return (not waiting, "all ready" if not waiting else f"waiting for {', '.join(waiting)}",
