@@ -164,7 +164,8 @@ def snapshot_imports(namespace: str, test_ns: str, volume_snapshots: Mapping[str
         if not handle or not driver:
             raise InvalidInput(f"the volume snapshot of PVC {pvc} has no snapshot handle yet")
         name = f"{prefix}-{pvc}"[:253]
-        vsc = {"apiVersion": RESOURCES["VolumeSnapshotContent"].api_version, "kind": "VolumeSnapshotContent",
+        vsc: dict[str, Any] = {"apiVersion": RESOURCES["VolumeSnapshotContent"].api_version,
+               "kind": "VolumeSnapshotContent",
                "metadata": {"name": f"{test_ns}-{name}"[:253], "labels": dict(labels)},
                "spec": {"deletionPolicy": "Retain", "driver": driver,
                         "source": {"snapshotHandle": handle},

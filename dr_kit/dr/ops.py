@@ -265,7 +265,7 @@ class DR:
         if len(scs) != 1:
             raise Conflict(f"the {site} site holds no replicated PVCs of {self.namespace} with one "
                            "storage class; it cannot take the primary role")
-        sc_name = scs.pop()
+        sc_name = str(scs.pop())
         rc = self.policy.storage_classes.get(sc_name)
         sc = s.kube.get("StorageClass", sc_name) or {}
         if rc is None:
@@ -500,7 +500,7 @@ class DR:
         d = st.operation.data if st.operation else {}
         a, b = d.get("orders_at_source"), d.get("orders_at_target")
         demoted, promoted = d.get("demoted") or {}, d.get("promoted") or {}
-        verdict = d.get("verdict") if isinstance(d.get("verdict"), dict) else {}
+        verdict: dict[str, Any] = d["verdict"] if isinstance(d.get("verdict"), dict) else {}
         return {"rpo_orders": (int(a) - int(b)) if a is not None and b is not None else None,
                 "rto_s": d.get("rto_s"), "final_sync_s": d.get("final_sync_s"),
                 "resync_bytes": d.get("resync_bytes"), "primary": dst, "from": src,
@@ -536,8 +536,8 @@ class DR:
                 copy.get("state") in ("pair", "suspended")
             if consistent is not True:
                 why = ("its consistency cannot be verified (the storage publishes no array report)"
-                       if consistent is None else f"it is {copy.get('state')}: "
-                       f"{copy.get('message') or 'not consistent'}")  # type: ignore[union-attr]
+                       if copy is None else f"it is {copy.get('state')}: "
+                       f"{copy.get('message') or 'not consistent'}")
                 if not force:
                     raise Refused(f"failover refused: the {dst} site's copy of {self.namespace} is not "
                                   f"known consistent ({why}); nothing was changed; --force fails over "
@@ -592,7 +592,7 @@ class DR:
             a, b = d.get("orders_at_source"), d.get("orders_at_target")
             est = d.get("estimate") or {}
             exact = a is not None and b is not None
-            return {"rpo_orders": (int(a) - int(b)) if exact else est.get("orders"),
+            return {"rpo_orders": (int(a) - int(b)) if a is not None and b is not None else est.get("orders"),
                     "rpo_estimated": not exact, "rpo_window_s": est.get("window_s"),
                     "rpo_orders_max": None if exact else est.get("orders_max"),
                     "rto_s": d.get("rto_s"), "primary": dst, "from": src,
@@ -721,7 +721,7 @@ class DR:
             moved = self._move_result(st, away, home)
             after = d.get("verdict_after") or {}
             return {"resync_bytes": d.get("reverse_resync_bytes"), "volume_bytes": d.get("volume_bytes"),
-                    "rpo_orders": max(0, int(old) - int(promo)) if exact else est,
+                    "rpo_orders": max(0, int(old) - int(promo)) if old is not None and promo is not None else est,
                     "rpo_estimated": not exact, "rto_s": moved["rto_s"],
                     "consistent": after.get("consistent"),
                     "primary": home, "resync_s": d.get("resync_s"), "resync_regions": d.get("resync_regions"),
@@ -742,7 +742,7 @@ class DR:
         )
 
         s = self.site(site)
-        if not s.serves_group_snapshots:
+        if not s.serves_group_snapshots():
             return None
         name = f"dr-count-{uuid.uuid4().hex[:6]}"
         try:
