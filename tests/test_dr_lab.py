@@ -192,7 +192,15 @@ def test_failover_to_an_inconsistent_copy_is_refused_unless_forced(lab):
     assert r.returncode == 2 and "not known consistent" in r.stderr and "--force" in r.stderr
     assert r.stderr.count("\n") == 1
     assert dr_of(lab).state() == before and backup.array.group_status(group)["side"] == "backup"
-    main.array.group_action(group, "resync")
+    # --force says what is lost first, then fails over; the main site answers, so it is
+    # fenced at once (its shop stopped, its copy demoted) and the failback brings it home
+    r = dr_cli(lab, "failover", "--force")
+    out = ok(r)
+    assert "forced onto a copy that is not known consistent" in r.stderr and "would be lost" in r.stderr
+    assert out["primary"] == "backup" and out["fenced"] is True and out["rpo_estimated"] is False
+    assert main.array.group_status(group)["side"] == "backup"  # the old main's copy, demoted
+    back = ok(dr_cli(lab, "failback"))
+    assert back["primary"] == "main" and back["consistent"] is True
     in_sync(lab)
 
 

@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace, lab_controls: ControlsFactory | None) -> int:
     main, backup, lab_dir = _sites(args)
     controls = lab_controls(lab_dir) if lab_dir is not None and lab_controls is not None else None
     dr = DR(main, backup, args.namespace, controls=controls, progress=None if args.quiet else _say,
-            timeout=args.timeout)
+            timeout=args.timeout, warn=_say)
     op = args.dr_command
     if op == "test":
         out = dr.test_cleanup() if args.cleanup else dr.test(keep=args.keep, seconds=args.seconds)

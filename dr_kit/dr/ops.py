@@ -73,6 +73,7 @@ class DR:
     policy: Policy = field(default_factory=Policy)
     progress: Note | None = print
     timeout: float = 120.0
+    warn: Note | None = None  # what a forced failover loses (default: progress)
 
     def __post_init__(self) -> None:
         self.apps: Apps = apps_for(self.controls)
@@ -542,8 +543,10 @@ class DR:
                     raise Refused(f"failover refused: the {dst} site's copy of {self.namespace} is not "
                                   f"known consistent ({why}); nothing was changed; --force fails over "
                                   f"anyway ({_loss_line(est)})")
-                self.say(f"failover forced onto a copy that is not known consistent ({why})")
-            self.say(f"failover to the {dst} site: {_loss_line(est)}")
+                (self.warn or self.say)(f"failover forced onto a copy that is not known consistent "
+                                        f"({why}); {_loss_line(est)}")
+            else:
+                self.say(f"failover to the {dst} site: {_loss_line(est)}")
 
         def fence(st: DrState) -> dict[str, Any]:
             if not self.reachable(src, fresh=True) or self._namespace(src) is None:
