@@ -432,7 +432,7 @@ def dr_test_lag(result: dict[str, Any]) -> Figure:
     ax.set_title("Production replication through the DR test: lag p99 "
                  f"{_ms(b99)} before, {_ms(p99)} during; suspended: {result.get('replication_suspended')}, "
                  f"resync after: {result.get('resync_after')}", fontsize=10)
-    ax.set_xlabel("seconds since the test started")
+    ax.set_xlabel("time since the test started (s)")
     ax.set_ylabel("time lag (ms)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
@@ -450,6 +450,7 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
         ax1.text(i, v or 0, "n/a" if v is None else f"{v:.2f}{extra}", ha="center", va="bottom", fontsize=8)
     ax1.set_ylim(0, max([v or 0 for v in rto] + [1]) * 1.3)
     ax1.set_title("RTO: application down (s)", fontsize=10)
+    ax1.set_ylabel("s")
     moves = [k for k in ops if k != "test"]
     rpo = [summary[k].get("rpo_orders_counted", summary[k].get("rpo_orders")) for k in moves]
     ax2.bar(moves, [v or 0 for v in rpo], color="#d9534f")
@@ -463,7 +464,8 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
             tag = f"{v}{' (est.)' if r.get('rpo_estimated') else ''}"
         ax2.text(i, v or 0, tag, ha="center", va="bottom", fontsize=8)
     ax2.set_ylim(0, max([v or 0 for v in rpo] + [1]) * 1.35)
-    ax2.set_title("RPO: orders lost", fontsize=10)
+    ax2.set_title("RPO: orders lost (orders)", fontsize=10)
+    ax2.set_ylabel("orders")
     fb = summary.get("failback") or {}
     vol = fb.get("volume_bytes")
     if vol:
@@ -478,7 +480,7 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
         ax3.set_xlabel("MiB")
     else:
         ax3.text(0.5, 0.5, "no failback on this path", ha="center", va="center", transform=ax3.transAxes)
-    ax3.set_title("Bytes copied to reverse replication", fontsize=10)
+    ax3.set_title("Bytes copied to reverse replication (MiB)", fontsize=10)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8, rotation=15)
     fig.tight_layout()
@@ -529,7 +531,7 @@ def dr_timeline(summary: dict[str, Any]) -> Figure:
     ax.set_yticks([0, 1], ["backup", "main"])
     ax.set_ylim(-0.6, 1.8)
     ax.set_xlim(0, end)
-    ax.set_xlabel("seconds since the cycle started")
+    ax.set_xlabel("time since the cycle started (s)")
     ax.set_title("Which site is primary through the DR cycle", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()

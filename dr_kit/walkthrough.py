@@ -696,3 +696,38 @@ class DrCycle:
                          "consistent": out.get("consistent")})
         return pd.DataFrame(rows, columns=["operation", "primary", "rpo_orders", "rpo_estimated",
                                            "rto_s", "resync_bytes", "volume_bytes", "consistent"])
+
+    def figures(self, name: str) -> pd.DataFrame:
+        """One operation's figures (the keys ``dr-kit dr ... --json`` documents) as a table of
+        figure, value and unit; empty when the operation did not run on this path."""
+        out = self.results.get(name) or {}
+        rows = [{"figure": k, "value": _cell(out.get(k)), "unit": unit}
+                for k, unit in DR_FIGURES.get(name.replace(" back", ""), ()) if k in out]
+        return pd.DataFrame(rows, columns=["figure", "value", "unit"])
+
+
+DR_FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "test": (("consistent", ""), ("test_rto_s", "s"), ("test_transactions", "transactions"),
+             ("replication_suspended", ""), ("resync_after", ""), ("lag_p99_ms_before_test", "ms"),
+             ("lag_p99_ms_during_test", "ms"), ("sequence_continued", "")),
+    "relocate": (("primary", "site"), ("rpo_orders", "orders"), ("rto_s", "s"), ("final_sync_s", "s"),
+                 ("resync_bytes", "bytes"), ("position_demoted", "journal position"),
+                 ("position_promoted", "journal position")),
+    "failover": (("primary", "site"), ("rpo_orders", "orders"), ("rpo_orders_max", "orders"),
+                 ("rpo_estimated", ""), ("rto_s", "s"), ("rto_from_disaster_s", "s"),
+                 ("consistent", ""), ("fenced", "")),
+    "failback": (("primary", "site"), ("resync_bytes", "bytes"), ("volume_bytes", "bytes"),
+                 ("rpo_orders", "orders"), ("lost_writes", "writes"), ("rto_s", "s"),
+                 ("consistent", "")),
+}
+
+
+def _cell(v: Any) -> str:
+    """A figure as text for a table column of mixed values (no float noise)."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if v is None:
+        return "unknown"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)

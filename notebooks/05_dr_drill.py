@@ -54,13 +54,12 @@ print(cycle.status_text())
 # the shop started there on the clones and verified; the primary's lag is sampled throughout.
 
 # %%
-ui.action("Run a DR test", lambda: plots.dr_test_lag(cycle.test(seconds=test_seconds)),
-          interactive=interactive)
+def dr_test():
+    result = cycle.test(seconds=test_seconds)
+    ui.show(plots.dr_test_lag(result), cycle.figures("test"))
 
-# %%
-{k: cycle.results.get("test", {}).get(k) for k in (
-    "consistent", "test_rto_s", "test_transactions", "replication_suspended", "resync_after",
-    "lag_p99_ms_during_test", "sequence_continued")}
+
+ui.action("Run a DR test", dr_test, interactive=interactive)
 
 # %% [markdown]
 # ## 2. Relocate and back: RPO 0, no copy
@@ -70,8 +69,13 @@ ui.action("Run a DR test", lambda: plots.dr_test_lag(cycle.test(seconds=test_sec
 # without copying anything.
 
 # %%
-ui.action("Relocate and back", lambda: (cycle.relocate(), cycle.relocate("relocate back"),
-                                        cycle.table())[-1], interactive=interactive)
+def relocate_and_back():
+    cycle.relocate()
+    cycle.relocate("relocate back")
+    ui.show(cycle.figures("relocate"), cycle.figures("relocate back"))
+
+
+ui.action("Relocate and back", relocate_and_back, interactive=interactive)
 
 # %% [markdown]
 # ## 3. Failover and failback
@@ -85,15 +89,21 @@ ui.action("Relocate and back", lambda: (cycle.relocate(), cycle.relocate("reloca
 # failback counts it in the old main's own image.
 
 # %%
-ui.action("Fail over, then fail back", lambda: (cycle.failover(outage_s=outage_s), cycle.failback(),
-                                                cycle.table())[-1], interactive=interactive)
+def failover_and_failback():
+    cycle.failover(outage_s=outage_s)
+    ui.show(cycle.figures("failover"))
+    cycle.failback()
+    ui.show(cycle.figures("failback"))
+
+
+ui.action("Fail over, then fail back", failover_and_failback, interactive=interactive)
 
 # %% [markdown]
 # ## 4. RPO, RTO, bytes copied, and which site was primary when
 
 # %%
 summary = cycle.summary()
-ui.show(plots.dr_outcomes(summary), plots.dr_timeline(summary))
+ui.show(plots.dr_outcomes(summary), plots.dr_timeline(summary), cycle.table())
 print(cycle.status_text())
 
 # %%

@@ -98,6 +98,21 @@ def test_dr_test_runs_the_application_on_clones_while_replication_goes_on(lab):
     assert len(events(lab, "DRTestStep")) == 8
 
 
+def test_status_as_json_and_as_a_table(lab):
+    st = ok(dr_cli(lab, "status"))
+    assert set(st) == {"namespace", "primary", "epoch", "rev", "operation", "test", "failover",
+                       "history", "backend", "sites", "application"}
+    assert st["primary"] == "main" and st["operation"] is None and set(st["sites"]) == {"main", "backup"}
+    assert {"reachable", "role_asked", "role", "in_sync", "array"} <= set(st["sites"]["main"])
+    r = subprocess.run([sys.executable, "-m", "dr_kit.cli", "dr", "status", NS, "--dir", str(lab)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("namespace shop: primary main") and "no operation running" in lines[0]
+    assert lines[1].split()[:2] == ["SITE", "REACHABLE"]
+    assert lines[2].split()[:2] == ["main", "yes"] and "running" in lines[2]
+
+
 def test_relocate_while_a_kept_test_runs_is_refused_with_nothing_changed(lab):
     kept = ok(dr_cli(lab, "test", "--seconds", "1", "--keep"))
     assert kept["kept"] is True and site("backup", lab).namespace("shop-drtest") is not None

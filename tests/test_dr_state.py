@@ -155,3 +155,31 @@ def test_kill_hook_reads_its_variable(monkeypatch, env, op, index, step, kills):
 def test_state_json_is_compact_and_sorted():
     raw = drs.DrState(primary="backup", rev=2).to_json()
     assert json.loads(raw)["primary"] == "backup" and " " not in raw
+
+
+def test_status_text_is_a_headline_and_a_table_of_both_sites():
+    from dr_kit.dr.ops import status_text
+
+    st = {"namespace": "shop", "primary": "backup", "epoch": 3, "rev": 9, "backend": "csi-addons",
+          "operation": {"name": "failback", "step": "resync"}, "test": None,
+          "failover": {"from": "main"}, "history": [{"op": "failover", "primary": "backup"}],
+          "sites": {"main": {"reachable": True, "role_asked": "resync", "role": "secondary",
+                             "in_sync": False, "array": {"side": "backup", "state": "resync",
+                                                         "consistent": False}},
+                    "backup": {"reachable": True, "role_asked": "primary", "role": "primary",
+                               "in_sync": True, "array": None}},
+          "application": {"running": True, "site": "backup", "committed": 120}}
+    lines = status_text(st).splitlines()
+    assert lines[0].startswith("namespace shop: primary backup (epoch 3") and "failback running at step resync" in lines[0]
+    assert "failback pending" in lines[1]
+    header = lines[2].split()
+    assert header[:2] == ["SITE", "REACHABLE"] and "APPLICATION" in header
+    main_row, backup_row = lines[3], lines[4]
+    assert main_row.split()[:5] == ["main", "yes", "resync", "secondary", "no"]
+    assert "not consistent" in main_row and main_row.rstrip().endswith("-")
+    assert backup_row.split()[:5] == ["backup", "yes", "primary", "primary", "yes"]
+    assert backup_row.endswith("running (120 committed)")
+    # the columns line up: each row's second column starts where the header's does
+    col = lines[2].index("REACHABLE")
+    assert main_row[col:col + 3] == "yes" and backup_row[col:col + 3] == "yes"
+    assert lines[-1] == "history: failover -> backup"

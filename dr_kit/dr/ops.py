@@ -1095,28 +1095,37 @@ def _loss_line(est: dict[str, Any]) -> str:
 
 
 def status_text(st: dict[str, Any]) -> str:
-    """:meth:`DR.status` as a few lines."""
+    """:meth:`DR.status` as a headline and a table with one row per site."""
     op = st.get("operation")
-    lines = [f"namespace {st['namespace']}: primary {st['primary']} (epoch {st['epoch']}), "
+    lines = [f"namespace {st['namespace']}: primary {st['primary']} (epoch {st['epoch']}, "
+             f"backend {st.get('backend') or '-'}), "
              + (f"{op['name']} running at step {op['step']}" if op else "no operation running")]
     if st.get("test"):
-        lines.append(f"  DR test: {st['test'].get('state')} in namespace {st['test'].get('namespace')}")
+        lines.append(f"DR test: {st['test'].get('state')} in namespace {st['test'].get('namespace')}")
     if st.get("failover"):
-        lines.append(f"  failed over from the {st['failover'].get('from')} site: failback pending")
+        lines.append(f"failed over from the {st['failover'].get('from')} site: failback pending")
+    app = st.get("application") or {}
+    header = ["SITE", "REACHABLE", "ROLE ASKED", "ROLE", "IN SYNC", "ARRAY COPY", "APPLICATION"]
+    rows = []
     for name, s in st["sites"].items():
-        if not s["reachable"]:
-            lines.append(f"  {name:7s} unreachable")
-            continue
         arr = s.get("array") or {}
-        extra = f"; array: {arr.get('side')} side, {arr.get('state')}" if arr else ""
-        lines.append(f"  {name:7s} asked {s['role_asked'] or '-'}, reports {s['role'] or '-'}"
-                     f"{', in sync' if s['in_sync'] else ''}{extra}")
-    app = st.get("application")
-    if app:
-        lines.append(f"  application: {'running' if app.get('running') else 'stopped'} at "
-                     f"{app.get('site')}, {app.get('committed')} committed, last order {app.get('last_order')}")
-    for h in st.get("history") or []:
-        lines.append(f"  history: {h.get('op')} -> primary {h.get('primary')}")
+        copy = "-"
+        if arr:
+            copy = f"{arr.get('side')}, {arr.get('state')}"
+            if arr.get("consistent") is False:
+                copy += ", not consistent"
+        here = app.get("site") == name
+        running = ("running" if app.get("running") else "stopped") if here else "-"
+        if here and app.get("committed") is not None:
+            running += f" ({app['committed']} committed)"
+        rows.append([name, "yes" if s["reachable"] else "no", s.get("role_asked") or "-",
+                     s.get("role") or "-", "yes" if s.get("in_sync") else "no", copy, running])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in [header, *rows]]
+    history = st.get("history") or []
+    if history:
+        lines.append("history: " + ", ".join(f"{h.get('op')} -> {h.get('primary')}" for h in history))
     return "\n".join(lines)
 
 
