@@ -447,7 +447,8 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
     ax1.bar(ops, [v or 0 for v in rto], color="#4a7ab7")
     for i, v in enumerate(rto):
         extra = "\nfrom the disaster" if summary[ops[i]].get("rto_from_disaster_s") else ""
-        ax1.text(i, v or 0, "n/a" if v is None else f"{v:.2f}{extra}", ha="center", va="bottom", fontsize=8)
+        ax1.text(i, v or 0, "not measured" if v is None else f"{v:.2f}{extra}", ha="center",
+                 va="bottom", fontsize=8)
     ax1.set_ylim(0, max([v or 0 for v in rto] + [1]) * 1.3)
     ax1.set_title("RTO: application down (s)", fontsize=10)
     ax1.set_ylabel("s")
@@ -465,6 +466,10 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
         ax2.text(i, v or 0, tag, ha="center", va="bottom", fontsize=8)
     ax2.set_ylim(0, max([v or 0 for v in rpo] + [1]) * 1.35)
     ax2.set_title("RPO: orders lost (orders)", fontsize=10)
+    if not moves:
+        ax2.text(0.5, 0.5, "no relocate or failover on this path", ha="center", va="center",
+                 transform=ax2.transAxes)
+        ax2.set_xticks([])
     ax2.set_ylabel("orders")
     fb = summary.get("failback") or {}
     vol = fb.get("volume_bytes")
@@ -480,6 +485,8 @@ def dr_outcomes(summary: dict[str, Any]) -> Figure:
         ax3.set_xlabel("MiB")
     else:
         ax3.text(0.5, 0.5, "no failback on this path", ha="center", va="center", transform=ax3.transAxes)
+        ax3.set_xticks([])
+        ax3.set_yticks([])
     ax3.set_title("Bytes copied to reverse replication (MiB)", fontsize=10)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8, rotation=15)
@@ -506,6 +513,7 @@ def dr_timeline(summary: dict[str, Any]) -> Figure:
                            color=SITE_COLORS[primary], alpha=0.85)
             primary, t = r["primary"], r["end_s"]
     ax.broken_barh([(t, end - t)], (lanes[primary] - 0.3, 0.6), color=SITE_COLORS[primary], alpha=0.85)
+    labels = 0
     for r in rows:
         if r["op"] == "site down":  # the lost site, until it is back (and fenced)
             ax.broken_barh([(r["start_s"], r["end_s"] - r["start_s"])], (lanes[r["site"]] - 0.3, 0.6),
@@ -516,7 +524,10 @@ def dr_timeline(summary: dict[str, Any]) -> Figure:
             continue
         color = "#d9534f" if r["op"] == "disaster" else "#555555"
         ax.axvspan(r["start_s"], r["end_s"], color=color, alpha=0.12, zorder=0)
-        ax.text((r["start_s"] + r["end_s"]) / 2, 1.55, r["op"], ha="center", fontsize=8, color=color)
+        # staggered: short operations close together would print over each other
+        ax.text((r["start_s"] + r["end_s"]) / 2, 1.45 + 0.25 * (labels % 3), r["op"], ha="center",
+                fontsize=8, color=color)
+        labels += 1
         down = r.get("rto_s")
         if r["op"] == "failover" and r.get("disaster_at_s") is not None:
             down = r["end_s"] - r["disaster_at_s"]  # the shop stopped with its site
@@ -529,7 +540,7 @@ def dr_timeline(summary: dict[str, Any]) -> Figure:
     for site, c in SITE_COLORS.items():
         ax.plot([], [], color=c, linewidth=8, label=f"{site} site primary")
     ax.set_yticks([0, 1], ["backup", "main"])
-    ax.set_ylim(-0.6, 1.8)
+    ax.set_ylim(-0.6, 2.1)
     ax.set_xlim(0, end)
     ax.set_xlabel("time since the cycle started (s)")
     ax.set_title("Which site is primary through the DR cycle", fontsize=10)
