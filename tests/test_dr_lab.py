@@ -109,8 +109,10 @@ def test_status_as_json_and_as_a_table(lab):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("namespace shop: primary main") and "no operation running" in lines[0]
-    assert lines[1].split()[:2] == ["SITE", "REACHABLE"]
-    assert lines[2].split()[:2] == ["main", "yes"] and "running" in lines[2]
+    assert lines[1] == "last DR test: its environment shop-drtest removed"  # the test above
+    assert lines[2].split()[:2] == ["SITE", "REACHABLE"]
+    assert lines[3].split()[:2] == ["main", "yes"] and "running" in lines[3]
+    assert lines[4].split()[:2] == ["backup", "yes"]
 
 
 def test_relocate_while_a_kept_test_runs_is_refused_with_nothing_changed(lab):

@@ -1100,8 +1100,11 @@ def status_text(st: dict[str, Any]) -> str:
     lines = [f"namespace {st['namespace']}: primary {st['primary']} (epoch {st['epoch']}, "
              f"backend {st.get('backend') or '-'}), "
              + (f"{op['name']} running at step {op['step']}" if op else "no operation running")]
-    if st.get("test"):
-        lines.append(f"DR test: {st['test'].get('state')} in namespace {st['test'].get('namespace')}")
+    test = st.get("test") or {}
+    if test.get("state") == "cleaned":
+        lines.append(f"last DR test: its environment {test.get('namespace')} removed")
+    elif test:
+        lines.append(f"DR test: {test.get('state')} in namespace {test.get('namespace')}")
     if st.get("failover"):
         lines.append(f"failed over from the {st['failover'].get('from')} site: failback pending")
     app = st.get("application") or {}
