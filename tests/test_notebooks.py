@@ -29,8 +29,7 @@ def test_one_parameters_cell_of_literals_and_documented_parameters(name):
             assert not any(tok in value for tok in ("(", "+", "*", "[")), f"derived value in parameters: {line}"
     declared = set(pm.inspect_notebook(str(NB / f"{name}.ipynb")))
     assert {"interactive", "results_file"} <= declared
-    if name != "05_dr_drill":
-        assert declared >= COMMON
+    assert declared >= COMMON
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored without outputs"
 
 
