@@ -132,3 +132,28 @@ def test_failover_then_failback_copies_only_the_regions_changed_on_either_side(p
     assert image(mc, VOLS[0])[100 * CHUNK:100 * CHUNK + 4] == b"\0\0\0\0"  # lost writes gone
     back = mc.group_status("g")
     assert back["divergent_regions"] == 0 and back["consistent"] is True
+
+
+def test_a_swap_keeps_each_volume_to_its_own_when_the_arrays_number_them_differently(arrays):
+    """The main array numbers vol-b 1 and vol-a 2 (made in that order); the backup numbers
+    them as the pair announced them.  After the swap the new main's records carry its own
+    ids: the old main must map them by name, not keep its own numbering."""
+    main, backup = arrays.start("main"), arrays.start("backup")
+    for v in reversed(VOLS):
+        main.client.create_volume(v, SIZE)
+    link = arrays.link(backup.replication)
+    create_pair(main.client, backup.client, "g", list(VOLS), link.address)
+    mc, bc = main.client, backup.client
+    write(mc, VOLS[0], 0, b"A" * 4096)
+    write(mc, VOLS[1], 0, b"B" * 4096)
+    caught_up(mc, "g")
+    mc.group_action("g", "demote")
+    secret = new_pair_secret()
+    mc.authorize_pair("g", secret)
+    bc.group_action("g", "promote", track=True, clean=True, remote=main.replication, secret=secret)
+    write(bc, VOLS[0], CHUNK, b"a" * 4096)
+    write(bc, VOLS[1], CHUNK, b"b" * 4096)
+    caught_up(bc, "g")
+    for v in VOLS:
+        assert image(mc, v) == image(bc, v), v
+    assert image(mc, VOLS[0])[CHUNK:CHUNK + 1] == b"a" and image(mc, VOLS[1])[CHUNK:CHUNK + 1] == b"b"

@@ -500,7 +500,9 @@ class Array:
             if grp is not None:
                 by_name = {v.name: v for v in grp.members.values()}
                 announced = {vname for vname, _size in members.values()}
-                if set(grp.members) != set(members) and announced == set(by_name):
+                moved = any(vid not in grp.members or grp.members[vid].name != vname
+                            for vid, (vname, _s) in members.items())
+                if moved and announced == set(by_name):  # ids differ, or the same ids swapped
                     with grp.lock:  # the same volumes, reached from another main array
                         grp.members = {vid: by_name[vname] for vid, (vname, _s) in members.items()}
                         grp.conf["members"] = {str(vid): vname for vid, (vname, _s) in members.items()}
