@@ -134,6 +134,7 @@ def test_failback_without_a_failover_is_refused(lab):
     before = dr_of(lab).state()
     r = dr_cli(lab, "failback")
     assert r.returncode == 2 and "no failover" in r.stderr and r.stderr.count("\n") == 1
+    assert "the main site has been primary since the protection" in r.stderr  # tests move nothing
     assert dr_of(lab).state() == before
 
 

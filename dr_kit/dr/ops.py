@@ -656,9 +656,10 @@ class DR:
 
         def check(st: DrState) -> None:
             if not st.failover:
+                since = next((h.get("op") for h in reversed(st.history) if h.get("op") != "test"),
+                             "protection")  # a DR test moves nothing
                 raise Refused(f"failback refused: no failover of {self.namespace} is behind it (the "
-                              f"{st.primary} site is primary by "
-                              f"{(st.history[-1].get('op') if st.history else 'protection')}); "
+                              f"{st.primary} site has been primary since the {since}); "
                               "nothing was changed")
             if st.test_running:
                 raise Refused(f"failback refused: a DR test of {self.namespace} is running; clean it "
