@@ -344,7 +344,8 @@ def test_backup_site_pvcs_gate_protected_and_are_deleted_by_policy(tmp_path):
             return all(p.metadata.deletion_timestamp for p in left)
         wait_for(backup_gone, what="backup PVCs deleted")
         assert runner.backup.calls == {("", "persistentvolumeclaims", v)
-                                       for v in ("list", "watch", "delete")}
+                                       for v in ("list", "watch", "delete")} | {
+            ("", "namespaces", v) for v in ("list", "watch")}  # the DR state, read at both sites
     finally:
         if runner is not None:
             runner.stop()
