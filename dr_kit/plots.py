@@ -394,6 +394,8 @@ def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, t
     bx.set_xlabel("p99 (ms)")
     shown = "" if len(order) == d["group"].nunique() else f" ({len(order)} of {d['group'].nunique()})"
     bx.set_title(f"ranking{shown}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 # -- DR operations (notebook 05) ----------------------------------------------------------
@@ -436,6 +438,10 @@ def dr_test_lag(result: dict[str, Any]) -> Figure:
     ax.set_ylabel("time lag (ms)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def dr_outcomes(summary: dict[str, Any]) -> Figure:
     """RPO (orders lost), RTO (seconds) per operation, and the failback's resync against
     the volumes' size."""

@@ -694,6 +694,10 @@ class SiteController:
         self.view.add_volume(vol, size)
         self._bind(self.kube, pvc, vol, size, pvcs=self.caches["PersistentVolumeClaim"],
                    pvs=self.caches["PersistentVolume"])
+        if src and src.get("kind") == "VolumeSnapshot":
+            # the writes above reach the cache at once, so their watch events change
+            # nothing: the databases of a restore are looked at now
+            self.queue.add(("databases",))
 
     def _bind(self, kube: Kube, pvc: dict[str, Any], vol: str, size: int, *,
               pvcs: Cache | None, pvs: Cache | None, pv_name: str | None = None,
@@ -1420,6 +1424,10 @@ class SiteController:
                 **({"restoreSize": format_bytes(size)} if size else {}),
                 **({"volumeGroupSnapshotName": group_name_} if group_name_ else {})}},
                 m["namespace"], status=True))
+            for p in self.caches["PersistentVolumeClaim"].in_namespace(m["namespace"]):
+                ds = (p.get("spec") or {}).get("dataSource") or {}
+                if ds.get("kind") == "VolumeSnapshot" and ds.get("name") == m["name"] and self._pending(p):
+                    self.queue.add(("pvc", m["namespace"], p["metadata"]["name"]))
 
     # -- the DBA's part for the lab's shop (backup site) -------------------------------
     def publish_databases(self) -> None:

@@ -550,7 +550,7 @@ def stop_app(dir: str | os.PathLike[str] | None, namespace: str = SHOP_NAMESPACE
         state = lab.load()
         rec = (state.get("processes") or {}).get(name)
         stopped = processes.stop([rec]) if rec else []
-        if stopped and namespace == SHOP_NAMESPACE and rec.get("site", "main") == "main":
+        if stopped and rec and namespace == SHOP_NAMESPACE and rec.get("site", "main") == "main":
             _mark_shop(lab, False)
     return {"name": name, "stopped": bool(stopped), **(_read_json(status_file) or {})}
 
