@@ -355,4 +355,5 @@ def test_the_shop_reads_its_rate_within_the_bounds(tmp_path: Path, text: str, ra
     (tmp_path / "shop.json").write_text(text)
     app = object.__new__(ShopApp)
     app.lab = SimpleNamespace(shop_control=tmp_path / "shop.json")  # type: ignore[assignment]
+    app.control_path = tmp_path / "shop.json"  # each application instance has its own control file
     assert app._read_rate() == rate
