@@ -1140,6 +1140,11 @@ class SiteController:
         mode = "sync" if str(live[0]["spec"].get("replicationType", "UR")).upper() == "TC" else "async"
         parent = live[0]["spec"].get("parentName")
         rg = self.caches["ReplicationGroup"].get(ns, parent) if parent else None
+        if parent and rg is None:
+            # the members arrived before their group: its desired pair state decides this
+            # copy's role (a DR move creates the members first), and its arrival queues
+            # the members again
+            return
         want = (rg or {}).get("spec", {}).get("desiredPairState", "pair")
         # DR roles (the lab's reading): svol = this site's copy is the secondary one
         # (demoted, fenced), resync = and resynchronised from the other site's primary
