@@ -163,7 +163,9 @@ class Array:
             tmp = self.root / "array.json.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds secrets
             with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.conf, indent=1, sort_keys=True))
+                # no indent: Python's C encoder (several times faster) only serves compact
+                # JSON, and this file is written on every change of a thousand volumes' state
+                f.write(json.dumps(self.conf, sort_keys=True))
             os.replace(tmp, self.root / "array.json")
 
     def _load(self) -> None:
@@ -260,7 +262,7 @@ class Array:
                            f"known: {', '.join(sorted(self.volumes)) or 'none'}")
         return v
 
-    def create_volume(self, name: str, size: int, *, role: str = "data") -> Vol:
+    def create_volume(self, name: str, size: int, *, role: str = "data", save: bool = True) -> Vol:
         check_name("volume", name)
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_VOLUME <= size <= MAX_VOLUME:
             raise InvalidInput(f"volume size must be an integer number of bytes from {MIN_VOLUME} (1 MiB) "
@@ -281,7 +283,8 @@ class Array:
             self.conf["next_volume_id"] = vid + 1
             self.conf["volumes"][name] = {"id": vid, "size": size, "role": role}
             self.volumes[name] = v = Vol(name, vid, dev, role)
-            self._save()
+            if save:
+                self._save()
             return v
 
     def delete_volume(self, name: str) -> None:
@@ -514,7 +517,7 @@ class Array:
                     if vid not in grp.members:
                         v = self.volumes.get(vname)
                         if v is None:
-                            v = self.create_volume(vname, size, role="secondary")
+                            v = self.create_volume(vname, size, role="secondary", save=False)
                         elif v.primary or v.secondary or v.role != "secondary":
                             raise Conflict(f"backup volume {vname!r} already exists and is in use")
                         with grp.lock:
@@ -530,9 +533,9 @@ class Array:
                     v = self.volumes[vname]
                     if v.primary or v.secondary or v.role != "secondary":
                         raise Conflict(f"backup volume {vname!r} already exists and is in use")
-            for _vid, (vname, size) in members.items():
+            for _vid, (vname, size) in members.items():  # saved once, with the group
                 if vname not in self.volumes:
-                    self.create_volume(vname, size, role="secondary")
+                    self.create_volume(vname, size, role="secondary", save=False)
             conf = {"members": {str(vid): vname for vid, (vname, _s) in members.items()},
                     "journal_capacity": journal_capacity, "generation": generation,
                     "state": COPY, "consistent": False, "copy_end_seq": None,

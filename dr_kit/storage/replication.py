@@ -794,7 +794,8 @@ class _BackupLane(_Lane):
 
     def __init__(self, service: ReplicationService) -> None:
         super().__init__(service)
-        # channel -> ("hello", group, nonce_main, nonce_backup, secret) or ("ok", session, lane kind)
+        # channel -> ("hello", group, nonce_main, nonce_backup, secret, lane kind),
+        # ("creating", group) while its backup side is created, or ("ok", session, lane kind)
         self.channels: dict[int, tuple] = {}
         self.authenticated = False
         self.copy_sessions: set[_Session] = set()
@@ -837,6 +838,9 @@ class _BackupLane(_Lane):
                 self.abort()
                 return
             self._hello(cid, payload)
+        elif entry[0] == "creating":  # the main sends nothing before the answer but a BYE
+            if ftype == wire.BYE:
+                self.channels.pop(cid, None)
         elif entry[0] == "hello":
             if ftype != wire.AUTH:
                 self.refuse(cid, "the pair handshake expects AUTH", log_it="handshake out of order")
@@ -884,32 +888,12 @@ class _BackupLane(_Lane):
             members = {int(k): (str(v[0]), int(v[1])) for k, v in auth["members"].items()}
             peer_names = {str(v[0]): str(v[2]) for v in auth["members"].values()
                           if isinstance(v, list) and len(v) > 2}
-            try:
-                # the backup journal holds what the main journal holds, with room for the
-                # segment granularity of freeing on both sides
-                grp = svc.array.ensure_secondary_group(group, members, 2 * int(auth["journal_capacity"]),
-                                                       int(auth["generation"]), peer_names=peer_names)
-            except DrKitError as e:
-                self.refuse(cid, str(e), log_it=f"refused group {group!r}: {e}")
-                return
-            if grp.state == SUSPENDED and grp.conf.get("demoted") and not grp.divergent and \
-                    int(auth["generation"]) == grp.journal.generation:
-                # a demoted old main, identical to the new main at the split: it replicates now
-                grp.set_state(PAIR, "", consistent=True)
-            svc.sync_groups()
-            s = svc.sessions.get(group)
-            if s is None or s.grp is not grp:
-                s = svc.sessions[group] = _Session(svc, grp, str(auth.get("mode", "async")))
-            s.mode = str(auth.get("mode", "async"))
-            if s.prio is not None and s.prio != (self, cid):  # an older session of the group ends
-                old_lane, old_cid = s.prio
-                old_lane.channels.pop(old_cid, None)
-            s.prio = (self, cid)
-            if s.ack_soon_threadsafe not in grp.listeners:
-                grp.listeners.append(s.ack_soon_threadsafe)
-            self.channels[cid] = ("ok", s, kind)
-            div = grp.divergent_runs()  # a demoted old main says which regions it wrote itself
-            self.send_json(cid, wire.STATE, s.state(**({"divergent": div} if div else {})))
+            # the backup journal holds what the main journal holds, with room for the
+            # segment granularity of freeing on both sides
+            args = (group, members, 2 * int(auth["journal_capacity"]), int(auth["generation"]),
+                    peer_names)
+            self.channels[cid] = ("creating", group)  # the main waits for the answer
+            svc.spawn(self._open_session(cid, group, str(auth.get("mode", "async")), args))
         else:
             s = svc.sessions.get(group)
             if s is None or s.grp is not svc.array.secondary.get(group):
@@ -922,6 +906,48 @@ class _BackupLane(_Lane):
             s.bulk = (self, cid)
             self.channels[cid] = ("ok", s, kind)
             self.send_json(cid, wire.STATE, s.state())
+
+    async def _open_session(self, cid: int, group: str, mode: str, args: tuple) -> None:
+        """A group's priority channel is authenticated: create (once) its backup side in the
+        helper thread (volumes, journal, array.json: disk work that would hold this loop,
+        and with it every running group's entries, for tens of milliseconds), then answer."""
+        svc = self.service
+        name, members, capacity, generation, peer_names = args
+
+        def create() -> SecondaryGroup:
+            grp = svc.array.ensure_secondary_group(name, members, capacity, generation,
+                                                   peer_names=peer_names)
+            if grp.state == SUSPENDED and grp.conf.get("demoted") and not grp.divergent and \
+                    generation == grp.journal.generation:
+                # a demoted old main, identical to the new main at the split: it replicates now
+                grp.set_state(PAIR, "", consistent=True)
+            return grp
+
+        try:
+            grp = await svc.loop.run_in_executor(svc.executor, create)
+        except DrKitError as e:
+            self.refuse(cid, str(e), log_it=f"refused group {group!r}: {e}")
+            return
+        if self.closed or self.channels.get(cid) != ("creating", group):
+            return  # the main gave up on this handshake (it will announce the group again)
+        if svc.array.secondary.get(group) is not grp:
+            self.refuse(cid, f"group {group!r} changed at array {svc.array.name} while it was "
+                        "announced; try again", log_it=f"group {group!r} changed while announced")
+            return
+        svc.sync_groups()
+        s = svc.sessions.get(group)
+        if s is None or s.grp is not grp:
+            s = svc.sessions[group] = _Session(svc, grp, mode)
+        s.mode = mode
+        if s.prio is not None and s.prio != (self, cid):  # an older session of the group ends
+            old_lane, old_cid = s.prio
+            old_lane.channels.pop(old_cid, None)
+        s.prio = (self, cid)
+        if s.ack_soon_threadsafe not in grp.listeners:
+            grp.listeners.append(s.ack_soon_threadsafe)
+        self.channels[cid] = ("ok", s, wire.PRIO)
+        div = grp.divergent_runs()  # a demoted old main says which regions it wrote itself
+        self.send_json(cid, wire.STATE, s.state(**({"divergent": div} if div else {})))
 
     def _data(self, s: _Session, kind: str, cid: int, ftype: int, payload: bytes) -> None:
         g = s.grp
@@ -954,9 +980,9 @@ class _BackupLane(_Lane):
             self.copy_sessions.add(s)
         elif ftype == wire.RESYNC_START:
             msg = json.loads(payload)
-            svc.start_copy(g, msg)
+            # frames of an earlier copy still in flight are dropped from now on
             s.copy_gen, s.copied, s.copy_acked = int(msg["generation"]), 0, 0
-            s.send_prio(wire.ACK, s.state(reply=True))
+            svc.spawn(self._start_copy(s, msg))
         elif ftype == wire.COPY_DONE:
             msg = json.loads(payload)
             with g.lock:
@@ -971,6 +997,21 @@ class _BackupLane(_Lane):
             g.main_head = (int(msg.get("head") or 0), float(msg.get("head_time") or 0.0))
         elif ftype == wire.BYE:
             self.channels.pop(cid, None)
+
+    async def _start_copy(self, s: _Session, msg: dict[str, Any]) -> None:
+        """A copy begins: prepare the group in the helper thread (a guard snapshot, a new
+        journal generation, array.json), off this loop, then confirm.  The main sends
+        nothing more for the group until it has the confirmation."""
+        svc = self.service
+        try:
+            await svc.loop.run_in_executor(svc.executor, svc.start_copy, s.grp, msg)
+        except Exception as e:  # noqa: BLE001 - as a bad frame would: this connection ends
+            log.warning("replication lane %s: the copy of group %s could not begin: %s: %s",
+                        self.peer_name, s.grp.name, type(e).__name__, e)
+            self.abort(str(e))
+            return
+        if s.copy_gen == int(msg["generation"]):
+            s.send_prio(wire.ACK, s.state(reply=True))
 
     def after_frames(self) -> None:
         # copied regions are acknowledged once per batch of received frames (not per region)
@@ -1073,6 +1114,7 @@ class ReplicationService:
         from concurrent.futures import ThreadPoolExecutor
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="replication-bulk")
         self.copy_slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task] = set()
         self.waker: _Waker | None = None
         self._started = threading.Event()
         self._stop: asyncio.Future | None = None
@@ -1121,6 +1163,17 @@ class ReplicationService:
             self._thread.join(10)
         self.pool.stop()
         self.executor.shutdown(wait=False)
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as a task of the loop (kept until it ends; a crash is logged)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("replication task failed: %r", task.exception())
 
     def peer(self, remote: str) -> _Peer:
         p = self.peers.get(remote)
