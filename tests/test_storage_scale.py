@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,10 @@ import psutil
 import pytest
 from conftest import wait_for
 
+from dr_kit.storage.array import Array
 from dr_kit.storage.blocks import CHUNK, CloneVolume, CowStore, FileVolume, SnapshotView, is_hole
 from dr_kit.storage.client import ArrayClient, create_pair
+from dr_kit.storage.replication import ReplicationService
 
 MiB = 1 << 20
 
@@ -195,6 +198,76 @@ def test_a_replicating_group_keeps_its_lag_while_other_groups_copy(arrays):
     caught_up(mc, "app")
     assert image(bc, "app") == image(mc, "app")
     assert image(bc, "bulk-3") == image(mc, "bulk-3")
+
+
+class _Gate:
+    """Wraps a callable so that it blocks, in whatever thread calls it, until opened."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.entered, self.opened = fn, threading.Event(), threading.Event()
+
+    def __call__(self, *args, **kw):
+        self.entered.set()
+        self.opened.wait(30)
+        return self.fn(*args, **kw)
+
+
+def test_a_new_groups_slow_setup_at_the_backup_does_not_hold_running_groups(tmp_path):
+    """Creating a group's backup side (volumes, journal, array.json) and beginning its copy
+    are disk work that takes tens of milliseconds per group, seconds when a hundred groups
+    announce themselves at once on a loaded disk.  They run in the backup's helper thread:
+    while they are held up indefinitely here, the event loop keeps receiving and applying the
+    entries of the group already replicating (in-process arrays, no link)."""
+    main, backup = Array(tmp_path / "main", "main"), Array(tmp_path / "backup", "backup")
+    msvc, bsvc = ReplicationService(main), ReplicationService(backup)
+    gates: list[_Gate] = []
+    try:
+        msvc.start()
+        bsvc.start()
+        remote = f"127.0.0.1:{bsvc.port}"
+        for name in ("app", "new"):
+            main.create_volume(name, 4 * MiB)
+            main.write(name, 0, os.urandom(MiB))
+        for name in ("app", "new"):
+            secret = secrets.token_hex(32)
+            backup.authorize_pair(name, secret)
+            if name == "app":
+                main.create_primary_group(name, [name], remote, secret=secret)
+            else:  # its backup side's creation is held up ...
+                create = backup.ensure_secondary_group = _Gate(backup.ensure_secondary_group)
+                gates.append(create)
+                main.create_primary_group(name, [name], remote, secret=secret)
+            msvc.ensure_threads()
+            if name == "app":
+                wait_for(lambda: main.primary["app"].lag().caught_up, what="app replicating")
+
+        def app_writes_arrive(i: int) -> None:
+            main.write("app", i * 4096, os.urandom(4096))
+            head = main.primary["app"].journal.next_seq - 1
+            wait_for(lambda: backup.secondary["app"].applied_seq >= head, timeout=10,
+                     what=f"the app's entry {head} applied at the backup")
+
+        assert create.entered.wait(10), "the new group was never announced"
+        app_writes_arrive(1)  # ... while the app's entries keep flowing
+        assert "new" not in backup.secondary and not create.opened.is_set()
+
+        begin = bsvc.start_copy = _Gate(bsvc.start_copy)  # the copy's beginning held up ...
+        gates.append(begin)
+        create.opened.set()
+        assert begin.entered.wait(10), "the new group's copy never began"
+        app_writes_arrive(2)  # ... and still the app's entries flow
+        begin.opened.set()
+        wait_for(lambda: main.primary["new"].lag().caught_up, what="the new group copied")
+        assert backup.volume("new").read(0, 4 * MiB) == main.volume("new").read(0, 4 * MiB)
+        wait_for(lambda: main.primary["app"].lag().caught_up, what="app caught up")
+        assert backup.volume("app").read(0, 4 * MiB) == main.volume("app").read(0, 4 * MiB)
+    finally:
+        for g in gates:
+            g.opened.set()
+        msvc.stop()
+        bsvc.stop()
+        main.close()
+        backup.close()
 
 
 # -- bounded resources ---------------------------------------------------------------------------

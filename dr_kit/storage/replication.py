@@ -593,7 +593,7 @@ class Sender:
                 self.bulk.handler = self._on_bulk
             self.copy_gen, self.copied = gen, 0
             await self._copy_regions(gen)
-            end_seq = g.end_copy()
+            end_seq = await self.loop.run_in_executor(self.service.executor, g.end_copy)
             self.prio.send_json(wire.COPY_DONE, {"end_seq": end_seq})
             return first_seq
 
@@ -984,14 +984,7 @@ class _BackupLane(_Lane):
             s.copy_gen, s.copied, s.copy_acked = int(msg["generation"]), 0, 0
             svc.spawn(self._start_copy(s, msg))
         elif ftype == wire.COPY_DONE:
-            msg = json.loads(payload)
-            with g.lock:
-                g.conf["copy_end_seq"] = int(msg["end_seq"])
-                if g.applied_seq >= int(msg["end_seq"]):
-                    g.conf["copy_end_seq"] = None
-                    g.set_state(PAIR, "", consistent=True)
-            g.kick()
-            s.ack()
+            svc.spawn(self._copy_done(s, int(json.loads(payload)["end_seq"])))
         elif ftype == wire.STATE:
             msg = json.loads(payload)
             g.main_head = (int(msg.get("head") or 0), float(msg.get("head_time") or 0.0))
@@ -1012,6 +1005,23 @@ class _BackupLane(_Lane):
             return
         if s.copy_gen == int(msg["generation"]):
             s.send_prio(wire.ACK, s.state(reply=True))
+
+    async def _copy_done(self, s: _Session, end_seq: int) -> None:
+        """Every region is copied: consistent once applied through ``end_seq`` (the state
+        saved in the helper thread; entries that arrive meanwhile are stored and applied
+        as usual, the copied data being all stored already)."""
+        g = s.grp
+
+        def done() -> None:
+            with g.lock:
+                g.conf["copy_end_seq"] = end_seq
+                if g.applied_seq >= end_seq:
+                    g.conf["copy_end_seq"] = None
+                    g.set_state(PAIR, "", consistent=True)
+
+        await self.service.loop.run_in_executor(self.service.executor, done)
+        g.kick()
+        s.ack()
 
     def after_frames(self) -> None:
         # copied regions are acknowledged once per batch of received frames (not per region)
