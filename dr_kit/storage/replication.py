@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -971,13 +972,12 @@ class _BackupLane(_Lane):
                 self.send_json(cid, wire.ERROR, {"message": f"copied region {vid}@{off}+{length} "
                                                  "does not fit a member volume"})
                 return
-            with g.lock:
-                if flags & wire.COPY_ZERO:
-                    vol.zero(off, length)  # a hole stays a hole; data there becomes one
-                else:
-                    vol.write(off, body)
-            s.copied += len(payload)
-            self.copy_sessions.add(s)
+            # stored by the helper thread, in arrival order: a write held up by a busy disk
+            # holds that thread, not this loop and the running groups' entries
+            fut = svc.loop.run_in_executor(svc.executor, self._store_copied, s, gen, vol, off,
+                                           length, None if flags & wire.COPY_ZERO else body)
+            fut.add_done_callback(functools.partial(self._copied, s=s, gen=gen, n=len(payload),
+                                                    cid=cid))
         elif ftype == wire.RESYNC_START:
             msg = json.loads(payload)
             # frames of an earlier copy still in flight are dropped from now on
@@ -990,6 +990,38 @@ class _BackupLane(_Lane):
             g.main_head = (int(msg.get("head") or 0), float(msg.get("head_time") or 0.0))
         elif ftype == wire.BYE:
             self.channels.pop(cid, None)
+
+    def _store_copied(self, s: _Session, gen: int, vol: Any, off: int, length: int,
+                      body: memoryview | None) -> bool:
+        """Helper thread: one copied region into its volume, unless its copy was abandoned
+        or the group left this array meanwhile (a promoted volume is never written)."""
+        g = s.grp
+        with g.lock:
+            if gen != s.copy_gen or g.state not in (COPY, RESYNC) \
+                    or self.service.array.secondary.get(g.name) is not g:
+                return False
+            if body is None:
+                vol.zero(off, length)  # a hole stays a hole; data there becomes one
+            else:
+                vol.write(off, body)
+            return True
+
+    def _copied(self, fut: asyncio.Future, s: _Session, gen: int, n: int, cid: int) -> None:
+        """Loop: a copied region is stored; confirmed with the others stored this turn."""
+        if fut.cancelled():
+            return
+        e = fut.exception()
+        if e is not None:  # the main copies the region again in its next session
+            log.warning("replication: group %s: a copied region could not be stored: %s",
+                        s.grp.name, _one_line(e))
+            self.send_json(cid, wire.ERROR, {"message": f"the backup could not store a copied "
+                                             f"region: {_one_line(e)}"})
+            return
+        if fut.result() and gen == s.copy_gen:
+            s.copied += n
+            if not self.copy_sessions:
+                self.service.loop.call_soon(self.after_frames)
+            self.copy_sessions.add(s)
 
     async def _start_copy(self, s: _Session, msg: dict[str, Any]) -> None:
         """A copy begins: prepare the group in the helper thread (a guard snapshot, a new
@@ -1024,7 +1056,7 @@ class _BackupLane(_Lane):
         s.ack()
 
     def after_frames(self) -> None:
-        # copied regions are acknowledged once per batch of received frames (not per region)
+        # copied regions are acknowledged once per batch stored (not per region)
         for s in self.copy_sessions:
             s.flush_copy_ack()
         self.copy_sessions.clear()
