@@ -604,17 +604,23 @@ class Sender:
         g = self.grp
         sent = 0
         inflight: collections.deque[tuple[int, int, range]] = collections.deque()  # (end, vid, chunks)
+        # the disk work (extent maps, reads, zero scans, the bitmap) is done in the helper
+        # thread: a read held up by a busy disk must not hold this loop and other groups' entries
+        run = functools.partial(self.loop.run_in_executor, self.service.executor)
         try:
             for vid, dmap in list(g.dirty.items()):
                 vol = g.members.get(vid)
                 if vol is None:
                     continue
-                ranges = data_ranges(vol.dev.fd, 0, vol.size)  # where the volume holds data at all
+                # where the volume holds data at all
+                ranges = await run(data_ranges, vol.dev.fd, 0, vol.size)
                 for c0, c1 in _runs(list(dmap)):
                     start, end = c0 * CHUNK, min(c1 * CHUNK, vol.size)
-                    for off, length, data in _pieces(vol.dev, ranges, start, end):
+                    pieces = _pieces(vol.dev, ranges, start, end)
+                    while (piece := await run(next, pieces, None)) is not None:
+                        off, length, data = piece
                         sent = await self._send_piece(gen, vid, off, length, data, sent, inflight)
-                    dmap.discard_many(list(range(c0, c1)))
+                    await run(dmap.discard_many, list(range(c0, c1)))
                     g.copy_done += c1 - c0
             while self.copied < sent:  # the last regions are stored at the backup
                 await self._wait_copied(sent, "the last copied regions")
