@@ -9,7 +9,13 @@ Resources are bounded whatever the number of consistency groups and volumes:
   for initial-copy and resync data.  Every group is a channel on them, authenticated with
   its pair secret;
 - a fixed pool of :data:`APPLY_WORKERS` threads applies the backup groups' journals (each
-  group strictly in sequence order, groups taking turns).
+  group strictly in sequence order, groups taking turns);
+- one helper thread does the slow disk work of copies and group set-up, in order: on the
+  main side a copy's reads, zero scans and extent maps, the copy's start and end; on the
+  backup side the creation of a group's backup side (volumes, journal, array.json), the
+  start and end of a copy and the storing of copied regions.  The loop itself only moves
+  frames, stores entries in journals and applies them when caught up, so the running
+  groups' entries never wait behind a copy's disk work.
 
 Main side: a group's sender announces the group, then either copies changed regions
 (initial copy or resync) or streams journal records in order.  The commit path never
@@ -24,8 +30,8 @@ Copies stream: regions go out without a round trip each, up to :data:`COPY_WINDO
 in flight, acknowledged by the backup once per batch of frames it has stored.  Holes and
 zero regions are sent as one small "zeros" frame per run: the backup keeps them (or makes
 them) holes, so thin volumes stay thin.  At most :data:`COPY_SLOTS` groups copy at a time
-per array and each copy yields after every frame, so groups that already replicate keep
-their lag while other groups copy.
+per array and each copy yields after every frame; with the helper thread doing the copies'
+disk work, groups that already replicate keep their lag while other groups copy.
 
 Backup side: each channel verifies the records it receives (checksum, sequence,
 generation), stores them in the group's journal (one write per batch) and acknowledges
