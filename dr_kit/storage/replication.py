@@ -11,7 +11,7 @@ Resources are bounded whatever the number of consistency groups and volumes:
 - a fixed pool of :data:`APPLY_WORKERS` threads applies the backup groups' journals (each
   group strictly in sequence order, groups taking turns);
 - one helper thread does the slow disk work of copies and group set-up, in order: on the
-  main side a copy's reads, zero scans and extent maps, the copy's start and end; on the
+  main side a copy's reads, zero scans, extent maps and the copy's start; on the
   backup side the creation of a group's backup side (volumes, journal, array.json), the
   start and end of a copy and the storing of copied regions.  The loop itself only moves
   frames, stores entries in journals and applies them when caught up, so the running
@@ -600,7 +600,8 @@ class Sender:
                 self.bulk.handler = self._on_bulk
             self.copy_gen, self.copied = gen, 0
             await self._copy_regions(gen)
-            end_seq = await self.loop.run_in_executor(self.service.executor, g.end_copy)
+            end_seq = g.end_copy()  # here, not in the helper thread: no cancellation between
+            # the end of the copy and its announcement
             self.prio.send_json(wire.COPY_DONE, {"end_seq": end_seq})
             return first_seq
 
