@@ -151,6 +151,18 @@ def rfc3339(t: float | None = None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(value: Any) -> datetime | None:
+    """A Kubernetes time (RFC 3339, ``Z`` or an offset) as an aware datetime; None when
+    ``value`` is missing or not a time."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 def first_line(text: Any) -> str:
     lines = str(text).strip().splitlines()
     return lines[0] if lines else ""
@@ -487,4 +499,5 @@ def api_error(status: int, payload: Any, *, where: str, doing: str = "") -> DrKi
 
 __all__ = ["BUILTIN_GROUPS", "GSNAP_GROUP", "GSNAP_VERSIONS", "HSPC_GROUP", "Kube",
            "MERGE_PATCH", "REPL_GROUP", "RESOURCES", "Resource", "SNAP_GROUP", "api_client",
-           "api_error", "contexts", "first_line", "parse_quantity", "register", "rfc3339"]
+           "api_error", "contexts", "first_line", "parse_quantity", "parse_time", "register",
+           "rfc3339"]

@@ -54,7 +54,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput
-from dr_kit.kube import GSNAP_GROUP, Kube
+from dr_kit.kube import GSNAP_GROUP, Kube, parse_time
 from dr_kit.operator.policy import Policy
 
 log = logging.getLogger("dr_kit.operator")
@@ -170,16 +170,6 @@ def snapshot_name(namespace: str, slot: datetime, every_s: int) -> str:
     return f"{namespace}-{slot.astimezone(UTC).strftime(fmt)}"
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def _rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -230,7 +220,7 @@ def verdict(vgs: Mapping[str, Any], now: datetime, ready_within_s: float
                     "the storage says this image is not consistent (taken during an initial "
                     "copy or a resync)")
         return "good", None, None
-    born = _time(md.get("creationTimestamp")) or _time(
+    born = parse_time(md.get("creationTimestamp")) or parse_time(
         (md.get("annotations") or {}).get(SLOT_ANNOTATION))
     if born is not None and (now - born).total_seconds() > ready_within_s:
         return ("failed", "ScheduledSnapshotNotReady",
@@ -254,7 +244,7 @@ def plan(now: datetime, schedule: Schedule, namespace: str,
         md = s.get("metadata") or {}
         if (md.get("labels") or {}).get(SCHEDULE_LABEL) != SCHEDULE_CONFIGMAP:
             continue
-        slot = _time((md.get("annotations") or {}).get(SLOT_ANNOTATION)) or _time(
+        slot = parse_time((md.get("annotations") or {}).get(SLOT_ANNOTATION)) or parse_time(
             md.get("creationTimestamp")) or now
         state, reason, message = verdict(s, now, schedule.ready_within_s)
         rows.append((slot, md.get("name", ""), state, reason, message,

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from dr_kit.kube import parse_time
 
 # Namespace protection states, as written in the status annotation.
 UNPROTECTED = "Unprotected"
@@ -229,16 +231,6 @@ def hitachi_health(replications: Mapping[str, Mapping[str, Any] | None],
     return GroupHealth(PROTECTED, "Replicating", "replicating", summary)
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def lag_of(kind: str, objects: Iterable[Mapping[str, Any]], now: datetime) -> Lag:
     """The group's lag from its replication resources (one VolumeGroupReplication, or the
     Hitachi Replications of one consistency group)."""
@@ -251,7 +243,7 @@ def lag_of(kind: str, objects: Iterable[Mapping[str, Any]], now: datetime) -> La
                for v in lags):
             return Lag(round(max(float(v) for v in lags), 3),  # type: ignore[arg-type]
                        "Replication status.timeLagSeconds", "exact")
-    times = [_time((o.get("status") or {}).get("lastSyncTime")) for o in objs]
+    times = [parse_time((o.get("status") or {}).get("lastSyncTime")) for o in objs]
     if any(t is None for t in times):
         return Lag(None, f"{kind} status.lastSyncTime", note="no lastSyncTime yet")
     oldest = min(t for t in times if t is not None)
