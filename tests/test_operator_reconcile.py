@@ -242,6 +242,24 @@ def test_terminating_pvc_is_not_a_member():
     assert pvc_labels(c)["going"] is None
 
 
+def test_restored_snapshot_clones_are_never_members():
+    """At the backup site, analysts' clones of a snapshot group live beside the replicated
+    PVCs, some still carrying the group label; when that site protects the namespace (after
+    a failover) they stay out of the group and lose the label its selector matches."""
+    c = Cluster(labels=LABEL)
+    c.add_pvc("snap-1-sales-db", labels={"dr-kit.io/restored-from": "snap-1",
+                                         GROUP_KEY: "dr-kit-shop"})
+    c.add_pvc("snap-1-stock-db", labels={"dr-kit.io/restored-from": "snap-1"})
+    c.converge()
+    assert c.status()["pvcs"] == ["sales-db", "stock-db"]
+    assert pvc_labels(c) == {"sales-db": "dr-kit-shop", "snap-1-sales-db": None,
+                             "snap-1-stock-db": None, "stock-db": "dr-kit-shop"}
+    (vgr,) = c.of("VolumeGroupReplication")
+    sel = vgr["spec"]["source"]["selector"]
+    assert [n for n, p in ((p["metadata"]["name"], p) for p in c.of("PersistentVolumeClaim"))
+            if selector_matches(sel, p["metadata"]["labels"])] == ["sales-db", "stock-db"]
+
+
 def test_unlabel_removes_replication_keeps_class_and_backup():
     c = Cluster(labels=LABEL)
     c.converge()

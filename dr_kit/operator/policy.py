@@ -26,6 +26,9 @@ BACKENDS = ("csi-addons", "hitachi")
 DEFAULT_LABEL_KEY = "dr-kit.io/backup"
 DEFAULT_LABEL_VALUE = "ConsistentCopyToCloud"
 MANAGED_BY = "dr-kit-operator"  # value of app.kubernetes.io/managed-by on every owned object
+# on a PVC restored from a snapshot group (its name): an analyst's clone, never a member of
+# the namespace's consistency group
+RESTORED_FROM = "dr-kit.io/restored-from"
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from dr_kit.operator.backends import (
     hitachi,
     is_owned,
 )
-from dr_kit.operator.policy import BACKENDS, Policy, ReplicationClass
+from dr_kit.operator.policy import BACKENDS, RESTORED_FROM, Policy, ReplicationClass
 from dr_kit.operator.status import (
     DEGRADED,
     PROTECTED,
@@ -295,8 +295,11 @@ def _protect(ctx: _Context, plan: Plan) -> None:
                        f"{', '.join(policy.backends)})")
     _check_kinds(ctx, REQUIRED_KINDS[backend])
     group = policy.group_name(ctx.ns)
-    live = sorted((p for p in ctx.pvcs if not p["metadata"].get("deletionTimestamp")),
-                  key=lambda p: p["metadata"]["name"])
+    # restored snapshot groups (an analyst's clones) live beside the application's PVCs at
+    # the backup site: never members, also when that site becomes the primary one
+    clones = [p for p in ctx.pvcs if (p["metadata"].get("labels") or {}).get(RESTORED_FROM)]
+    live = sorted((p for p in ctx.pvcs if not p["metadata"].get("deletionTimestamp")
+                   and p not in clones), key=lambda p: p["metadata"]["name"])
     limit = MAX_PVCS[backend]
     if len(live) > limit:
         raise _Refusal(f"the namespace has {len(live)} PVCs and one consistency group of the "
@@ -318,6 +321,10 @@ def _protect(ctx: _Context, plan: Plan) -> None:
                {"metadata": {"labels": {policy.group_label_key: group}}})
         for n, p in ((p["metadata"]["name"], p) for p in live)
         if (p["metadata"].get("labels") or {}).get(policy.group_label_key) != group
+    ] + [  # a clone that carries the group label would match the group's selector
+        Action("patch", Ref("PersistentVolumeClaim", p["metadata"]["name"], ctx.ns),
+               {"metadata": {"labels": {policy.group_label_key: None}}})
+        for p in clones if policy.group_label_key in (p["metadata"].get("labels") or {})
     ]
     # group objects are created after their members are labelled, deletions come first
     creates = [a for a in plan.actions if a.op != "delete"]

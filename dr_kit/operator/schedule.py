@@ -55,7 +55,7 @@ from typing import Any
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput
 from dr_kit.kube import GSNAP_GROUP, Kube, parse_time
-from dr_kit.operator.policy import Policy
+from dr_kit.operator.policy import RESTORED_FROM, Policy
 
 log = logging.getLogger("dr_kit.operator")
 
@@ -64,7 +64,6 @@ SCHEDULE_LABEL = "dr-kit.io/snapshot-schedule"  # "true" on the ConfigMap; its n
 SLOT_ANNOTATION = "dr-kit.io/schedule-slot"  # on a scheduled group: its slot (RFC 3339, UTC)
 REPORTED_ANNOTATION = "dr-kit.io/schedule-reported"  # on a failed group: the Event's reason
 SNAPSHOT_OF = "dr-kit.io/snapshot-of"  # on a group: the consistency group it freezes
-RESTORED_FROM = "dr-kit.io/restored-from"  # on a restored PVC: its snapshot group
 CONSISTENT_ANNOTATION = "storage.dr-kit.io/consistent"  # what a driver publishes (published.py)
 DEFAULT_CLASS_ANNOTATION = "groupsnapshot.storage.kubernetes.io/is-default-class"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "dr-kit"}
