@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_kit.errors import DrKitError, InvalidInput
+from dr_kit.shop.schema import CURRENCY
 
 NOTEBOOKS = ("01_protect_namespace", "02_journal_lag", "03_snapshot_group", "04_snapshot_analytics",
              "05_dr_drill", "06_many_applications")
@@ -187,7 +188,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     r4 = results.get("04_snapshot_analytics")
     if r4:
         total = r4.get("revenue_total_cents")
-        lines.append(f"revenue in the snapshot: {total / 100:,.2f}" if total is not None else "revenue: n/a")
+        lines.append(f"revenue in the snapshot: {total / 100:,.2f} {CURRENCY}" if total is not None else "revenue: n/a")
         lines.append(f"  {r4.get('stamp')}")
     r5 = results.get("05_dr_drill")
     if r5:
