@@ -509,7 +509,11 @@ def side_by_side(main: Site, backup: Site, what: What = "pvs", *, namespace: str
 
     def keyed(df: pd.DataFrame) -> pd.DataFrame:
         if what == "pvs":
-            df = df.assign(claim=df["claim"].where(df["claim"].notna(), "(unclaimed) " + df["name"]))
+            # a claim's row is its bound PV; a PV it let go of (Released: the claim was
+            # deleted and made again, as restores are) keeps a row of its own
+            claim = df["claim"].where(df["claim"].notna(), "(unclaimed) " + df["name"])
+            bound = df["phase"].eq("Bound") | ~claim.duplicated(keep=False)
+            df = df.assign(claim=claim.where(bound, claim + " (" + df["name"] + ")"))
         return df.set_index(key)
 
     names = (main.name, backup.name) if main.name != backup.name else ("left", "right")
