@@ -34,13 +34,13 @@ def real_sites(kubeconfig: str | os.PathLike[str] | None, main_context: str = "m
             Site.from_kubeconfig(kubeconfig, backup_context, name="backup"))
 
 
-def record(results_file: str | os.PathLike[str] | None, data: dict[str, Any]) -> dict[str, Any]:
-    """Write a notebook's headline results (JSON) and return them."""
+def record(results_file: str | os.PathLike[str] | None, data: dict[str, Any]) -> None:
+    """Write a notebook's headline results (JSON) quietly: a notebook's last cell shows
+    nothing (what a person sees is above it; ``dr-kit notebooks run`` reads the file)."""
     if results_file:
         p = Path(results_file)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(data, indent=2, default=str))
-    return data
 
 
 # -- 01 protect a namespace -----------------------------------------------------------
@@ -720,6 +720,18 @@ DR_FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
                  ("rpo_orders", "orders"), ("lost_writes", "writes"), ("rto_s", "s"),
                  ("consistent", "")),
 }
+
+
+SNAPSHOT_FIGURES = (("name", ""), ("sequence", "journal sequence"), ("position", "journal position"),
+                    ("point_time", "main-site time"), ("one_sequence", "all members"),
+                    ("lag_seconds_at_snapshot", "s"), ("lag_before", ""), ("lag_after", ""))
+
+
+def snapshot_table(taken: dict[str, Any]) -> pd.DataFrame:
+    """A snapshot group's consistency point and the lag around it, as figure, value, unit."""
+    rows = [{"figure": k, "value": _cell(taken.get(k)), "unit": unit}
+            for k, unit in SNAPSHOT_FIGURES if k in taken]
+    return pd.DataFrame(rows, columns=["figure", "value", "unit"])
 
 
 def _cell(v: Any) -> str:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,7 +43,7 @@ from dr_kit.lab import connect
 from dr_kit.sites import side_by_side
 
 main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
-main, backup
+print(f"main site: context {main.context or 'default'}; backup site: context {backup.context or 'default'}")
 
 # %% [markdown]
 # ## Before: the two sites side by side (PVs)

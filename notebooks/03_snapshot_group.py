@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -59,8 +61,7 @@ ui.action("Take snapshot group", take, interactive=interactive)
 
 # %%
 ui.show(list_snapshot_groups(backup, namespace), backup.snapshots(namespace))
-{k: taken.get(k) for k in ("name", "sequence", "position", "point_time", "member_sequences", "one_sequence",
-                           "lag_seconds_at_snapshot", "lag_before", "lag_after")}
+ui.show(wt.snapshot_table(taken))
 
 # %%
 wt.record(results_file, {k: taken.get(k) for k in (

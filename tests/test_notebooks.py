@@ -176,3 +176,18 @@ def test_notebook_outputs_never_show_the_token(ran):
         for t in tokens:
             assert t not in text, p
     assert json.loads((root / "lab" / "summary.json").read_text())
+
+
+def test_no_cell_shows_a_raw_dict_or_list(ran):
+    """Results are recorded quietly: what a person sees is tables, figures and sentences,
+    never a dict's or list's repr as a cell's value."""
+    root = ran[0]
+    raw = []
+    for p in sorted(root.glob("*/*.ipynb")):
+        for cell in nbformat.read(p, as_version=4).cells:
+            for out in cell.get("outputs", []):
+                text = "".join((out.get("data") or {}).get("text/plain", ""))
+                first = text.lstrip()[:1]
+                if out.get("output_type") == "execute_result" and first and first in "{[(":
+                    raw.append(f"{p.parent.name}/{p.name}: {text[:60]!r}")
+    assert not raw, raw
