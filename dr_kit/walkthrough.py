@@ -724,12 +724,18 @@ DR_FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
 
 SNAPSHOT_FIGURES = (("name", ""), ("sequence", "journal sequence"), ("position", "journal position"),
                     ("point_time", "main-site time"), ("one_sequence", "all members"),
-                    ("lag_seconds_at_snapshot", "s"), ("lag_before", ""), ("lag_after", ""))
+                    ("lag_seconds_at_snapshot", "s"), ("lag_before", "ms, p50 / p99"),
+                    ("lag_after", "ms, p50 / p99"))
 
 
 def snapshot_table(taken: dict[str, Any]) -> pd.DataFrame:
     """A snapshot group's consistency point and the lag around it, as figure, value, unit."""
-    rows = [{"figure": k, "value": _cell(taken.get(k)), "unit": unit}
+    def value(v: Any) -> str:
+        if isinstance(v, dict):  # the lag sampled around it (_frame_stats)
+            return f"{_cell(v.get('time_lag_ms_p50'))} / {_cell(v.get('time_lag_ms_p99'))}"
+        return _cell(v)
+
+    rows = [{"figure": k, "value": value(taken.get(k)), "unit": unit}
             for k, unit in SNAPSHOT_FIGURES if k in taken]
     return pd.DataFrame(rows, columns=["figure", "value", "unit"])
 

@@ -191,3 +191,14 @@ def test_no_cell_shows_a_raw_dict_or_list(ran):
                 if out.get("output_type") == "execute_result" and first and first in "{[(":
                     raw.append(f"{p.parent.name}/{p.name}: {text[:60]!r}")
     assert not raw, raw
+
+
+def test_snapshot_table_shows_values_not_reprs():
+    from dr_kit import walkthrough as wt
+
+    t = wt.snapshot_table({"name": "s1", "sequence": 3546, "one_sequence": True,
+                           "lag_before": {"samples": 21, "time_lag_ms_p50": 0.0,
+                                          "time_lag_ms_p99": 1.25, "source": "array (exact)"}})
+    assert t["figure"].tolist() == ["name", "sequence", "one_sequence", "lag_before"]
+    assert t["value"].tolist() == ["s1", "3,546", "True", "0 / 1.25"]
+    assert not t["value"].str.contains("{").any()
