@@ -7,7 +7,9 @@ a shared, noisy machine.  The figures are whatever this machine does; nothing is
 per run.
 
 - commit latency of the shop, replication off / asynchronous / synchronous, at link
-  delays 0, 5 and 20 ms (one way, so the round trip is twice that);
+  delays 0, 5 and 20 ms (one way, so the round trip is twice that), and on an asynchronous
+  group whose transfer stays paused ("journal only"), which splits the asynchronous
+  overhead into the commit path's journal entries and the streaming beside it;
 - journal lag (time, entries, bytes) at 100 and 1,000 writes/s, and backup apply
   throughput against the write rate;
 - snapshot group creation for 1 MiB and 1 GiB volumes, and clone open time;
@@ -52,8 +54,12 @@ Progress = Callable[[str], None]
 # commit latency: transactions per block, long against the asynchronous sender's gathering
 # window (at most 10 ms) so that an async block pays for the transfers of its own writes;
 # the order of the modes is fixed, so the tail of an async block's transfer falls into the
-# sync block that follows it, never into an off block
+# sync block that follows it, never into an off or journal-only block
 COMMIT_BLOCK = 50
+# the interleaved modes: "journal" is an asynchronous group whose transfer stays paused (its
+# entries are written on the commit path, nothing is streamed): async/off = journal/off
+# (the commit path's own cost) x async/journal (what streaming beside it adds)
+COMMIT_MODES = ("off", "journal", "async", "sync")
 
 
 
@@ -232,18 +238,23 @@ class Bench:
     # -- 1. commit latency ------------------------------------------------------------
     def commit_latency(self, rounds: int | None = None) -> dict[str, Any]:
         pg = self.pg
-        self.say("commit latency: replication off / async / sync" +
+        self.say("commit latency: replication off / journal only / async / sync" +
                  (", and PostgreSQL off / async," if pg else "") + " interleaved")
         shops: dict[str, Shop | PgShop] = {}
-        for mode in ("off", "async", "sync"):
+        for mode in COMMIT_MODES:
             vols = {"stock": f"{mode}-stock", "sales": f"{mode}-sales"}
             for v in vols.values():
                 self.mc.create_volume(v, 32 << 20)
             stock, sales = open_shop(self.vfs, stock_volume=vols["stock"], sales_volume=vols["sales"])
             seed(stock, sales)
             if mode != "off":
-                create_pair(self.mc, self.bc, f"bench-{mode}", list(vols.values()), self.link.address, mode=mode)
+                # the journal-only group holds every entry of the run (nothing is freed)
+                extra = {"journal_capacity": 256 << 20} if mode == "journal" else {}
+                create_pair(self.mc, self.bc, f"bench-{mode}", list(vols.values()), self.link.address,
+                            mode="sync" if mode == "sync" else "async", **extra)
                 self._wait_pair(f"bench-{mode}")
+                if mode == "journal":
+                    self.mc.group_action("bench-journal", "pause-transfer")
             shops[mode] = Shop(stock, sales, seed_value=7, keep_latencies=10**6)
         if pg:
             shops["pg_off"], shops["pg_async"] = pg.shops["off"], pg.shops["async"]
@@ -269,8 +280,10 @@ class Bench:
                 mode: {"p10_ms": pct(values, 10), "p50_ms": pct(values, 50), "p99_ms": pct(values, 99),
                        "n": len(values), "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
                 for mode, values in lat.items()}
-            row: dict[str, Any] = {m: rows[m] for m in ("off", "async", "sync")}
+            row: dict[str, Any] = {m: rows[m] for m in COMMIT_MODES}
             row["async_over_off_p50"] = row["async"]["p50_ms"] / row["off"]["p50_ms"]
+            row["journal_over_off_p50"] = row["journal"]["p50_ms"] / row["off"]["p50_ms"]
+            row["async_over_journal_p50"] = row["async"]["p50_ms"] / row["journal"]["p50_ms"]
             # the fastest tenth of the transactions waited for nothing but their own work:
             # their difference is the commit path's journal entries; the rest of the p50's
             # difference is contention (CPU, interpreter lock) with the replication's work
@@ -279,7 +292,8 @@ class Bench:
             row["async_over_off_tps"] = row["async"]["tx_per_s"] / row["off"]["tx_per_s"]
             row["sync_over_off_p50"] = row["sync"]["p50_ms"] / row["off"]["p50_ms"]
             out[f"{delay}ms"] = row
-            line = (f"  delay {delay:>2} ms: p50 off {row['off']['p50_ms']:.2f} ms, async "
+            line = (f"  delay {delay:>2} ms: p50 off {row['off']['p50_ms']:.2f} ms, journal only "
+                    f"{row['journal']['p50_ms']:.2f} ms ({row['journal_over_off_p50']:.2f}x), async "
                     f"{row['async']['p50_ms']:.2f} ms ({row['async_over_off_p50']:.2f}x; p10 "
                     f"{row['async_minus_off_p10_ms'] * 1000:+.0f} us), sync "
                     f"{row['sync']['p50_ms']:.2f} ms ({row['sync_over_off_p50']:.1f}x)")
@@ -293,12 +307,12 @@ class Bench:
                          f"{prow['async']['p50_ms']:.2f} ms ({prow['async_over_off_p50']:.2f}x)")
             self.say(line)
         self.set_delay(0)
-        for mode in ("off", "async", "sync"):
+        for mode in COMMIT_MODES:
             shop = shops[mode]
             assert isinstance(shop, Shop)
             shop.stock.close()
             shop.sales.close()
-        for mode in ("async", "sync"):
+        for mode in COMMIT_MODES[1:]:
             self.mc.delete_group(f"bench-{mode}")
             self.bc.delete_group(f"bench-{mode}", delete_volumes=True)
         if pg_out:
@@ -614,9 +628,14 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     delays = ("0ms", "5ms", "20ms")
+    worst = max(delays, key=lambda d: commit[d]["async_over_off_p50"])
     pg = bench.pg_result if bench.pg else {"skipped": bench.pg_note}
     return {
         "async_over_off_p50_max": max(commit[d]["async_over_off_p50"] for d in delays),
+        # its split at the same (worst) delay: the commit path's journal entries alone, and
+        # what streaming beside them adds (the product of the two is the ratio above)
+        "journal_over_off_p50_at_worst": commit[worst]["journal_over_off_p50"],
+        "async_over_journal_p50_at_worst": commit[worst]["async_over_journal_p50"],
         "async_over_off_tps_min": min(commit[d]["async_over_off_tps"] for d in delays),
         "sync_over_off_p50_at_20ms": commit["20ms"]["sync_over_off_p50"],
         "sync_over_off_growth_20ms_over_0ms": (commit["20ms"]["sync_over_off_p50"]
@@ -687,6 +706,11 @@ COMPARISON = [
     ("lag_p99_ms_at_1000", "postgres_lag_p99_ms", "lag p99 at 1,000 writes/s (ms)"),
 ]
 
+BREAKDOWN = [
+    ("journal_over_off_p50_at_worst", "journal only / off (commit path)"),
+    ("async_over_journal_p50_at_worst", "async / journal only (streaming)"),
+]
+
 CPU_KEYS = [
     ("cpu_us_per_tx_main_journal", "main array, journal (async - off)"),
     ("cpu_us_per_tx_transfer", "main array, transfer"),
@@ -713,7 +737,8 @@ def plot(result: dict[str, Any]):
     fig = Figure(figsize=(11, 4))
     a, b = fig.subplots(1, 2)
     delays = ["0ms", "5ms", "20ms"]
-    series = [(mode, [result["commit"][d][mode]["p50_ms"] for d in delays]) for mode in ("off", "async", "sync")]
+    series = [(mode.replace("journal", "journal only"), [result["commit"][d][mode]["p50_ms"] for d in delays])
+              for mode in COMMIT_MODES if mode in result["commit"]["0ms"]]
     pg_commit = result.get("postgres", {}).get("commit")
     if pg_commit:
         series += [(f"PostgreSQL {mode}", [pg_commit[d][mode]["p50_ms"] for d in delays])

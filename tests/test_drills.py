@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -48,6 +49,13 @@ def test_bench_quick_json_has_the_documented_numbers(tmp_path):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert r["sync_over_off_p50_at_20ms"] > r["commit"]["5ms"]["sync_over_off_p50"] > 1
+    # the split of async/off at its worst delay: journal only / off x async / journal only
+    worst = max(r["commit"], key=lambda d: r["commit"][d]["async_over_off_p50"])
+    row = r["commit"][worst]
+    assert row["journal"]["n"] == row["async"]["n"] == row["off"]["n"] > 0
+    assert r["journal_over_off_p50_at_worst"] == row["journal_over_off_p50"]
+    assert math.isclose(r["journal_over_off_p50_at_worst"] * r["async_over_journal_p50_at_worst"],
+                        r["async_over_off_p50_max"], rel_tol=1e-9)
 
 
 def test_api_down_drill_recovers_in_place_and_loses_nothing(tmp_path):

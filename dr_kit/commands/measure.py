@@ -113,6 +113,10 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"{'peak array RSS, large volume (MB)':<40} {result['peak_rss_mb_1g']:>12.1f}   "
           f"(small volume: {result['large']['peak_rss_mb_small']:.1f} MB)")
     print()
+    print(f"{'async/off p50 at its worst delay, split':<40} {'measured':>12}")
+    for key, label in bench.BREAKDOWN:
+        print(f"{label:<40} {result[key]:>12.3f}")
+    print()
     pg_head = f"PostgreSQL {result['postgres'].get('version', '')}".strip()
     print(f"{'beside PostgreSQL, same run':<40} {'dr_kit':>12}   {pg_head}")
     for label, ours, theirs in bench.comparison(result):
