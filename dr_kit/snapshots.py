@@ -296,6 +296,51 @@ def list_snapshot_groups(site: Site, namespace: str, *, now: pd.Timestamp | None
     return df
 
 
+def age_text(seconds: float | None) -> str:
+    """``42s``, ``7m``, ``3h``, ``2d`` (as kubectl shows ages); ``-`` when unknown."""
+    if seconds is None or pd.isna(seconds):
+        return "-"
+    s = max(0, int(seconds))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def _utc_text(t: Any) -> str:
+    ts = pd.Timestamp(t)
+    ts = ts.tz_convert("UTC") if ts.tzinfo is not None else ts
+    return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+
+
+OVERVIEW_COLUMNS = ["name", "ready", "consistent", "age", "sequence", "point (UTC)", "lag then (s)",
+                    "restored"]
+
+
+def snapshot_group_overview(groups: pd.DataFrame) -> pd.DataFrame:
+    """:func:`list_snapshot_groups`' frame as a table that fits a page (what ``dr-kit
+    snapshot list`` prints): one row per group, text cells, units in the headers."""
+    rows = []
+    for r in groups.to_dict("records"):
+        def known(k: str, r: dict[str, Any] = r) -> Any:
+            v = r.get(k)
+            return None if v is None or v is pd.NA or (not isinstance(v, str) and pd.isna(v)) else v
+
+        point = known("point_time")
+        lag = known("lag_seconds")
+        rows.append({
+            "name": r["name"],
+            "ready": "yes" if known("ready") else ("error" if known("error") else "no"),
+            "consistent": {True: "yes", False: "NO"}.get(known("consistent"), "unknown"),
+            "age": age_text(known("age_s")),
+            "sequence": str(int(known("sequence"))) if known("sequence") is not None else "-",
+            "point (UTC)": _utc_text(point) if point is not None else "unknown",
+            "lag then (s)": f"{float(lag):.3f}" if lag is not None else "unknown",
+            "restored": known("restored") or "-",
+        })
+    return pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
+
+
 # -- schedules ---------------------------------------------------------------------------------
 
 
@@ -650,7 +695,7 @@ def opened_snapshot(site: Site, name: str, namespace: str, *, progress: Progress
                 time.sleep(0.1)
 
 
-__all__ = ["SnapshotGroup", "create_snapshot_group", "list_snapshot_groups",
+__all__ = ["SnapshotGroup", "create_snapshot_group", "list_snapshot_groups", "snapshot_group_overview",
            "get_snapshot_group", "restore_snapshot_group", "delete_snapshot_group",
            "open_snapshot_databases", "opened_snapshot", "protected_pvcs", "restored_name",
            "get_snapshot_schedule", "set_snapshot_schedule", "remove_snapshot_schedule",

@@ -309,3 +309,34 @@ def test_a_bad_schedule_is_a_warning_and_nothing_is_taken():
     assert [e["reason"] for e in kube.events] == ["ScheduleInvalid"]
     assert "--every 'soon'" in kube.events[0]["message"]
     assert kube.items("VolumeGroupSnapshot") == []
+
+
+def test_snapshot_group_overview_fits_a_page_and_says_unknown_for_what_is_not_known():
+    """What ``dr-kit snapshot list`` and notebook 03 show: text cells, units in the headers,
+    never a raw NaN or None."""
+    import pandas as pd
+
+    from dr_kit.snapshots import OVERVIEW_COLUMNS, age_text, snapshot_group_overview
+
+    groups = pd.DataFrame([
+        {"name": "snap-1", "ready": True, "consistent": True, "age_s": 75.0, "sequence": 42,
+         "point_time": pd.Timestamp("2026-11-29 18:00:01.123456", tz="UTC"), "lag_seconds": 0.01234,
+         "restored": "snap-1-stock", "error": None},
+        {"name": "snap-2", "ready": False, "consistent": None, "age_s": float("nan"),
+         "sequence": pd.NA, "point_time": pd.NaT, "lag_seconds": None, "restored": None,
+         "error": "the array refused it"},
+        {"name": "snap-3", "ready": False, "consistent": False, "age_s": 7200.0, "sequence": None,
+         "point_time": None, "lag_seconds": float("nan"), "restored": None, "error": None},
+    ])
+    view = snapshot_group_overview(groups)
+    assert list(view.columns) == OVERVIEW_COLUMNS
+    assert view.to_dict("records") == [
+        {"name": "snap-1", "ready": "yes", "consistent": "yes", "age": "1m", "sequence": "42",
+         "point (UTC)": "2026-11-29 18:00:01.123", "lag then (s)": "0.012", "restored": "snap-1-stock"},
+        {"name": "snap-2", "ready": "error", "consistent": "unknown", "age": "-", "sequence": "-",
+         "point (UTC)": "unknown", "lag then (s)": "unknown", "restored": "-"},
+        {"name": "snap-3", "ready": "no", "consistent": "NO", "age": "2h", "sequence": "-",
+         "point (UTC)": "unknown", "lag then (s)": "unknown", "restored": "-"},
+    ]
+    assert snapshot_group_overview(groups.iloc[0:0]).empty
+    assert [age_text(s) for s in (None, 5, 59.9, 3600, 86400 * 3)] == ["-", "5s", "59s", "1h", "3d"]

@@ -142,21 +142,6 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _age(seconds: float | None) -> str:
-    """``42s``, ``7m``, ``3h``, ``2d`` (as kubectl shows ages)."""
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit}"
-    return f"{s}s"
-
-
-def _point(iso: str | None) -> str:
-    return iso.replace("T", " ")[:23] + " UTC" if iso else "unknown"
-
-
 def _list(args: argparse.Namespace) -> int:
     from dr_kit import snapshots
 
@@ -172,18 +157,18 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no snapshot groups in namespace {args.namespace}")
         return 0
-    width = max(24, *(len(r["name"]) for r in rows))
+    view = snapshots.snapshot_group_overview(df).to_dict("records")
+    width = max(24, *(len(r["name"]) for r in view))
     print(f"{'NAME':<{width}} {'READY':<5} {'CONSISTENT':<10} {'AGE':>5} {'SEQUENCE':>9}  "
           f"{'CONSISTENCY POINT':<27} {'LAG THEN':>9}  RESTORED")
-    for r in rows:
-        lag = f"{r['lag_seconds']:.3f} s" if r["lag_seconds"] is not None else "unknown"
-        seq = str(r["sequence"]) if r["sequence"] is not None else "-"
-        ready = "yes" if r["ready"] else ("error" if r["error"] else "no")
-        consistent = {True: "yes", False: "NO"}.get(r["consistent"], "unknown")
-        print(f"{r['name']:<{width}} {ready:<5} {consistent:<10} {_age(r['age_s']):>5} "
-              f"{seq:>9}  {_point(r['point_time']):<27} {lag:>9}  {r['restored'] or '-'}")
-        if r["error"]:
-            print(f"  error: {r['error']}")
+    for r, error in zip(view, (row["error"] for row in rows), strict=True):
+        lag = r["lag then (s)"]
+        point = r["point (UTC)"]
+        print(f"{r['name']:<{width}} {r['ready']:<5} {r['consistent']:<10} {r['age']:>5} "
+              f"{r['sequence']:>9}  {point + (' UTC' if point != 'unknown' else ''):<27} "
+              f"{lag + (' s' if lag != 'unknown' else ''):>9}  {r['restored']}")
+        if error:
+            print(f"  error: {error}")
     return 0
 
 
