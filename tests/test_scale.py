@@ -114,3 +114,42 @@ def test_a_status_read_that_crossed_a_creation_keeps_the_new_group() -> None:
     assert view.refresh() and view.group("g") == new  # a later read shows it: the truth
     client.groups.clear()
     assert view.refresh() and view.group("g") is None  # and a later read is believed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_stops_the_lab_the_scale_benchmark_started(tmp_path) -> None:
+    """``kill`` (SIGTERM) of a running ``bench --scale`` ends it as Ctrl-C does: every lab
+    process it started is stopped, and it says it was interrupted."""
+    import signal
+    import time
+
+    import psutil
+
+    work = tmp_path / "w"
+    p = subprocess.Popen([sys.executable, "-m", "dr_kit.cli", "bench", "--scale", "2x1",
+                          "--workdir", str(work)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        seen = []
+        for line in p.stdout:  # the lab is up once the namespaces are being created
+            seen.append(line)
+            if line.startswith("creating 2 namespaces"):
+                break
+        else:
+            pytest.fail(f"the benchmark ended before its lab was up: {''.join(seen)[-2000:]}")
+        lab_procs = [c for c in psutil.Process(p.pid).children(recursive=True)]
+        assert lab_procs, "the lab's processes are children of the benchmark"
+        p.send_signal(signal.SIGTERM)
+        _out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 30
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in lab_procs):
+        assert time.monotonic() < deadline, [c for c in lab_procs if c.is_running()]
+        time.sleep(0.2)

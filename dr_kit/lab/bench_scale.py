@@ -29,17 +29,19 @@ reaches it through the command line's entry point (the library never imports the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import math
 import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -413,14 +415,41 @@ def render(r: dict[str, Any]) -> str:
 
 
 
+@contextlib.contextmanager
+def _stopped_as_by_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, a closed terminal, a CI timeout) end the benchmark as
+    Ctrl-C does: :func:`run`'s cleanup stops the lab it started and removes its folder.
+    A second signal during that cleanup is ignored.  Only on the main thread (where
+    signal handlers live); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(s) is not signal.SIG_IGN}  # nohup-style ignoring is kept
+    previous[signal.SIGINT] = ctrl_c
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def cli(args: Any) -> int:
     """``dr-kit bench --scale NSxPVC [--json] [--out DIR] [--workdir DIR]``."""
     import json
 
     ns, pvcs = parse_scale(args.scale)
     series: dict[str, Any] = {}
-    result = run(ns, pvcs, workdir=args.workdir, series=series,
-                 progress=None if args.json else (lambda s: print(s, flush=True)))
+    with _stopped_as_by_ctrl_c():
+        result = run(ns, pvcs, workdir=args.workdir, series=series,
+                     progress=None if args.json else (lambda s: print(s, flush=True)))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
