@@ -36,7 +36,7 @@ results_file = "results/03_snapshot_group.json"
 from dr_kit import plots, ui
 from dr_kit import walkthrough as wt
 from dr_kit.lab import connect
-from dr_kit.snapshots import list_snapshot_groups
+from dr_kit.snapshots import list_snapshot_groups, snapshot_group_overview
 
 main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
 
@@ -60,7 +60,7 @@ ui.action("Take snapshot group", take, interactive=interactive)
 # ## One consistency point for all members
 
 # %%
-ui.show(list_snapshot_groups(backup, namespace), backup.snapshots(namespace))
+ui.show(snapshot_group_overview(list_snapshot_groups(backup, namespace)))
 ui.show(wt.snapshot_table(taken))
 
 # %%
