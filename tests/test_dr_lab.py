@@ -124,6 +124,10 @@ def test_relocate_while_a_kept_test_runs_is_refused_with_nothing_changed(lab):
     assert dr_of(lab).state() == before  # nothing changed, not even the state's revision
     r = dr_cli(lab, "test")
     assert r.returncode == 2 and "running already" in r.stderr
+    r = dr_cli(lab, "failover")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "failover refused: a DR test" in r.stderr
+    assert "--cleanup" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+    assert dr_of(lab).state() == before
     ok(dr_cli(lab, "test", "--cleanup"))
     assert site("backup", lab).namespace("shop-drtest") is None
     r = dr_cli(lab, "test", "--cleanup")

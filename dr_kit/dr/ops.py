@@ -398,6 +398,15 @@ class DR:
         return got[-1]
 
     # -- checks (refusals) ---------------------------------------------------------------
+    def _refuse_during_test(self, st: DrState, op: str) -> None:
+        """No operation while a DR test environment of the namespace runs (its clones and
+        test namespace would outlive the roles they were made from)."""
+        if st.test_running:
+            raise Refused(f"{op} refused: a DR test of {self.namespace} is running"
+                          f"{' already' if op == 'test' else ''} (namespace "
+                          f"{(st.test or {}).get('namespace')}); nothing was changed; clean it up "
+                          f"first: dr-kit dr test {self.namespace} --cleanup")
+
     def _require_reachable(self, site: str, op: str) -> None:
         if not self.reachable(site, fresh=True) or self._namespace(site) is None:
             raise Refused(f"{op} refused: the {site} site cannot be reached (or has no namespace "
@@ -424,10 +433,7 @@ class DR:
         dst = drs.other(src)
 
         def check(st: DrState) -> None:
-            if st.test_running:
-                raise Refused(f"relocate refused: a DR test of {self.namespace} is running "
-                              f"(namespace {(st.test or {}).get('namespace')}); clean it up first: "
-                              f"dr-kit dr test {self.namespace} --cleanup")
+            self._refuse_during_test(st, "relocate")
             for s in drs.SITES:
                 self._require_reachable(s, "relocate")
             self._require_replicating(st, "relocate")
@@ -529,9 +535,7 @@ class DR:
             copy = self.array_group(dst)
             if copy is not None and copy.get("side") == "main":
                 raise Refused(f"failover refused: the {dst} site's copy is primary already")
-            if st.test_running:
-                raise Refused(f"failover refused: a DR test of {self.namespace} is running; clean it "
-                              f"up first: dr-kit dr test {self.namespace} --cleanup")
+            self._refuse_during_test(st, "failover")
             est = self._loss_estimate(dst)
             consistent = None if copy is None else bool(copy.get("consistent")) and \
                 copy.get("state") in ("pair", "suspended")
@@ -661,9 +665,7 @@ class DR:
                 raise Refused(f"failback refused: no failover of {self.namespace} is behind it (the "
                               f"{st.primary} site has been primary since the {since}); "
                               "nothing was changed")
-            if st.test_running:
-                raise Refused(f"failback refused: a DR test of {self.namespace} is running; clean it "
-                              f"up first: dr-kit dr test {self.namespace} --cleanup")
+            self._refuse_during_test(st, "failback")
             for s in drs.SITES:
                 self._require_reachable(s, "failback")
 
@@ -787,10 +789,7 @@ class DR:
         sampler = _LagSampler(self.site(src), self.namespace, lag_interval_s)
 
         def check(st: DrState) -> None:
-            if st.test_running:
-                raise Refused(f"test refused: a DR test of {self.namespace} is running already "
-                              f"(namespace {(st.test or {}).get('namespace')}); clean it up first: "
-                              f"dr-kit dr test {self.namespace} --cleanup")
+            self._refuse_during_test(st, "test")
             for s in drs.SITES:
                 self._require_reachable(s, "test")
             self._require_replicating(st, "test")
