@@ -206,6 +206,66 @@ def test_seed_hook_loads_history_once_and_the_workload_continues(tmp_path):
     sales.close()
 
 
+def test_a_load_cut_between_its_two_commits_is_completed_by_the_next_seed(tmp_path, monkeypatch):
+    """A crash after the stock database's commit and before the sales database's leaves
+    stock movements without orders (every one of them an order still "in flight").  The next seed
+    finishes that load, from what the stock database kept of it, into exactly the shop an
+    uncut load makes; a stock database that does not match is refused, nothing loaded."""
+    args = {"history_days": 14, "history_orders": 3000, "history_seed": 5}
+    (tmp_path / "ref").mkdir()
+    ref = _files(tmp_path / "ref")
+    seed(*ref, **args, now=NOW)
+
+    stock, sales = _files(tmp_path)
+    real = history._bulk
+    commits: list[apsw.Connection] = []
+
+    def crash_before_the_sales_commit(conn, statements):
+        commits.append(conn)
+        if conn is sales:
+            raise KeyboardInterrupt("the process dies here")
+        return real(conn, statements)
+
+    monkeypatch.setattr(history, "_bulk", crash_before_the_sales_commit)
+    with pytest.raises(KeyboardInterrupt):
+        seed(stock, sales, **args, now=NOW)
+    monkeypatch.undo()
+    assert commits == [stock, sales]
+    assert next(sales.execute("SELECT COUNT(*) FROM orders"))[0] == 0
+    cut = _verdict(stock, sales)  # every movement's order "in flight", none ever to come
+    assert cut.orders == 0 and cut.in_flight_orders > 1000
+    assert history.pending_history(stock, sales) == {"days": 14, "orders": 3000, "seed": 5,
+                                                     "now": NOW.isoformat()}
+
+    seed(stock, sales, **args)  # another day, no "now": the load's own one is used
+    assert history.pending_history(stock, sales) is None
+    v = _verdict(stock, sales)
+    assert v.consistent and v.orders > 2900
+    for conn, ref_conn, q in ((sales, ref[1], "SELECT * FROM orders ORDER BY order_id"),
+                              (sales, ref[1], "SELECT * FROM order_lines ORDER BY order_id, line_no"),
+                              (stock, ref[0], "SELECT * FROM stock_movements ORDER BY movement_id"),
+                              (stock, ref[0], "SELECT * FROM stock_levels ORDER BY product_id")):
+        assert list(conn.execute(q)) == list(ref_conn.execute(q)), q
+    seed(stock, sales, **args)  # and only once
+    assert next(sales.execute("SELECT COUNT(*) FROM orders"))[0] == v.orders
+
+    # a cut load whose stock part does not match what it was generated from
+    (tmp_path / "odd").mkdir()
+    stock2, sales2 = _files(tmp_path / "odd")
+    monkeypatch.setattr(history, "_bulk", crash_before_the_sales_commit)
+    first_sales, sales = sales, sales2  # the closure's "sales" is the one to crash on
+    with pytest.raises(KeyboardInterrupt):
+        seed(stock2, sales2, **args, now=NOW)
+    monkeypatch.undo()
+    with stock2:
+        stock2.execute("DELETE FROM stock_movements WHERE movement_id = 1")
+    with pytest.raises(InvalidInput, match="cannot be completed; start from a new shop"):
+        history.seed_history(stock2, sales2, 14, orders=3000, seed=5)
+    assert next(sales2.execute("SELECT COUNT(*) FROM orders"))[0] == 0
+    for c in (stock, first_sales, stock2, sales2, *ref):
+        c.close()
+
+
 def test_seed_history_refuses_a_shop_with_orders(tmp_path):
     stock, sales = _files(tmp_path)
     seed(stock, sales)

@@ -426,6 +426,9 @@ def seed_history(stock: apsw.Connection, sales: apsw.Connection, days: int = DEF
     catalog = _catalog_from(stock)
     if not catalog:
         raise InvalidInput("the stock database has no products; seed the catalog first")
+    cut = pending_history(stock, sales)
+    if cut is not None:
+        return _finish_history(stock, sales, catalog, cut)
     sold = next(sales.execute("SELECT COUNT(*) FROM orders"))[0]
     moved = next(stock.execute("SELECT COUNT(*) FROM stock_movements"))[0]
     changed = next(stock.execute("SELECT COUNT(*) FROM stock_levels "
@@ -433,21 +436,73 @@ def seed_history(stock: apsw.Connection, sales: apsw.Connection, days: int = DEF
     if sold or moved or changed:
         raise InvalidInput(f"history goes into a new shop, but this one already has {sold} "
                            f"orders and {moved} stock movements")
-    h = generate_history(catalog, days=days, orders=orders, seed=seed, now=now)
+    end = _as_now(now)
+    h = generate_history(catalog, days=days, orders=orders, seed=seed, now=end)
     assert h.summary is not None
     t0 = time.perf_counter()
+    # the stock part first, as the business transaction commits; with it, in the same
+    # transaction, what it was generated from: a crash before the sales part commits
+    # leaves a load the next seed_history completes (pending_history)
     _bulk(stock, [
+        (HISTORY_LOAD_DDL, [()]),
+        ("INSERT INTO history_load (days, orders, seed, now) VALUES (?, ?, ?, ?)",
+         [(days, orders, seed, end.isoformat())]),
         ("INSERT INTO stock_movements (movement_id, order_id, product_id, quantity, moved_at) "
          "VALUES (?, ?, ?, ?, ?)", h.movements),
         ("UPDATE stock_levels SET on_hand = ? WHERE product_id = ?",
          [(units, pid) for pid, units in sorted(h.on_hand.items())]),
     ])
+    _load_sales(sales, h)
+    return _replace(h.summary, load_seconds=time.perf_counter() - t0)
+
+
+# what a history load was generated from, kept in the stock database (one row per load)
+HISTORY_LOAD_DDL = ("CREATE TABLE IF NOT EXISTS history_load (days INTEGER NOT NULL, "
+                    "orders INTEGER NOT NULL, seed INTEGER NOT NULL, now TEXT NOT NULL)")
+
+
+def _load_sales(sales: apsw.Connection, h: History) -> None:
     _bulk(sales, [
         ("INSERT INTO orders (order_id, ordered_at, customer, channel) VALUES (?, ?, ?, ?)",
          h.orders),
         ("INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents) "
          "VALUES (?, ?, ?, ?, ?)", h.lines),
     ])
+
+
+def pending_history(stock: apsw.Connection, sales: apsw.Connection) -> dict[str, Any] | None:
+    """A history load cut between its two commits (a crash after the stock database's,
+    before the sales database's): what it was generated from, or None when there is none.
+
+    Its stock movements are in the stock database and no order is in the sales database;
+    :func:`seed_history` completes it from these arguments (the history is deterministic
+    in them)."""
+    if not next(stock.execute("SELECT COUNT(*) FROM sqlite_master "
+                              "WHERE type = 'table' AND name = 'history_load'"))[0]:
+        return None
+    row = next(stock.execute("SELECT days, orders, seed, now FROM history_load "
+                             "ORDER BY rowid DESC LIMIT 1"), None)
+    if row is None or next(sales.execute("SELECT COUNT(*) FROM orders"))[0]:
+        return None
+    days, orders, seed, now = row
+    return {"days": int(days), "orders": int(orders), "seed": int(seed), "now": str(now)}
+
+
+def _finish_history(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product],
+                    cut: dict[str, Any]) -> HistorySummary:
+    """Load the sales part of a history whose stock part was committed (pending_history)."""
+    h = generate_history(catalog, days=cut["days"], orders=cut["orders"], seed=cut["seed"],
+                         now=datetime.fromisoformat(cut["now"]))
+    assert h.summary is not None
+    n, last = next(stock.execute("SELECT COUNT(*), MAX(movement_id) FROM stock_movements"))
+    want = (len(h.movements), h.movements[-1][0] if h.movements else None)
+    if (n, last) != want:
+        raise InvalidInput(
+            f"the stock database holds a history load cut short ({cut['days']} days, seed "
+            f"{cut['seed']}), but {n} stock movements where that history has {want[0]}: it "
+            "cannot be completed; start from a new shop")
+    t0 = time.perf_counter()
+    _load_sales(sales, h)
     return _replace(h.summary, load_seconds=time.perf_counter() - t0)
 
 

@@ -47,7 +47,8 @@ def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] 
 
     With ``history_days`` > 0, a shop that has no orders yet also gets that many days of
     history before ``now`` (:func:`dr_kit.shop.history.seed_history`, ``history_orders``
-    orders, seeded by ``history_seed``); a shop that already has orders is left as it is.
+    orders, seeded by ``history_seed``); a shop that already has orders is left as it is,
+    and a history load a crash cut between its two commits is completed.
     """
     catalog = catalog or load_catalog()
     with stock:
@@ -65,11 +66,11 @@ def seed(stock: apsw.Connection, sales: apsw.Connection, catalog: list[Product] 
             sales.executemany("INSERT INTO products VALUES (?,?,?,?)",
                               [(p.product_id, p.name, p.category, p.unit_price_cents) for p in catalog])
     if history_days:
-        from dr_kit.shop.history import seed_history
+        from dr_kit.shop.history import pending_history, seed_history
 
         new = (not next(sales.execute("SELECT COUNT(*) FROM orders"))[0]
                and not next(stock.execute("SELECT COUNT(*) FROM stock_movements"))[0])
-        if new:
+        if new or pending_history(stock, sales) is not None:  # a load a crash cut short: finish it
             # one bulk transaction per database: with a rollback journal it needs room for
             # the few pages it changes, in WAL mode for every page it writes
             modes = [_journal_mode(c) for c in (stock, sales)]
