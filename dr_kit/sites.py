@@ -482,11 +482,17 @@ What = Literal["namespaces", "pvcs", "pvs", "replication", "snapshots"]
 
 
 def frame(site: Site, what: What, namespace: str | None = None) -> pd.DataFrame:
-    """``site.<what>(namespace)`` by name (``namespaces`` and ``pvs`` take no namespace)."""
+    """``site.<what>(namespace)`` by name (``namespaces`` takes no namespace; ``pvs`` keeps
+    the PVs claimed from ``namespace``, when given)."""
     if what not in KEYS:
         raise InvalidInput(f"what must be one of {', '.join(KEYS)}, not {what!r}")
-    if what in ("namespaces", "pvs"):
-        return getattr(site, what)()
+    if what == "namespaces":
+        return site.namespaces()
+    if what == "pvs":
+        df = site.pvs()
+        if namespace:
+            df = df[df["claim"].str.startswith(f"{namespace}/", na=False)].reset_index(drop=True)
+        return df
     return getattr(site, what)(namespace)
 
 

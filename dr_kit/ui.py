@@ -11,6 +11,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+from dr_kit.errors import InvalidInput
 from dr_kit.sites import ProgressEvent
 
 
@@ -44,6 +45,37 @@ def side_by_side(left: Any, right: Any, titles: tuple[str, str] = ("main site", 
         return f"<div style='flex:1;min-width:0;overflow:auto'><h4>{title}</h4>{body}</div>"
 
     return HTML("<div style='display:flex;gap:2em'>" + cell(titles[0], left) + cell(titles[1], right) + "</div>")
+
+
+# the columns that tell a view's story, for a table that fits half a page
+COMPACT = {
+    "pvs": ["claim", "phase", "capacity", "storage_class", "replicated_from"],
+    "pvcs": ["name", "phase", "capacity", "consistency_group", "replicated_from"],
+    "replication": ["kind", "name", "state", "completed", "degraded", "resyncing", "last_sync_time"],
+}
+
+SHORT = {"storage_class": "class", "replicated_from": "copy of", "consistency_group": "group"}
+
+
+def compact(df: Any, what: str) -> Any:
+    """A site view (:mod:`dr_kit.sites`: ``pvs``, ``pvcs``, ``replication``) with only the
+    columns that tell its story, under short names, sizes in MiB and times to the second
+    (UTC); unknown cells read ``-``."""
+    import pandas as pd
+
+    if what not in COMPACT:
+        raise InvalidInput(f"compact views are {', '.join(COMPACT)}, not {what!r}")
+    out = df[[c for c in COMPACT[what] if c in df.columns]].copy()
+    if "capacity" in out:
+        mib = pd.to_numeric(out["capacity"], errors="coerce") / 2**20
+        out["capacity"] = [f"{v:,.0f}" if pd.notna(v) else None for v in mib]
+        out = out.rename(columns={"capacity": "capacity (MiB)"})
+    if "last_sync_time" in out:
+        times = pd.to_datetime(out["last_sync_time"], utc=True, errors="coerce")
+        out["last_sync_time"] = [t.strftime("%H:%M:%S") if pd.notna(t) else None for t in times]
+        out = out.rename(columns={"last_sync_time": "last sync (UTC)"})
+    out = out.rename(columns={k: v for k, v in SHORT.items() if k in out})
+    return out.astype(object).where(out.notna(), "-")
 
 
 def progress_printer(prefix: str = "") -> Callable[[ProgressEvent], None]:

@@ -728,6 +728,16 @@ SNAPSHOT_FIGURES = (("name", ""), ("sequence", "journal sequence"), ("position",
                     ("lag_after", "ms, p50 / p99"))
 
 
+def sites_table(main: Site, backup: Site, what: str = "pvs", namespace: str | None = None) -> Any:
+    """Both sites' view of ``what`` (``pvs``, ``pvcs``, ``replication``) next to each
+    other, each as a table that fits half a page (:func:`dr_kit.ui.compact`)."""
+    from dr_kit import ui
+    from dr_kit.sites import side_by_side
+
+    a, b = side_by_side(main, backup, what, namespace=namespace)  # type: ignore[arg-type]
+    return ui.side_by_side(ui.compact(a, what), ui.compact(b, what))
+
+
 def snapshot_table(taken: dict[str, Any]) -> pd.DataFrame:
     """A snapshot group's consistency point and the lag around it, as figure, value, unit."""
     def value(v: Any) -> str:

@@ -40,7 +40,6 @@ results_file = "results/01_protect_namespace.json"
 from dr_kit import ui
 from dr_kit import walkthrough as wt
 from dr_kit.lab import connect
-from dr_kit.sites import side_by_side
 
 main, backup, lab = connect(lab_dir, kubeconfig, main_context, backup_context, rate=rate)
 print(f"main site: context {main.context or 'default'}; backup site: context {backup.context or 'default'}")
@@ -49,13 +48,13 @@ print(f"main site: context {main.context or 'default'}; backup site: context {ba
 # ## Before: the two sites side by side (PVs)
 
 # %%
-ui.show(ui.side_by_side(*side_by_side(main, backup, "pvs")))
+ui.show(wt.sites_table(main, backup, "pvs", namespace))
 
 # %% [markdown]
 # The shop's PVCs at the main site, and its transactions flowing:
 
 # %%
-ui.show(main.pvcs(namespace), main.replication(namespace))
+ui.show(ui.compact(main.pvcs(namespace), "pvcs"), ui.compact(main.replication(namespace), "replication"))
 
 # %% [markdown]
 # ## Label the namespace
@@ -70,7 +69,7 @@ outcome: dict = {}
 def label_namespace():
     outcome.update(wt.protect_and_wait(main, backup, namespace, backend=backend, timeout=timeout_s,
                                        progress=ui.progress_printer()))
-    return ui.side_by_side(*side_by_side(main, backup, "pvs"))
+    return wt.sites_table(main, backup, "pvs", namespace)
 
 
 ui.action("Label namespace ConsistentCopyToCloud", label_namespace, interactive=interactive)
@@ -79,7 +78,7 @@ ui.action("Label namespace ConsistentCopyToCloud", label_namespace, interactive=
 # ## After: PVs at both sites, and the replication status
 
 # %%
-ui.show(ui.side_by_side(*side_by_side(main, backup, "pvs")), main.replication(namespace))
+ui.show(wt.sites_table(main, backup, "pvs", namespace), wt.sites_table(main, backup, "replication", namespace))
 
 # %%
 wt.record(results_file, {"protected_pvcs": outcome.get("protected_pvcs"),

@@ -159,6 +159,8 @@ def test_side_by_side(pair: tuple[Site, Site]) -> None:
     assert f.loc[(NS, "sales-db"), ("main", "volume")] == f.loc[(NS, "sales-db"), ("backup", "volume")]
     pv = side_by_side(main, backup, "pvs", how="frame")
     assert pv.loc["shop/stock-db", ("backup", "replicated_from")] == "main"
+    for site_pvs in side_by_side(main, backup, "pvs", namespace=NS):  # only the namespace's claims
+        assert len(site_pvs) >= 2 and site_pvs["claim"].str.startswith(f"{NS}/").all()
     ns = side_by_side(main, backup, "namespaces", how="frame")
     assert bool(ns.loc[NS, ("main", "protected")])
     rep = side_by_side(main, backup, "replication", namespace=NS, how="frame")

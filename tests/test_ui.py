@@ -101,3 +101,35 @@ def test_a_relative_lab_folder_is_the_callers_not_the_output_folders(tmp_path, m
     assert notebooks.prepare_parameters({"lab_dir": ".dr-lab"})["lab_dir"] == str(tmp_path / ".dr-lab")
     assert notebooks.prepare_parameters(None)["lab_dir"] == str(tmp_path / ".dr-lab")
     assert notebooks.prepare_parameters({"lab_dir": "/srv/lab", "rate": 3})["rate"] == 3
+
+
+def test_compact_keeps_the_story_columns_with_units_and_no_raw_missing_values():
+    from dr_kit.errors import InvalidInput
+
+    pvs = pd.DataFrame([
+        {"name": "pvc-1f0c" * 5, "claim": "shop/sales-db", "phase": "Bound", "capacity": 64 << 20,
+         "storage_class": "lab-array", "reclaim_policy": "Delete", "driver": "d",
+         "volume_handle": "h", "replicated_from": None, "created": pd.Timestamp("2026-11-29", tz="UTC")},
+        {"name": "pvc-2", "claim": None, "phase": "Released", "capacity": None,
+         "storage_class": "lab-array", "reclaim_policy": "Retain", "driver": "d",
+         "volume_handle": "h2", "replicated_from": "main", "created": None},
+    ])
+    out = ui.compact(pvs, "pvs")
+    assert list(out.columns) == ["claim", "phase", "capacity (MiB)", "class", "copy of"]
+    assert out.to_dict("records") == [
+        {"claim": "shop/sales-db", "phase": "Bound", "capacity (MiB)": "64", "class": "lab-array",
+         "copy of": "-"},
+        {"claim": "-", "phase": "Released", "capacity (MiB)": "-", "class": "lab-array",
+         "copy of": "main"},
+    ]
+    rep = pd.DataFrame([{"namespace": "shop", "kind": "VolumeGroupReplication", "name": "dr-kit-shop",
+                         "state": "Primary", "completed": True, "degraded": False, "resyncing": None,
+                         "message": "a long message " * 10,
+                         "last_sync_time": pd.Timestamp("2026-11-29 18:35:05.123", tz="UTC"),
+                         "last_sync_duration_s": 0.1, "last_sync_bytes": 1, "pvcs": "a,b"}])
+    row = ui.compact(rep, "replication").to_dict("records")[0]
+    assert row == {"kind": "VolumeGroupReplication", "name": "dr-kit-shop", "state": "Primary",
+                   "completed": True, "degraded": False, "resyncing": "-", "last sync (UTC)": "18:35:05"}
+    assert ui.compact(pvs.iloc[0:0], "pvs").empty
+    with pytest.raises(InvalidInput, match="compact views are pvs, pvcs, replication"):
+        ui.compact(pvs, "pods")
