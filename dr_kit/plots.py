@@ -376,10 +376,13 @@ def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, t
     when = d.groupby("read")["t"].min()
     ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [4, 1]}, sharey=True)
     values = np.ma.masked_invalid(grid.to_numpy(dtype=float))
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("#d0d0d0")
+    cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
     extent = (float(when.min()), float(when.max()) if len(when) > 1 else 1.0, len(order) - 0.5, -0.5)
-    img = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", extent=extent)
+    # lag is never negative: the scale starts at 0 and spans at least 1 ms, so a group that
+    # is always caught up reads as 0 on a real scale, not as the middle of a made-up one
+    top_ms = float(values.max()) if values.count() else 0.0
+    img = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", extent=extent,
+                    vmin=0.0, vmax=max(1.0, top_ms))
     fig.colorbar(img, ax=bx, label="time lag (ms)", fraction=0.5, pad=0.02)
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels(order, fontsize=7)
@@ -391,6 +394,7 @@ def lag_heatmap(samples: pd.DataFrame, ranking: pd.DataFrame | None = None, *, t
     for i, v in enumerate(p99):
         if pd.isna(v):
             bx.text(0, i, " unknown", va="center", fontsize=7, color="grey")
+    bx.set_xlim(0.0, max(1.0, float(p99.astype(float).max(skipna=True) or 0.0)) * 1.1)
     bx.set_xlabel("p99 (ms)")
     shown = "" if len(order) == d["group"].nunique() else f" ({len(order)} of {d['group'].nunique()})"
     bx.set_title(f"ranking{shown}", fontsize=10)

@@ -445,8 +445,11 @@ def protect_applications(main: Site, backup: Site, names: list[str], *, timeout:
     except Unavailable as e:  # the rows say which ones did not make it
         if note:
             note(f"not all protected in time: {e}")
+    def ms(v: float | None) -> float | None:  # seconds, to the millisecond
+        return None if v is None else round(v, 3)
+
     rows = [{"namespace": ns, "pvcs": len(wanted[ns]), "state": state.get(ns, "unknown"),
-             "protected_s": protected.get(ns), "backup_bound_s": bound.get(ns)} for ns in names]
+             "protected_s": ms(protected.get(ns)), "backup_bound_s": ms(bound.get(ns))} for ns in names]
     df = pd.DataFrame(rows, columns=["namespace", "pvcs", "state", "protected_s", "backup_bound_s"])
     done = [*protected.values(), *bound.values()]
     df.attrs["labelled_in_s"] = round(labelled, 3)

@@ -133,3 +133,24 @@ def test_compact_keeps_the_story_columns_with_units_and_no_raw_missing_values():
     assert ui.compact(pvs.iloc[0:0], "pvs").empty
     with pytest.raises(InvalidInput, match="compact views are pvs, pvcs, replication"):
         ui.compact(pvs, "pods")
+
+
+def test_lag_heatmap_scale_starts_at_zero_and_unknown_stays_grey():
+    """Groups always caught up read as 0 on a 0..1 ms scale (not the middle of -0.1..0.1);
+    an unknown reading is masked (grey), not drawn as 0."""
+    import numpy as np
+
+    t0 = pd.Timestamp("2026-11-29 19:00:00", tz="UTC")
+    rows = [{"time": t0 + pd.Timedelta(seconds=0.25 * i), "group": g, "namespace": g,
+             "time_lag_s": (None if (g == "b" and i == 2) else 0.0), "source": "array",
+             "upper_bound": False, "resolution_s": None}
+            for i in range(4) for g in ("a", "b")]
+    fig = plots.lag_heatmap(pd.DataFrame(rows))
+    heat, bars = fig.axes[0], fig.axes[1]
+    img = heat.images[0]
+    assert img.get_clim() == (0.0, 1.0)
+    data = img.get_array()
+    assert isinstance(data, np.ma.MaskedArray) and int(data.mask.sum()) == 1
+    assert bars.get_xlim()[0] == 0.0
+    busy = [{**r, "time_lag_s": 0.004} if r["group"] == "a" else r for r in rows]
+    assert plots.lag_heatmap(pd.DataFrame(busy)).axes[0].images[0].get_clim() == (0.0, 4.0)
