@@ -119,17 +119,17 @@ def lag_phases(main: Site, namespace: str, phases: list[dict[str, Any]], *,
 
 
 def lag_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """p50/p99/max of time lag (ms) and sequence lag per phase, unknown readings counted,
-    and the figures' source (e.g. an upper bound from lastSyncTime, 1 s resolution)."""
+    """p50/p99/max of time lag (ms, to 0.01 ms) and sequence lag per phase, unknown readings
+    counted, and the figures' source (e.g. an upper bound from lastSyncTime, 1 s resolution)."""
     from dr_kit.lag import frame_source
 
     rows = []
     for phase, g in (df.groupby("phase", sort=False) if not df.empty else []):
         t = g["time_lag_s"].dropna() * 1000
         rows.append({"phase": phase, "samples": len(g), "unknown": int(g["time_lag_s"].isna().sum()),
-                     "time_lag_ms_p50": t.quantile(0.5) if len(t) else None,
-                     "time_lag_ms_p99": t.quantile(0.99) if len(t) else None,
-                     "time_lag_ms_max": t.max() if len(t) else None,
+                     "time_lag_ms_p50": round(float(t.quantile(0.5)), 2) if len(t) else None,
+                     "time_lag_ms_p99": round(float(t.quantile(0.99)), 2) if len(t) else None,
+                     "time_lag_ms_max": round(float(t.max()), 2) if len(t) else None,
                      "entries_max": g["sequence_lag"].max(), "source": frame_source(g)})
     return pd.DataFrame(rows, columns=["phase", "samples", "unknown", "time_lag_ms_p50",
                                        "time_lag_ms_p99", "time_lag_ms_max", "entries_max",

@@ -154,3 +154,16 @@ def test_lag_heatmap_scale_starts_at_zero_and_unknown_stays_grey():
     assert bars.get_xlim()[0] == 0.0
     busy = [{**r, "time_lag_s": 0.004} if r["group"] == "a" else r for r in rows]
     assert plots.lag_heatmap(pd.DataFrame(busy)).axes[0].images[0].get_clim() == (0.0, 4.0)
+
+
+def test_lag_summary_rounds_to_the_hundredth_of_a_ms_and_keeps_unknown_apart():
+    from dr_kit import walkthrough as wt
+
+    rows = [{"phase": "steady", "time_lag_s": v, "sequence_lag": 1, "source": "array",
+             "upper_bound": False, "resolution_s": None} for v in (0.0, 0.0007283691, None)]
+    rows += [{"phase": "slow link", "time_lag_s": None, "sequence_lag": None, "source": "array",
+              "upper_bound": False, "resolution_s": None}]
+    out = wt.lag_summary(pd.DataFrame(rows)).set_index("phase")
+    assert out.loc["steady", "time_lag_ms_max"] == 0.73
+    assert out.loc["steady", "unknown"] == 1 and out.loc["steady", "samples"] == 3
+    assert pd.isna(out.loc["slow link", "time_lag_ms_p50"]) and out.loc["slow link", "unknown"] == 1
