@@ -239,6 +239,9 @@ def test_a_load_cut_between_its_two_commits_is_completed_by_the_next_seed(tmp_pa
 
     seed(stock, sales, **args)  # another day, no "now": the load's own one is used
     assert history.pending_history(stock, sales) is None
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    assert list(stock.execute(tables)) == list(ref[0].execute(tables))  # no trace of the load
+    assert ("history_load",) not in list(stock.execute(tables))
     v = _verdict(stock, sales)
     assert v.consistent and v.orders > 2900
     for conn, ref_conn, q in ((sales, ref[1], "SELECT * FROM orders ORDER BY order_id"),

@@ -452,22 +452,28 @@ def seed_history(stock: apsw.Connection, sales: apsw.Connection, days: int = DEF
         ("UPDATE stock_levels SET on_hand = ? WHERE product_id = ?",
          [(units, pid) for pid, units in sorted(h.on_hand.items())]),
     ])
-    _load_sales(sales, h)
+    _load_sales(sales, h, stock)
     return _replace(h.summary, load_seconds=time.perf_counter() - t0)
 
 
-# what a history load was generated from, kept in the stock database (one row per load)
+# what a history load was generated from, kept in the stock database from the stock part's
+# commit until the sales part's (then dropped: a whole shop carries no trace of its load)
 HISTORY_LOAD_DDL = ("CREATE TABLE IF NOT EXISTS history_load (days INTEGER NOT NULL, "
                     "orders INTEGER NOT NULL, seed INTEGER NOT NULL, now TEXT NOT NULL)")
 
 
-def _load_sales(sales: apsw.Connection, h: History) -> None:
+def _load_sales(sales: apsw.Connection, h: History, stock: apsw.Connection) -> None:
+    """The sales part of a load whose stock part is committed; then the stock database
+    forgets the load (a crash before that leaves the table behind, with orders in sales:
+    nothing pending)."""
     _bulk(sales, [
         ("INSERT INTO orders (order_id, ordered_at, customer, channel) VALUES (?, ?, ?, ?)",
          h.orders),
         ("INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents) "
          "VALUES (?, ?, ?, ?, ?)", h.lines),
     ])
+    with stock:
+        stock.execute("DROP TABLE IF EXISTS history_load")
 
 
 def pending_history(stock: apsw.Connection, sales: apsw.Connection) -> dict[str, Any] | None:
@@ -502,7 +508,7 @@ def _finish_history(stock: apsw.Connection, sales: apsw.Connection, catalog: lis
             f"{cut['seed']}), but {n} stock movements where that history has {want[0]}: it "
             "cannot be completed; start from a new shop")
     t0 = time.perf_counter()
-    _load_sales(sales, h)
+    _load_sales(sales, h, stock)
     return _replace(h.summary, load_seconds=time.perf_counter() - t0)
 
 
