@@ -182,6 +182,29 @@ def test_main_side_redo_reapplies_journaled_writes(tmp_path):
         b.close()
 
 
+@pytest.mark.parametrize("stop", ["suspend", "fail"])
+def test_restart_keeps_the_writes_made_after_a_suspension(tmp_path, stop):
+    """Records kept in a suspended (or failed) group's journal are older than the direct
+    writes made since: a restart must not redo them over those acknowledged writes."""
+    root = tmp_path / "arr"
+    a = Array(root, "main")
+    a.create_volume("db", 2 * MiB)
+    a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET)
+    a.write("db", 0, b"AAAA")  # journaled (retained: the backup never took it)
+    a.write("db", MiB, b"only in the journal's time")
+    getattr(a.primary["grp"], stop)("the link is down")
+    a.write("db", 0, b"BBBB")  # written directly, its region tracked for the resync
+    expect = a.read("db", 0, 2 * MiB)
+    a.close()
+    b = Array(root)
+    try:
+        assert b.read("db", 0, 4) == b"BBBB"
+        assert b.read("db", 0, 2 * MiB) == expect
+        assert b.primary["grp"].state == ("suspended" if stop == "suspend" else "error")
+    finally:
+        b.close()
+
+
 def test_corrupt_main_journal_puts_group_in_error_on_open(tmp_path):
     root = tmp_path / "arr"
     a = Array(root, "main")

@@ -10,8 +10,9 @@ Folder layout::
     clones/<name>/                writable clones (overlay + map)
 
 An array restarts from its folder without losing an acknowledged write: at the main site
-every retained journal record is re-applied to its volume (redo; idempotent in order), at
-the backup the applier resumes after the last applied sequence it recorded.
+every retained journal record of a journaling group is re-applied to its volume (redo;
+idempotent in order; a suspended group's volumes hold newer direct writes and are left as
+they are), at the backup the applier resumes after the last applied sequence it recorded.
 
 Roles swap without a copy when both sides are identical (:meth:`Array.demote` of a group
 whose backup applied everything, then :meth:`Array.promote` with ``clean``), and with a
@@ -47,6 +48,7 @@ from dr_kit.storage.blocks import (
 from dr_kit.storage.groups import (
     COPY,
     ERROR,
+    JOURNALING,
     PAIR,
     SUSPENDED,
     PrimaryGroup,
@@ -217,7 +219,12 @@ class Array:
         members = {int(vid): self._by_id(int(vid)) for vid in c["members"]}
         grp = PrimaryGroup(g, folder, members, {int(k): v for k, v in c["members"].items()}, c,
                            journal=journal, save=self._save)
-        if not create:  # redo: every retained record reaches its volume again, in order
+        # redo: every retained record reaches its volume again, in order.  Only while the
+        # group journals: once it is suspended (or failed) the host writes the volumes
+        # directly, and redoing older records would overwrite those acknowledged writes.
+        # Every record written before the suspension had reached its volume: the state
+        # changes under the group's lock, and is saved before the first direct write.
+        if not create and c.get("state") in JOURNALING:
             for r, _ in journal.iter_records(journal.first_seq):
                 target = members.get(r.volume)
                 if target is None:  # a volume that has left the group since
