@@ -307,7 +307,8 @@ def age_text(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def _utc_text(t: Any) -> str:
+def utc_text(t: Any) -> str:
+    """A time as ``YYYY-MM-DD HH:MM:SS.mmm`` in UTC (to the millisecond)."""
     ts = pd.Timestamp(t)
     ts = ts.tz_convert("UTC") if ts.tzinfo is not None else ts
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
@@ -334,7 +335,7 @@ def snapshot_group_overview(groups: pd.DataFrame) -> pd.DataFrame:
             "consistent": {True: "yes", False: "NO"}.get(known("consistent"), "unknown"),
             "age": age_text(known("age_s")),
             "sequence": str(int(known("sequence"))) if known("sequence") is not None else "-",
-            "point (UTC)": _utc_text(point) if point is not None else "unknown",
+            "point (UTC)": utc_text(point) if point is not None else "unknown",
             "lag then (s)": f"{float(lag):.3f}" if lag is not None else "unknown",
             "restored": known("restored") or "-",
         })

@@ -761,4 +761,8 @@ def _cell(v: Any) -> str:
         return "unknown"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
+    if isinstance(v, pd.Timestamp):
+        from dr_kit.snapshots import utc_text
+
+        return f"{utc_text(v)} UTC"
     return str(v)

@@ -194,11 +194,14 @@ def test_no_cell_shows_a_raw_dict_or_list(ran):
 
 
 def test_snapshot_table_shows_values_not_reprs():
+    import pandas as pd
+
     from dr_kit import walkthrough as wt
 
     t = wt.snapshot_table({"name": "s1", "sequence": 3546, "one_sequence": True,
+                           "point_time": pd.Timestamp("2026-11-29 18:35:43.832412004+00:00"),
                            "lag_before": {"samples": 21, "time_lag_ms_p50": 0.0,
                                           "time_lag_ms_p99": 1.25, "source": "array (exact)"}})
-    assert t["figure"].tolist() == ["name", "sequence", "one_sequence", "lag_before"]
-    assert t["value"].tolist() == ["s1", "3,546", "True", "0 / 1.25"]
+    assert t["figure"].tolist() == ["name", "sequence", "point_time", "one_sequence", "lag_before"]
+    assert t["value"].tolist() == ["s1", "3,546", "2026-11-29 18:35:43.832 UTC", "True", "0 / 1.25"]
     assert not t["value"].str.contains("{").any()
