@@ -446,6 +446,17 @@ class DR:
                  *self._move_steps(src, dst)]
         return self._run("relocate", dst, steps, check, lambda st: self._move_result(st, src, dst))
 
+    def _promote_step(self, dst: str) -> Callable[[DrState], dict[str, Any]]:
+        """The step that makes ``dst``'s copy primary (relocate and failover alike)."""
+
+        def promote(st: DrState) -> dict[str, Any]:
+            self.ensure_role_object(dst, "primary")
+            self.wait_role(dst, "primary")
+            g = self.array_group(dst) or {}
+            return {"promoted": g.get("promoted")}
+
+        return promote
+
     def _move_steps(self, src: str, dst: str) -> list[Step]:
         """Quiesce at ``src``, final sync, demote, promote ``dst``, swap, start, verify.  The
         application starts at once (the image is the one it stopped on, proven by the
@@ -465,12 +476,6 @@ class DR:
             self.wait_role(src, "secondary")
             g = self.array_group(src) or {}
             return {"demoted": g.get("demoted")}
-
-        def promote(st: DrState) -> dict[str, Any]:
-            self.ensure_role_object(dst, "primary")
-            self.wait_role(dst, "primary")
-            g = self.array_group(dst) or {}
-            return {"promoted": g.get("promoted")}
 
         def swap(st: DrState) -> dict[str, Any]:
             cur = self.state()
@@ -498,7 +503,7 @@ class DR:
         return [Step("quiesce", quiesce, f"application stopped at the {src} site"),
                 Step("final-sync", final_sync, f"the {dst} site applies every write"),
                 Step("demote", demote, f"the {src} site's copy secondary: its volumes refuse writes"),
-                Step("promote", promote, f"the {dst} site's copy primary, replicating back"),
+                Step("promote", self._promote_step(dst), f"the {dst} site's copy primary, replicating back"),
                 Step("swap", swap, f"DR state: the {dst} site is primary"),
                 Step("start", start, f"application started at the {dst} site"),
                 Step("verify", verify, "replication in sync in the new direction")]
@@ -566,12 +571,6 @@ class DR:
             return {"estimate": self._loss_estimate(dst),
                     "applied": copy.get("applied"), "consistent_before": copy.get("consistent")}
 
-        def promote(st: DrState) -> dict[str, Any]:
-            self.ensure_role_object(dst, "primary")
-            self.wait_role(dst, "primary")
-            g = self.array_group(dst) or {}
-            return {"promoted": g.get("promoted")}
-
         def swap(st: DrState) -> dict[str, Any]:
             cur = self.state()
             if cur.primary != dst:
@@ -609,7 +608,7 @@ class DR:
 
         steps = [Step("fence", fence, f"the {src} site's application stopped, its copy demoted (if it answers)"),
                  Step("assess", assess, f"what the {dst} site's copy holds"),
-                 Step("promote", promote, f"the {dst} site's copy primary"),
+                 Step("promote", self._promote_step(dst), f"the {dst} site's copy primary"),
                  Step("swap", swap, f"DR state: the {dst} site is primary; the {src} site fenced"),
                  Step("start", start, f"application started at the {dst} site")]
         return self._run("failover", dst, steps, check, result)
