@@ -22,7 +22,7 @@ import pandas as pd
 
 from dr_kit.controls import LabControls, needs
 from dr_kit.errors import DrKitError, InvalidInput, Unavailable
-from dr_kit.sites import Progress, Site, wait_until
+from dr_kit.sites import Progress, Site, What, wait_until
 
 Note = Callable[[str], None]
 
@@ -445,11 +445,10 @@ def protect_applications(main: Site, backup: Site, names: list[str], *, timeout:
     except Unavailable as e:  # the rows say which ones did not make it
         if note:
             note(f"not all protected in time: {e}")
-    def ms(v: float | None) -> float | None:  # seconds, to the millisecond
-        return None if v is None else round(v, 3)
-
+    protected = {ns: round(s, 3) for ns, s in protected.items()}  # seconds, to the millisecond
+    bound = {ns: round(s, 3) for ns, s in bound.items()}
     rows = [{"namespace": ns, "pvcs": len(wanted[ns]), "state": state.get(ns, "unknown"),
-             "protected_s": ms(protected.get(ns)), "backup_bound_s": ms(bound.get(ns))} for ns in names]
+             "protected_s": protected.get(ns), "backup_bound_s": bound.get(ns)} for ns in names]
     df = pd.DataFrame(rows, columns=["namespace", "pvcs", "state", "protected_s", "backup_bound_s"])
     done = [*protected.values(), *bound.values()]
     df.attrs["labelled_in_s"] = round(labelled, 3)
@@ -731,13 +730,13 @@ SNAPSHOT_FIGURES = (("name", ""), ("sequence", "journal sequence"), ("position",
                     ("lag_after", "ms, p50 / p99"))
 
 
-def sites_table(main: Site, backup: Site, what: str = "pvs", namespace: str | None = None) -> Any:
+def sites_table(main: Site, backup: Site, what: What = "pvs", namespace: str | None = None) -> Any:
     """Both sites' view of ``what`` (``pvs``, ``pvcs``, ``replication``) next to each
     other, each as a table that fits half a page (:func:`dr_kit.ui.compact`)."""
     from dr_kit import ui
     from dr_kit.sites import side_by_side
 
-    a, b = side_by_side(main, backup, what, namespace=namespace)  # type: ignore[arg-type]
+    a, b = side_by_side(main, backup, what, namespace=namespace)
     return ui.side_by_side(ui.compact(a, what), ui.compact(b, what))
 
 
