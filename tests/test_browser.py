@@ -106,6 +106,24 @@ class Proc:
         pytest.fail(f"no line matching {pattern!r} within {timeout:g} s; output:\n"
                     + "\n".join(self.log[-30:]))
 
+    def wait_port(self, port: int, timeout: float) -> None:
+        """Until 127.0.0.1:``port`` accepts a connection; fails with the output when the
+        process ends first or the time runs out (a URL line can come before the port
+        answers, or the server can stop right after printing it)."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.p.poll() is not None:
+                    break
+                time.sleep(0.2)
+        state = f"exited with {self.p.returncode}" if self.p.poll() is not None else "still running"
+        pytest.fail(f"nothing answers on 127.0.0.1:{port} ({state}); output:\n" + "\n".join(self.log[-30:]))
+
     def track_kernels(self) -> list[int]:
         import psutil
 
@@ -414,6 +432,7 @@ def test_jupyterlab_notebook_01_label_button(lab: Path, procs: list[Proc], brows
                  *(["--allow-root"] if os.geteuid() == 0 else [])], env, nbdir)
     procs.append(jlab)
     jlab.wait_line(rf"http://127\.0\.0\.1:{port}/", timeout=120)
+    jlab.wait_port(port, timeout=60)
 
     page = browser.pages[0] if browser.pages else browser.new_page()
     page.goto(f"http://127.0.0.1:{port}/lab/tree/01_protect_namespace.ipynb?token={token}")
