@@ -16,6 +16,9 @@ per run.
 - initial copy throughput of a 1 GiB volume (``--quick``: 256 MiB), with progress;
 - peak RSS of the array processes during the large runs;
 - CPU time of the array processes per shop transaction, by component (:meth:`Bench.cpu`);
+- where the processes run (``placement``): by default each site gets a CPU of its own,
+  the shop and the main array on one, the link emulator and the backup array on the
+  other (``sites``); ``shared`` leaves them to the scheduler (see :func:`site_cpus`);
 - the PostgreSQL anchor (:mod:`dr_kit.bench_postgres`, when its server binaries are
   installed): a primary without standby and a primary with an asynchronous streaming
   standby run the same shop transactions in blocks interleaved with ours, through a link
@@ -24,6 +27,7 @@ per run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -60,6 +64,46 @@ COMMIT_BLOCK = 50
 # entries are written on the commit path, nothing is streamed): async/off = journal/off
 # (the commit path's own cost) x async/journal (what streaming beside it adds)
 COMMIT_MODES = ("off", "journal", "async", "sync")
+PLACEMENTS = ("sites", "shared")
+
+
+def site_cpus(placement: str) -> tuple[int, int] | None:
+    """The CPU of the main site and the CPU of the backup site for ``placement``.
+
+    ``sites``: two CPUs this process may run on, the first for the shop and the main
+    array (host and array take turns on a request, as over a SAN), the second for the
+    link emulator and the backup array, so the backup site's work takes no CPU time
+    from the main site's.  Left to the scheduler instead, a request and its answer
+    cross between CPUs, and where idle CPUs halt at once (virtual machines without
+    guest halt polling) each crossing waits for a CPU to wake, which costs more the
+    longer it idled: the overhead of a few microseconds of journal work comes out
+    several times larger, and varies from run to run.  ``shared`` (or fewer than two
+    CPUs): None, the scheduler places everything."""
+    if placement not in PLACEMENTS:
+        raise InvalidInput(f"unknown placement {placement!r}; use sites or shared")
+    cpus = sorted(os.sched_getaffinity(0))
+    if placement == "shared" or len(cpus) < 2:
+        return None
+    return cpus[0], cpus[1]
+
+
+def pin(pid: int, cpu: int, *, children: bool = True) -> None:
+    """Every thread of process ``pid`` (and of its descendants) on ``cpu``; threads and
+    processes they start later inherit it.  A process that ended meanwhile is skipped."""
+    try:
+        top = psutil.Process(pid)
+        procs = [top, *(top.children(recursive=True) if children else ())]
+    except psutil.Error:
+        return
+    for _ in range(2):  # a thread started by one not yet pinned is caught the second time
+        for p in procs:
+            try:
+                threads = p.threads()
+            except psutil.Error:
+                continue
+            for t in threads:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(t.id, {cpu})
 
 
 
@@ -159,11 +203,20 @@ class _Rss:
 
 
 class Bench:
-    def __init__(self, root: Path, *, quick: bool, progress: Progress) -> None:
+    def __init__(self, root: Path, *, quick: bool, progress: Progress,
+                 placement: str = "sites") -> None:
         self.root, self.quick, self.say = root, quick, progress
+        self.cpus = site_cpus(placement)
+        self.allowed = os.sched_getaffinity(0)  # this process's CPUs, given back at close
         self.main: ArrayHandle = start_array(root / "main", "main")
         self.backup: ArrayHandle = start_array(root / "backup", "backup")
         self.link = _Link(root, self.backup.replication)
+        if self.cpus:
+            main_cpu, backup_cpu = self.cpus
+            pin(os.getpid(), main_cpu, children=False)  # the shop runs in this process
+            pin(self.main.pid, main_cpu)
+            pin(self.backup.pid, backup_cpu)
+            pin(self.link.proc.pid, backup_cpu)
         self.mc: ArrayClient = self.main.client
         self.bc: ArrayClient = self.backup.client
         self.vfs = sqlite_vfs.register(f"bench-{os.getpid()}", self.mc.open_volume)
@@ -181,6 +234,13 @@ class Bench:
         try:
             self.pg = PostgresAnchor.create()  # known to kill() from here on
             self.pg.launch(via_link, progress=self.say)
+            if self.cpus:  # placed as ours: primaries with the shop, standby with its link
+                for srv, cpu in ((self.pg.off, self.cpus[0]), (self.pg.primary, self.cpus[0]),
+                                 (self.pg.standby, self.cpus[1])):
+                    if srv.pid:
+                        pin(srv.pid, cpu)
+                assert self.pg_link is not None
+                pin(self.pg_link.proc.pid, self.cpus[1])
             self.say(f"  PostgreSQL {self.pg.version}: standby streaming through its own link emulator")
         except AnchorUnavailable as e:
             self.pg_note = str(e)
@@ -209,6 +269,10 @@ class Bench:
             h.kill()
 
     def close(self) -> None:
+        if self.cpus:  # this process's threads may run anywhere again
+            for t in psutil.Process().threads():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(t.id, self.allowed)
         try:
             if self.pg:
                 self.pg.close()
@@ -580,12 +644,16 @@ class Bench:
 
 
 def run(*, quick: bool = False, workdir: str | Path | None = None,
-        progress: Progress | None = None, anchor: str = "auto") -> dict[str, Any]:
+        progress: Progress | None = None, anchor: str = "auto",
+        placement: str = "sites") -> dict[str, Any]:
     """Run the benchmarks; ``anchor`` is ``auto`` (PostgreSQL when its server binaries are
     installed), ``postgres`` or ``none``.  An anchor that cannot run leaves a note in
-    ``result["postgres"]["skipped"]`` and None for its figures, never a failure."""
+    ``result["postgres"]["skipped"]`` and None for its figures, never a failure.
+    ``placement`` is ``sites`` or ``shared`` (:func:`site_cpus`); this process's CPUs are
+    given back at the end."""
     if anchor not in ("auto", "postgres", "none"):
         raise InvalidInput(f"unknown anchor {anchor!r}; use postgres or none")
+    cpus = site_cpus(placement)
     say = progress or (lambda s: None)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dr-kit-bench-"))
     bench: Bench | None = None
@@ -607,7 +675,10 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
     previous = _exit_on_interrupt(on_interrupt)
     load_start = os.getloadavg()
     try:
-        bench = Bench(root, quick=quick, progress=say)
+        bench = Bench(root, quick=quick, progress=say, placement=placement)
+        if cpus:
+            say(f"placement: the shop and the main array on CPU {cpus[0]}, the link emulator "
+                f"and the backup array on CPU {cpus[1]}")
         if anchor == "none":
             bench.pg_note = "turned off (--anchor none)"
         else:
@@ -651,7 +722,9 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
         "quick": quick,
         # the figures depend on what else this machine ran meanwhile: say how loaded it was
         "machine": {"cpus": os.cpu_count(), "loadavg_1m_start": load_start[0],
-                    "loadavg_1m_end": os.getloadavg()[0]},
+                    "loadavg_1m_end": os.getloadavg()[0],
+                    "placement": {"mode": "sites", "main_cpu": cpus[0], "backup_cpu": cpus[1]}
+                    if cpus else {"mode": "shared"}},
         "commit": commit, "lag": lag, "cpu": cpu, "large": big, "postgres": pg,
     }
 
@@ -762,5 +835,12 @@ def plot(result: dict[str, Any]):
     b.set_ylabel("journal time lag (ms)")
     b.set_title("Journal lag on loopback")
     b.legend()
+    place = result.get("machine", {}).get("placement", {})
+    if place.get("mode") == "sites":
+        where = (f"shop and main array on CPU {place['main_cpu']}, link emulator and backup "
+                 f"array on CPU {place['backup_cpu']}")
+    else:
+        where = "processes placed by the scheduler"
+    fig.suptitle(f"dr-kit bench{' --quick' if result.get('quick') else ''}: {where}", fontsize=9)
     fig.tight_layout()
     return fig

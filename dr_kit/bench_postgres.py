@@ -215,6 +215,14 @@ class PgServer:
             pass
 
     @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while the server runs."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @property
     def conninfo(self) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres"
 

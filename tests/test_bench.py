@@ -86,3 +86,56 @@ def test_postgres_anchor_beside_ours_and_the_standby_replays_every_row(tmp_path)
     assert b.pg_result["wal_senders"] == {"off": 0, "async": 1}
     assert b.pg_result["lag"]["writes_per_s"] > 500
     assert not pg_root.exists()  # the servers' folder is gone after close
+
+
+def test_unknown_placement_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(InvalidInput, match="use sites or shared"):
+        bench.run(quick=True, workdir=tmp_path, placement="numa")
+    assert not any(tmp_path.iterdir())
+    assert bench.site_cpus("shared") is None
+
+
+def _affinities(pid: int) -> list[set[int]]:
+    import os
+
+    import psutil
+    return [os.sched_getaffinity(t.id) for t in psutil.Process(pid).threads()]
+
+
+def test_sites_placement_puts_each_site_on_its_own_cpu_and_gives_this_process_back(tmp_path):
+    import os
+
+    cpus = bench.site_cpus("sites")
+    if cpus is None:
+        pytest.skip("one CPU: the bench leaves placement to the scheduler")
+    mine = os.sched_getaffinity(0)
+    b = bench.Bench(tmp_path, quick=True, progress=lambda s: None)
+    try:
+        assert b.cpus == cpus and cpus[0] != cpus[1]
+        main_cpu, backup_cpu = cpus
+        for pid, cpu in ((b.main.pid, main_cpu), (b.backup.pid, backup_cpu),
+                         (b.link.proc.pid, backup_cpu), (os.getpid(), main_cpu)):
+            got = _affinities(pid)
+            assert len(got) >= 1 and all(a == {cpu} for a in got), (pid, got)
+        # a thread the array starts later (a replication session) inherits its site's CPU
+        b.mc.create_volume("v", 1 << 20)
+        bench.create_pair(b.mc, b.bc, "g", ["v"], b.link.address)
+        b._wait_pair("g")
+        assert all(a == {main_cpu} for a in _affinities(b.main.pid))
+        assert all(a == {backup_cpu} for a in _affinities(b.backup.pid))
+    finally:
+        b.close()
+    assert all(a == mine for a in _affinities(os.getpid()))
+
+
+def test_shared_placement_pins_nothing(tmp_path):
+    import os
+
+    mine = os.sched_getaffinity(0)
+    b = bench.Bench(tmp_path, quick=True, progress=lambda s: None, placement="shared")
+    try:
+        assert b.cpus is None
+        for pid in (b.main.pid, b.backup.pid, b.link.proc.pid, os.getpid()):
+            assert all(a == mine for a in _affinities(pid))
+    finally:
+        b.close()

@@ -52,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="measure PostgreSQL's asynchronous streaming replication beside ours in the "
                    "same run (default: postgres when its server binaries are installed; a missing "
                    "server is a one-line note); none turns it off")
+    p.add_argument("--placement", choices=("sites", "shared"), default="sites",
+                   help="sites (default): the shop and the main array on one CPU, the link "
+                   "emulator and the backup array on another, as two sites have their own "
+                   "machines; shared: wherever the scheduler puts them")
     p.set_defaults(func=_bench)
 
     from dr_kit.drills import names
@@ -87,13 +91,14 @@ def _bench(args: argparse.Namespace) -> int:
     from dr_kit import bench
 
     if args.scale is not None:
-        if args.quick or args.anchor != "auto":
-            raise InvalidInput("--quick and --anchor do not apply to --scale")
+        if args.quick or args.anchor != "auto" or args.placement != "sites":
+            raise InvalidInput("--quick, --anchor and --placement do not apply to --scale")
         if not _SCALE:
             raise DrKitError("bench --scale needs the lab, which this installation does not "
                              "plug in; run it as dr-kit bench --scale")
         return _SCALE[0](args)
     result = bench.run(quick=args.quick, workdir=args.workdir, anchor=args.anchor,
+                       placement=args.placement,
                        progress=None if args.json else (lambda s: print(s, flush=True)))
     if args.out:
         out = Path(args.out)
@@ -131,6 +136,12 @@ def _bench(args: argparse.Namespace) -> int:
     m = result["machine"]
     print(f"\nload average (1 min) on {m['cpus']} CPUs: {m['loadavg_1m_start']:.1f} at the start, "
           f"{m['loadavg_1m_end']:.1f} at the end")
+    place = m["placement"]
+    if place["mode"] == "sites":
+        print(f"placement: shop and main array on CPU {place['main_cpu']}, link emulator and "
+              f"backup array on CPU {place['backup_cpu']} (PostgreSQL likewise)")
+    else:
+        print("placement: shared (the scheduler's)")
     return 0
 
 
