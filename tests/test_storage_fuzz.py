@@ -391,8 +391,36 @@ def test_wire_frame_reader_returns_a_frame_or_unavailable(stream):
         b.close()
 
 
+def _crc32c(data: bytes) -> int:
+    """CRC-32C bit by bit (reflected polynomial 0x82F63B78): the documented checksum,
+    computed without the library the engine uses."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
 def test_crc_of_the_record_parser_is_the_documented_one():
+    assert _crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     raw = _record(5, b"abc")
     head = raw[:rec.HEADER_SIZE]
-    zeroed = head[:-4] + b"\0\0\0\0"
-    assert struct.unpack("<I", head[-4:])[0] == zlib.crc32(b"abc", zlib.crc32(zeroed))
+    assert head[:4] == b"DRJ2"
+    assert struct.unpack("<I", head[-4:])[0] == _crc32c(head[:-4] + b"abc")
+
+
+def test_records_of_the_previous_format_are_still_read_and_verified():
+    """A DRJ1 record (zlib CRC-32 of the header with its crc zero, then the data), as
+    journals written before CRC-32C hold them."""
+    head = rec.HEADER.pack(b"DRJ1", rec.KIND_WRITE, 1, 5, 1.5, 2, 4096, 3, 0)
+    crc = zlib.crc32(b"abc", zlib.crc32(head))
+    raw = head[:-4] + struct.pack("<I", crc) + b"abc"
+    r = rec.decode(raw)
+    assert (r.sequence, r.volume, r.offset, r.data) == (5, 2, 4096, b"abc")
+    assert [x[2] for x in rec.scan(raw + _record(6, b"de"), 5)] == [5, 6]
+    bad = raw[:-1] + b"x"
+    with pytest.raises(JournalError, match="fails its checksum"):
+        rec.decode(bad)
+    with pytest.raises(JournalError, match="fails its checksum"):
+        list(rec.scan(bytearray(bad)))
