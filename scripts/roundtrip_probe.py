@@ -1,6 +1,7 @@
 """Probe the data path's round trips: plain volumes against journaled ones, by think time.
 
-    .venv/bin/python scripts/roundtrip_probe.py [--rounds 40] [--think 0,50,100] [--json]
+    .venv/bin/python scripts/roundtrip_probe.py [--rounds 40] [--think 0,50,100]
+        [--placement sites|shared] [--json]
 
 What it shows: the shop's commit sends, per database, a WRITE (its WAL frames) and then a
 SYNC, which the array answers without doing anything.  On a virtual machine whose idle
@@ -12,6 +13,9 @@ two plain volumes and two volumes of an asynchronous group whose transfer stays 
 (journal only); for each think time (a busy wait before each WRITE, standing in for the
 shop's own CPU work) it alternates blocks on the two kinds and prints the median client
 round trip of the WRITE (4,120 bytes, one WAL frame) and of the SYNC after it.
+
+``--placement`` is the bench's (:func:`dr_kit.bench.site_cpus`): ``shared`` shows the
+halted-CPU effect, ``sites`` (the default, as the bench) the round trips without it.
 
 Nothing is tuned: the figures are whatever this machine does.  The arrays are stopped
 and their folder removed at the end.
@@ -42,9 +46,9 @@ def _spin(us: int) -> None:
         pass
 
 
-def probe(rounds: int, thinks: list[int]) -> list[dict[str, Any]]:
+def probe(rounds: int, thinks: list[int], placement: str = "sites") -> list[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="dr-kit-rtprobe-"))
-    bench = Bench(root, quick=True, progress=lambda s: None)
+    bench = Bench(root, quick=True, progress=lambda s: None, placement=placement)
     try:
         for name in ("plain-1", "plain-2", "journal-1", "journal-2"):
             bench.mc.create_volume(name, 32 << 20)
@@ -87,6 +91,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=40, help="blocks of 50 request pairs per kind (default 40)")
     ap.add_argument("--think", default="0,50,100", help="think times before each WRITE, in us (default 0,50,100)")
+    ap.add_argument("--placement", choices=("sites", "shared"), default="sites",
+                    help="as dr-kit bench: each site on its own CPU (default), or the scheduler's")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args()
     try:
@@ -95,11 +101,12 @@ def main() -> int:
         ap.error(f"--think takes whole microseconds separated by commas, got {args.think!r}")
     if args.rounds < 1 or not thinks or min(thinks) < 0:
         ap.error("--rounds must be at least 1 and --think non-negative microseconds")
-    rows = probe(args.rounds, thinks)
+    rows = probe(args.rounds, thinks, args.placement)
     if args.json:
         print(json.dumps(rows))
         return 0
-    print("median client round trip (us): WRITE of one WAL frame, then the SYNC after it")
+    print(f"median client round trip (us), placement {args.placement}: WRITE of one WAL frame, "
+          "then the SYNC after it")
     print(f"{'think':>7} {'plain WRITE':>12} {'journal WRITE':>14} {'plain SYNC':>11} {'journal SYNC':>13}")
     for r in rows:
         print(f"{r['think_us']:>5}us {r['plain_write_us']:>12} {r['journal_write_us']:>14} "
