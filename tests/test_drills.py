@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -56,6 +57,12 @@ def test_bench_quick_json_has_the_documented_numbers(tmp_path):
     assert r["journal_over_off_p50_at_worst"] == row["journal_over_off_p50"]
     assert math.isclose(r["journal_over_off_p50_at_worst"] * r["async_over_journal_p50_at_worst"],
                         r["async_over_off_p50_max"], rel_tol=1e-9)
+    # each site on its own CPU by default, wherever this process may use two
+    place = r["machine"]["placement"]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert place["mode"] == "sites" and place["main_cpu"] != place["backup_cpu"]
+    else:
+        assert place == {"mode": "shared"}
 
 
 def test_api_down_drill_recovers_in_place_and_loses_nothing(tmp_path):
