@@ -110,7 +110,6 @@ def scan(buf: bytes | memoryview, first_seq: int | None = None):
     view = memoryview(buf)
     pos, n, expect = 0, len(buf), first_seq
     unpack, size = HEADER.unpack_from, HEADER_SIZE
-    crc32c = _crc32c
     while pos < n:
         if n - pos < size:
             raise JournalError("journal batch ends inside a record header")
@@ -123,11 +122,7 @@ def scan(buf: bytes | memoryview, first_seq: int | None = None):
         if end > n:
             raise JournalError(f"journal record {seq} is cut short")
         data = view[pos + size:end]
-        if magic == MAGIC:
-            ok = crc32c(data, crc32c(view[pos:pos + size - 4])) == crc
-        else:
-            ok = checksum(magic, view[pos:pos + size - 4], data) == crc
-        if not ok:
+        if checksum(magic, view[pos:pos + size - 4], data) != crc:
             raise JournalError(f"journal record {seq} (generation {gen}) fails its checksum")
         if expect is not None:
             if seq != expect:
