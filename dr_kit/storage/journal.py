@@ -310,8 +310,9 @@ class Journal:
 
     def drain(self) -> None:
         """Write the queued entries to the segments (one system call per up to 512
-        records) and clear their in-flight marks."""
-        if not self._queue:
+        records) and clear their in-flight marks.  Returns once every entry queued before
+        the call is in a segment (also when another thread's drain was writing them)."""
+        if not self._queue and not self._drain_lock.locked():
             return
         with self._drain_lock:
             with self._qlock:
