@@ -271,6 +271,18 @@ def test_kill_with_entries_queued_keeps_the_newest_writes_and_resyncs_their_regi
         b.close()
 
 
+def test_an_array_that_syncs_its_journal_writes_each_record_before_acknowledging(tmp_path):
+    a = Array(tmp_path / "arr", "main", fsync=True)
+    try:
+        a.create_volume("db", 2 * MiB)
+        g = a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET)
+        a.write("db", 0, b"synced")
+        assert g.journal._queue == [] and g.journal._disk_next == 2  # in a segment already
+        assert not list(g.journal.path.glob("inflight-*.map"))
+    finally:
+        a.close()
+
+
 def test_clean_close_leaves_nothing_in_flight(tmp_path):
     root = tmp_path / "arr"
     a, g = _paired(root)

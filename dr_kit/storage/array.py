@@ -15,7 +15,9 @@ idempotent in order; a suspended group's volumes hold newer direct writes and ar
 they are), at the backup the applier resumes after the last applied sequence it recorded.
 Regions whose acknowledged writes were still queued for the journal when the array stopped
 (its in-flight maps, see :mod:`dr_kit.storage.journal`) hold the newest data on the volume:
-redo leaves them as they are, and the group copies them to the backup by a resync.
+redo leaves them as they are, and the group copies them to the backup by a resync.  An
+array opened with ``fsync`` (power-loss safety) queues nothing: each record is written and
+synced before its write is acknowledged.
 
 Roles swap without a copy when both sides are identical (:meth:`Array.demote` of a group
 whose backup applied everything, then :meth:`Array.promote` with ``clean``), and with a
@@ -258,7 +260,8 @@ class Array:
                                         "the journal; a resync copies those regions (it starts "
                                         "by itself unless auto_resync is off: then resync the group)")
                 self._save()
-        journal.track({vid: (v.size + CHUNK - 1) // CHUNK for vid, v in members.items()})
+        if not self.fsync:  # an array that syncs its journal writes them before acknowledging
+            journal.track({vid: (v.size + CHUNK - 1) // CHUNK for vid, v in members.items()})
         for v in members.values():
             v.primary = grp
         self.primary[g] = grp
@@ -444,7 +447,8 @@ class Array:
                 grp.dirty[v.id] = dmap = ChunkMap(grp.folder / f"dirty-{v.id}.map",
                                                   (v.size + CHUNK - 1) // CHUNK, create=True)
                 dmap.set_all()
-                grp.journal.track({v.id: (v.size + CHUNK - 1) // CHUNK})
+                if not self.fsync:
+                    grp.journal.track({v.id: (v.size + CHUNK - 1) // CHUNK})
                 v.primary = grp
                 grp.conf["members"][str(v.id)] = rname
                 grp.conf.setdefault("sizes", {})[str(v.id)] = v.size
