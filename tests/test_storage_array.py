@@ -283,6 +283,32 @@ def test_an_array_that_syncs_its_journal_writes_each_record_before_acknowledging
         a.close()
 
 
+def test_a_failed_batch_write_keeps_the_entries_queued_and_marked(tmp_path, monkeypatch):
+    a, g = _paired(tmp_path / "arr")
+    try:
+        j = g.journal
+        a.write("db", 0, b"one")
+        a.write("db", 2 * CHUNK, b"two")
+        real = os.pwritev
+
+        def failing(*args):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "pwritev", failing)
+        with pytest.raises(OSError):
+            j.drain()
+        assert j.in_flight() == {a.volume("db").id: {0, 2}}  # still marked
+        monkeypatch.setattr(os, "pwritev", real)
+        a.write("db", 4 * CHUNK, b"three")
+        got = [(r.sequence, bytes(r.data)) for r, _ in j.iter_records(1)]
+        assert got == [(1, b"one"), (2, b"two"), (3, b"three")]
+        a.write("db", 6 * CHUNK, b"four")  # the failed batch's marks go with the next one
+        j.drain()
+        assert j.in_flight() == {} and j.used_bytes == j.bytes_after(0)
+    finally:
+        a.close()
+
+
 def test_clean_close_leaves_nothing_in_flight(tmp_path):
     root = tmp_path / "arr"
     a, g = _paired(root)

@@ -58,7 +58,9 @@ class _InFlight:
     with one byte per chunk, mapped into memory.  A queued entry marks its regions in the
     current epoch; a drain flips the epoch, writes the entries queued before the flip and
     then clears that epoch's marks.  A byte is set before the volume is written, so after a
-    kill every acknowledged write not yet in a segment lies in a marked chunk."""
+    kill every acknowledged write not yet in a segment lies in a marked chunk.  A batch
+    whose write failed keeps its marks; they are cleared with the batch after the one
+    that writes it (a mark set too long costs a region's copy after a kill, never a write)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -321,36 +323,48 @@ class Journal:
                 epoch = flight.flip() if flight is not None else 0
             if not queue:
                 return
-            total = 0
-            with self._lock:
-                parts: list[bytes | memoryview] = []
-                times: list[float] = []
-                sizes: list[int] = []
-                first, room, batch = queue[0][1], 0, 0
-                for kind, seq, t, volume, offset, data in queue:
-                    size = rec.HEADER_SIZE + len(data)
-                    if parts and (batch + size > room or len(parts) >= _IOV_MAX):
-                        self._write_locked(parts, times, sizes, first)
-                        parts, times, sizes, first, batch = [], [], [], seq, 0
-                    if not parts:  # a batch fills the last segment, or the next one
-                        seg = self._segments[-1] if self._segments else None
-                        room = self.segment_size - seg.size if seg is not None else 0
-                        if size > room:
-                            room = max(self.segment_size, size)
-                    parts += (rec.encode_head(kind, self.generation, seq, t, volume, offset, data), data)
-                    times.append(t)
-                    sizes.append(size)
-                    batch += size
-                    total += size
-                if parts:
-                    self._write_locked(parts, times, sizes, first)
-                if self.fsync:
-                    assert self._fd is not None
-                    os.fdatasync(self._fd)
+            try:
+                with self._lock:
+                    self._write_queue(queue)
+            except BaseException:
+                # what was not written goes back in front; its marks stay set until it is
+                left = [q for q in queue if q[1] >= self._disk_next]
+                with self._qlock:
+                    self._queue[:0] = left
+                    self._queued -= sum(rec.HEADER_SIZE + len(q[5]) for q in queue) - \
+                        sum(rec.HEADER_SIZE + len(q[5]) for q in left)
+                raise
             with self._qlock:
-                self._queued -= total
+                self._queued -= sum(rec.HEADER_SIZE + len(q[5]) for q in queue)
             if flight is not None:
                 flight.clear(epoch)
+
+    def _write_queue(self, queue: list[tuple[int, int, float, int, int, bytes | memoryview]]) -> None:
+        """Write queued entries in order, in batches that fill the last segment or the next
+        (hold the segments' lock).  ``_disk_next`` says how far it got if a write fails."""
+        parts: list[bytes | memoryview] = []
+        times: list[float] = []
+        sizes: list[int] = []
+        first, room, batch = queue[0][1], 0, 0
+        for kind, seq, t, volume, offset, data in queue:
+            size = rec.HEADER_SIZE + len(data)
+            if parts and (batch + size > room or len(parts) >= _IOV_MAX):
+                self._write_locked(parts, times, sizes, first)
+                parts, times, sizes, first, batch = [], [], [], seq, 0
+            if not parts:  # a batch fills the last segment, or the next one
+                seg = self._segments[-1] if self._segments else None
+                room = self.segment_size - seg.size if seg is not None else 0
+                if size > room:
+                    room = max(self.segment_size, size)
+            parts += (rec.encode_head(kind, self.generation, seq, t, volume, offset, data), data)
+            times.append(t)
+            sizes.append(size)
+            batch += size
+        if parts:
+            self._write_locked(parts, times, sizes, first)
+        if self.fsync:
+            assert self._fd is not None
+            os.fdatasync(self._fd)
 
     def _write_locked(self, parts: list[bytes | memoryview], times: list[float], sizes: list[int],
                       first: int) -> None:

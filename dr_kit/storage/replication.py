@@ -398,7 +398,10 @@ class Sender:
                     if ch is not None:
                         ch.bye()
                 self.prio = self.bulk = None
-            g.journal.drain()  # no session reads the journal: its queue is written here
+            try:
+                g.journal.drain()  # no session reads the journal: its queue is written here
+            except OSError as e:  # kept queued (and marked in flight); the next read retries
+                g.last_error, g.last_error_at = f"journal write failed: {_one_line(e)}", time.time()
             await asyncio.sleep(backoff)
             backoff = min(1.0, backoff * 2)
 
