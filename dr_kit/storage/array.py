@@ -231,9 +231,8 @@ class Array:
         # directly, and redoing older records would overwrite those acknowledged writes.
         # Every record written before the suspension had reached its volume: the state
         # changes under the group's lock, and is saved before the first direct write.
-        # Nor in the regions in flight: the volume there holds a newer acknowledged write
-        # than any record (the records of a region are queued in order, and every record
-        # written before a region's mark was cleared is older than the volume's content).
+        # Nor in the regions in flight: their last acknowledged write is on the volume, and
+        # its record may be missing, so every record of theirs in the journal may be older.
         if not create and c.get("state") in JOURNALING:
             for r, _ in journal.iter_records(journal.first_seq):
                 target = members.get(r.volume)
