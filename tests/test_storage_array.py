@@ -309,6 +309,27 @@ def test_a_failed_batch_write_keeps_the_entries_queued_and_marked(tmp_path, monk
         a.close()
 
 
+def test_a_failed_write_of_the_queue_on_the_commit_path_does_not_fail_the_write(tmp_path, monkeypatch):
+    """Past the bound the commit path writes the queue itself; if that fails the host's
+    write still lands on the volume (its entry stays queued): a write refused to the host
+    must never be shipped to the backup without being on the main volume."""
+    a, g = _paired(tmp_path / "arr")
+    try:
+        monkeypatch.setattr(g.journal, "DRAIN_AT", 1)
+
+        def failing(*args):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "pwritev", failing)
+        a.write("db", 0, b"lands")
+        assert a.read("db", 0, 5) == b"lands"
+        monkeypatch.undo()
+        (r, _), = g.journal.iter_records(1)
+        assert r.data == b"lands"
+    finally:
+        a.close()
+
+
 def test_clean_close_leaves_nothing_in_flight(tmp_path):
     root = tmp_path / "arr"
     a, g = _paired(root)

@@ -307,7 +307,10 @@ class Journal:
             head = rec.encode_head(kind, self.generation, self.next_seq, time, volume, offset, data)
             self.append_parts((head, data), size, time)
         else:
-            self.drain()
+            try:
+                self.drain()
+            except OSError:  # the entry stays queued and marked: the next reader retries
+                pass  # (and the sender says why it cannot); the host's write goes on
         return True
 
     def drain(self) -> None:
