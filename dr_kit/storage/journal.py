@@ -282,7 +282,7 @@ class Journal:
         self.append_parts((raw,), len(raw), time)
 
     def append_entry(self, kind: int, volume: int, offset: int, data: bytes | memoryview,
-                     time: float, regions: Sequence[tuple[int, bytes | memoryview]] = ()) -> bool:
+                     time: float, regions: Sequence[tuple[int, bytes | memoryview]]) -> bool:
         """The next entry (sequence ``next_seq``, this generation) carrying ``data``, which
         writes ``regions`` (offset, data) of volume ``volume``: the commit path's one call,
         made before the volume is written.  With :meth:`track` on, the entry is queued
