@@ -273,12 +273,7 @@ def test_cli_serve_until_interrupted(lab: Path) -> None:
         assert fams["dr_kit_lag_time_known"][_labels("shop-dr-kit-shop", NS)] == 1.0
     finally:
         proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(30)  # the shared lab's processes and other workers share 2 CPUs
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            raise AssertionError(f"dr-kit lag --serve did not stop within 30 s of SIGINT: {err}") from None
+        rc = proc.wait(10)
     assert rc == 0
 
 
