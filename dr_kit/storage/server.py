@@ -618,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
+    while not done.wait(0.5):  # a timeout lets the main thread run the handler even when
+        pass  # the kernel delivered the signal to another thread
     proc.stop()
     return 0
 
