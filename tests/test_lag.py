@@ -265,7 +265,10 @@ def test_cli_serve_until_interrupted(lab: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "dr_kit.cli", "lag", "--serve",
                              f"127.0.0.1:{port}", "--dir", str(lab)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # as from a terminal: a test worker may run with SIGINT ignored
+                            # (inherited; Python then installs no Ctrl-C handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()
         assert f"http://127.0.0.1:{port}/metrics" in line, line
