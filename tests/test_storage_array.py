@@ -182,6 +182,167 @@ def test_main_side_redo_reapplies_journaled_writes(tmp_path):
         b.close()
 
 
+def _paired(root: Path, size: int = 2 * MiB, capacity: int = 4 * MiB):
+    a = Array(root, "main")
+    a.create_volume("db", size)
+    g = a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET, journal_capacity=capacity)
+    for m in g.dirty.values():
+        m.clear()  # as after the initial copy
+    with g.lock:
+        g.conf["state"] = "pair"
+        g._save()
+    return a, g
+
+
+def test_queued_entries_are_read_in_order_and_their_marks_cleared_once_written(tmp_path):
+    """The commit path queues its entries; any reader of the journal writes the queue
+    first, and a written batch clears its in-flight marks."""
+    a, g = _paired(tmp_path / "arr")
+    try:
+        j = g.journal
+        a.write("db", 5, b"first")
+        a.writev("db", [(3 * CHUNK + 7, b"two"), (10 * CHUNK - 1, b"spans two chunks")])
+        assert j.last_seq == 2 and j.used_bytes > 0
+        assert not list(j.path.glob("*.seg")) or j._disk_next == 1  # nothing written yet
+        marks = (j.path / f"inflight-{a.volume('db').id}.map").read_bytes()
+        half = len(marks) // 2
+        assert {i % half for i, b in enumerate(marks) if b} == {0, 3, 9, 10}
+        got = [(r.sequence, [(o, bytes(d)) for o, d in r.extents()]) for r, _ in j.iter_records(1)]
+        assert got == [(1, [(5, b"first")]),
+                       (2, [(3 * CHUNK + 7, b"two"), (10 * CHUNK - 1, b"spans two chunks")])]
+        assert (j.path / f"inflight-{a.volume('db').id}.map").read_bytes() == bytes(len(marks))
+        assert j.in_flight() == {}
+    finally:
+        a.close()
+
+
+def test_commit_path_writes_the_queue_itself_past_a_bound(tmp_path):
+    a, g = _paired(tmp_path / "arr", size=4 * MiB, capacity=8 * MiB)
+    try:
+        j = g.journal
+        for i in range(40):  # 2.5 MiB, nobody reads the journal
+            a.write("db", i * CHUNK, bytes([i + 1]) * CHUNK)
+        assert j._queued < j.DRAIN_AT  # the bound holds
+        assert j._disk_next > 1  # records were written on the way
+        assert [r.sequence for r, _ in j.iter_records(1)] == list(range(1, 41))
+    finally:
+        a.close()
+
+
+def test_a_caller_buffer_changed_after_the_write_does_not_change_its_entry(tmp_path):
+    a, g = _paired(tmp_path / "arr")
+    try:
+        buf = bytearray(b"as acknowledged")
+        a.write("db", 0, buf)
+        buf[:2] = b"XX"
+        (r, _), = g.journal.iter_records(1)
+        assert r.data == b"as acknowledged"
+    finally:
+        a.close()
+
+
+def test_kill_with_entries_queued_keeps_the_newest_writes_and_resyncs_their_regions(tmp_path):
+    """The array is killed after acknowledging writes whose entries were still queued (the
+    folder is copied as it stands, as a kill leaves it).  Reopened: redo must not roll the
+    in-flight regions back to older journaled data, and those regions go to a resync."""
+    root = tmp_path / "arr"
+    a, g = _paired(root)
+    try:
+        a.write("db", 0, b"A" * 100)  # journaled: written to a segment by the read below
+        a.write("db", 5 * CHUNK, b"journaled only")
+        assert g.journal.time_of(2) is not None
+        a.write("db", 0, b"B" * 50)  # queued: newer than the journaled write of chunk 0
+        a.writev("db", [(7 * CHUNK, b"C" * 10), (9 * CHUNK + 5, b"D" * 3)])
+        expect = a.read("db", 0, 2 * MiB)
+        import shutil
+        shutil.copytree(root, tmp_path / "killed")
+    finally:
+        a.close()
+    b = Array(tmp_path / "killed")
+    try:
+        assert b.read("db", 0, 2 * MiB) == expect  # B over A: redo skipped chunk 0
+        grp = b.primary["grp"]
+        assert grp.state == "suspended"
+        assert "not yet in the journal" in grp.conf["message"] and "3 regions" in grp.conf["message"]
+        assert set(grp.dirty[b.volume("db").id]) == {0, 7, 9}
+        assert grp.journal.last_seq == 2  # the queued entries never reached the journal
+        assert grp.journal.in_flight() == {}  # taken over: a second restart does not repeat it
+    finally:
+        b.close()
+
+
+def test_an_array_that_syncs_its_journal_writes_each_record_before_acknowledging(tmp_path):
+    a = Array(tmp_path / "arr", "main", fsync=True)
+    try:
+        a.create_volume("db", 2 * MiB)
+        g = a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET)
+        a.write("db", 0, b"synced")
+        assert g.journal._queue == [] and g.journal._disk_next == 2  # in a segment already
+        assert not list(g.journal.path.glob("inflight-*.map"))
+    finally:
+        a.close()
+
+
+def test_a_failed_batch_write_keeps_the_entries_queued_and_marked(tmp_path, monkeypatch):
+    a, g = _paired(tmp_path / "arr")
+    try:
+        j = g.journal
+        a.write("db", 0, b"one")
+        a.write("db", 2 * CHUNK, b"two")
+        real = os.pwritev
+
+        def failing(*args):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "pwritev", failing)
+        with pytest.raises(OSError):
+            j.drain()
+        assert j.in_flight() == {a.volume("db").id: {0, 2}}  # still marked
+        monkeypatch.setattr(os, "pwritev", real)
+        a.write("db", 4 * CHUNK, b"three")
+        got = [(r.sequence, bytes(r.data)) for r, _ in j.iter_records(1)]
+        assert got == [(1, b"one"), (2, b"two"), (3, b"three")]
+        a.write("db", 6 * CHUNK, b"four")  # the failed batch's marks go with the next one
+        j.drain()
+        assert j.in_flight() == {} and j.used_bytes == j.bytes_after(0)
+    finally:
+        a.close()
+
+
+def test_a_failed_write_of_the_queue_on_the_commit_path_does_not_fail_the_write(tmp_path, monkeypatch):
+    """Past the bound the commit path writes the queue itself; if that fails the host's
+    write still lands on the volume (its entry stays queued): a write refused to the host
+    must never be shipped to the backup without being on the main volume."""
+    a, g = _paired(tmp_path / "arr")
+    try:
+        monkeypatch.setattr(g.journal, "DRAIN_AT", 1)
+
+        def failing(*args):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "pwritev", failing)
+        a.write("db", 0, b"lands")
+        assert a.read("db", 0, 5) == b"lands"
+        monkeypatch.undo()
+        (r, _), = g.journal.iter_records(1)
+        assert r.data == b"lands"
+    finally:
+        a.close()
+
+
+def test_clean_close_leaves_nothing_in_flight(tmp_path):
+    root = tmp_path / "arr"
+    a, g = _paired(root)
+    a.write("db", 0, b"A" * 100)
+    a.close()
+    b = Array(root)
+    try:
+        assert b.primary["grp"].state == "pair"
+        assert b.primary["grp"].journal.last_seq == 1
+    finally:
+        b.close()
+
+
 @pytest.mark.parametrize("stop", ["suspend", "fail"])
 def test_restart_keeps_the_writes_made_after_a_suspension(tmp_path, stop):
     """Records kept in a suspended (or failed) group's journal are older than the direct

@@ -246,6 +246,34 @@ def test_main_killed_keeps_every_acknowledged_write_and_resumes(arrays):
     assert image(bc, "vol-a")[3 * MiB:3 * MiB + 17] == b"after the restart"
 
 
+def test_main_killed_with_entries_queued_resyncs_their_regions(arrays):
+    """SIGKILL right after writes whose journal entries were still queued (transfer paused:
+    nothing reads the journal).  The restarted main keeps every acknowledged write, says
+    which regions were not journaled, copies them by a resync, and the backup ends equal."""
+    main, backup = arrays.start("main"), arrays.start("backup")
+    mc, bc = main.client, backup.client
+    mc.create_volume("vol-a", 2 * MiB)
+    create_pair(mc, bc, "g", ["vol-a"], backup.replication, journal_capacity=4 * MiB)
+    caught_up(mc, "g")
+    va = mc.open_volume("vol-a")
+    va.write(0, stamp(1))
+    caught_up(mc, "g")
+    mc.group_action("g", "pause-transfer")
+    time.sleep(0.3)  # the sender has seen the pause (and written the queue, empty)
+    va.write(0, stamp(2))  # queued: newer than the journaled write of the same region
+    va.write(CHUNK * 20, stamp(3))
+    expect = va.read(0, 2 * MiB)
+    main.kill()
+    main2 = arrays.restart(main, same_repl_port=False)
+    mc2 = main2.client
+    assert image(mc2, "vol-a") == expect
+    st = mc2.group_status("g")
+    assert "not yet in the journal" in st["message"] or (st.get("last_copy") or {}).get("regions") == 2, st
+    mc2.group_action("g", "resume-transfer")
+    caught_up(mc2, "g")
+    assert image(bc, "vol-a") == expect
+
+
 def test_journal_full_suspends_then_resync_with_guard_snapshot(arrays):
     main, backup = arrays.start("main"), arrays.start("backup")
     mc, bc = main.client, backup.client

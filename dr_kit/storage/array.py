@@ -13,6 +13,11 @@ An array restarts from its folder without losing an acknowledged write: at the m
 every retained journal record of a journaling group is re-applied to its volume (redo;
 idempotent in order; a suspended group's volumes hold newer direct writes and are left as
 they are), at the backup the applier resumes after the last applied sequence it recorded.
+Regions whose acknowledged writes were still queued for the journal when the array stopped
+(its in-flight maps, see :mod:`dr_kit.storage.journal`) hold the newest data on the volume:
+redo leaves them as they are, and the group copies them to the backup by a resync.  An
+array opened with ``fsync`` (power-loss safety) queues nothing: each record is written and
+synced before its write is acknowledged.
 
 Roles swap without a copy when both sides are identical (:meth:`Array.demote` of a group
 whose backup applied everything, then :meth:`Array.promote` with ``clean``), and with a
@@ -217,6 +222,8 @@ class Array:
         else:
             journal = Journal.open(jdir, c["journal_capacity"], fsync=self.fsync)
         members = {int(vid): self._by_id(int(vid)) for vid in c["members"]}
+        # regions written and acknowledged whose entries were still queued for the journal
+        lost = {} if create else journal.in_flight()
         grp = PrimaryGroup(g, folder, members, {int(k): v for k, v in c["members"].items()}, c,
                            journal=journal, save=self._save)
         # redo: every retained record reaches its volume again, in order.  Only while the
@@ -224,6 +231,8 @@ class Array:
         # directly, and redoing older records would overwrite those acknowledged writes.
         # Every record written before the suspension had reached its volume: the state
         # changes under the group's lock, and is saved before the first direct write.
+        # Nor in the regions in flight: their last acknowledged write is on the volume, and
+        # its record may be missing, so every record of theirs in the journal may be older.
         if not create and c.get("state") in JOURNALING:
             for r, _ in journal.iter_records(journal.first_seq):
                 target = members.get(r.volume)
@@ -232,8 +241,26 @@ class Array:
                         target = self._by_id(r.volume)
                     except NotFound:
                         continue
+                skip = lost.get(r.volume, ())
                 for off, data in r.extents():
-                    target.dev.write(off, data)
+                    for o, d in _outside(off, data, skip):
+                        target.dev.write(o, d)
+        if lost:
+            n = 0
+            for vid, chunks in lost.items():
+                if vid in grp.dirty:
+                    grp.dirty[vid].add_many(sorted(chunks))
+                    n += len(chunks)
+            log.warning("group %s: %d regions were written and acknowledged but not yet in the "
+                        "journal when the array stopped; a resync copies them", g, n)
+            with grp.lock:
+                if c.get("state") in JOURNALING and c.get("state") != COPY:
+                    grp._suspend_locked(f"the array stopped with writes to {n} regions not yet in "
+                                        "the journal; a resync copies those regions (it starts "
+                                        "by itself unless auto_resync is off: then resync the group)")
+                self._save()
+        if not self.fsync:  # an array that syncs its journal writes them before acknowledging
+            journal.track({vid: (v.size + CHUNK - 1) // CHUNK for vid, v in members.items()})
         for v in members.values():
             v.primary = grp
         self.primary[g] = grp
@@ -419,6 +446,8 @@ class Array:
                 grp.dirty[v.id] = dmap = ChunkMap(grp.folder / f"dirty-{v.id}.map",
                                                   (v.size + CHUNK - 1) // CHUNK, create=True)
                 dmap.set_all()
+                if not self.fsync:
+                    grp.journal.track({v.id: (v.size + CHUNK - 1) // CHUNK})
                 v.primary = grp
                 grp.conf["members"][str(v.id)] = rname
                 grp.conf.setdefault("sizes", {})[str(v.id)] = v.size
@@ -952,3 +981,23 @@ class Array:
             for v in self.volumes.values():
                 v.dev.close()
             self._save()
+
+
+def _outside(offset: int, data: bytes | memoryview, skip: set[int] | tuple[()]) -> list[tuple[int, memoryview]]:
+    """The parts of a write at ``offset`` that lie outside the chunks in ``skip``."""
+    view = memoryview(data)
+    if not skip:
+        return [(offset, view)]
+    out: list[tuple[int, memoryview]] = []
+    start: int | None = None
+    for c in chunks_of(offset, len(view)):
+        lo = max(offset, c * CHUNK)
+        if c in skip:
+            if start is not None:
+                out.append((start, view[start - offset:lo - offset]))
+                start = None
+        elif start is None:
+            start = lo
+    if start is not None:
+        out.append((start, view[start - offset:]))
+    return out

@@ -162,7 +162,10 @@ class PrimaryGroup:
                     kind, off0, payload = rec.KIND_WRITEV, 0, packed
                 else:
                     kind, off0, payload = rec.pack_extents(list(extents))
-                if self.journal.append_entry(kind, vol.id, off0, payload, time.time()):
+                if not isinstance(payload, bytes) and not (
+                        isinstance(payload, memoryview) and isinstance(payload.obj, bytes)):
+                    payload = bytes(payload)  # the journal keeps it by reference until written
+                if self.journal.append_entry(kind, vol.id, off0, payload, time.time(), extents):
                     vol.write_many(extents)
                     if state == PAIR and conf.get("mode") == "sync":
                         wait_for = self.journal.next_seq - 1

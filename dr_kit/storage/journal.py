@@ -13,6 +13,19 @@ Segment files are allocated at full size when created and recycled when freed (r
 to the next segment's name), so appending a record overwrites allocated blocks instead
 of growing a file: the commit path stays cheap.
 
+The commit path does not write the record itself.  It queues the entry (sequence
+assigned, data held by reference) and marks the regions it writes in an *in-flight map*, a
+small file mapped into memory; the host's write is then acknowledged.  The queue is written
+to the segments in batches by whoever reads the journal next (the replication sender, a
+status query), by the commit path itself once 1 MiB is queued, and on close; each batch
+then clears its marks.  So the commit path costs one mapped store per region instead of a
+record's encoding, checksum and system call, and the records' work happens between the
+host's requests, as the sending already does.  A store into a shared mapping is in the page
+cache at once, as a written segment is: if the array process is killed, the in-flight map
+names every region whose acknowledged write may be missing from the segments
+(:meth:`Journal.in_flight`), and the group copies those regions by a resync instead of
+losing them (see :meth:`dr_kit.storage.array.Array._open_primary`).
+
 Recovery (``open``): every segment is scanned and verified.  A record cut short, failing
 its checksum, or left over from the file's previous use (wrong sequence) at the end of
 the last segment marks the end of the journal: it was never acknowledged, and is cut off.
@@ -22,6 +35,7 @@ Anything wrong elsewhere raises :class:`JournalError`.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import threading
 from array import array
@@ -31,9 +45,72 @@ from pathlib import Path
 
 from dr_kit.errors import InvalidInput, JournalError
 from dr_kit.storage import record as rec
+from dr_kit.storage.blocks import CHUNK
 
 MIN_CAPACITY = 1 << 20
 SPARES = 2
+DRAIN_AT = 1 << 20  # queued bytes at which the commit path writes the queue itself
+_IOV_MAX = 1024  # buffers per pwritev
+
+
+class _InFlight:
+    """The in-flight maps of one journal: per member volume a file of two halves (epochs)
+    with one byte per chunk, mapped into memory.  A queued entry marks its regions in the
+    current epoch; a drain flips the epoch, writes the entries queued before the flip and
+    then clears that epoch's marks.  A byte is set before the volume is written, so after a
+    kill every acknowledged write not yet in a segment lies in a marked chunk.  A batch
+    whose write failed keeps its marks; they are cleared with the batch after the one
+    that writes it (a mark set too long costs a region's copy after a kill, never a write)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.maps: dict[int, tuple[mmap.mmap, int]] = {}  # volume id -> (map, chunks)
+        self.epoch = 0
+        self.marked: tuple[list, list] = ([], [])  # per epoch: (map, start, stop) to clear
+
+    def path(self, volume: int) -> Path:
+        return self.folder / f"inflight-{volume}.map"
+
+    def track(self, volume: int, nchunks: int) -> None:
+        if volume in self.maps:
+            return
+        fd = os.open(self.path(volume), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, 0)  # whatever it held was taken over by the caller
+            os.ftruncate(fd, 2 * nchunks)
+            self.maps[volume] = (mmap.mmap(fd, 2 * nchunks), nchunks)
+        finally:
+            os.close(fd)
+
+    def mark(self, volume: int, extents: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        m, n = self.maps[volume]
+        base = n if self.epoch else 0
+        marked = self.marked[self.epoch]
+        for off, data in extents:
+            lo, hi = base + off // CHUNK, base + (off + len(data) - 1) // CHUNK + 1
+            if hi == lo + 1:
+                m[lo] = 1
+            else:
+                m[lo:hi] = b"\1" * (hi - lo)
+            marked.append((m, lo, hi))
+
+    def flip(self) -> int:
+        old, self.epoch = self.epoch, 1 - self.epoch
+        return old
+
+    def clear(self, epoch: int) -> None:
+        marked = self.marked[epoch]
+        for m, lo, hi in marked:
+            if hi == lo + 1:
+                m[lo] = 0
+            else:
+                m[lo:hi] = bytes(hi - lo)
+        marked.clear()
+
+    def close(self) -> None:
+        for m, _ in self.maps.values():
+            m.close()
+        self.maps.clear()
 
 
 @dataclass
@@ -62,6 +139,8 @@ class _Segment:
 class Journal:
     """One journal volume.  Thread safe: one appender, any number of readers."""
 
+    DRAIN_AT = DRAIN_AT
+
     def __init__(self, path: str | Path, capacity: int, *, fsync: bool = False,
                  segment_size: int | None = None) -> None:
         if capacity < MIN_CAPACITY:
@@ -75,9 +154,15 @@ class Journal:
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._spares: list[Path] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the segments
+        self._qlock = threading.Lock()  # the queue and the in-flight maps' epoch
+        self._drain_lock = threading.Lock()  # one drain at a time
+        self._queue: list[tuple[int, int, float, int, int, bytes | memoryview]] = []
+        self._queued = 0  # bytes of the queued records
+        self._flight: _InFlight | None = None
         self.generation = 1
-        self.next_seq = 1
+        self.next_seq = 1  # the next entry's sequence (queued entries included)
+        self._disk_next = 1  # the sequence of the next record written to a segment
         self.freed_through = 0
 
     # -- opening and recovery -------------------------------------------------------
@@ -89,6 +174,9 @@ class Journal:
         for p in list(j.path.glob("*.seg")) + list(j.path.glob("*.spare")):
             p.unlink()
         j.generation, j.next_seq, j.freed_through = generation, next_seq, next_seq - 1
+        j._disk_next = next_seq
+        for p in j.path.glob("inflight-*.map"):
+            p.unlink()
         j._write_meta()
         return j
 
@@ -114,7 +202,38 @@ class Journal:
         if j._segments:
             j.freed_through = j._segments[0].first_seq - 1
             j.next_seq = j._segments[-1].last_seq + 1
+        j._disk_next = j.next_seq
         return j
+
+    # -- the in-flight maps -----------------------------------------------------------
+    def in_flight(self) -> dict[int, set[int]]:
+        """Chunks, per volume id, that the in-flight maps on disk mark: regions whose
+        acknowledged writes may be missing from the segments (the array stopped with
+        entries queued).  Read once at open, before :meth:`track` takes the maps over."""
+        found: dict[int, set[int]] = {}
+        for p in self.path.glob("inflight-*.map"):
+            try:
+                vid = int(p.stem.split("-", 1)[1])
+            except ValueError:
+                continue
+            raw = p.read_bytes()
+            half = len(raw) // 2
+            if not half or not raw.strip(b"\0"):
+                continue
+            chunks = {i % half for i, b in enumerate(raw) if b}
+            if chunks:
+                found[vid] = chunks
+        return found
+
+    def track(self, volumes: dict[int, int]) -> None:
+        """Queue the commit path's entries from now on, marking the regions they write
+        in the in-flight maps of these volumes (volume id -> chunks); the maps start
+        empty (call :meth:`in_flight` first).  Without this, entries are written at once."""
+        with self._qlock:
+            if self._flight is None:
+                self._flight = _InFlight(self.path)
+            for vid, n in volumes.items():
+                self._flight.track(vid, max(1, n))
 
     def _scan(self, p: Path, last: bool, end: int | None = None) -> _Segment:
         seg = _Segment(int(p.stem), p)
@@ -145,16 +264,15 @@ class Journal:
 
     def _write_meta(self) -> None:
         tmp = self.path / "meta.tmp"
-        tmp.write_text(json.dumps({"generation": self.generation, "next_seq": self.next_seq}))
+        tmp.write_text(json.dumps({"generation": self.generation, "next_seq": self._disk_next}))
         os.replace(tmp, self.path / "meta")
 
     # -- appending ------------------------------------------------------------------
     @property
     def used_bytes(self) -> int:
         segs = self._segments
-        if not segs:
-            return 0
-        return (len(segs) - 1) * self.segment_size + segs[-1].size
+        held = (len(segs) - 1) * self.segment_size + segs[-1].size if segs else 0
+        return held + self._queued
 
     def would_overflow(self, nbytes: int) -> bool:
         return self.used_bytes + nbytes > self.capacity
@@ -164,21 +282,113 @@ class Journal:
         self.append_parts((raw,), len(raw), time)
 
     def append_entry(self, kind: int, volume: int, offset: int, data: bytes | memoryview,
-                     time: float) -> bool:
-        """Encode the next record (sequence ``next_seq``, this generation) carrying ``data``
-        and append it: the commit path's one call.  False, with nothing written, when it
+                     time: float, regions: Sequence[tuple[int, bytes | memoryview]]) -> bool:
+        """The next entry (sequence ``next_seq``, this generation) carrying ``data``, which
+        writes ``regions`` (offset, data) of volume ``volume``: the commit path's one call,
+        made before the volume is written.  With :meth:`track` on, the entry is queued
+        (``data`` is kept by reference: it must not change) and its regions are marked in
+        flight; otherwise the record is written at once.  False, with nothing done, when it
         would not fit in the journal's capacity."""
         size = rec.HEADER_SIZE + len(data)
-        segs = self._segments
-        used = (len(segs) - 1) * self.segment_size + segs[-1].size if segs else 0
-        if used + size > self.capacity:
-            return False
-        head = rec.encode_head(kind, self.generation, self.next_seq, time, volume, offset, data)
-        self.append_parts((head, data), size, time)
+        with self._qlock:
+            segs = self._segments
+            used = (len(segs) - 1) * self.segment_size + segs[-1].size if segs else 0
+            if used + self._queued + size > self.capacity:
+                return False
+            flight = self._flight
+            if flight is not None:
+                flight.mark(volume, regions)
+                self._queue.append((kind, self.next_seq, time, volume, offset, data))
+                self._queued += size
+                self.next_seq += 1
+                if self._queued < self.DRAIN_AT:
+                    return True
+        if flight is None:
+            head = rec.encode_head(kind, self.generation, self.next_seq, time, volume, offset, data)
+            self.append_parts((head, data), size, time)
+        else:
+            try:
+                self.drain()
+            except OSError:  # the entry stays queued and marked: the next reader retries
+                pass  # (and the sender says why it cannot); the host's write goes on
         return True
+
+    def drain(self) -> None:
+        """Write the queued entries to the segments (one system call per up to 512
+        records) and clear their in-flight marks.  Returns once every entry queued before
+        the call is in a segment (also when another thread's drain was writing them)."""
+        if not self._queue and not self._drain_lock.locked():
+            return
+        with self._drain_lock:
+            with self._qlock:
+                queue, self._queue = self._queue, []
+                flight = self._flight
+                epoch = flight.flip() if flight is not None else 0
+            if not queue:
+                return
+            try:
+                with self._lock:
+                    self._write_queue(queue)
+            except BaseException:
+                # what was not written goes back in front; its marks stay set until it is
+                left = [q for q in queue if q[1] >= self._disk_next]
+                with self._qlock:
+                    self._queue[:0] = left
+                    self._queued -= sum(rec.HEADER_SIZE + len(q[5]) for q in queue) - \
+                        sum(rec.HEADER_SIZE + len(q[5]) for q in left)
+                raise
+            with self._qlock:
+                self._queued -= sum(rec.HEADER_SIZE + len(q[5]) for q in queue)
+            if flight is not None:
+                flight.clear(epoch)
+
+    def _write_queue(self, queue: list[tuple[int, int, float, int, int, bytes | memoryview]]) -> None:
+        """Write queued entries in order, in batches that fill the last segment or the next
+        (hold the segments' lock).  ``_disk_next`` says how far it got if a write fails."""
+        parts: list[bytes | memoryview] = []
+        times: list[float] = []
+        sizes: list[int] = []
+        first, room, batch = queue[0][1], 0, 0
+        for kind, seq, t, volume, offset, data in queue:
+            size = rec.HEADER_SIZE + len(data)
+            if parts and (batch + size > room or len(parts) >= _IOV_MAX):
+                self._write_locked(parts, times, sizes, first)
+                parts, times, sizes, first, batch = [], [], [], seq, 0
+            if not parts:  # a batch fills the last segment, or the next one
+                seg = self._segments[-1] if self._segments else None
+                room = self.segment_size - seg.size if seg is not None else 0
+                if size > room:
+                    room = max(self.segment_size, size)
+            parts += (rec.encode_head(kind, self.generation, seq, t, volume, offset, data), data)
+            times.append(t)
+            sizes.append(size)
+            batch += size
+        if parts:
+            self._write_locked(parts, times, sizes, first)
+        if self.fsync:
+            assert self._fd is not None
+            os.fdatasync(self._fd)
+
+    def _write_locked(self, parts: list[bytes | memoryview], times: list[float], sizes: list[int],
+                      first: int) -> None:
+        """Consecutive records (sequences ``first`` on) into the last segment, or a new one."""
+        need = sum(sizes)
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or seg.size + need > self.segment_size:
+            seg = self._roll(need, first)
+        elif self._fd is None:
+            self._fd = os.open(seg.path, os.O_RDWR)
+        assert self._fd is not None  # _roll opens the new segment
+        os.pwritev(self._fd, parts, seg.size)
+        seg.times.extend(times)
+        for size in sizes:
+            seg.size += size
+            seg.ends.append(seg.size)
+        self._disk_next = first + len(sizes)
 
     def append_parts(self, parts: Sequence[bytes | memoryview], size: int, time: float) -> None:
         """Append one record given as consecutive parts (header, data) of ``size`` bytes."""
+        self.drain()
         with self._lock:
             segs = self._segments
             seg = segs[-1] if segs else None
@@ -195,6 +405,7 @@ class Journal:
             seg.size += size
             seg.ends.append(seg.size)
             self.next_seq += 1
+            self._disk_next = self.next_seq
 
     def append_many(self, records: list[tuple[bytes, float]]) -> None:
         """Append consecutive encoded records (sequences ``next_seq`` on), few system calls."""
@@ -210,6 +421,7 @@ class Journal:
         """Append consecutive encoded records held back to back in ``buf`` (sequences
         ``next_seq`` on; ``ends[k]`` is where record k ends in ``buf``): one write per
         segment they land in."""
+        self.drain()
         view = memoryview(buf)
         i, n = 0, len(ends)
         while i < n:
@@ -234,13 +446,15 @@ class Journal:
                 seg.ends.extend(e + base for e in ends[i:j])
                 seg.size = seg.ends[-1]
                 self.next_seq += j - i
+                self._disk_next = self.next_seq
             i = j
 
-    def _roll(self, need: int) -> _Segment:
+    def _roll(self, need: int, first: int | None = None) -> _Segment:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        seg = _Segment(self.next_seq, self.path / f"{self.next_seq:020d}.seg")
+        first = self.next_seq if first is None else first
+        seg = _Segment(first, self.path / f"{first:020d}.seg")
         if self._spares:
             os.replace(self._spares.pop(), seg.path)
             self._fd = os.open(seg.path, os.O_RDWR)
@@ -274,7 +488,8 @@ class Journal:
 
     @property
     def first_seq(self) -> int:
-        return self._segments[0].first_seq if self._segments else self.next_seq
+        """The first record held (queued ones included)."""
+        return self._segments[0].first_seq if self._segments else self._disk_next
 
     def _find(self, seq: int) -> _Segment | None:
         for s in self._segments:
@@ -283,12 +498,14 @@ class Journal:
         return None
 
     def time_of(self, seq: int) -> float | None:
+        self.drain()
         with self._lock:
             s = self._find(seq)
             return s.times[seq - s.first_seq] if s else None
 
     def bytes_after(self, seq: int) -> int:
         """Bytes of the records after ``seq`` still held in this journal."""
+        self.drain()
         with self._lock:
             total = 0
             for s in self._segments:
@@ -306,6 +523,7 @@ class Journal:
                      through: int | None = None) -> tuple[bytes, int]:
         """Like :meth:`read_batch`, with the number of records read (from the index: no
         record is parsed)."""
+        self.drain()
         with self._lock:
             s = self._find(from_seq)
             if s is None:
@@ -364,9 +582,11 @@ class Journal:
 
     def reset(self, generation: int, next_seq: int | None = None) -> None:
         """Start a new generation: drop every record (a resync will copy what they held)."""
+        self.drain()
         with self._lock:
             if next_seq is not None:
                 self.next_seq = next_seq
+            self._disk_next = self.next_seq
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -378,6 +598,11 @@ class Journal:
             self._write_meta()
 
     def close(self) -> None:
+        self.drain()
+        with self._qlock:
+            if self._flight is not None:
+                self._flight.close()
+                self._flight = None
         with self._lock:
             for seg in self._segments:
                 if seg.rfd >= 0:

@@ -398,6 +398,10 @@ class Sender:
                     if ch is not None:
                         ch.bye()
                 self.prio = self.bulk = None
+            try:
+                g.journal.drain()  # no session reads the journal: its queue is written here
+            except OSError as e:  # kept queued (and marked in flight); the next read retries
+                g.last_error, g.last_error_at = f"journal write failed: {_one_line(e)}", time.time()
             await asyncio.sleep(backoff)
             backoff = min(1.0, backoff * 2)
 
@@ -491,6 +495,7 @@ class Sender:
                 next_seq = await self._copy()
                 continue
             if state != PAIR or g.conf.get("transfer_paused"):
+                journal.drain()  # nothing reads the journal meanwhile: its queue is written here
                 await self._wait(IDLE_WAIT_S)
                 continue
             if next_seq < journal.first_seq and journal.last_seq >= journal.first_seq:
