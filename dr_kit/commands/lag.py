@@ -66,9 +66,7 @@ def _run(args: argparse.Namespace) -> int:
                                 source=args.source)
         print(f"serving lag metrics at {srv.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
         try:
-            idle = threading.Event()
-            while not idle.wait(0.5):  # with a timeout: Ctrl-C may reach another thread, and a
-                pass  # wait without one would never run the main thread's handler
+            threading.Event().wait()
         except KeyboardInterrupt:
             pass
         finally:

@@ -366,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    while not done.wait(0.5):  # a timeout lets the main thread run the handler even when
-        pass  # the kernel delivered the signal to another thread
+    done.wait()
     link.stop()
     ctl.shutdown()
     return 0
