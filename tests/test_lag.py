@@ -266,8 +266,9 @@ def test_cli_serve_until_interrupted(lab: Path) -> None:
                              f"127.0.0.1:{port}", "--dir", str(lab)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            # as from a terminal: a test worker may run with SIGINT ignored
-                            # (inherited; Python then installs no Ctrl-C handler)
+                            # as from a terminal: a test run started in the background by a
+                            # non-interactive shell has SIGINT ignored, which children inherit
+                            # (Python then installs no Ctrl-C handler)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()
