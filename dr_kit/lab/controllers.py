@@ -841,13 +841,20 @@ class SiteController:
             raise NotFound(f"array group {gname} is not on the {self.site} array")
         return g
 
-    def _ensure_backup_objects(self, ns: str, pvcs: list[dict[str, Any]], vols: list[str], gname: str) -> None:
-        """The namespace, PVs and bound PVCs of the replicated volumes at the backup site."""
+    def _ensure_backup_objects(self, ns: str, pvcs: list[dict[str, Any]], vols: list[str], gname: str,
+                               state: str = "") -> None:
+        """The namespace, PVs and bound PVCs of the replicated volumes at the backup site.
+
+        A group in ``pair`` state has all its volumes at the backup array; when the backup
+        view (polled) does not show them yet, it is read again here, so that the status
+        written after this (in sync) never runs ahead of the backup site's objects."""
         assert self.backup_kube is not None and self.backup_view is not None
         bk = self.backup_kube
         bpvcs = self.other["PersistentVolumeClaim"]
         if not all(c.synced.is_set() for c in self.other.values()):
             raise Unavailable(f"the {self.other_site} site's API server is not watched yet")
+        if state == "pair" and not all(self.backup_view.has_volume(v) for v in vols):
+            self.backup_view.refresh()
         present = [(p, v) for p, v in zip(pvcs, vols, strict=True) if self.backup_view.has_volume(v)]
         if not present:
             return  # the backup array creates the volumes when the pair starts
@@ -961,7 +968,7 @@ class SiteController:
         gen = vgr["metadata"].get("generation")
         if g["side"] == "main":
             if g.get("paired", True):
-                self._ensure_backup_objects(ns, pvcs, vols, gname)
+                self._ensure_backup_objects(ns, pvcs, vols, gname, g["state"])
             self._fingerprints[gname] = self._fingerprint(gname)
             status, applied = self._status_from(g, pvcs, gen, key)
             self._write_status("VolumeGroupReplication", vgr, status, key, applied)
@@ -1160,7 +1167,7 @@ class SiteController:
                 self.array.group_action(gname, "resync")
                 g = self._fresh_group(gname)
             if g.get("paired", True):
-                self._ensure_backup_objects(ns, pvcs, vols, gname)
+                self._ensure_backup_objects(ns, pvcs, vols, gname, g["state"])
         self._fingerprints[gname] = self._fingerprint(gname)
         pair_state = {"pair": "PAIR", "copy": "COPY", "resync": "COPY", "suspended": "PSUS",
                       "error": "PSUE"}.get(g["state"], g["state"].upper())
