@@ -336,6 +336,32 @@ def test_journal_freed_everything_then_reopen_keeps_sequence(tmp_path):
     assert s == last + 1
 
 
+def test_journal_hot_path_makes_no_file(tmp_path):
+    """The first entry writes into the segment file made with the journal, and freeing the
+    last segment rewrites the meta file in place: the receiving and sending loops never
+    create or rename a file there (that waited for the file system's journal, up to
+    hundreds of milliseconds, while other files were written out)."""
+    path = tmp_path / "j"
+    j = Journal.create(path, MIN_CAPACITY, next_seq=5)
+    (spare,) = path.glob("*.spare")
+    made = spare.stat().st_ino
+    assert spare.stat().st_blocks * 512 >= j.segment_size  # allocated with the journal
+    meta = (path / "meta").stat().st_ino
+    _append(j, _payload(5, 30000))
+    (seg,) = _seg_files(path)
+    assert seg.stat().st_ino == made and not list(path.glob("*.spare"))
+    while j._segments[-1].size < j.segment_size // 2:  # the only segment half full, then
+        _append(j, _payload(j.next_seq, 30000))  # all of it applied: it is freed
+    assert len(_seg_files(path)) == 1
+    j.free_through(j.last_seq)
+    assert not _seg_files(path)  # retired to a spare
+    assert (path / "meta").stat().st_ino == meta and not (path / "meta.tmp").exists()
+    last = j.last_seq
+    j.close()
+    j2 = Journal.open(path, MIN_CAPACITY)
+    assert j2.next_seq == last + 1
+
+
 def test_journal_sequence_survives_crash_after_roll_with_freed_predecessors(tmp_path):
     """Records 1..n were applied and freed; the process dies right after rolling to a new
     segment (its first record torn).  The journal must go on at n+1, not restart at 1:
