@@ -719,3 +719,25 @@ def test_gathering_window_grows_with_the_write_rate_and_is_bounded(records, seco
 
     assert GATHER_MIN_S <= gather_window(records, seconds) <= GATHER_MAX_S
     assert gather_window(records, seconds) == pytest.approx(window)
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_or_changes_nothing(monkeypatch):
+    import ctypes
+    import platform
+
+    from dr_kit.storage import server
+
+    if platform.libc_ver()[0] == "glibc":
+        assert server.keep_freed_memory() is True
+    calls = []
+
+    class NoMallopt:  # a C library without mallopt (not glibc)
+        def __init__(self, _name):
+            pass
+
+        def __getattr__(self, name):
+            calls.append(name)
+            raise AttributeError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", NoMallopt)
+    assert server.keep_freed_memory() is False and calls == ["mallopt"]
