@@ -842,7 +842,7 @@ class SiteController:
         return g
 
     def _ensure_backup_objects(self, ns: str, pvcs: list[dict[str, Any]], vols: list[str], gname: str,
-                               state: str = "") -> None:
+                               state: str) -> None:
         """The namespace, PVs and bound PVCs of the replicated volumes at the backup site.
 
         A group in ``pair`` state has all its volumes at the backup array; when the backup

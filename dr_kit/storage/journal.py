@@ -477,12 +477,11 @@ class Journal:
         if self._spares:
             os.replace(self._spares.pop(), seg.path)
             self._fd = os.open(seg.path, os.O_RDWR)
-            size = max(self.segment_size, need)
-            if os.fstat(self._fd).st_size < size:
-                _allocate(self._fd, size)
         else:
             self._fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            _allocate(self._fd, max(self.segment_size, need))
+        size = max(self.segment_size, need)
+        if os.fstat(self._fd).st_size < size:
+            _allocate(self._fd, size)
         self._segments.append(seg)
         return seg
 

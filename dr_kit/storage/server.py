@@ -605,7 +605,7 @@ def keep_freed_memory(nbytes: int = HEAP_KEEP, map_from: int = MAP_FROM) -> bool
 
     The journal holds each queued entry's received buffer until its batch is written (up to
     1 MiB while the transfer is paused), then frees them together: with glibc's default the
-    heap was given back and taken again with system calls and page faults each time, and a
+    freed top of the heap was given back to the system and taken again each time, and a
     journaled request's round trip paid for it (`scripts/roundtrip_probe.py`: SYNC after a
     journaled WRITE 17.0-17.8 us against 14.8-15.8 us with 8 MiB kept; plain volumes 14.2-14.4
     either way).  False where the C library has no ``mallopt`` (not glibc): nothing changes."""
