@@ -9,6 +9,7 @@ OUT ?= out
 .PHONY: demo test test-fast install lint clean
 
 $(STAMP): pyproject.toml
+	@bash scripts/space.sh $(VENV) 2 "installing the project into $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,lab]'

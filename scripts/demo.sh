@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-out}
 LAB=${DR_KIT_LAB_DIR:-.dr-lab}
 mkdir -p "$OUT"
+bash scripts/space.sh "$LAB" 2 "the demo (its lab sites and outputs)"
 status=0
 .venv/bin/dr-kit notebooks run --out "$OUT" -p lab_dir "$LAB" || status=$?
 if [ "${KEEP_LAB:-0}" != 1 ]; then
