@@ -36,7 +36,7 @@ else
     echo "PostgreSQL could not be started ($(tail -n1 /tmp/dr-kit-pg.err)); its tests will be skipped"
 fi
 
-bash scripts/space.sh "${TMPDIR:-/tmp}" 4 "the test suite (its lab sites, kept only for failed tests)"
+bash scripts/space.sh "${TMPDIR:-/tmp}" 4 "the test suite (its lab sites, under TMPDIR)"
 $BIN/ruff check dr_kit tests || exit 1
 $BIN/lint-imports --no-cache >/tmp/dr-kit-lint-imports.log 2>&1 \
     || { cat /tmp/dr-kit-lint-imports.log; exit 1; }
