@@ -135,7 +135,7 @@ class _Link:
         deadline = time.monotonic() + 20
         while not ready.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("link emulator did not start")
+                raise DrKitError("the bench's link emulator did not start within 20 s; run the bench again")
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         self.address, self.control = info["listen"], info["control_url"]
@@ -295,8 +295,11 @@ class Bench:
                 if frac - last >= 0.1:
                     self.say(f"    initial copy {group}: {frac:5.0%} of {st['copy']['total']} regions")
                     last = frac
+            if st["state"] == "error":  # stays so until someone acts: waiting cannot help
+                raise DrKitError(f"bench group {group} failed before reaching pair: {st['message']}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"group {group} did not reach pair: {st['state']} {st['message']}")
+                raise DrKitError(f"bench group {group} did not reach pair in {timeout:.0f} s: "
+                                 f"{st['state']} {st['message']}")
             time.sleep(0.05)
 
     # -- 1. commit latency ------------------------------------------------------------
@@ -448,7 +451,8 @@ class Bench:
         apply_rate = backlog / (time.monotonic() - t1)
         state = self.mc.group_status("bench-lag")["state"]
         if state != "pair":
-            raise RuntimeError(f"apply measurement invalid: the pair went to {state} during the backlog")
+            raise DrKitError(f"apply measurement invalid: the pair went to {state} during the backlog; "
+                             "run the bench again")
         out["apply_writes_per_s"] = apply_rate
         out["backlog_write_rate"] = write_rate
         out["apply_over_write_rate"] = apply_rate / 1000.0
@@ -484,7 +488,7 @@ class Bench:
         self.pg_result["version"] = self.pg.version
         self.pg_result["settings"] = dict(SETTINGS)
         if not standby["standby_rows_match"]:
-            raise RuntimeError(f"PostgreSQL standby rows differ from the primary's after catch-up: "
+            raise DrKitError(f"PostgreSQL standby rows differ from the primary's after catch-up: "
                                f"{standby['rows']}")
         self.say(f"  standby rows equal the primary's: {standby['rows']['standby']}")
 
@@ -535,7 +539,7 @@ class Bench:
             deadline = time.monotonic() + timeout
             while int(self.bc.group_status("bench-cpu")["applied"].split("/")[1]) < head:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("CPU measurement invalid: the backup did not catch up")
+                    raise DrKitError("CPU measurement invalid: the backup did not catch up; run the bench again")
                 time.sleep(0.01)
 
         modes = ("off", "journal", "streaming")
@@ -567,7 +571,7 @@ class Bench:
             for mode in modes[r % 3:] + modes[:r % 3]:
                 block(mode)
         if self.mc.group_status("bench-cpu")["state"] != "pair":
-            raise RuntimeError("CPU measurement invalid: the pair left the pair state")
+            raise DrKitError("CPU measurement invalid: the pair left the pair state; run the bench again")
 
         # CPU time on a shared machine only grows with other work (cache misses, time the
         # hypervisor takes): each mode's least disturbed block is its best estimate

@@ -10,7 +10,7 @@ import apsw
 import pytest
 
 from dr_kit import bench, bench_postgres
-from dr_kit.errors import InvalidInput
+from dr_kit.errors import DrKitError, InvalidInput
 from dr_kit.shop.workload import Shop, seed
 
 
@@ -33,6 +33,34 @@ def test_unknown_anchor_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(InvalidInput, match="use postgres or none"):
         bench.run(quick=True, workdir=tmp_path, anchor="mysql")
     assert not any(tmp_path.iterdir())
+
+
+class _Client:
+    """A main array client whose group reports the states given, one per status call."""
+
+    def __init__(self, *states):
+        self.states = list(states)
+        self.calls = 0
+
+    def group_status(self, name):
+        self.calls += 1
+        state, message = self.states[min(self.calls, len(self.states)) - 1]
+        return {"state": state, "message": message, "copy": {"total": 0, "done": 0},
+                "lag": {"consistent": state == "pair"}}
+
+
+def test_waiting_for_a_pair_ends_at_once_when_the_group_fails():
+    b = bench.Bench.__new__(bench.Bench)  # no processes: only the waiting is under test
+    b.mc, b.say = _Client(("copy", "initial copy"), ("error", "backup refused record 7")), print
+    with pytest.raises(DrKitError, match="failed before reaching pair: backup refused record 7"):
+        b._wait_pair("g", timeout=30)
+    assert b.mc.calls == 2
+    b.mc = _Client(("copy", "initial copy"), ("pair", ""))
+    b._wait_pair("g", timeout=30)
+    assert b.mc.calls == 2
+    b.mc = _Client(("copy", "slow"))
+    with pytest.raises(DrKitError, match="did not reach pair in 0 s: copy slow"):
+        b._wait_pair("g", timeout=0.1)
 
 
 def test_postgres_keys_are_none_when_the_anchor_did_not_run():
