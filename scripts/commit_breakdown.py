@@ -22,15 +22,20 @@ whatever this machine does.  The arrays are stopped and their folder removed at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from dr_kit.bench import Bench
+from dr_kit.errors import DrKitError
 from dr_kit.shop.workload import Shop, open_shop, seed
 from dr_kit.storage import client as storage_client
 from dr_kit.storage.client import create_pair
@@ -102,10 +107,13 @@ def breakdown(rounds: int, placement: str = "sites") -> dict[str, dict[str, Any]
         return out
     finally:
         storage_client.RemoteVolume._call = original  # type: ignore[method-assign]
-        for c in conns:
-            c.close()
-        bench.close()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            for c in conns:
+                with contextlib.suppress(apsw.Error):  # a broken data path: closing is best effort
+                    c.close()
+        finally:
+            bench.close()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:
@@ -118,7 +126,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    rows = breakdown(args.rounds, args.placement)
+    try:
+        rows = breakdown(args.rounds, args.placement)
+    except DrKitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(rows))
         return 0

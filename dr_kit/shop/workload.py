@@ -26,7 +26,7 @@ from typing import Any
 
 import apsw
 
-from dr_kit.errors import InvalidInput
+from dr_kit.errors import InvalidInput, Unavailable
 from dr_kit.shop.consistency import Verdict, judge
 from dr_kit.shop.schema import CHANNELS, SALES_DDL, STOCK_DDL, Product, load_catalog
 from dr_kit.sqlite.vfs import ArrayVFS, connect, set_journal_mode
@@ -119,6 +119,10 @@ class ShopStats:
 class Shop:
     """Runs business transactions against the two databases."""
 
+    # a run of ``count`` transactions gives up when every transaction has failed for this
+    # long (the array down for good); runs by rate or duration ride out outages
+    GIVE_UP_S = 10.0
+
     def __init__(self, stock: apsw.Connection, sales: apsw.Connection, *, seed_value: int | None = None,
                  keep_latencies: int = 100_000) -> None:
         self.stock, self.sales = stock, sales
@@ -163,12 +167,17 @@ class Shop:
 
     def run(self, rate: float, *, duration: float | None = None, count: int | None = None,
             on_commit: Callable[[int, float], None] | None = None) -> ShopStats:
-        """Run at ``rate`` transactions/s (0 = as fast as possible) until stopped."""
+        """Run at ``rate`` transactions/s (0 = as fast as possible) until stopped, for
+        ``duration`` seconds or until ``count`` transactions committed.  A failed
+        transaction is counted and retried after 50 ms; a ``count`` run raises
+        :class:`~dr_kit.errors.Unavailable` once every transaction has failed for
+        :attr:`GIVE_UP_S` seconds."""
         if rate < 0:
             raise InvalidInput(f"transaction rate must be >= 0, got {rate}")
         self.rate = rate
         start = time.monotonic()
         n = 0
+        failing_since: float | None = None
         while not self._stop.is_set():
             if duration is not None and time.monotonic() - start >= duration:
                 break
@@ -182,9 +191,19 @@ class Shop:
                 order = self.transact()
             except apsw.Error as e:
                 self.stats.failed += 1
+                while isinstance(e.__context__, apsw.Error):  # the cause, not the failed rollback
+                    e = e.__context__
                 self.stats.last_error = f"{type(e).__name__}: {e}"
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                if count is not None and now - failing_since >= self.GIVE_UP_S:
+                    raise Unavailable(f"the shop gave up after {n} of {count} transactions: every one "
+                                      f"failed for {now - failing_since:.0f} s, the last with "
+                                      f"{self.stats.last_error}") from None
                 self._stop.wait(0.05)
                 continue
+            failing_since = None
             dt = (time.perf_counter() - t0) * 1000
             self.stats.committed += 1
             if len(self.stats.latencies_ms) < self.keep_latencies:
