@@ -51,6 +51,9 @@ def test_observed_role_reads_the_plugins_status():
     assert manifests.observed_role("csi-addons", None) == (None, False)
     assert manifests.observed_role("hitachi", {"status": {"role": "Primary", "pairState": "PAIR"}}) == \
         ("primary", True)
+    assert manifests.status_note({"status": {"message": "volume is being promoted"}}) == "volume is being promoted"
+    assert manifests.status_note({"status": {"role": "Primary", "pairState": "COPY"}}) == "pair state COPY"
+    assert manifests.status_note({"metadata": {"name": "rg"}}) == manifests.status_note(None) == "no status yet"
 
 
 VS = {"sales-db": {"metadata": {"name": "drtest-1-sales-db", "namespace": "shop"}}}

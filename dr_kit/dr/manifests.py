@@ -79,6 +79,18 @@ def observed_role(backend: str, obj: Mapping[str, Any] | None) -> tuple[str | No
     return (role if role in ("primary", "secondary") else None), st.get("pairState") == "PAIR"
 
 
+def status_note(obj: Mapping[str, Any] | None) -> str:
+    """What the plug-in's status says beside the role, for progress and timeout messages:
+    its message, else Hitachi's pair state (a ReplicationGroup carries no message), else
+    that there is no status yet."""
+    st = (obj or {}).get("status") or {}
+    if st.get("message"):
+        return str(st["message"])
+    if st.get("pairState"):
+        return f"pair state {st['pairState']}"
+    return "no status yet"
+
+
 def role_object(backend: str, policy: Policy, namespace: str, role: str, *,
                 class_name: str | None = None) -> dict[str, Any]:
     """The whole role object for a site that has none yet (the body the operator makes
@@ -232,6 +244,6 @@ def scale_patch(replicas: int, remember: int | None = None) -> dict[str, Any]:
 
 
 __all__ = ["ROLES", "ROLE_VALUE", "ROLE_KIND", "REPLICAS_ANNOTATION", "DRTEST_LABEL",
-           "role_patch", "role_of", "observed_role", "role_object", "role_copy", "class_copy",
+           "role_patch", "role_of", "observed_role", "status_note", "role_object", "role_copy", "class_copy",
            "hitachi_members", "test_namespace", "snapshot_imports", "restored_pvcs",
            "application_copy", "scale_patch", "owner_labels"]

@@ -310,7 +310,7 @@ class DR:
         def check() -> tuple[bool, str]:
             obj = self.role_object(site)
             seen, done = manifests.observed_role(backend, obj)
-            msg = ((obj or {}).get("status") or {}).get("message") or "no status yet"
+            msg = manifests.status_note(obj)
             if seen == role and (done or not in_sync):
                 got.append(obj or {})
                 return True, f"{role}: {msg}"
