@@ -69,8 +69,9 @@ def events(lab: Path, reason: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("dr") / "lab"
+    failed_before = request.session.testsfailed
     manager.up(d, rate=RATE)
     try:
         assert protect(NS, lab_dir=d, wait=60)["state"] == "Protected"
@@ -80,7 +81,8 @@ def lab(tmp_path_factory):
         assert st["primary"] == "main" and st["operation"] is None
         yield d
     finally:
-        manager.down(d, purge=True)
+        # a failure keeps the lab's files (controller and array logs) under pytest's folder
+        manager.down(d, purge=request.session.testsfailed == failed_before)
 
 
 def test_dr_test_runs_the_application_on_clones_while_replication_goes_on(lab):
