@@ -303,26 +303,30 @@ class Bench:
             time.sleep(0.05)
 
     # -- 1. commit latency ------------------------------------------------------------
+    def commit_shop(self, mode: str) -> Shop:
+        """The shop of one commit mode (``COMMIT_MODES``), seeded on volumes of its own:
+        replication off, or a group whose transfer stays paused (journal only), streams
+        (async) or waits for the backup (sync)."""
+        vols = {"stock": f"{mode}-stock", "sales": f"{mode}-sales"}
+        for v in vols.values():
+            self.mc.create_volume(v, 32 << 20)
+        stock, sales = open_shop(self.vfs, stock_volume=vols["stock"], sales_volume=vols["sales"])
+        seed(stock, sales)
+        if mode != "off":
+            # the journal-only group holds every entry of the run (nothing is freed)
+            extra = {"journal_capacity": 256 << 20} if mode == "journal" else {}
+            create_pair(self.mc, self.bc, f"bench-{mode}", list(vols.values()), self.link.address,
+                        mode="sync" if mode == "sync" else "async", **extra)
+            self._wait_pair(f"bench-{mode}")
+            if mode == "journal":
+                self.mc.group_action("bench-journal", "pause-transfer")
+        return Shop(stock, sales, seed_value=7, keep_latencies=10**6)
+
     def commit_latency(self, rounds: int | None = None) -> dict[str, Any]:
         pg = self.pg
         self.say("commit latency: replication off / journal only / async / sync" +
                  (", and PostgreSQL off / async," if pg else "") + " interleaved")
-        shops: dict[str, Shop | PgShop] = {}
-        for mode in COMMIT_MODES:
-            vols = {"stock": f"{mode}-stock", "sales": f"{mode}-sales"}
-            for v in vols.values():
-                self.mc.create_volume(v, 32 << 20)
-            stock, sales = open_shop(self.vfs, stock_volume=vols["stock"], sales_volume=vols["sales"])
-            seed(stock, sales)
-            if mode != "off":
-                # the journal-only group holds every entry of the run (nothing is freed)
-                extra = {"journal_capacity": 256 << 20} if mode == "journal" else {}
-                create_pair(self.mc, self.bc, f"bench-{mode}", list(vols.values()), self.link.address,
-                            mode="sync" if mode == "sync" else "async", **extra)
-                self._wait_pair(f"bench-{mode}")
-                if mode == "journal":
-                    self.mc.group_action("bench-journal", "pause-transfer")
-            shops[mode] = Shop(stock, sales, seed_value=7, keep_latencies=10**6)
+        shops: dict[str, Shop | PgShop] = {mode: self.commit_shop(mode) for mode in COMMIT_MODES}
         if pg:
             shops["pg_off"], shops["pg_async"] = pg.shops["off"], pg.shops["async"]
         out: dict[str, Any] = {}
@@ -489,7 +493,7 @@ class Bench:
         self.pg_result["settings"] = dict(SETTINGS)
         if not standby["standby_rows_match"]:
             raise DrKitError(f"PostgreSQL standby rows differ from the primary's after catch-up: "
-                               f"{standby['rows']}")
+                             f"{standby['rows']}")
         self.say(f"  standby rows equal the primary's: {standby['rows']['standby']}")
 
     # -- CPU by component --------------------------------------------------------------

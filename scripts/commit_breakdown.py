@@ -36,9 +36,8 @@ import apsw
 
 from dr_kit.bench import Bench
 from dr_kit.errors import DrKitError
-from dr_kit.shop.workload import Shop, open_shop, seed
+from dr_kit.shop.workload import Shop
 from dr_kit.storage import client as storage_client
-from dr_kit.storage.client import create_pair
 from dr_kit.storage.server import READ, SYNC, WRITE, WRITEV
 
 MODES = ("off", "journal", "async")
@@ -65,20 +64,9 @@ def breakdown(rounds: int, placement: str = "sites") -> dict[str, dict[str, Any]
     storage_client.RemoteVolume._call = timed  # type: ignore[method-assign]
     try:
         shops: dict[str, Shop] = {}
-        for mode in MODES:
-            vols = (f"{mode}-stock", f"{mode}-sales")
-            for v in vols:
-                bench.mc.create_volume(v, 32 << 20)
-            stock, sales = open_shop(bench.vfs, stock_volume=vols[0], sales_volume=vols[1])
-            conns += [stock, sales]
-            seed(stock, sales)
-            if mode != "off":
-                create_pair(bench.mc, bench.bc, f"breakdown-{mode}", list(vols), bench.link.address,
-                            journal_capacity=256 << 20)
-                bench._wait_pair(f"breakdown-{mode}")
-                if mode == "journal":
-                    bench.mc.group_action("breakdown-journal", "pause-transfer")
-            shops[mode] = Shop(stock, sales, seed_value=7, keep_latencies=10**6)
+        for mode in MODES:  # as the bench makes them
+            shops[mode] = bench.commit_shop(mode)
+            conns += [shops[mode].stock, shops[mode].sales]
         for shop in shops.values():
             shop.run(0, count=WARM)
         tx: dict[str, list[float]] = {m: [] for m in MODES}

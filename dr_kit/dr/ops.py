@@ -416,7 +416,7 @@ class DR:
         obj = self.role_object(st.primary)
         seen, done = manifests.observed_role(self.backend(), obj)
         if seen != "primary" or not done:
-            msg = ((obj or {}).get("status") or {}).get("message") or "no replication status"
+            msg = manifests.status_note(obj)
             raise Refused(f"{op} refused: {self.namespace} does not replicate from the {st.primary} "
                           f"site now ({msg}); nothing was changed")
 
