@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 from dr_kit.errors import Unavailable
-from dr_kit.shop.workload import Shop, seed
+from dr_kit.shop.workload import Shop, error_line, seed
 
 
 def _shop(tmp_path: Path) -> Shop:
@@ -60,3 +60,21 @@ def test_a_timed_run_rides_out_an_outage_to_its_end(tmp_path, monkeypatch):
     monkeypatch.setattr(shop, "transact", _failing(shop, None))
     stats = shop.run(0, duration=0.5)
     assert stats.committed == 0 and stats.failed >= 5 and "connection refused" in stats.last_error
+
+
+def test_an_error_line_names_the_cause_under_sqlites_failed_rollback():
+    """The lab's shop application and the load generator record the same line."""
+    try:
+        try:
+            raise apsw.IOError("array data path failed for volume stock-db: broken pipe")
+        except apsw.IOError:
+            raise apsw.SQLError("cannot rollback - no transaction is active")  # noqa: B904
+    except apsw.Error as e:
+        assert error_line(e) == "IOError: array data path failed for volume stock-db: broken pipe"
+    try:  # an error of its own is named as it is, whatever it happened during
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except OSError:
+            raise apsw.IOError("array data path failed for volume sales-db")  # noqa: B904
+    except apsw.Error as e:
+        assert error_line(e) == "IOError: array data path failed for volume sales-db"

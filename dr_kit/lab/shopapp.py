@@ -38,7 +38,7 @@ from dr_kit.fsutil import write_json
 from dr_kit.kube import Kube, api_client
 from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
 from dr_kit.shop.history import history_options
-from dr_kit.shop.workload import Shop, judge_images, open_shop, seed
+from dr_kit.shop.workload import Shop, error_line, judge_images, open_shop, seed
 from dr_kit.sqlite import vfs as sqlite_vfs
 from dr_kit.storage.client import ArrayClient
 
@@ -184,7 +184,7 @@ class ShopApp:
             except (apsw.Error, DrKitError, OSError) as e:
                 self.failed += 1
                 self.failures_in_row += 1
-                self.last_error = f"{type(e).__name__}: {e}"
+                self.last_error = error_line(e)
                 if self.degraded_since is None:
                     self.degraded_since = time.time()
                 self._recover()

@@ -36,6 +36,15 @@ SALES_DB = "sales.db"
 CUSTOMERS = 500
 
 
+def error_line(e: BaseException) -> str:
+    """A failed transaction's error as one line naming its cause: after a failed commit
+    SQLite rolls back by itself, so the rollback that follows fails too ("no transaction is
+    active") and hides the error underneath, kept as its context."""
+    while isinstance(e, apsw.Error) and isinstance(e.__context__, apsw.Error):
+        e = e.__context__
+    return f"{type(e).__name__}: {e}"
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -191,9 +200,7 @@ class Shop:
                 order = self.transact()
             except apsw.Error as e:
                 self.stats.failed += 1
-                while isinstance(e.__context__, apsw.Error):  # the cause, not the failed rollback
-                    e = e.__context__
-                self.stats.last_error = f"{type(e).__name__}: {e}"
+                self.stats.last_error = error_line(e)
                 now = time.monotonic()
                 if failing_since is None:
                     failing_since = now
