@@ -1,4 +1,5 @@
-"""Writing small state files so that a reader never sees half of one."""
+"""Writing small state files so that a reader never sees half of one, and making a
+folder's new names durable."""
 
 from __future__ import annotations
 
@@ -20,3 +21,16 @@ def write_json(path: str | os.PathLike[str], data: Any, *, mode: int = 0o644, in
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the names created or renamed in folder ``path`` durable (a file's own sync does
+    not cover its name)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

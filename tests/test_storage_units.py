@@ -336,6 +336,32 @@ def test_journal_freed_everything_then_reopen_keeps_sequence(tmp_path):
     assert s == last + 1
 
 
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_syncing_journal_makes_its_segment_names_and_meta_durable(tmp_path, monkeypatch, fsync):
+    """With ``fsync`` (power-loss safety) a record synced into a segment must be found by
+    the segment's name, and the meta file read: the folder is synced when a roll names a
+    segment, the meta when it is written.  Without it neither is (the hot path's cost)."""
+    from dr_kit.storage import journal as journal_mod
+
+    dirs: list[Path] = []
+    files: list[str] = []
+    real_dir, real_data = journal_mod.fsync_dir, os.fdatasync
+    monkeypatch.setattr(journal_mod, "fsync_dir", lambda p: (dirs.append(Path(p)), real_dir(p)))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (files.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                     real_data(fd)))
+    path = tmp_path / "j"
+    j = Journal.create(path, MIN_CAPACITY, fsync=fsync)
+    made = len(dirs)
+    _append(j, _payload(1, 30000))  # the first segment is named by this roll
+    rolled = len(dirs) - made
+    j.close()
+    if fsync:
+        assert made == 1 and rolled == 1 and set(dirs) == {path}
+        assert any(f.endswith("/meta") for f in files) and any(f.endswith(".seg") for f in files)
+    else:
+        assert not dirs and not files
+
+
 def test_journal_hot_path_makes_no_file(tmp_path):
     """The first entry writes into the segment file made with the journal, and freeing the
     last segment rewrites the meta file in place: the receiving and sending loops never

@@ -17,7 +17,8 @@ Regions whose acknowledged writes were still queued for the journal when the arr
 (its in-flight maps, see :mod:`dr_kit.storage.journal`) hold the newest data on the volume:
 redo leaves them as they are, and the group copies them to the backup by a resync.  An
 array opened with ``fsync`` (power-loss safety) queues nothing: each record is written and
-synced before its write is acknowledged.
+synced before its write is acknowledged, and a journal's folder is synced when a segment is
+named and its ``meta`` file when it is written, so that what was synced is found again.
 
 Roles swap without a copy when both sides are identical (:meth:`Array.demote` of a group
 whose backup applied everything, then :meth:`Array.promote` with ``clean``), and with a

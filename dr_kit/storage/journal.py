@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dr_kit.errors import InvalidInput, JournalError
+from dr_kit.fsutil import fsync_dir
 from dr_kit.storage import record as rec
 from dr_kit.storage.blocks import CHUNK
 
@@ -190,6 +191,8 @@ class Journal:
         # allocating its blocks waits for the file system's own journal, which can take
         # tens of milliseconds while other files are written out
         j._spares.append(j._new_file(j.path / f"{next_seq:020d}.spare", j.segment_size))
+        if fsync:
+            fsync_dir(j.path)
         return j
 
     @classmethod
@@ -283,6 +286,8 @@ class Journal:
         fd = os.open(self.path / "meta", os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             os.pwrite(fd, data.ljust(META_SIZE), 0)  # JSON allows the trailing blanks
+            if self.fsync:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
 
@@ -482,6 +487,8 @@ class Journal:
         size = max(self.segment_size, need)
         if os.fstat(self._fd).st_size < size:
             _allocate(self._fd, size)
+        if self.fsync:  # the records synced into it are found after a power loss by its name
+            fsync_dir(self.path)
         self._segments.append(seg)
         return seg
 

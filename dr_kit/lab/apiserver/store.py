@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dr_kit.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (group, plural)
@@ -232,7 +234,7 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
@@ -357,14 +359,3 @@ def _owner_uids(meta: dict[str, Any]) -> set[str]:
     if not isinstance(refs, list):
         return set()
     return {r["uid"] for r in refs if isinstance(r, dict) and isinstance(r.get("uid"), str)}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
