@@ -565,3 +565,33 @@ def test_backup_applies_a_caught_up_batch_at_receipt_and_a_backlog_in_workers(tm
     assert g.applied_seq == 6 and vol.read(0, 4096) == b"c" * 4096
     assert vol.read(4096, 4096) == b"b" * 4096
     a.close()
+
+
+def test_an_initial_copy_begun_again_starts_a_new_generation_and_ends_only_when_all_is_copied(tmp_path):
+    """An initial copy whose session failed begins again in a new generation (the backup
+    then drops the frames and confirmations the abandoned copy still has in flight), with
+    the entries the backup has not applied re-sent as copied regions; and a copy does not
+    end while regions are still marked (a volume joined meanwhile)."""
+    a = Array(tmp_path / "arr", "main")
+    a.create_volume("db", 2 * MiB)
+    g = a.create_primary_group("grp", ["db"], NOWHERE, secret=SECRET, journal_capacity=4 * MiB)
+    try:
+        dmap = g.dirty[a.volume("db").id]
+        gen, _, initial = g.begin_copy()
+        assert initial and gen == 1 and g.conf["state"] == "copy"
+        dmap.clear()  # every region sent, then the session failed before the copy ended
+        a.write("db", 3 * CHUNK + 1, b"written during the copy")  # journaled, not applied there
+        gen2, first2, initial2 = g.begin_copy()
+        assert initial2 and gen2 == 2 and g.conf["state"] == "copy"
+        assert first2 == g.journal.next_seq and g.journal.last_seq < g.journal.first_seq  # reset
+        assert list(dmap) == [3]  # the entry's region is copied instead
+        with pytest.raises(DrKitError, match="1 regions were marked"):
+            g.end_copy()
+        assert g.conf["state"] == "copy"  # nothing changed
+        dmap.clear()
+        g.end_copy()
+        assert g.conf["state"] == "pair" and g.conf["last_copy"]["ended"] is not None
+        gen3, _, initial3 = g.begin_copy()  # a later resync: not initial, its own generation
+        assert not initial3 and gen3 == 3
+    finally:
+        a.close()

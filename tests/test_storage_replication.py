@@ -521,3 +521,27 @@ def test_snapshot_group_freezes_all_members_at_one_sequence(arrays):
     # the frozen images did not move while replication went on
     ka0 = struct.unpack_from("<Q", bc.open_volume("s0-ctr-a").read(0, 8))[0]
     assert ka0 == (snaps[0]["sequence"] - n0 + 1) // 2 < final
+
+
+def test_a_volume_that_joins_during_the_initial_copy_is_copied_before_the_pair(arrays):
+    """A member added while the group's initial copy runs is copied too: the group reaches
+    pair only once the backup holds every member's data (the copy used to go through the
+    members it started with, and the newcomer's regions stayed marked but never sent while
+    the group said pair and consistent)."""
+    main, backup = arrays.start("main"), arrays.start("backup")
+    mc, bc = main.client, backup.client
+    link = arrays.link(backup.replication, rate_mbit=40.0)  # 8 MiB take about 2 s
+    mc.create_volume("big", 8 * MiB)
+    mc.create_volume("late", 1 * MiB)
+    mc.open_volume("big").write(0, os.urandom(8 * MiB))
+    late = os.urandom(1 * MiB)
+    mc.open_volume("late").write(0, late)
+    create_pair(mc, bc, "g", ["big"], link.address)
+    wait_for(lambda: mc.group_status("g")["copy"]["done"] > 0, timeout=30,
+             what="the initial copy under way")
+    assert mc.group_status("g")["state"] == "copy"
+    mc.add_member("g", "late")
+    st = caught_up(mc, "g", timeout=60)
+    assert st["copy"]["total"] == st["copy"]["done"]
+    assert image(bc, "late") == late and image(bc, "late") == image(mc, "late")
+    assert image(bc, "big") == image(mc, "big")

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dr_kit.errors import Conflict, JournalError
+from dr_kit.errors import Conflict, JournalError, Unavailable
 from dr_kit.storage import record as rec
 from dr_kit.storage.blocks import CHUNK, ChunkMap, chunks_of
 from dr_kit.storage.journal import Journal
@@ -264,13 +264,20 @@ class PrimaryGroup:
         """Switch to copy/resync: returns (generation, first sequence, initial?)."""
         with self.lock:
             initial = self.conf["state"] == COPY
-            if not initial:
+            last = self.conf.get("last_copy")
+            # an initial copy begun before and not ended (its session failed) starts a new
+            # generation too: the backup keeps only the frames and confirmations of the
+            # copy of the current generation, so what the abandoned copy still has in
+            # flight can neither count as this copy's nor overwrite its newer data
+            again = initial and isinstance(last, dict) and last.get("ended") is None
+            if not initial or again:
                 # entries the backup has not applied are re-sent as copied regions
                 for r, _ in self.journal.iter_records(max(self.applied_seq + 1, self.journal.first_seq)):
                     for off, data in r.extents():
                         for c in chunks_of(off, len(data)):
                             self.dirty[r.volume].add(c)
                 self.journal.reset(self.journal.generation + 1)
+            if not initial:
                 self._set_state(RESYNC, "copying changed regions; the backup keeps its last "
                                 "consistent image in a guard snapshot until this ends")
             self.copy_total = sum(m.count() for m in self.dirty.values())
@@ -282,8 +289,14 @@ class PrimaryGroup:
 
     def end_copy(self) -> int:
         """All regions copied: the backup becomes consistent once it applies through the
-        returned sequence."""
+        returned sequence.  Unavailable, with nothing changed, when regions were marked
+        meanwhile (a volume joined the group, or the other side's divergent regions were
+        merged): the copy goes on with them in a new session, which announces the members."""
         with self.lock:
+            left = sum(m.count() for m in self.dirty.values())
+            if left:
+                raise Unavailable(f"{left} regions were marked for copying while the copy ran "
+                                  "(a volume joined the group): copying them too")
             self.conf.pop("oldest_unreplicated", None)
             if isinstance(self.conf.get("last_copy"), dict):
                 self.conf["last_copy"]["ended"] = time.time()

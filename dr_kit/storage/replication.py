@@ -643,14 +643,19 @@ class Sender:
             raise
 
     async def _wait_copied(self, target: int, what: str) -> None:
-        """Until the backup confirmed more copy bytes (60 s without progress: give up)."""
+        """Until the backup confirmed more copy bytes (60 s without progress: give up).  A
+        wake-up for anything else (the group signalled: a member joined, a state changed)
+        goes on waiting; it used to end the copy as if the 60 s had passed."""
         self._check()
         before = self.copied
-        self.ev.clear()
-        await self._wait(60.0)
-        self._check()
-        if self.copied == before and self.copied < target and not self.stopping:
-            raise Unavailable(f"the backup did not confirm {what} for 60 s")
+        deadline = time.monotonic() + 60.0
+        while self.copied == before and self.copied < target and not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"the backup did not confirm {what} for 60 s")
+            self.ev.clear()
+            await self._wait(left)
+            self._check()
 
     async def _send_piece(self, gen: int, vid: int, off: int, length: int, data: bytes | None,
                           sent: int, inflight: collections.deque) -> int:
