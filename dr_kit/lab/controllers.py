@@ -1108,6 +1108,24 @@ class SiteController:
         self.queue.add_after(key, 0.1)
         return True
 
+    def _members_unbound(self, key: Key, unbound: bool, patience: float = 5.0) -> bool:
+        """Whether a new group waits for members whose volumes are not provisioned yet.
+
+        A group is made with all its members at once: one that joins later is copied by a
+        resync (or, during the initial copy, by a second pass), and the copy reads as
+        complete and in sync in between.  So while some member's PVC is not bound, the
+        group's creation waits (queued again every 0.1 s, at most ``patience`` seconds: a
+        PVC may never bind)."""
+        if not unbound:
+            self._first_seen.pop(key, None)
+            return False
+        first = self._first_seen.setdefault(key, time.monotonic())
+        if time.monotonic() - first >= patience:
+            self._first_seen.pop(key, None)
+            return False
+        self.queue.add_after(key, 0.1)
+        return True
+
     def _forget_group(self, gname: str, key: Key) -> None:
         if self._group_keys.get(gname) == key:
             self._group_keys.pop(gname, None)
@@ -1156,6 +1174,9 @@ class SiteController:
         # DR roles (the lab's reading): svol = this site's copy is the secondary one
         # (demoted, fenced), resync = and resynchronised from the other site's primary
         role = {"svol": "secondary", "resync": "resync"}.get(want, "primary")
+        if role == "primary" and self.view.group(gname) is None and \
+                self._members_unbound(key, len(reps) < len(live)):
+            return  # queued again in a moment
         g = self._apply_role(gname, vols, role, {"mode": mode})
         if g is None:
             return
