@@ -962,6 +962,13 @@ class SiteController:
         if not vols:
             return
         want = vgr["spec"].get("replicationState") or "primary"
+        if want == "primary" and self.view.group(gname) is None:
+            wanted = [q for q in self.caches["PersistentVolumeClaim"].in_namespace(ns)
+                      if (q.get("spec") or {}).get("storageClassName") == STORAGE_CLASS
+                      and not _meta(q).get("deletionTimestamp")
+                      and match_selector(selector, q["metadata"].get("labels") or {})]
+            if self._members_unbound(key, len(pvcs) < len(wanted)):
+                return  # queued again in a moment
         g = self._apply_role(gname, vols, want, cls["spec"].get("parameters") or {})
         if g is None:
             return
@@ -1108,7 +1115,7 @@ class SiteController:
         self.queue.add_after(key, 0.1)
         return True
 
-    def _members_unbound(self, key: Key, unbound: bool, patience: float = 5.0) -> bool:
+    def _members_unbound(self, key: Key, unbound: bool, patience: float = 10.0) -> bool:
         """Whether a new group waits for members whose volumes are not provisioned yet.
 
         A group is made with all its members at once: one that joins later is copied by a
