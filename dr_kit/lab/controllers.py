@@ -1095,7 +1095,7 @@ class SiteController:
 
         The operator labels a namespace's PVCs, then creates the group that selects them by
         that label; the two watches deliver independently.  A new group is created with
-        all its members at once (a member added during the initial copy costs a resync),
+        all its members at once (a member added later is copied afterwards, see below),
         so while some PVC of the namespace does not match the selector yet and the PVC
         watch has not reached the group's resourceVersion, its creation waits (at most
         ``patience`` seconds: a selector may leave PVCs out on purpose)."""
@@ -1103,17 +1103,10 @@ class SiteController:
         pvcs = [p for p in self.caches["PersistentVolumeClaim"].in_namespace(ns)
                 if (p.get("spec") or {}).get("storageClassName") == STORAGE_CLASS
                 and not _meta(p).get("deletionTimestamp")]
-        if all(match_selector(selector, p["metadata"].get("labels") or {}) for p in pvcs) or \
-                not (isinstance(rv, str) and rv.isdigit()) or \
-                self._rv_seen.get("PersistentVolumeClaim", 0) >= int(rv):
-            self._first_seen.pop(key, None)
-            return False
-        first = self._first_seen.setdefault(key, time.monotonic())
-        if time.monotonic() - first >= patience:
-            self._first_seen.pop(key, None)
-            return False
-        self.queue.add_after(key, 0.1)
-        return True
+        behind = not (all(match_selector(selector, p["metadata"].get("labels") or {}) for p in pvcs)
+                      or not (isinstance(rv, str) and rv.isdigit())
+                      or self._rv_seen.get("PersistentVolumeClaim", 0) >= int(rv))
+        return self._hold(key, behind, patience)
 
     def _members_unbound(self, key: Key, unbound: bool, patience: float = 10.0) -> bool:
         """Whether a new group waits for members whose volumes are not provisioned yet.
@@ -1121,9 +1114,13 @@ class SiteController:
         A group is made with all its members at once: one that joins later is copied by a
         resync (or, during the initial copy, by a second pass), and the copy reads as
         complete and in sync in between.  So while some member's PVC is not bound, the
-        group's creation waits (queued again every 0.1 s, at most ``patience`` seconds: a
-        PVC may never bind)."""
-        if not unbound:
+        group's creation waits (at most ``patience`` seconds: a PVC may never bind)."""
+        return self._hold(key, unbound, patience)
+
+    def _hold(self, key: Key, waiting: bool, patience: float) -> bool:
+        """True while ``waiting`` and for at most ``patience`` seconds since it began for
+        ``key``: the key is queued again in 0.1 s."""
+        if not waiting:
             self._first_seen.pop(key, None)
             return False
         first = self._first_seen.setdefault(key, time.monotonic())
