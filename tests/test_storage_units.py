@@ -767,3 +767,39 @@ def test_keep_freed_memory_sets_glibc_thresholds_or_changes_nothing(monkeypatch)
 
     monkeypatch.setattr(ctypes, "CDLL", NoMallopt)
     assert server.keep_freed_memory() is False and calls == ["mallopt"]
+
+
+def test_a_channel_opened_on_a_connection_already_lost_fails_at_once():
+    """Groups waiting for the same new connection get it even when the peer dropped it at
+    once (the link emulator does so while the backup array restarts): a channel opened on
+    it then fails at once, instead of sending its handshake nowhere and waiting out the
+    handshake's 10 s (replication stalled that long after a backup array restarted)."""
+    import asyncio
+    import types
+
+    from dr_kit.errors import Unavailable
+    from dr_kit.storage import wire
+    from dr_kit.storage.replication import _MainLane
+
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        peer = types.SimpleNamespace(remote=f"127.0.0.1:{port}", lanes={})
+        loop = asyncio.get_running_loop()
+        _, lane = await loop.create_connection(lambda: _MainLane(None, peer, "prio"), "127.0.0.1", port)
+        for _ in range(200):
+            if lane.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert lane.closed
+        ch = lane.open_channel()
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable, match="lost"):
+            ch.send_json(wire.HELLO, {"group": "g", "nonce": "n", "lane": "prio"})
+        with pytest.raises(Unavailable, match="lost"):
+            await ch.next(10.0)
+        assert time.monotonic() - t0 < 1.0
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())

@@ -255,7 +255,15 @@ class _MainLane(_Lane):
     def open_channel(self) -> _Channel:
         cid = self._next
         self._next += 1
-        ch = self.channels[cid] = _Channel(self, cid)
+        ch = _Channel(self, cid)
+        if self.closed:
+            # the connection ended before this channel was opened: groups waiting for the
+            # same connection get it after the link (or the backup) dropped it at once.  A
+            # channel opened on it now would wait for an answer that cannot come (the
+            # handshake's 10 s): it fails at once instead and its sender tries again
+            ch.close(f"replication connection to {self.peer.remote} lost")
+        else:
+            self.channels[cid] = ch
         return ch
 
     def on_frame(self, channel: int, ftype: int, payload: bytes) -> None:
