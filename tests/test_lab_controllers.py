@@ -178,3 +178,35 @@ def test_plugins_survive_the_loss_and_return_of_their_api_server(lab):
     written = json.loads(Path(health_file(lab["lab"], "main")).read_text())
     assert written["degraded"] == [] and written["synced"] is True
     assert written["threads"] >= len(threads)
+
+
+def test_a_new_group_waits_for_its_unbound_members_then_is_made_without_them(lab):
+    """The plug-in makes a group with all its members at once: while a member's PVC is not
+    bound the group waits (a member that joined later would be copied afterwards, the group
+    reading as in sync in between), and after its patience it is made with the bound ones."""
+    from dr_kit.lab.controllers import hitachi_group_name
+    from dr_kit.operator.backends import hitachi
+    from dr_kit.operator.policy import Policy
+
+    mk, ma = lab["mk"], lab["ma"]
+    wait(lambda: bound(mk, "shop") == ["sales-db", "stock-db"], "main PVCs bound")
+    # restored from a snapshot that does not exist: it stays Pending
+    mk.create("PersistentVolumeClaim", pvc("later-db", dataSource={
+        "kind": "VolumeSnapshot", "apiGroup": "snapshot.storage.k8s.io", "name": "not-there"}))
+    pol = Policy(backend="hitachi")
+    for name in ("sales-db", "stock-db", "later-db"):
+        mk.create("Replication", hitachi.replication(pol, "shop", name, "lab-array", 9))
+    t0 = time.monotonic()
+    mk.create("ReplicationGroup", hitachi.replication_group(pol, "shop", 9))
+    gname = hitachi_group_name("shop", "9")
+
+    def made() -> dict[str, Any] | None:
+        return next((g for g in ma.client.status()["groups"] if g["name"] == gname), None)
+
+    time.sleep(2.0)
+    assert made() is None, "the group was made while one of its members was not bound"
+    g = wait(made, "the group made with its bound members", timeout=30)
+    assert time.monotonic() - t0 >= 9.5  # the controllers' patience, 10 s
+    assert sorted(g["members"].values() if isinstance(g["members"], dict) else g["members"]) == sorted(
+        pv["spec"]["csi"]["volumeHandle"] for pv in mk.items("PersistentVolume"))
+    assert "later-db" not in bound(mk, "shop")
