@@ -160,3 +160,30 @@ def test_a_swap_keeps_each_volume_to_its_own_when_the_arrays_number_them_differe
     for v in VOLS:
         assert image(mc, v) == image(bc, v), v
     assert image(mc, VOLS[0])[CHUNK:CHUNK + 1] == b"a" and image(mc, VOLS[1])[CHUNK:CHUNK + 1] == b"b"
+
+
+def test_a_demoted_copy_promoted_again_copies_what_the_other_side_never_got(pair, arrays):
+    """A demotion that was not clean (writes the backup never got), then the same side
+    promoted again before any resync, as when a planned move is called off: the regions it
+    wrote beyond the split are what the other side lacks, so the resync toward it must copy
+    them, not only the regions written after the promotion."""
+    main, backup = pair
+    mc, bc = main.client, backup.client
+    arrays.link_to_backup.cut()
+    for i in range(4):
+        write(mc, VOLS[0], (60 + i) * CHUNK, b"D" * 4096)  # never reach the backup
+    demoted = mc.group_action("g", "demote")
+    assert demoted["clean"] is False and demoted["divergent_regions"] >= 4
+    promoted = mc.group_action("g", "promote", track=True)
+    assert promoted["clean"] is False and promoted["divergent_regions"] == demoted["divergent_regions"]
+    assert "beyond the split" in mc.group_status("g")["message"]
+    write(mc, VOLS[1], 70 * CHUNK, b"P" * 4096)  # and one write after the promotion
+    arrays.link_to_backup.restore()
+    secret = new_pair_secret()
+    bc.authorize_pair("g", secret)
+    mc.group_action("g", "pair", remote=arrays.link_to_backup.address, secret=secret)
+    st = caught_up(mc, "g")
+    assert st["last_copy"]["regions"] >= 5, st["last_copy"]
+    for v in VOLS:
+        assert image(mc, v) == image(bc, v), v
+    assert image(bc, VOLS[0])[60 * CHUNK:60 * CHUNK + 4] == b"DDDD"

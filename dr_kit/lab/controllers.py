@@ -1179,17 +1179,18 @@ class SiteController:
         # (demoted, fenced), resync = and resynchronised from the other site's primary
         role = {"svol": "secondary", "resync": "resync"}.get(want, "primary")
         if role == "primary" and self.view.group(gname) is None:
-            # a new group is made with all its members: they are read from the API server
-            # itself (the watch of the Replications may not have delivered the last ones
-            # yet: its kind is watched apart from the ReplicationGroup's), and the pass is
-            # made again once this site's cache holds the same
+            # a new group is made with all its members: first their volumes (from the
+            # cache), then the members themselves, read from the API server once the group
+            # is about to be made (the watch of the Replications may not have delivered the
+            # last ones yet: its kind is watched apart from the ReplicationGroup's); the
+            # pass is made again once this site's cache holds the same
+            if self._members_unbound(key, len(reps) < len(live)):
+                return  # queued again in a moment
             now = {r["metadata"]["name"] for r in self.kube.items("Replication", ns)
                    if self._hitachi_key(r) == key and not r["metadata"].get("deletionTimestamp")}
             if now != {r["metadata"]["name"] for r in live}:
                 self.queue.add_after(key, 0.1)
                 return
-            if self._members_unbound(key, len(reps) < len(live)):
-                return  # queued again in a moment
         g = self._apply_role(gname, vols, role, {"mode": mode})
         if g is None:
             return

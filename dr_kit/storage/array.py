@@ -663,6 +663,9 @@ class Array:
                     "time": t or None, "consistent": consistent, "state": state,
                     "received": received, "main_head": grp.main_head[0] or None,
                     "main_head_time": grp.main_head[1] or None}
+            ndiv = sum(m.count() for m in grp.divergent.values())
+            if ndiv:
+                info["divergent_regions"] = ndiv
             jdir = f"journal-p{int(now * 1000)}"
             folder = grp.folder
             cap = max(int(grp.conf.get("journal_capacity", DEFAULT_JOURNAL)) // 2, DEFAULT_JOURNAL)
@@ -671,12 +674,26 @@ class Array:
                 "remote": remote or "", "journal_capacity": cap, "transfer_interval_ms": 0.0,
                 "sync_timeout_s": 5.0, "state": PAIR if clean else SUSPENDED,
                 "message": ("promoted with the other side identical: replication goes on from the same "
-                            "sequence" if clean else "promoted: the regions written from now on are "
+                            "sequence" if clean else
+                            f"promoted: the {ndiv} regions written here beyond the split and those "
+                            "written from now on are tracked; a resync toward the other side copies them"
+                            if ndiv else "promoted: the regions written from now on are "
                             "tracked; a resync toward the old main copies them"),
                 "created": now, "sizes": {str(v.id): v.size for v in vols}, "secret": secret,
                 "auto_resync": False, "journal_dir": jdir, "promoted": info}
             for p in folder.glob("dirty-*.map"):  # an earlier main life's maps are stale
                 p.unlink()
+            for v in vols:
+                # a demoted old main promoted again before any resync (a planned move
+                # called off): the regions it wrote beyond the split are what the other side
+                # lacks, so they start as changed regions and the resync toward it copies
+                # them (a backup that was never demoted has none)
+                div = grp.divergent.get(v.name)
+                if div is not None and div.count():
+                    m = ChunkMap(folder / f"dirty-{v.id}.map", (v.size + CHUNK - 1) // CHUNK,
+                                 create=True)
+                    m.add_many(sorted(div))
+                    m.close()
             Journal.create(folder / jdir, cap, generation=gen, next_seq=seq + 1,
                            fsync=self.fsync).close()
             pos = _PosFile(folder / "backup-applied")
