@@ -169,16 +169,20 @@ def test_relocate_and_back_swap_roles_without_a_copy_and_lose_nothing(lab):
     in_sync(lab)
 
 
-def _write_main(lab: Path) -> None:
-    """Write to a shop volume at the main array, as a host would (refused when fenced)."""
-    main = site("main", lab)
-    vol = main.pvcs(NS).set_index("name").loc["sales-db", "volume"]
+def _volume(lab: Path, where: str, pvc: str = "sales-db"):
+    """A shop volume at one site's array, opened as a host opens it."""
+    vol = site(where, lab).pvcs(NS).set_index("name").loc[pvc, "volume"]
     state = json.loads((lab / "lab.json").read_text())
     from dr_kit.storage.client import ArrayClient
 
-    ep = state["endpoints"]["main"]["array"]
-    v = ArrayClient(ep["mgmt_url"], ep["data_socket"], token=(lab / "tokens" / "main-array.token")
-                    .read_text().strip()).open_volume(vol)
+    ep = state["endpoints"][where]["array"]
+    return ArrayClient(ep["mgmt_url"], ep["data_socket"], token=(lab / "tokens" / f"{where}-array.token")
+                       .read_text().strip()).open_volume(vol)
+
+
+def _write_main(lab: Path) -> None:
+    """Write to a shop volume at the main array, as a host would (refused when fenced)."""
+    v = _volume(lab, "main")
     try:
         v.write(0, b"\0" * 4096)
     finally:
@@ -202,6 +206,43 @@ def test_relocate_resumes_after_a_kill_at_any_step(lab, step):
     if st["primary"] != "main":
         ok(dr_cli(lab, "relocate"))
         in_sync(lab)
+
+
+def test_a_move_whose_demotion_is_not_clean_is_called_off_and_loses_nothing(lab):
+    """A write lands at the primary after the final sync's last check and before the
+    demotion (here: the demotion asked by hand while the link is cut): promoting the other
+    copy would lose it, so the relocate is called off, the old primary's copy is primary
+    again, and a resync brings the write to the other site."""
+    in_sync(lab)
+    assert dr_of(lab).state().primary == "main"
+    r = dr_cli(lab, "relocate", env={KILL_ENV: "relocate:final-sync"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    lab_ctl = Lab(lab)
+    lab_ctl.set_link(cut=True)
+    marker = os.urandom(4096)
+    v = _volume(lab, "main")  # the volume's last block: past the end of the shop's files
+    try:
+        tail = v.size - 4096
+        v.write(tail, marker)
+    finally:
+        v.close()
+    d = dr_of(lab)
+    d.ensure_role_object("main", "secondary")
+    d.wait_role("main", "secondary")
+    lab_ctl.set_link(cut=False)
+    r = dr_cli(lab, "relocate")  # resumes at the demotion, finds it not clean
+    assert r.returncode not in (0, -9), r.stdout + r.stderr
+    assert "called off" in r.stderr and "primary again" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    st = in_sync(lab)
+    assert st["primary"] == "main" and st["operation"] is None
+    assert dr_of(lab).state().history[-1].get("called_off")
+    b = _volume(lab, "backup")
+    try:
+        assert b.read(tail, 4096) == marker  # the write after the final sync reached the backup
+    finally:
+        b.close()
+    assert events(lab, "DRCalledOff")
 
 
 def test_failover_to_an_inconsistent_copy_is_refused_unless_forced(lab):

@@ -472,10 +472,19 @@ class DR:
             return {"final_sync_s": round(self.wait_caught_up(src, since), 3)}
 
         def demote(st: DrState) -> dict[str, Any]:
+            # once more right before the demotion: a volume that joined the group since the
+            # final sync suspends the pair until its copy is over, and is copied first
+            # (not when resumed after the demotion was asked: a demoted copy is never in pair)
+            if manifests.role_of(self.backend(), self.role_object(src)) != "secondary":
+                since = float(st.operation.data.get("t_quiesce") or time.time())  # type: ignore[union-attr]
+                self.wait_caught_up(src, since)
             self.ensure_role_object(src, "secondary")
             self.wait_role(src, "secondary")
             g = self.array_group(src) or {}
-            return {"demoted": g.get("demoted")}
+            demoted = g.get("demoted")
+            if isinstance(demoted, dict) and demoted.get("clean") is False:
+                self._call_off_move(src, dst, demoted)
+            return {"demoted": demoted}
 
         def swap(st: DrState) -> dict[str, Any]:
             cur = self.state()
@@ -507,6 +516,34 @@ class DR:
                 Step("swap", swap, f"DR state: the {dst} site is primary"),
                 Step("start", start, f"application started at the {dst} site"),
                 Step("verify", verify, "replication in sync in the new direction")]
+
+    def _call_off_move(self, src: str, dst: str, demoted: dict[str, Any]) -> None:
+        """A planned move whose demotion was not clean: ``src``'s copy holds writes that
+        ``dst``'s lacks (written after the last check of the final sync), so promoting
+        ``dst`` would lose them.  The move is called off: ``src``'s copy is made primary
+        again, the regions it wrote beyond the split are copied to ``dst`` by a resync, the
+        application starts again at ``src``, and the operation ends (raises Conflict)."""
+        st = self.state()
+        op = st.operation.name if st.operation else "relocate"
+        writes, regions = int(demoted.get("lost_entries") or 0), int(demoted.get("divergent_regions") or 0)
+        why = (f"the {src} site's copy was demoted holding {regions} region{'s' * (regions != 1)} of "
+               f"64 KiB ({writes} write{'s' * (writes != 1)} in its journal) that the {dst} site's "
+               "copy does not have")
+        self.say(f"  {why}: the move is called off, the {src} site's copy becomes primary again")
+        self._event("DRCalledOff", f"{op} called off: {why}", "Warning")
+        self.ensure_role_object(src, "primary")
+        self.wait_role(src, "primary")
+        self.ensure_role_object(dst, "resync")
+        self.wait_role(src, "primary", in_sync=True, timeout=max(self.timeout, 300))
+        self.ensure_role_object(dst, "secondary")
+        self.apps.start(self.site(src), self.namespace)
+        self.wait_serving(src)
+        st = self.state()
+        if st.operation is not None:
+            self._write(st.finished(time.time(), called_off=why))
+        raise Conflict(f"{op} of {self.namespace} called off: {why}. The {src} site is primary "
+                       f"again, its copy in sync with the {dst} site, and the application runs "
+                       f"there; run `dr-kit dr {op} {self.namespace}` again to move it")
 
     def _move_result(self, st: DrState, src: str, dst: str) -> dict[str, Any]:
         d = st.operation.data if st.operation else {}
