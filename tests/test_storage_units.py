@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -803,3 +804,28 @@ def test_a_channel_opened_on_a_connection_already_lost_fails_at_once():
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_syncing_array_makes_its_configuration_durable_before_naming_it(tmp_path, monkeypatch, fsync):
+    """``array.json`` is replaced by a rename: with ``fsync`` the new file is synced before
+    the rename and the folder after it, so a power loss leaves the old file or the whole new
+    one, never an empty one under the name."""
+    from dr_kit.storage import array as array_mod
+    from dr_kit.storage.array import Array
+
+    calls: list[str] = []
+    real_fsync, real_replace, real_dir = os.fsync, os.replace, array_mod.fsync_dir
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(
+        "fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(f"replace {Path(b).name}"), real_replace(a, b)))
+    monkeypatch.setattr(array_mod, "fsync_dir", lambda p: (calls.append(f"dir {Path(p).name}"), real_dir(p)))
+    a = Array(tmp_path / "a", "a", fsync=fsync)
+    calls.clear()
+    a.create_volume("v", 1 << 20)
+    saves = [c for c in calls if c.startswith(("fsync array.json", "replace array.json", "dir a"))]
+    if fsync:
+        assert saves[:3] == ["fsync array.json.tmp", "replace array.json", "dir a"], calls
+    else:
+        assert saves and all(c == "replace array.json" for c in saves), calls
+    assert json.loads((tmp_path / "a" / "array.json").read_text())["volumes"]["v"]

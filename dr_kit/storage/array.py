@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_kit.errors import Conflict, DrKitError, InvalidInput, JournalError, NotFound
+from dr_kit.fsutil import fsync_dir
 from dr_kit.storage.blocks import (
     CHUNK,
     ChunkMap,
@@ -174,7 +175,12 @@ class Array:
                 # no indent: Python's C encoder (several times faster) only serves compact
                 # JSON, and this file is written on every change of a thousand volumes' state
                 f.write(json.dumps(self.conf, sort_keys=True))
+                if self.fsync:  # power-loss safety: the new file's data before its name
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, self.root / "array.json")
+            if self.fsync:
+                fsync_dir(self.root)
 
     def _load(self) -> None:
         vconf = self.conf["volumes"]
