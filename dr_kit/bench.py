@@ -122,6 +122,37 @@ def pct(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
+def ratio_intervals(phases: dict[str, tuple[list[list[float]], list[list[float]]]], *, q: float = 50,
+                    resamples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% intervals of the ratio of two modes' ``q``-th percentiles, per phase and for
+    their largest (key ``"max"``), by a paired bootstrap over the rounds of interleaved
+    blocks: ``phases`` maps a phase to (numerator blocks, denominator blocks), block ``i``
+    of both measured in the same round.  A resample draws rounds with replacement and keeps
+    each round's two blocks together, so what moved both modes in a round (the machine's
+    other work) moves both sides of the ratio.  Deterministic for given data and ``seed``."""
+    import random
+
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = {name: [] for name in phases}
+    draws["max"] = []
+    for _ in range(resamples):
+        worst = 0.0
+        for name, (num, den) in phases.items():
+            n = min(len(num), len(den))
+            pick = [rng.randrange(n) for _ in range(n)]
+            a = pct([x for i in pick for x in num[i]], q)
+            b = pct([x for i in pick for x in den[i]], q)
+            r = a / b if a is not None and b else float("nan")
+            draws[name].append(r)
+            worst = max(worst, r)
+        draws["max"].append(worst)
+    out: dict[str, tuple[float, float]] = {}
+    for name, values in draws.items():
+        values.sort()
+        out[name] = (values[int(0.025 * (len(values) - 1))], values[int(round(0.975 * (len(values) - 1)))])
+    return out
+
+
 class _Link:
     """The link emulator as its own process (so it takes no CPU time from the shop)."""
 
@@ -224,6 +255,8 @@ class Bench:
         self.pg_link: _Link | None = None
         self.pg_note: str | None = None
         self.pg_result: dict[str, Any] = {}
+        self.ratio_ci: dict[str, tuple[float, float]] = {}
+        self.pg_ratio_ci: dict[str, tuple[float, float]] = {}
 
     def start_anchor(self) -> None:
         """Start the PostgreSQL anchor; when it cannot run, keep a one-line note instead."""
@@ -335,9 +368,12 @@ class Bench:
         block = COMMIT_BLOCK
         for shop in shops.values():  # one unrecorded block each: caches and prepared statements
             shop.run(0, count=block)
+        ours: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
+        theirs: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
         for delay in (0, 5, 20):
             self.set_delay(delay)
             lat: dict[str, list[float]] = {m: [] for m in shops}
+            blocks: dict[str, list[list[float]]] = {m: [] for m in shops}
             t_mode: dict[str, float] = {m: 0.0 for m in shops}
             for _ in range(rounds):
                 for mode, shop in shops.items():
@@ -347,6 +383,7 @@ class Bench:
                     shop.run(0, count=n)
                     t_mode[mode] += time.perf_counter() - t0
                     lat[mode] += shop.stats.latencies_ms
+                    blocks[mode].append(list(shop.stats.latencies_ms))
             rows: dict[str, dict[str, Any]] = {
                 mode: {"p10_ms": pct(values, 10), "p50_ms": pct(values, 50), "p99_ms": pct(values, 99),
                        "n": len(values), "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
@@ -363,6 +400,9 @@ class Bench:
             row["async_over_off_tps"] = row["async"]["tx_per_s"] / row["off"]["tx_per_s"]
             row["sync_over_off_p50"] = row["sync"]["p50_ms"] / row["off"]["p50_ms"]
             out[f"{delay}ms"] = row
+            ours[f"{delay}ms"] = (blocks["async"], blocks["off"])
+            if pg:
+                theirs[f"{delay}ms"] = (blocks["pg_async"], blocks["pg_off"])
             line = (f"  delay {delay:>2} ms: p50 off {row['off']['p50_ms']:.2f} ms, journal only "
                     f"{row['journal']['p50_ms']:.2f} ms ({row['journal_over_off_p50']:.2f}x), async "
                     f"{row['async']['p50_ms']:.2f} ms ({row['async_over_off_p50']:.2f}x; p10 "
@@ -378,6 +418,23 @@ class Bench:
                          f"{prow['async']['p50_ms']:.2f} ms ({prow['async_over_off_p50']:.2f}x)")
             self.say(line)
         self.set_delay(0)
+        # how far the ratios would move with other rounds of the same run (the machine's
+        # noise between blocks): paired bootstrap intervals, ours and PostgreSQL's
+        self.ratio_ci = ratio_intervals(ours)
+        for d, (lo, hi) in self.ratio_ci.items():
+            if d in out:
+                out[d]["async_over_off_p50_ci95"] = [lo, hi]
+        lo, hi = self.ratio_ci["max"]
+        line = f"  async / off p50, worst delay: 95% interval {lo:.2f}-{hi:.2f}x"
+        if theirs:
+            self.pg_ratio_ci = ratio_intervals(theirs)
+            for d, (plo, phi) in self.pg_ratio_ci.items():
+                if d in pg_out:
+                    pg_out[d]["async_over_off_p50_ci95"] = [plo, phi]
+            plo, phi = self.pg_ratio_ci["max"]
+            self.pg_result["async_over_off_p50_max_ci95"] = [plo, phi]
+            line += f"; PostgreSQL's {plo:.2f}-{phi:.2f}x"
+        self.say(line + " (rounds resampled)")
         for mode in COMMIT_MODES:
             shop = shops[mode]
             assert isinstance(shop, Shop)
@@ -711,6 +768,8 @@ def run(*, quick: bool = False, workdir: str | Path | None = None,
     pg = bench.pg_result if bench.pg else {"skipped": bench.pg_note}
     return {
         "async_over_off_p50_max": max(commit[d]["async_over_off_p50"] for d in delays),
+        # where the figure above would fall with other rounds of this run (95%, bootstrap)
+        "async_over_off_p50_max_ci95": list(bench.ratio_ci["max"]) if bench.ratio_ci else None,
         # its split at the same (worst) delay: the commit path's journal entries alone, and
         # what streaming beside them adds (the product of the two is the ratio above)
         "journal_over_off_p50_at_worst": commit[worst]["journal_over_off_p50"],

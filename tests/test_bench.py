@@ -167,3 +167,26 @@ def test_shared_placement_pins_nothing(tmp_path):
             assert all(a == mine for a in _affinities(pid))
     finally:
         b.close()
+
+
+def test_ratio_intervals_follow_the_rounds_and_the_largest_phase():
+    """The bootstrap interval of a p50 ratio: exact when every round has the same ratio,
+    wide enough to hold the ratio of a noisy run, deterministic, and for the largest of the
+    phases never below any phase's own."""
+    import random
+
+    steady = [[1.0, 2.0, 3.0]] * 8
+    tight = bench.ratio_intervals({"a": ([[1.2 * x for x in b] for b in steady], steady)})
+    assert tight["a"] == pytest.approx((1.2, 1.2)) and tight["max"] == pytest.approx((1.2, 1.2))
+
+    rng = random.Random(3)
+    def noisy(scale: float) -> list[list[float]]:
+        return [[scale * rng.uniform(0.8, 1.4) for _ in range(50)] for _ in range(8)]
+    phases = {"0ms": (noisy(1.10), noisy(1.0)), "5ms": (noisy(1.05), noisy(1.0))}
+    ci = bench.ratio_intervals(phases)
+    assert ci == bench.ratio_intervals(phases)  # the same data, the same interval
+    for d, (num, den) in phases.items():
+        point = bench.pct([x for b in num for x in b], 50) / bench.pct([x for b in den for x in b], 50)
+        assert ci[d][0] <= point <= ci[d][1] and ci[d][1] - ci[d][0] > 0.01
+    assert ci["max"][0] >= max(ci[d][0] for d in phases) - 1e-9
+    assert ci["max"][1] >= max(ci[d][1] for d in phases) - 1e-9

@@ -183,5 +183,8 @@ def test_status_text_is_a_headline_and_a_table_of_both_sites():
     col = lines[2].index("REACHABLE")
     assert main_row[col:col + 3] == "yes" and backup_row[col:col + 3] == "yes"
     assert lines[-1] == "history: failover -> backup"
+    st["history"] = [{"op": "failover", "primary": "backup"},
+                     {"op": "relocate", "primary": "backup", "called_off": "the backup site's copy ..."}]
+    assert status_text(st).splitlines()[-1] == "history: failover -> backup, relocate (called off) -> backup"
     st["test"], st["failover"], st["history"] = {"state": "cleaned", "namespace": "shop-drtest"}, None, []
     assert status_text(st).splitlines()[1] == "last DR test: its environment shop-drtest removed"

@@ -117,6 +117,10 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"{label:<40} {value:>12.3f}   {op} {goal:<7} {'met' if ok else 'MISSED'}")
     print(f"{'peak array RSS, large volume (MB)':<40} {result['peak_rss_mb_1g']:>12.1f}   "
           f"(small volume: {result['large']['peak_rss_mb_small']:.1f} MB)")
+    ci = result.get("async_over_off_p50_max_ci95")
+    if ci:
+        print(f"(async/off commit p50, worst delay: 95% interval {ci[0]:.3f}-{ci[1]:.3f} over "
+              "the run's rounds, resampled)")
     print()
     print(f"{'async/off p50 at its worst delay, split':<40} {'measured':>12}")
     for key, label in bench.BREAKDOWN:

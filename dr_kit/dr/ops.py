@@ -1164,7 +1164,9 @@ def status_text(st: dict[str, Any]) -> str:
               for r in [header, *rows]]
     history = st.get("history") or []
     if history:
-        lines.append("history: " + ", ".join(f"{h.get('op')} -> {h.get('primary')}" for h in history))
+        lines.append("history: " + ", ".join(
+            f"{h.get('op')}{' (called off)' if h.get('called_off') else ''} -> {h.get('primary')}"
+            for h in history))
     return "\n".join(lines)
 
 
