@@ -593,5 +593,9 @@ def test_an_initial_copy_begun_again_starts_a_new_generation_and_ends_only_when_
         assert g.conf["state"] == "pair" and g.conf["last_copy"]["ended"] is not None
         gen3, _, initial3 = g.begin_copy()  # a later resync: not initial, its own generation
         assert not initial3 and gen3 == 3
+        g.suspend("suspended by request")  # while the resync runs: it does not end in pair
+        with pytest.raises(DrKitError, match="became suspended during the copy"):
+            g.end_copy()
+        assert g.conf["state"] == "suspended" and g.conf["message"] == "suspended by request"
     finally:
         a.close()

@@ -291,8 +291,15 @@ class PrimaryGroup:
         """All regions copied: the backup becomes consistent once it applies through the
         returned sequence.  Unavailable, with nothing changed, when regions were marked
         meanwhile (a volume joined the group, or the other side's divergent regions were
-        merged): the copy goes on with them in a new session, which announces the members."""
+        merged): the copy goes on with them in a new session, which announces the members;
+        or when the group was suspended or failed meanwhile (the pair is not declared over
+        the suspension: the group resyncs as its state says)."""
         with self.lock:
+            state = self.conf["state"]
+            if state not in (COPY, RESYNC):  # suspended or failed while the copy ran
+                raise Unavailable(f"the group became {state} during the copy "
+                                  f"({self.conf.get('message') or 'no reason given'}); "
+                                  "the copy ends without the pair")
             left = sum(m.count() for m in self.dirty.values())
             if left:
                 raise Unavailable(f"{left} regions were marked for copying while the copy ran "
