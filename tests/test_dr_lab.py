@@ -230,7 +230,11 @@ def test_a_move_whose_demotion_is_not_clean_is_called_off_and_loses_nothing(lab)
     d.ensure_role_object("main", "secondary")
     d.wait_role("main", "secondary")
     lab_ctl.set_link(cut=False)
-    r = dr_cli(lab, "relocate")  # resumes at the demotion, finds it not clean
+    # resumes at the demotion, finds it not clean, and is killed while calling the move off
+    r = dr_cli(lab, "relocate", env={KILL_ENV: "relocate:calling-off"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    assert dr_of(lab).state().operation.data.get("calling_off")
+    r = dr_cli(lab, "relocate")  # the same command again finishes calling it off
     assert r.returncode not in (0, -9), r.stdout + r.stderr
     assert "called off" in r.stderr and "primary again" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

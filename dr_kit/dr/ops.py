@@ -472,6 +472,9 @@ class DR:
             return {"final_sync_s": round(self.wait_caught_up(src, since), 3)}
 
         def demote(st: DrState) -> dict[str, Any]:
+            pending = st.operation.data.get("calling_off")  # type: ignore[union-attr]
+            if isinstance(pending, dict):  # resumed while the move was being called off
+                self._call_off_move(src, dst, pending)
             # once more right before the demotion: a volume that joined the group since the
             # final sync suspends the pair until its copy is over, and is copied first
             # (not when resumed after the demotion was asked: a demoted copy is never in pair)
@@ -522,9 +525,12 @@ class DR:
         ``dst``'s lacks (written after the last check of the final sync), so promoting
         ``dst`` would lose them.  The move is called off: ``src``'s copy is made primary
         again, the regions it wrote beyond the split are copied to ``dst`` by a resync, the
-        application starts again at ``src``, and the operation ends (raises Conflict)."""
+        application starts again at ``src``, and the operation ends (raises Conflict).  It is
+        recorded first, so the same command resumed after a kill finishes calling it off."""
         st = self.state()
         op = st.operation.name if st.operation else "relocate"
+        if st.operation is not None and not st.operation.data.get("calling_off"):
+            self._write(st.with_step(st.operation.step, calling_off=demoted))  # resumable
         writes, regions = int(demoted.get("lost_entries") or 0), int(demoted.get("divergent_regions") or 0)
         why = (f"the {src} site's copy was demoted holding {regions} region{'s' * (regions != 1)} of "
                f"64 KiB ({writes} write{'s' * (writes != 1)} in its journal) that the {dst} site's "
@@ -533,6 +539,7 @@ class DR:
         self._event("DRCalledOff", f"{op} called off: {why}", "Warning")
         self.ensure_role_object(src, "primary")
         self.wait_role(src, "primary")
+        _kill_hook(op, 0, "calling-off")
         self.ensure_role_object(dst, "resync")
         self.wait_role(src, "primary", in_sync=True, timeout=max(self.timeout, 300))
         self.ensure_role_object(dst, "secondary")
