@@ -324,30 +324,34 @@ def test_failover_and_failback_resume_after_kills(lab):
     in_sync(lab)
 
 
+def _hitachi_namespace(lab: Path, ns: str, cg: int):
+    """A namespace of two PVCs protected with the operator's Hitachi resources, made here
+    (the lab's operator runs the default policy, csi-addons only); returns the policy."""
+    from dr_kit.operator.backends import hitachi
+    from dr_kit.operator.policy import Policy
+
+    main = site("main", lab)
+    main.kube.create("Namespace", {"metadata": {"name": ns}})
+    for pvc in ("sales-db", "stock-db"):
+        main.kube.create("PersistentVolumeClaim", {
+            "metadata": {"name": pvc, "namespace": ns},
+            "spec": {"storageClassName": "lab-array", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "4Mi"}}}})
+    pol = Policy(backend="hitachi")
+    group = pol.group_name(ns)
+    for pvc in ("sales-db", "stock-db"):
+        main.kube.patch("PersistentVolumeClaim", pvc, {"metadata": {"labels": {pol.group_label_key: group}}}, ns)
+        main.kube.create("Replication", hitachi.replication(pol, ns, pvc, "lab-array", cg))
+    main.kube.create("ReplicationGroup", hitachi.replication_group(pol, ns, cg))
+    main.kube.patch("Namespace", ns, {"metadata": {"annotations": {"dr-kit.io/backend": "hitachi"}}})
+    return pol
+
+
 def test_relocate_with_the_hitachi_backend_and_no_lab_controls(lab):
     """Hitachi's resources carry the roles (ReplicationGroup desiredPairState), and the
     real-cluster path (no lab controls: applications are Deployments) moves a namespace
     that has none."""
-    main = site("main", lab)
-    main.kube.create("Namespace", {"metadata": {"name": "hshop"}})
-    for pvc in ("sales-db", "stock-db"):
-        main.kube.create("PersistentVolumeClaim", {
-            "metadata": {"name": pvc, "namespace": "hshop"},
-            "spec": {"storageClassName": "lab-array", "accessModes": ["ReadWriteOnce"],
-                     "resources": {"requests": {"storage": "4Mi"}}}})
-    # the operator's Hitachi resources, made here (the lab's operator runs the default
-    # policy, csi-addons only)
-    from dr_kit.operator.backends import hitachi
-    from dr_kit.operator.policy import Policy
-
-    pol = Policy(backend="hitachi")
-    group = pol.group_name("hshop")
-    for pvc in ("sales-db", "stock-db"):
-        main.kube.patch("PersistentVolumeClaim", pvc, {"metadata": {"labels": {pol.group_label_key: group}}},
-                        "hshop")
-        main.kube.create("Replication", hitachi.replication(pol, "hshop", pvc, "lab-array", 7))
-    main.kube.create("ReplicationGroup", hitachi.replication_group(pol, "hshop", 7))
-    main.kube.patch("Namespace", "hshop", {"metadata": {"annotations": {"dr-kit.io/backend": "hitachi"}}})
+    pol = _hitachi_namespace(lab, "hshop", 7)
     dr = DR(site("main", lab), site("backup", lab), "hshop", controls=None, progress=None, policy=pol)
     wait_for(lambda: dr.status()["sites"]["main"]["in_sync"], timeout=60, interval=0.3,
              what="hshop replicating in sync")
@@ -360,6 +364,34 @@ def test_relocate_with_the_hitachi_backend_and_no_lab_controls(lab):
              what="hshop replicating back in sync")
     back = dr.relocate()
     assert back["primary"] == "main" and back["without_copy"] is True
+
+
+def test_a_hitachi_split_stays_split_until_paired_again(lab):
+    """desiredPairState split (Hitachi's pairsplit): the pair is suspended and stays so,
+    its changes tracked, instead of resyncing by itself; pair resyncs it."""
+    main = site("main", lab)
+    group = _hitachi_namespace(lab, "hsplit", 8).group_name("hsplit")
+
+    def pair_state() -> str | None:
+        return (main.kube.get("ReplicationGroup", group, "hsplit").get("status") or {}).get("pairState")
+
+    wait_for(lambda: pair_state() == "PAIR", timeout=60, what="hsplit in PAIR")
+    main.kube.patch("ReplicationGroup", group, {"spec": {"desiredPairState": "split"}}, "hsplit")
+    wait_for(lambda: pair_state() == "PSUS", timeout=30, what="hsplit split (PSUS)")
+    copy_group = main.kube.items("Replication", "hsplit")[0]["status"]["copyGroup"]  # the array's name
+
+    def array_group() -> dict:
+        return next(g for g in main.array.status()["groups"] if g["name"] == copy_group)
+
+    copies = (array_group().get("last_copy") or {}).get("started")
+    seen = set()
+    for _ in range(25):  # and it stays split (it resynced by itself, flapping, before)
+        seen.add((pair_state(), array_group()["state"]))
+        time.sleep(0.2)
+    assert seen == {("PSUS", "suspended")}, seen
+    assert (array_group().get("last_copy") or {}).get("started") == copies, "a resync began while split"
+    main.kube.patch("ReplicationGroup", group, {"spec": {"desiredPairState": "pair"}}, "hsplit")
+    wait_for(lambda: pair_state() == "PAIR", timeout=30, what="hsplit paired again")
 
 
 def test_unprotect_from_the_new_primary_after_a_swap(lab):

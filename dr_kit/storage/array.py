@@ -971,6 +971,7 @@ class Array:
                                "copy": {"total": g.copy_total, "done": g.copy_done},
                                "applied_bytes": g.applied_bytes,
                                "paired": bool(g.conf.get("secret") and g.conf.get("remote")),
+                               "auto_resync": bool(g.conf.get("auto_resync", True)),
                                "promoted": g.conf.get("promoted"), "last_copy": g.conf.get("last_copy"),
                                "volume_bytes": sum(v.size for v in g.members.values()),
                                "lag": lag.to_dict()})
