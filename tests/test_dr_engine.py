@@ -4,6 +4,8 @@ a resync of only the regions changed on either side after an unplanned failover.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import wait_for
 
@@ -187,3 +189,23 @@ def test_a_demoted_copy_promoted_again_copies_what_the_other_side_never_got(pair
     for v in VOLS:
         assert image(mc, v) == image(bc, v), v
     assert image(bc, VOLS[0])[60 * CHUNK:60 * CHUNK + 4] == b"DDDD"
+
+
+def test_a_pair_suspended_by_request_stays_suspended_until_a_resync_is_asked_for(pair):
+    """A suspension asked for (Hitachi's split) holds: the group tracks changes and does not
+    resync by itself, as it does after a suspension of its own (journal full, restart);
+    the resync action copies the changed regions and ends the hold."""
+    main, backup = pair
+    mc, bc = main.client, backup.client
+    before = mc.group_status("g")["last_copy"]
+    mc.group_action("g", "suspend")
+    write(mc, VOLS[0], 90 * CHUNK, b"S" * 4096)  # tracked, not sent
+    for _ in range(30):  # the sender looks at an idle group at least every 2 s
+        st = mc.group_status("g")
+        assert st["state"] == "suspended" and st["held"] is True and st["last_copy"] == before, st
+        time.sleep(0.1)
+    assert image(bc, VOLS[0])[90 * CHUNK:90 * CHUNK + 1] == b"\0"
+    mc.group_action("g", "resync")
+    st = caught_up(mc, "g")
+    assert st["held"] is False and st["last_copy"]["regions"] >= 1
+    assert image(bc, VOLS[0]) == image(mc, VOLS[0])

@@ -1195,24 +1195,14 @@ class SiteController:
         if g is None:
             return
         if g["side"] == "main":
-            acts: list[dict[str, Any]] = []
-            if want == "split":
-                # a split pair stays suspended, its changes tracked, until it is paired
-                # again (the array would otherwise resync it by itself at once)
-                if g.get("auto_resync", True):
-                    acts.append({"action": "configure", "auto_resync": False})
-                if g["state"] in ("pair", "resync"):
-                    acts.append({"action": "suspend"})
-            elif want == "pair":
-                if not g.get("auto_resync", True) and not g.get("promoted"):
-                    # paired again after a split: the lab's arrays resync by themselves
-                    # (a promoted copy never does: its resync is asked for)
-                    acts.append({"action": "configure", "auto_resync": True})
-                if g["state"] == "suspended" and g.get("paired", True):
-                    acts.append({"action": "resync"})
-            for act in acts:
-                self.array.group_action(gname, **act)
-            if acts:
+            # a split pair is suspended by request: the array holds it so, its changes
+            # tracked, until a resync is asked for (pair)
+            if want == "split" and (g["state"] in ("pair", "resync") or
+                                    (g["state"] == "suspended" and not g.get("held"))):
+                self.array.group_action(gname, "suspend")
+                g = self._fresh_group(gname)
+            elif want == "pair" and g["state"] == "suspended" and g.get("paired", True):
+                self.array.group_action(gname, "resync")
                 g = self._fresh_group(gname)
             if g.get("paired", True):
                 self._ensure_backup_objects(ns, pvcs, vols, gname, g["state"])

@@ -972,6 +972,7 @@ class Array:
                                "applied_bytes": g.applied_bytes,
                                "paired": bool(g.conf.get("secret") and g.conf.get("remote")),
                                "auto_resync": bool(g.conf.get("auto_resync", True)),
+                               "held": bool(g.conf.get("held")),
                                "promoted": g.conf.get("promoted"), "last_copy": g.conf.get("last_copy"),
                                "volume_bytes": sum(v.size for v in g.members.values()),
                                "lag": lag.to_dict()})

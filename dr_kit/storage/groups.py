@@ -224,9 +224,15 @@ class PrimaryGroup:
         self.conf["oldest_unreplicated"] = t or time.time()
         self._set_state(SUSPENDED, why)
 
-    def suspend(self, why: str = "suspended by request") -> None:
+    def suspend(self, why: str = "suspended by request", *, hold: bool = False) -> None:
+        """Suspend the pair (changes are tracked).  With ``hold`` (a request) it stays
+        suspended until a resync is asked for, whatever ``auto_resync`` says."""
         with self.lock:
+            if hold:
+                self.conf["held"] = True  # before the state change wakes the sender
             self._suspend_locked(why)
+            if hold:
+                self._save()
 
     def fail(self, why: str) -> None:
         with self.lock:

@@ -498,7 +498,8 @@ class Sender:
             if g.conf.pop("reconnect", False):
                 raise Unavailable("group membership changed; announcing it again")
             state = g.state
-            if state == COPY or (state in (SUSPENDED, RESYNC) and g.conf.get("auto_resync", True)) \
+            if state == COPY or (state in (SUSPENDED, RESYNC) and g.conf.get("auto_resync", True)
+                                 and not g.conf.get("held")) \
                     or (state in (ERROR, SUSPENDED) and g.conf.pop("resync_requested", False)):
                 next_seq = await self._copy()
                 continue

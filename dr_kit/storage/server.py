@@ -446,10 +446,11 @@ class ManagementServer(ApiServer):
         act = _str(body, "action")
         if isinstance(g, PrimaryGroup):
             match act:
-                case "suspend":
-                    g.suspend("suspended by request")
+                case "suspend":  # held until a resync is asked for
+                    g.suspend("suspended by request", hold=True)
                 case "resync":
                     with g.lock:
+                        g.conf.pop("held", None)
                         g.conf["resync_requested"] = True
                         g.signal()
                 case "pause-transfer" | "resume-transfer":
