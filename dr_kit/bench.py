@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -130,8 +131,6 @@ def ratio_intervals(phases: dict[str, tuple[list[list[float]], list[list[float]]
     of both measured in the same round.  A resample draws rounds with replacement and keeps
     each round's two blocks together, so what moved both modes in a round (the machine's
     other work) moves both sides of the ratio.  Deterministic for given data and ``seed``."""
-    import random
-
     rng = random.Random(seed)
     draws: dict[str, list[float]] = {name: [] for name in phases}
     draws["max"] = []
