@@ -249,6 +249,34 @@ def test_a_move_whose_demotion_is_not_clean_is_called_off_and_loses_nothing(lab)
     assert events(lab, "DRCalledOff")
 
 
+def test_a_relocate_stuck_at_its_final_sync_is_aborted_and_the_application_runs_again(lab):
+    """The link drops as a relocate begins: the final sync cannot finish, and
+    `relocate --abort` calls the move off (nothing was demoted): the application runs at
+    the source again.  With no operation running, an abort is refused."""
+    in_sync(lab)
+    primary = dr_of(lab).state().primary
+    r = dr_cli(lab, "relocate", env={KILL_ENV: "relocate:prepare"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    lab_ctl = Lab(lab)
+    lab_ctl.set_link(cut=True)
+    try:
+        time.sleep(0.5)  # the application writes what the backup will not get in time
+        r = dr_cli(lab, "relocate", "--timeout", "2")
+        assert r.returncode != 0 and "final sync" in r.stderr, r.stderr
+        assert not shop_processes(lab)  # stopped by the move, and the move cannot finish
+        r = dr_cli(lab, "relocate", "--abort")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = json.loads(r.stdout)
+        assert out["aborted"] is True and out["primary"] == primary and out["at_step"] == "final-sync"
+    finally:
+        lab_ctl.set_link(cut=False)
+    st = in_sync(lab)
+    assert st["primary"] == primary and st["operation"] is None
+    assert dr_of(lab).state().history[-1]["called_off"] == "aborted by request at step final-sync"
+    r = dr_cli(lab, "relocate", "--abort")
+    assert r.returncode == 2 and "no DR operation" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_failover_to_an_inconsistent_copy_is_refused_unless_forced(lab):
     main = site("main", lab)
     group = main.array.status()["groups"][0]["name"]

@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace, lab_controls: ControlsFactory | None) -> int:
     elif op == "failover":
         out = dr.failover(force=args.force)
     elif op == "relocate":
-        out = dr.relocate()
+        out = dr.abort() if args.abort else dr.relocate()
     elif op == "failback":
         out = dr.failback()
     else:
@@ -91,6 +91,9 @@ def render(op: str, out: dict[str, Any]) -> str:
         return render_status(out)
     if op == "test" and out.get("cleaned"):
         return f"DR test environment {out.get('namespace')} removed"
+    if op == "relocate" and out.get("aborted"):
+        return (f"relocate aborted at step {out.get('at_step')}: the {out.get('primary')} site is "
+                "primary, its application running")
     keys = LINES.get(op, ())
     figures = ", ".join(f"{k}={_fmt(out.get(k))}" for k in keys)
     return f"{op}: {figures}"
@@ -143,6 +146,9 @@ def add_parser(subparsers: argparse._SubParsersAction, *,
                    help="fail over onto a copy that is not known consistent (says what is lost)")
     p = sub.add_parser("relocate", help="planned: move the application to the other site, RPO 0")
     common(p)
+    p.add_argument("--abort", action="store_true",
+                   help="call off a running relocate that has not promoted the other site yet: "
+                   "the application runs at its source again, nothing lost")
     p = sub.add_parser("failback", help="after a failover: resync by changed regions, relocate home")
     common(p)
     p = sub.add_parser("status", help="the namespace's DR state and both sites' view")

@@ -523,34 +523,82 @@ class DR:
     def _call_off_move(self, src: str, dst: str, demoted: dict[str, Any]) -> None:
         """A planned move whose demotion was not clean: ``src``'s copy holds writes that
         ``dst``'s lacks (written after the last check of the final sync), so promoting
-        ``dst`` would lose them.  The move is called off: ``src``'s copy is made primary
-        again, the regions it wrote beyond the split are copied to ``dst`` by a resync, the
-        application starts again at ``src``, and the operation ends (raises Conflict).  It is
-        recorded first, so the same command resumed after a kill finishes calling it off."""
+        ``dst`` would lose them.  The move is called off (:meth:`_back_to_source`) and
+        Conflict raised.  Also what a move resumed during a call-off or an abort does."""
         st = self.state()
         op = st.operation.name if st.operation else "relocate"
-        if st.operation is not None and not st.operation.data.get("calling_off"):
-            self._write(st.with_step(st.operation.step, calling_off=demoted))  # resumable
-        writes, regions = int(demoted.get("lost_entries") or 0), int(demoted.get("divergent_regions") or 0)
-        why = (f"the {src} site's copy was demoted holding {regions} region{'s' * (regions != 1)} of "
-               f"64 KiB ({writes} write{'s' * (writes != 1)} in its journal) that the {dst} site's "
-               "copy does not have")
-        self.say(f"  {why}: the move is called off, the {src} site's copy becomes primary again")
+        why = demoted.get("why")
+        if not why:
+            writes = int(demoted.get("lost_entries") or 0)
+            regions = int(demoted.get("divergent_regions") or 0)
+            why = (f"the {src} site's copy was demoted holding {regions} region{'s' * (regions != 1)} "
+                   f"of 64 KiB ({writes} write{'s' * (writes != 1)} in its journal) that the {dst} "
+                   "site's copy does not have")
+        self._back_to_source(src, dst, why)
+        raise Conflict(f"{op} of {self.namespace} called off: {why}. The {src} site is primary "
+                       f"again, its copy in sync with the {dst} site, and the application runs "
+                       f"there; run `dr-kit dr {op} {self.namespace}` again to move it")
+
+    def _back_to_source(self, src: str, dst: str, why: str) -> None:
+        """Undo a planned move that has not promoted ``dst``: ``src``'s copy primary again
+        (after a demotion: promoted, and the regions it wrote beyond the split copied to
+        ``dst`` by a resync), ``dst``'s secondary, the application running at ``src``, the
+        operation ended with ``called_off`` in its history entry.  Recorded first, so the
+        same command resumed after a kill goes on with it."""
+        st = self.state()
+        op = st.operation.name if st.operation else "relocate"
+        pending = st.operation.data.get("calling_off") if st.operation else None
+        if isinstance(pending, dict) and "demoted" in pending:
+            demoted = bool(pending["demoted"])  # resumed: as decided when it began
+        else:
+            demoted = manifests.role_of(self.backend(), self.role_object(src)) == "secondary"
+            if st.operation is not None:  # resumable
+                self._write(st.with_step(st.operation.step, calling_off={"why": why, "demoted": demoted}))
+        self.say(f"  {why}: the move is called off, the {src} site's copy stays or becomes "
+                 "primary again")
         self._event("DRCalledOff", f"{op} called off: {why}", "Warning")
-        self.ensure_role_object(src, "primary")
-        self.wait_role(src, "primary")
-        _kill_hook(op, 0, "calling-off")
-        self.ensure_role_object(dst, "resync")
-        self.wait_role(src, "primary", in_sync=True, timeout=max(self.timeout, 300))
+        if demoted:
+            # promoted again, then the other copy resynchronised from it
+            self.ensure_role_object(src, "primary")
+            self.wait_role(src, "primary")
+            _kill_hook(op, 0, "calling-off")
+            self.ensure_role_object(dst, "resync")
+            self.wait_role(src, "primary", in_sync=True, timeout=max(self.timeout, 300))
         self.ensure_role_object(dst, "secondary")
         self.apps.start(self.site(src), self.namespace)
         self.wait_serving(src)
         st = self.state()
         if st.operation is not None:
             self._write(st.finished(time.time(), called_off=why))
-        raise Conflict(f"{op} of {self.namespace} called off: {why}. The {src} site is primary "
-                       f"again, its copy in sync with the {dst} site, and the application runs "
-                       f"there; run `dr-kit dr {op} {self.namespace}` again to move it")
+
+    def abort(self) -> dict[str, Any]:
+        """Call off a running relocate that has not promoted its target yet (a final sync
+        that cannot finish, a change of plan): the source stays or becomes primary again,
+        the application runs there, nothing is lost.  Keys: ``aborted``, ``primary``,
+        ``at_step``."""
+        st = self.state()
+        op = st.operation
+        ns = self.namespace
+        if op is None:
+            raise Refused(f"abort refused: no DR operation of {ns} is running; nothing was changed")
+        if op.name != "relocate":
+            raise Refused(f"abort refused: only a relocate can be called off, and {op.name} of {ns} "
+                          f"is running (step {op.step}); run `dr-kit dr {op.name} {ns}` again to "
+                          "finish it; nothing was changed")
+        src = str(op.data.get("source") or st.primary)
+        dst = drs.other(src)
+        for s in drs.SITES:
+            self._require_reachable(s, "abort")
+        if "promote" in op.done or st.primary != src or \
+                manifests.role_of(self.backend(), self.role_object(dst)) == "primary":
+            raise Refused(f"abort refused: the {dst} site's copy is primary already (or asked to "
+                          f"be); run `dr-kit dr relocate {ns}` again to finish the move; nothing "
+                          "was changed")
+        pending = op.data.get("calling_off")
+        why = str(pending.get("why")) if isinstance(pending, dict) and pending.get("why") else \
+            f"aborted by request at step {op.step}"
+        self._back_to_source(src, dst, why)
+        return {"aborted": True, "primary": src, "at_step": op.step, "why": why}
 
     def _move_result(self, st: DrState, src: str, dst: str) -> dict[str, Any]:
         d = st.operation.data if st.operation else {}
