@@ -371,7 +371,6 @@ class Bench:
         theirs: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
         for delay in (0, 5, 20):
             self.set_delay(delay)
-            lat: dict[str, list[float]] = {m: [] for m in shops}
             blocks: dict[str, list[list[float]]] = {m: [] for m in shops}
             t_mode: dict[str, float] = {m: 0.0 for m in shops}
             for _ in range(rounds):
@@ -381,12 +380,11 @@ class Bench:
                     t0 = time.perf_counter()
                     shop.run(0, count=n)
                     t_mode[mode] += time.perf_counter() - t0
-                    lat[mode] += shop.stats.latencies_ms
                     blocks[mode].append(list(shop.stats.latencies_ms))
             rows: dict[str, dict[str, Any]] = {
                 mode: {"p10_ms": pct(values, 10), "p50_ms": pct(values, 50), "p99_ms": pct(values, 99),
                        "n": len(values), "tx_per_s": len(values) / t_mode[mode] if t_mode[mode] else None}
-                for mode, values in lat.items()}
+                for mode, values in ((m, [x for b in bs for x in b]) for m, bs in blocks.items())}
             row: dict[str, Any] = {m: rows[m] for m in COMMIT_MODES}
             row["async_over_off_p50"] = row["async"]["p50_ms"] / row["off"]["p50_ms"]
             row["journal_over_off_p50"] = row["journal"]["p50_ms"] / row["off"]["p50_ms"]

@@ -963,10 +963,8 @@ class SiteController:
             return
         want = vgr["spec"].get("replicationState") or "primary"
         if want == "primary" and self.view.group(gname) is None:
-            wanted = [q for q in self.caches["PersistentVolumeClaim"].in_namespace(ns)
-                      if (q.get("spec") or {}).get("storageClassName") == STORAGE_CLASS
-                      and not _meta(q).get("deletionTimestamp")
-                      and match_selector(selector, q["metadata"].get("labels") or {})]
+            wanted = [q for q in self._class_pvcs(ns)
+                      if match_selector(selector, q["metadata"].get("labels") or {})]
             if self._members_unbound(key, len(pvcs) < len(wanted)):
                 return  # queued again in a moment
         g = self._apply_role(gname, vols, want, cls["spec"].get("parameters") or {})
@@ -1100,13 +1098,17 @@ class SiteController:
         watch has not reached the group's resourceVersion, its creation waits (at most
         ``patience`` seconds: a selector may leave PVCs out on purpose)."""
         rv = (obj.get("metadata") or {}).get("resourceVersion")
-        pvcs = [p for p in self.caches["PersistentVolumeClaim"].in_namespace(ns)
-                if (p.get("spec") or {}).get("storageClassName") == STORAGE_CLASS
-                and not _meta(p).get("deletionTimestamp")]
+        pvcs = self._class_pvcs(ns)
         behind = not (all(match_selector(selector, p["metadata"].get("labels") or {}) for p in pvcs)
                       or not (isinstance(rv, str) and rv.isdigit())
                       or self._rv_seen.get("PersistentVolumeClaim", 0) >= int(rv))
         return self._hold(key, behind, patience)
+
+    def _class_pvcs(self, ns: str) -> list[dict[str, Any]]:
+        """The namespace's PVCs of this plug-in's storage class, not being deleted (cache)."""
+        return [p for p in self.caches["PersistentVolumeClaim"].in_namespace(ns)
+                if (p.get("spec") or {}).get("storageClassName") == STORAGE_CLASS
+                and not _meta(p).get("deletionTimestamp")]
 
     def _members_unbound(self, key: Key, unbound: bool, patience: float = 10.0) -> bool:
         """Whether a new group waits for members whose volumes are not provisioned yet.
