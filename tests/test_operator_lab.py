@@ -74,10 +74,15 @@ def states(lab: Path, names: list[str]) -> dict[str, str]:
     return {r["namespace"]: r["state"] for r in rows if r["namespace"] in names}
 
 
-def test_many_namespaces_labelled_at_once_are_all_protected(lab: Path) -> None:
+APPS = [f"app{i:02d}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def apps(lab: Path) -> dict[str, float]:
+    """Ten namespaces of five PVCs, labelled within a moment and waited for until all are
+    Protected (the tests below that look at them do not depend on running after the first)."""
     api = core(lab)
-    names = [f"app{i:02d}" for i in range(10)]
-    for name in names:
+    for name in APPS:
         api.create_namespace({"metadata": {"name": name}})
         for j in range(5):
             api.create_namespaced_persistent_volume_claim(name, {
@@ -87,14 +92,20 @@ def test_many_namespaces_labelled_at_once_are_all_protected(lab: Path) -> None:
     proc = operator_process(lab)
     threads_before = proc.num_threads()
     t0 = time.monotonic()
-    for name in names:  # all labelled within a moment
+    for name in APPS:  # all labelled within a moment
         api.patch_namespace(name, {"metadata": {"labels": LABEL}})
-    wait_for(lambda: set(states(lab, names).values()) == {"Protected"}, 300,
+    wait_for(lambda: set(states(lab, APPS).values()) == {"Protected"}, 300,
              "10 namespaces x 5 PVCs Protected")
-    took = time.monotonic() - t0
+    return {"took": time.monotonic() - t0, "threads_before": threads_before,
+            "threads_after": proc.num_threads()}
+
+
+def test_many_namespaces_labelled_at_once_are_all_protected(lab: Path, apps: dict[str, float]) -> None:
+    names = APPS
     print(f"\n10x5 labelled -> all Protected (backup PVCs bound, groups replicating): "
-          f"{took:.1f} s; operator threads {threads_before} -> {proc.num_threads()}")
-    assert proc.num_threads() <= threads_before + 2  # a fixed set, not one per namespace
+          f"{apps['took']:.1f} s; operator threads {apps['threads_before']:.0f} -> "
+          f"{apps['threads_after']:.0f}")
+    assert apps["threads_after"] <= apps["threads_before"] + 2  # a fixed set, not one per namespace
     rows = {r["namespace"]: r for r in cli.protection_table(lab_dir=lab)}
     for name in names:
         assert rows[name]["pvcCount"] == 5 and rows[name]["backup"]["bound"] == 5
@@ -109,7 +120,7 @@ def test_many_namespaces_labelled_at_once_are_all_protected(lab: Path) -> None:
     assert protected >= 10
 
 
-def test_an_idle_caught_up_group_has_a_known_lag(lab: Path) -> None:
+def test_an_idle_caught_up_group_has_a_known_lag(lab: Path, apps: dict[str, float]) -> None:
     # app00 has never been written: caught up since its initial copy ended
     st = wait_for(lambda: (s := cli.protection_status("app00", lab_dir=lab))["lag"]["seconds"]
                   is not None and s, 30, "a known lag")
@@ -119,9 +130,9 @@ def test_an_idle_caught_up_group_has_a_known_lag(lab: Path) -> None:
     assert cli.protection_status("app00", lab_dir=lab)["lag"]["seconds"] < 5
 
 
-def test_writes_only_on_change_when_idle(lab: Path) -> None:
+def test_writes_only_on_change_when_idle(lab: Path, apps: dict[str, float]) -> None:
     api = core(lab)
-    names = [f"app{i:02d}" for i in range(10)]
+    names = APPS
     rvs = {n: api.read_namespace(n).metadata.resource_version for n in names}
     url = operator_url(lab)
 
