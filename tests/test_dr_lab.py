@@ -16,6 +16,7 @@ import pytest
 from conftest import wait_for
 
 from dr_kit.dr.ops import DR, KILL_ENV
+from dr_kit.errors import Conflict
 from dr_kit.lab import Lab, manager, site
 from dr_kit.operator.cli import protect
 
@@ -420,6 +421,63 @@ def test_a_hitachi_split_stays_split_until_paired_again(lab):
     assert (array_group().get("last_copy") or {}).get("started") == copies, "a resync began while split"
     main.kube.patch("ReplicationGroup", group, {"spec": {"desiredPairState": "pair"}}, "hsplit")
     wait_for(lambda: pair_state() == "PAIR", timeout=30, what="hsplit paired again")
+
+
+def test_a_hitachi_move_whose_demotion_is_not_clean_is_called_off(lab):
+    """The call-off of the csi-addons test above, on Hitachi's resources: the roles are
+    ReplicationGroup desiredPairState values, and the call-off makes the main copy P-VOL
+    again and resyncs the write the backup never got."""
+    ns = "hcall"
+    pol = _hitachi_namespace(lab, ns, 9)
+    main, backup = site("main", lab), site("backup", lab)
+    d = DR(main, backup, ns, controls=None, progress=None, policy=pol)
+    wait_for(lambda: d.status()["sites"]["main"]["in_sync"], timeout=60, interval=0.3,
+             what=f"{ns} replicating in sync")
+
+    r = subprocess.run([sys.executable, "-m", "dr_kit.cli", "dr", "relocate", ns, "--dir", str(lab),
+                        "--json", "--quiet"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, KILL_ENV: "relocate:final-sync"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    lab_ctl = Lab(lab)
+    lab_ctl.set_link(cut=True)
+    marker = os.urandom(4096)
+    state = json.loads((lab / "lab.json").read_text())
+    from dr_kit.storage.client import ArrayClient
+
+    def volume(where: str):
+        ep = state["endpoints"][where]["array"]
+        name = site(where, lab).pvcs(ns).set_index("name").loc["stock-db", "volume"]
+        return ArrayClient(ep["mgmt_url"], ep["data_socket"], token=(lab / "tokens" / f"{where}-array.token")
+                           .read_text().strip()).open_volume(name)
+
+    try:
+        v = volume("main")
+        try:
+            tail = v.size - 4096
+            v.write(tail, marker)
+        finally:
+            v.close()
+        d.ensure_role_object("main", "secondary")  # desiredPairState svol, by hand
+        d.wait_role("main", "secondary")
+    finally:
+        lab_ctl.set_link(cut=False)
+    # resumed without the lab's controls (its volumes hold no shop for them to start): at
+    # the demotion, it finds it not clean and calls the move off
+    with pytest.raises(Conflict, match="called off") as e:
+        d.relocate()
+    assert "primary again" in str(e.value)
+    group = pol.group_name(ns)
+    assert main.kube.get("ReplicationGroup", group, ns)["spec"]["desiredPairState"] == "pair"
+    assert backup.kube.get("ReplicationGroup", group, ns)["spec"]["desiredPairState"] == "svol"
+    st = wait_for(lambda: (s := d.status())["sites"]["main"]["in_sync"] and s, timeout=60, interval=0.3,
+                  what=f"{ns} in sync from the main site again")
+    assert st["primary"] == "main" and st["operation"] is None
+    assert d.state().history[-1].get("called_off")
+    b = volume("backup")
+    try:
+        assert b.read(tail, 4096) == marker  # the write after the final sync reached the backup
+    finally:
+        b.close()
 
 
 def test_unprotect_from_the_new_primary_after_a_swap(lab):
