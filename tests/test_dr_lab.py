@@ -461,8 +461,16 @@ def test_a_hitachi_move_whose_demotion_is_not_clean_is_called_off(lab):
         d.wait_role("main", "secondary")
     finally:
         lab_ctl.set_link(cut=False)
-    # resumed without the lab's controls (its volumes hold no shop for them to start): at
-    # the demotion, it finds it not clean and calls the move off
+    # resumed with the lab's controls: at the demotion, it finds it not clean and calls the
+    # move off, but the lab's shop cannot start on these volumes (they hold no shop): one
+    # line says where the call-off stands and how to finish it
+    r = subprocess.run([sys.executable, "-m", "dr_kit.cli", "dr", "relocate", ns, "--dir", str(lab),
+                        "--json", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode not in (0, -9) and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert "is being called off" in r.stderr and "primary again, but the application did not start" \
+        in r.stderr and f"dr-kit dr relocate {ns}` again" in r.stderr, r.stderr
+    assert d.state().operation.data.get("calling_off")
+    # the same move resumed without the lab's controls (nothing to start) finishes it
     with pytest.raises(Conflict, match="called off") as e:
         d.relocate()
     assert "primary again" in str(e.value)

@@ -565,8 +565,14 @@ class DR:
             self.ensure_role_object(dst, "resync")
             self.wait_role(src, "primary", in_sync=True, timeout=max(self.timeout, 300))
         self.ensure_role_object(dst, "secondary")
-        self.apps.start(self.site(src), self.namespace)
-        self.wait_serving(src)
+        try:
+            self.apps.start(self.site(src), self.namespace)
+            self.wait_serving(src)
+        except DrKitError as e:  # the roles are back; say so, and how to finish
+            raise type(e)(f"{op} of {self.namespace} is being called off ({why}): the {src} site's "
+                          f"copy is primary again, but the application did not start there: {e}; "
+                          f"fix that and run `dr-kit dr {op} {self.namespace}` again to finish "
+                          "calling it off") from None
         st = self.state()
         if st.operation is not None:
             self._write(st.finished(time.time(), called_off=why))
