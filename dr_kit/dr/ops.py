@@ -569,8 +569,9 @@ class DR:
             self.apps.start(self.site(src), self.namespace)
             self.wait_serving(src)
         except DrKitError as e:  # the roles are back; say so, and how to finish
+            where = "primary again" if demoted else "still primary"
             raise type(e)(f"{op} of {self.namespace} is being called off ({why}): the {src} site's "
-                          f"copy is primary again, but the application did not start there: {e}; "
+                          f"copy is {where}, but the application did not start there: {e}; "
                           f"fix that and run `dr-kit dr {op} {self.namespace}` again to finish "
                           "calling it off") from None
         st = self.state()
