@@ -212,6 +212,32 @@ def test_threads_stay_a_fixed_set_whatever_the_number_of_namespaces(lab):
     assert runner.queue.delayed == 0 and runner.errors == []
 
 
+def test_stop_finishes_the_writers_and_does_not_wait_for_open_watches(lab):
+    """A watch holds its request open until it times out (30 s by default), and only reads:
+    stopping waits for the workers, not for the watches (it waited up to 5 s for them, past
+    the 3 s `dr-kit lab down` gives an operator before SIGKILL); started again, the runner
+    watches anew."""
+    lab_dir, api, _ = lab
+    runner = cli.runner_for(lab_dir=lab_dir, watch_seconds=30).start()
+    try:
+        wait_for(runner.synced, what="the watches' caches synced")
+        time.sleep(0.3)  # every watch has its request open
+    finally:
+        t0 = time.monotonic()
+        runner.stop()
+        took = time.monotonic() - t0
+    watches = [t for t in threading.enumerate() if t.name.startswith("dr-kit-operator-watch")]
+    assert watches, "the watches should still be in their open requests"
+    assert took < 1.5, f"stop took {took:.1f} s"
+    assert not any(t.is_alive() for t in threading.enumerate()
+                   if t.name.startswith("dr-kit-operator-worker"))
+    runner.start()  # started again: new watches of its own, synced
+    try:
+        wait_for(runner.synced, what="the watches' caches synced again")
+    finally:
+        runner.stop()
+
+
 def test_a_namespace_over_the_group_limit_is_refused_and_nothing_is_created(lab):
     lab_dir, api, start = lab
     core = k8s.CoreV1Api(api)

@@ -185,6 +185,8 @@ class Runner:
         self._busy: dict[str, tuple[str, float]] = {}
         self._informers: list[Informer] = []
         self._threads: list[threading.Thread] = []
+        self._readers: set[threading.Thread] = set()  # the watches: not waited for on stop
+        self._watch_stop = threading.Event()
         self._kinds: tuple[float, set[str]] | None = None
         self._kinds_lock = threading.Lock()
         self._started = False
@@ -220,23 +222,26 @@ class Runner:
                                        metrics=self.metrics).start()
         self.metrics.ready.set_function(lambda: 1.0 if self.synced() else 0.0)
         self._informers = []
+        # the watches of this start: a watch still open from an earlier start ends when
+        # its request does, even if the runner was started again meanwhile
+        self._watch_stop = watch_stop = threading.Event()
         for kind, cache in self.caches.items():
             self._informers.append(Informer(
-                self.kube, kind, cache, self._on_change, self.stop_event,
+                self.kube, kind, cache, self._on_change, watch_stop,
                 served=functools.partial(self._served, kind), watch_seconds=self.watch_seconds,
                 poll_seconds=POLLED_KINDS.get(kind), on_restart=self._on_restart))
         if self.backup is not None and self.backup_cache is not None:
             self._informers.append(Informer(
                 self.backup, "PersistentVolumeClaim", self.backup_cache, self._on_backup_change,
-                self.stop_event, served=lambda: True, watch_seconds=self.watch_seconds,
+                watch_stop, served=lambda: True, watch_seconds=self.watch_seconds,
                 site="other", on_restart=self._on_restart))
         if self.backup is not None and self.peer_ns_cache is not None:
             self._informers.append(Informer(
                 self.backup, "Namespace", self.peer_ns_cache, self._on_peer_namespace,
-                self.stop_event, served=lambda: True, watch_seconds=self.watch_seconds,
+                watch_stop, served=lambda: True, watch_seconds=self.watch_seconds,
                 site="other", on_restart=self._on_restart))
         for inf in self._informers:
-            self._spawn(f"watch-{inf.site}-{inf.kind}", inf.run)
+            self._readers.add(self._spawn(f"watch-{inf.site}-{inf.kind}", inf.run))
         for i in range(self.workers):
             self._spawn(f"worker-{i}", self._work_loop)
         self._spawn("resync", self._resync_loop)
@@ -250,14 +255,19 @@ class Runner:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
+        self._watch_stop.set()
         self.queue.shutdown()
         if self.health is not None:
             self.health.stop()
             self.health = None
+        # the threads that write finish what they do; the watches only read and hold a
+        # request open until it times out (daemon threads: they end with the process)
         deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t not in self._readers:
+                t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        self._readers.clear()
         self._started = False
 
     def run(self) -> None:
@@ -591,11 +601,12 @@ class Runner:
 
     # -- the loops ----------------------------------------------------------------------
 
-    def _spawn(self, name: str, target: Callable, *args: Any) -> None:
+    def _spawn(self, name: str, target: Callable, *args: Any) -> threading.Thread:
         t = threading.Thread(target=target, args=args, name=f"dr-kit-operator-{name}",
                              daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def _resync_loop(self) -> None:
         last = time.monotonic()
