@@ -180,6 +180,20 @@ def test_plugins_survive_the_loss_and_return_of_their_api_server(lab):
     assert written["threads"] >= len(threads)
 
 
+def test_plugins_stop_without_waiting_for_their_open_watches_and_start_again(lab):
+    """The watches hold their requests open (30 s) and only read: a stop waits for the
+    workers, not for them (it waited 5 s, so each `lab down` took that long per site)."""
+    ctl = lab["ctls"][0]
+    wait(ctl.synced, "the main site's caches synced")
+    time.sleep(0.3)  # every watch has its request open
+    t0 = time.monotonic()
+    ctl.stop()
+    took = time.monotonic() - t0
+    assert took < 1.5, f"stop took {took:.1f} s"
+    ctl.start()  # again: new watches, synced, and the fixture stops it at the end
+    wait(ctl.synced, "the main site's caches synced again")
+
+
 def test_a_new_group_waits_for_its_unbound_members_then_is_made_without_them(lab):
     """The plug-in makes a group with all its members at once: while a member's PVC is not
     bound the group waits (a member that joined later would be copied afterwards, the group

@@ -275,6 +275,7 @@ class SiteController:
         self.backoff = backoff or Backoff(base=0.25, cap=10.0)
         self._informers: list[Informer] = []
         self._threads: list[threading.Thread] = []
+        self._watch_stop: threading.Event | None = None
         self._synced_bytes: dict[Key, int] = {}
         self._status_written: dict[Key, float] = {}
         self._group_keys: dict[str, Key] = {}  # array group -> the key that handles it
@@ -301,16 +302,19 @@ class SiteController:
     def start(self) -> SiteController:
         self.stopping.clear()
         self.queue.reopen()
+        # the watches of this start (see stop): one still open from an earlier start ends
+        # with its request, even if the plug-ins were started again meanwhile
+        self._watch_stop = watch_stop = threading.Event()
         for kind, cache in self.caches.items():
             self._informers.append(Informer(
-                self._watch_kube, kind, cache, self._on_change, self.stopping,
+                self._watch_kube, kind, cache, self._on_change, watch_stop,
                 served=functools.partial(self._served, kind), watch_seconds=self.watch_seconds,
                 site=self.site))
         assert self._other_watch_kube is not None or not self.other
         for kind, cache in self.other.items():
             assert self._other_watch_kube is not None
             self._informers.append(Informer(
-                self._other_watch_kube, kind, cache, self._on_other_change, self.stopping,
+                self._other_watch_kube, kind, cache, self._on_other_change, watch_stop,
                 served=lambda: True, watch_seconds=self.watch_seconds, site=self.other_site))
         for inf in self._informers:
             self._spawn(f"watch-{inf.site}-{inf.kind}", inf.run)
@@ -339,10 +343,16 @@ class SiteController:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
+        if self._watch_stop is not None:
+            self._watch_stop.set()
         self.queue.shutdown()
+        # the workers finish what they do; the watches only read and hold a request open
+        # until it times out (daemon threads: they end with the process), so they are not
+        # waited for (waiting took 5 s of every stop)
         deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if not t.name.startswith("watch-"):
+                t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
         self._informers.clear()
 
