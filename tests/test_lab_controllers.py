@@ -189,7 +189,7 @@ def test_plugins_stop_without_waiting_for_their_open_watches_and_start_again(lab
     t0 = time.monotonic()
     ctl.stop()
     took = time.monotonic() - t0
-    assert took < 1.5, f"stop took {took:.1f} s"
+    assert took < 3.0, f"stop took {took:.1f} s"
     ctl.start()  # again: new watches, synced, and the fixture stops it at the end
     wait(ctl.synced, "the main site's caches synced again")
 

@@ -228,7 +228,7 @@ def test_stop_finishes_the_writers_and_does_not_wait_for_open_watches(lab):
         took = time.monotonic() - t0
     watches = [t for t in threading.enumerate() if t.name.startswith("dr-kit-operator-watch")]
     assert watches, "the watches should still be in their open requests"
-    assert took < 1.5, f"stop took {took:.1f} s"
+    assert took < 3.0, f"stop took {took:.1f} s"
     assert not any(t.is_alive() for t in threading.enumerate()
                    if t.name.startswith("dr-kit-operator-worker"))
     runner.start()  # started again: new watches of its own, synced
