@@ -226,6 +226,13 @@ def test_kubeconfig_document():
         kubeconfig_dict({"main": ("u", "t")}, current="nope")
 
 
+def test_kubeconfig_names_a_ca_given_as_a_file(tmp_path):
+    ca = tmp_path / "ca.crt"
+    doc = kubeconfig_dict({"main": ("https://127.0.0.1:1", "t1", ca)})
+    assert doc["clusters"][0]["cluster"] == {"server": "https://127.0.0.1:1",
+                                             "certificate-authority": str(ca.resolve())}
+
+
 def test_store_refuses_a_log_damaged_before_its_end(tmp_path):
     store = Store(tmp_path)
     for i in range(3):

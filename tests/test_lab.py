@@ -24,6 +24,7 @@ from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 from dr_kit.lab import manager, processes
+from dr_kit.lab.apiserver.tls import cert_path
 from dr_kit.lab.layout import SHOP_NAMESPACE, SHOP_PVCS, LabDir
 
 pytestmark = pytest.mark.timeout(240)
@@ -115,13 +116,26 @@ def test_kubeconfig_has_two_token_contexts_and_no_token_leaks(lab: Path) -> None
     assert {c["name"] for c in doc["contexts"]} == {"main", "backup"}
     tokens = [u["user"]["token"] for u in doc["users"]]
     assert len(tokens) == 2 and all(len(t) >= 32 for t in tokens) and tokens[0] != tokens[1]
-    assert all("certificate-authority-data" in c["cluster"] for c in doc["clusters"])
+    # each site's CA named by its file, so a client writes no temporary copy of it (which
+    # a process killed with SIGKILL would leave behind)
+    for c in doc["clusters"]:
+        assert "certificate-authority-data" not in c["cluster"], c
+        assert Path(c["cluster"]["certificate-authority"]).read_text().startswith("-----BEGIN CERTIFICATE")
     leaks = [lab / "lab.json", *sorted((lab / "logs").glob("*.log"))]
     for f in leaks:
         text = f.read_text(errors="replace")
         assert not any(t in text for t in tokens), f"token in {f}"
     for rec in records(lab).values():
         assert not any(t in " ".join(rec["cmd"]) for t in tokens)
+
+
+def test_a_client_of_the_lab_trusts_the_sites_certificate_files(lab: Path) -> None:
+    """The official client reads the CA from the site's own file: no temporary copy (which
+    a process killed with SIGKILL would leave behind)."""
+    for site in ("main", "backup"):
+        api = client(lab, site)
+        assert Path(api.configuration.ssl_ca_cert) == cert_path(LabDir.of(lab).api_dir(site)).resolve()
+        assert k8s.CoreV1Api(api).list_namespace().items
 
 
 def test_official_client_lists_labels_patches_and_watches(lab: Path) -> None:

@@ -227,9 +227,11 @@ def _storage_tokens(lab: LabDir) -> tuple[dict[str, str], list[str]]:
 
 
 def _write_kubeconfig(lab: LabDir, state: dict[str, Any], tokens: dict[str, str]) -> None:
-    from dr_kit.lab.apiserver import read_ca, write_kubeconfig
+    from dr_kit.lab.apiserver import write_kubeconfig
+    from dr_kit.lab.apiserver.tls import cert_path
 
-    sites = {site: (state["endpoints"][site]["api"], tokens[site], read_ca(lab.api_dir(site)))
+    # each site's CA named by its file (kept across restarts), not embedded
+    sites = {site: (state["endpoints"][site]["api"], tokens[site], cert_path(lab.api_dir(site)))
              for site in SITES}
     write_kubeconfig(lab.kubeconfig, sites, current="main")
 

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import yaml
 
-Site = Sequence[str | None]  # (url, token) or (url, token, ca_pem)
+# (url, token), (url, token, ca_pem) or (url, token, ca_file)
+Site = Sequence[str | os.PathLike[str] | None]
 
 
 def _cluster(site: Site) -> dict:
     url, ca = site[0], (site[2] if len(site) > 2 else None)
-    cluster: dict = {"server": url}
-    if ca:
+    cluster: dict = {"server": str(url)}
+    if isinstance(ca, os.PathLike):
+        # named, not embedded: a client given the data writes it to a temporary file of
+        # its own, which a process killed with SIGKILL leaves behind
+        cluster["certificate-authority"] = str(Path(ca).resolve())
+    elif ca:
         cluster["certificate-authority-data"] = base64.b64encode(ca.encode()).decode()
     elif str(url).startswith("https://"):
         cluster["insecure-skip-tls-verify"] = True
@@ -25,7 +30,8 @@ def _cluster(site: Site) -> dict:
 def kubeconfig_dict(
     sites: Mapping[str, Site], current: str | None = None, namespace: str = "default"
 ) -> dict:
-    """The kubeconfig document for ``{context_name: (server_url, token[, ca_pem])}``.
+    """The kubeconfig document for ``{context_name: (server_url, token[, ca])}``, where
+    ``ca`` is the CA's PEM (embedded) or the path of its file (named).
 
     An https site given without its CA is written with ``insecure-skip-tls-verify``.
     """

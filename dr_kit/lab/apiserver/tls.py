@@ -1,8 +1,8 @@
 """A self-signed serving certificate per site, kept in the site's state directory.
 
 client-go (kubectl) only sends bearer tokens over TLS, so a site serves HTTPS. The
-certificate names 127.0.0.1 and localhost and is its own CA; the kubeconfig carries it as
-``certificate-authority-data``. It is created once and reused across restarts.
+certificate names 127.0.0.1 and localhost and is its own CA; the lab's kubeconfig names its
+file (``certificate-authority``). It is created once and reused across restarts.
 """
 
 from __future__ import annotations
