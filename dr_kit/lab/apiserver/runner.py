@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .server import make_app
 from .store import Store
-from .tls import read_ca, server_context
+from .tls import cert_path, read_ca, server_context
 
 SHUTDOWN_TIMEOUT = 2.0
 
@@ -91,9 +91,10 @@ class ServerHandle:
             self._loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join(timeout)
 
-    def kubeconfig_site(self) -> tuple[str, str, str | None]:
-        """``(url, token, ca_pem)``, a value for :func:`~.kubeconfig.write_kubeconfig`."""
-        return (self.url, self.token, self.ca_pem)
+    def kubeconfig_site(self) -> tuple[str, str, Path | None]:
+        """``(url, token, ca_file)``, a value for :func:`~.kubeconfig.write_kubeconfig` (the
+        CA named by its file: a client then writes no temporary copy of it)."""
+        return (self.url, self.token, cert_path(self.state_dir) if self.ca_pem else None)
 
     def __enter__(self) -> ServerHandle:
         return self
